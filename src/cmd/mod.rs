@@ -1,0 +1,115 @@
+//! The command line: global flags, subcommands, and the value parsers they
+//! share. Each subcommand lives in its own module with its own `Args`.
+
+pub mod run;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::time::Duration;
+
+/// Run a command at most once per key: duplicates replay the first run's
+/// output and exit status, wait for it, or refuse.
+#[derive(Debug, Parser)]
+#[command(name = "idem", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// The store: a file path (SQLite), or a postgres:// or redis:// URL.
+    /// Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db
+    #[arg(long, global = true, env = "IDEM_DB", value_name = "PATH|URL")]
+    pub db: Option<OsString>,
+
+    /// Silence notices (errors are still printed)
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// Explain each decision: run, replay, wait, takeover
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Run(run::Args),
+}
+
+/// What every subcommand gets besides its own arguments.
+pub struct Global {
+    pub db: Option<OsString>,
+    pub quiet: bool,
+    pub verbose: bool,
+}
+
+/// Runs the chosen subcommand; returns the exit status.
+pub fn dispatch(cli: Cli) -> Result<u8> {
+    let global = Global {
+        db: cli.db,
+        quiet: cli.quiet,
+        verbose: cli.verbose,
+    };
+    match cli.command {
+        Command::Run(args) => run::run(args, &global),
+    }
+}
+
+/// A humantime duration that must be greater than zero.
+pub fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 90s, 5m, 1h 30m, 7d)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+/// A byte size: `0`, `1024`, `64K`, `16MiB`, `1GB` (K/KiB = 1024, KB = 1000).
+pub fn byte_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (try 0, 64K, 16MiB)"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "kb" => 1_000,
+        "m" | "mib" => 1 << 20,
+        "mb" => 1_000_000,
+        "g" | "gib" => 1 << 30,
+        "gb" => 1_000_000_000,
+        _ => return Err(format!("'{s}' is not a size (try 0, 64K, 16MiB)")),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(byte_size("0"), Ok(0));
+        assert_eq!(byte_size("16MiB"), Ok(16 << 20));
+        assert_eq!(byte_size("64K"), Ok(65536));
+        assert_eq!(byte_size("2MB"), Ok(2_000_000));
+        assert!(byte_size("lots").is_err());
+        assert!(byte_size("-1").is_err());
+        assert!(byte_size("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(positive_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert!(positive_duration("0s").is_err());
+        assert!(positive_duration("soon").is_err());
+    }
+}

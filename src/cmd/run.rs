@@ -1,0 +1,636 @@
+//! `idem run`: claim the key and run COMMAND, or replay, wait or refuse.
+//!
+//! The loop reads the record without a lock and asks `policy::decide`; only
+//! a verdict to run takes the store's write lock, where the decision is made
+//! again on the record as it is under the lock. A replay never writes more
+//! than a replay counter.
+
+use super::{byte_size, positive_duration, Global};
+use crate::child::{self, Finished, SpawnError, Supervisor};
+use crate::exit::{child_status, fail, Code};
+use crate::key::{self, Fingerprint};
+use crate::owner::{ChildId, Here, Liveness, Owner};
+use crate::policy::{decide, OnCrash, OnDuplicate, OnFailure, Policy, Verdict};
+use crate::store::{self, Captured, Claim, Millis, Mode, Outcome, Record, Status, Store, Stream};
+use crate::text::{command_line, escape};
+use anyhow::{Context, Result};
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Seek, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, Instant};
+
+/// How often a waiter looks at the record again.
+const WAIT_POLL: Duration = Duration::from_millis(50);
+
+/// Run COMMAND at most once per key
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct Args {
+    /// The idempotency key (1 to 1024 bytes). Default: derived from COMMAND,
+    /// `cmd:` + 32 hex digits of its fingerprint
+    #[arg(short, long, value_name = "KEY")]
+    pub key: Option<String>,
+
+    /// How long a finished run suppresses re-runs, counted from its end
+    #[arg(long, env = "IDEM_TTL", default_value = "24h", value_name = "DURATION", value_parser = positive_duration)]
+    pub ttl: Duration,
+
+    /// What a duplicate call does
+    #[arg(long, value_enum, default_value_t, value_name = "POLICY")]
+    pub on_duplicate: OnDuplicate,
+
+    /// With --on-duplicate wait: give up (exit 75) after this long. Default: no bound
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    pub wait_timeout: Option<Duration>,
+
+    /// What a failed run (non-zero exit, signal, timeout) leaves behind
+    #[arg(long, value_enum, default_value_t, value_name = "POLICY")]
+    pub on_failure: OnFailure,
+
+    /// What to do when the record's owner crashed mid-run
+    #[arg(long, value_enum, default_value_t, value_name = "POLICY")]
+    pub on_crash: OnCrash,
+
+    /// Store at most this much of each stream for replay (0 stores nothing)
+    #[arg(long, default_value = "16MiB", value_name = "SIZE", value_parser = byte_size)]
+    pub max_output: u64,
+
+    /// Stop COMMAND after this long: SIGTERM, SIGKILL 5s later, exit 124
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Add the working directory to the fingerprint
+    #[arg(long)]
+    pub cwd: bool,
+
+    /// Add an environment variable to the fingerprint (repeatable; unset differs from empty)
+    #[arg(long = "env", value_name = "NAME")]
+    pub env: Vec<OsString>,
+
+    /// Read all of stdin, add its SHA-256 to the fingerprint, feed it to COMMAND unchanged
+    #[arg(long)]
+    pub fingerprint_stdin: bool,
+
+    /// Shared stores: how long a claim lives without renewal (the owner renews it while COMMAND runs)
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = positive_duration)]
+    pub lease: Duration,
+
+    /// Treat a key reused with a different fingerprint as a plain duplicate instead of exit 65
+    #[arg(long)]
+    pub allow_mismatch: bool,
+
+    /// The command and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  # Nightly report from cron, at most once a day even if cron fires twice:
+  idem run --key report-$(date +%F) --ttl 36h -- ./nightly-report.sh
+
+  # A CI step that is safe to retry: a re-run replays the first result
+  idem run --key deploy-$CI_COMMIT_SHA --on-failure unlock -- ./deploy.sh
+
+  # A webhook handler: the payload itself is the key, duplicates replay
+  idem run --fingerprint-stdin --on-duplicate wait -- ./handle-event < event.json
+
+  # Payments: never re-run after a crash without a human
+  idem run --key invoice-42 --on-crash block -- ./charge.sh 42";
+
+/// Everything about this call that stays fixed across attempts to claim.
+struct Call<'a> {
+    args: &'a Args,
+    global: &'a Global,
+    key: String,
+    fingerprint: [u8; 32],
+    command: Vec<u8>,
+    cwd: Vec<u8>,
+    policy: Policy,
+    here: Here,
+    me: Owner,
+}
+
+pub fn run(args: Args, global: &Global) -> Result<u8> {
+    if let Some(key) = &args.key {
+        if let Err(problem) = key::check_key(key) {
+            return fail(Code::Usage, problem);
+        }
+    }
+    if args.command.first().is_none_or(|c| c.is_empty()) {
+        return fail(Code::Usage, "COMMAND is empty (see idem run --help)");
+    }
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+
+    let mut fingerprint = Fingerprint::new();
+    for arg in &args.command {
+        fingerprint.arg(arg);
+    }
+    if args.cwd {
+        fingerprint.cwd(cwd.as_os_str());
+    }
+    for name in &args.env {
+        fingerprint.env(name, std::env::var_os(name).as_deref());
+    }
+    let stdin = if args.fingerprint_stdin {
+        let mut spool = tempfile::tempfile().context("cannot create a spool file for stdin")?;
+        let digest =
+            key::hash_and_spool(io::stdin().lock(), &mut spool).context("cannot read stdin")?;
+        spool.rewind().context("cannot rewind the stdin spool")?;
+        fingerprint.stdin_digest(&digest);
+        Some(spool)
+    } else {
+        None
+    };
+    let fingerprint = fingerprint.finish();
+    let key = args
+        .key
+        .clone()
+        .unwrap_or_else(|| key::derived_key(&fingerprint));
+
+    let location = store::Location::resolve(global.db.as_deref())?;
+    let mut store =
+        store::open(&location, Mode::Create)?.context("the store could not be created")?;
+    let here = Here::detect();
+    let call = Call {
+        args: &args,
+        global,
+        key,
+        fingerprint,
+        command: args
+            .command
+            .iter()
+            .map(|a| a.as_bytes())
+            .collect::<Vec<_>>()
+            .join(&0u8),
+        cwd: cwd.as_os_str().as_bytes().to_vec(),
+        policy: Policy {
+            on_duplicate: args.on_duplicate,
+            on_crash: args.on_crash,
+            allow_mismatch: args.allow_mismatch,
+        },
+        me: here.me(),
+        here,
+    };
+    call.run(store.as_mut(), stdin)
+}
+
+/// What the unlocked look at the record found.
+enum Next {
+    Claim,
+    Done(u8),
+    Wait,
+}
+
+impl Call<'_> {
+    fn run(&self, store: &mut dyn Store, stdin: Option<File>) -> Result<u8> {
+        let wait_until = self.args.wait_timeout.map(|t| Instant::now() + t);
+        let mut waiting_noted = false;
+        loop {
+            let now = store.now()?;
+            let record = store.get(&self.key)?;
+            let next = self.act(store, record.as_ref(), now)?;
+            let next = match next {
+                Next::Claim => match self.claim(store)? {
+                    Ok((token, attempt)) => return self.execute(store, token, attempt, stdin),
+                    Err(next) => next,
+                },
+                next => next,
+            };
+            match next {
+                Next::Done(code) => return Ok(code),
+                Next::Claim => {}
+                Next::Wait => {
+                    if wait_until.is_some_and(|t| Instant::now() >= t) {
+                        let record = store.get(&self.key)?;
+                        return fail(
+                            Code::InProgress,
+                            self.busy_message(record.as_ref(), "the wait timed out; "),
+                        );
+                    }
+                    if !waiting_noted {
+                        self.explain(format_args!(
+                            "key {} is in progress elsewhere; waiting",
+                            self.shown_key()
+                        ));
+                        waiting_noted = true;
+                    }
+                    std::thread::sleep(WAIT_POLL);
+                }
+            }
+        }
+    }
+
+    fn alive(&self, record: &Record, now: Millis, shared: bool) -> bool {
+        match record.owner.liveness(&self.here) {
+            Liveness::Alive => true,
+            Liveness::Dead => false,
+            // A local file shared across hosts (NFS) cannot be checked: be conservative.
+            Liveness::Remote => !shared || record.lease_until.is_none_or(|until| until > now),
+        }
+    }
+
+    /// Acts on a verdict that needs no lock; `Next::Claim` when it says run.
+    fn act(&self, store: &mut dyn Store, record: Option<&Record>, now: Millis) -> Result<Next> {
+        let shared = store.is_shared();
+        match decide(record, now, &self.fingerprint, self.policy, |r| self.alive(r, now, shared)) {
+            Verdict::Run { .. } => Ok(Next::Claim),
+            Verdict::Wait(_) => Ok(Next::Wait),
+            Verdict::Replay(record) => match self.replay(store, record)? {
+                Some(code) => Ok(Next::Done(code)),
+                // The record changed under us (purged, expired): look again.
+                None => Ok(Next::Claim),
+            },
+            Verdict::Mismatch(record) => fail(Code::Mismatch, self.mismatch_message(record)),
+            Verdict::Busy(record) => fail(Code::InProgress, self.busy_message(Some(record), "")),
+            Verdict::AlreadyDone(record) => fail(
+                Code::Completed,
+                format!(
+                    "key {} already completed {} (exit status {}); it expires {}; run `idem purge {}` to allow a re-run",
+                    self.shown_key(),
+                    ago(record.finished_at.unwrap_or(record.started_at), now),
+                    record_status(record),
+                    until(record.expires_at, now),
+                    shell_word(&self.key),
+                ),
+            ),
+            Verdict::Blocked(record) => fail(
+                Code::Crashed,
+                format!(
+                    "key {}: an earlier run crashed (host {}, pid {}, started {}); check its side effects, then run `idem purge {}`",
+                    self.shown_key(),
+                    escape(record.owner.host.as_bytes()),
+                    record.owner.pid,
+                    ago(record.started_at, now),
+                    shell_word(&self.key),
+                ),
+            ),
+        }
+    }
+
+    /// Claims the key under the store's lock. `Err(next)` when the record
+    /// under the lock says something else than run.
+    fn claim(&self, store: &mut dyn Store) -> Result<std::result::Result<(i64, i64), Next>> {
+        let shared = store.is_shared();
+        let mut outcome = None;
+        let token = store.claim(&self.key, &mut |record, now| match decide(
+            record,
+            now,
+            &self.fingerprint,
+            self.policy,
+            |r| self.alive(r, now, shared),
+        ) {
+            Verdict::Run { attempt, crashed } => {
+                if let Some(dead) = crashed {
+                    self.explain(format_args!(
+                        "key {}: owner pid {} on {} is gone; taking over (attempt {attempt})",
+                        self.shown_key(),
+                        dead.owner.pid,
+                        escape(dead.owner.host.as_bytes())
+                    ));
+                }
+                outcome = Some(attempt);
+                Some(Claim {
+                    fingerprint: self.fingerprint.to_vec(),
+                    command: self.command.clone(),
+                    cwd: self.cwd.clone(),
+                    attempt,
+                    owner: self.me.clone(),
+                    lease_ms: millis(self.args.lease),
+                })
+            }
+            _ => None,
+        })?;
+        match (token, outcome) {
+            (Some(token), Some(attempt)) => Ok(Ok((token, attempt))),
+            // Someone else got there first: the next look decides again.
+            _ => Ok(Err(Next::Claim)),
+        }
+    }
+
+    /// Streams the stored output; `None` when the record vanished meanwhile.
+    fn replay(&self, store: &mut dyn Store, record: &Record) -> Result<Option<u8>> {
+        self.explain(format_args!(
+            "key {} completed earlier (attempt {}); replaying its output and status {}",
+            self.shown_key(),
+            record.attempt,
+            record_status(record)
+        ));
+        let mut stdout = ClosedOk(io::stdout().lock());
+        if !store.copy_output(&self.key, record.token, Stream::Stdout, &mut stdout)? {
+            return Ok(None);
+        }
+        let _ = stdout.0.flush();
+        let mut stderr = ClosedOk(io::stderr().lock());
+        if !store.copy_output(&self.key, record.token, Stream::Stderr, &mut stderr)? {
+            return Ok(None);
+        }
+        if (record.stdout_truncated || record.stderr_truncated) && !self.global.quiet {
+            eprintln!(
+                "idem: the replayed output of key {} was cut at --max-output when it was stored",
+                self.shown_key()
+            );
+        }
+        store.count_replay(&self.key, record.token)?;
+        Ok(Some(if record.timed_out {
+            u8::from(Code::Timeout)
+        } else {
+            child_status(record.exit_code, record.signal)
+        }))
+    }
+
+    fn execute(
+        &self,
+        store: &mut dyn Store,
+        token: i64,
+        attempt: i64,
+        stdin: Option<File>,
+    ) -> Result<u8> {
+        self.explain(format_args!(
+            "key {}: running (attempt {attempt})",
+            self.shown_key()
+        ));
+        let mut env = vec![
+            ("IDEM_KEY", self.key.clone()),
+            ("IDEM_ATTEMPT", attempt.to_string()),
+        ];
+        if store.is_shared() {
+            env.push(("IDEM_FENCING_TOKEN", token.to_string()));
+        }
+        let spec = child::Spec {
+            argv: &self.args.command,
+            env,
+            stdin,
+            max_output: self.args.max_output,
+            timeout: self.args.timeout,
+        };
+        let mut owner = Owning {
+            store: &mut *store,
+            key: &self.key,
+            token,
+            lease: self.args.lease,
+            renewed: Instant::now(),
+            lost: false,
+        };
+        let ran = child::run(spec, &mut owner)?;
+        let lost_lease = owner.lost;
+        let (finished, exit) = match ran {
+            Ok(finished) => {
+                let exit = if finished.timed_out {
+                    u8::from(Code::Timeout)
+                } else {
+                    child_status(finished.exit_code, finished.signal)
+                };
+                (finished, exit)
+            }
+            Err(e) => {
+                let (code, message) = match e {
+                    SpawnError::NotFound(name) => (
+                        Code::NotFound,
+                        format!("{}: command not found", escape(name.as_bytes())),
+                    ),
+                    SpawnError::NotExecutable(why) => (
+                        Code::NotExecutable,
+                        format!("cannot run {}", escape(why.as_bytes())),
+                    ),
+                };
+                // Could not start at all: never locked, whatever --on-failure says.
+                let failed = Finished {
+                    exit_code: Some(i32::from(u8::from(code))),
+                    signal: None,
+                    timed_out: false,
+                    stdout: Captured::default(),
+                    stderr: Captured::default(),
+                };
+                self.finish(store, token, &failed, Status::Failed, lost_lease)?;
+                return fail(code, message);
+            }
+        };
+        let status = if finished.succeeded() || self.args.on_failure == OnFailure::Lock {
+            Status::Completed
+        } else {
+            Status::Failed
+        };
+        if finished.timed_out && !self.global.quiet {
+            eprintln!(
+                "idem: {} timed out after {}",
+                self.shown_command(),
+                humantime::format_duration(self.args.timeout.unwrap_or_default())
+            );
+        }
+        self.finish(store, token, &finished, status, lost_lease)?;
+        Ok(exit)
+    }
+
+    fn finish(
+        &self,
+        store: &mut dyn Store,
+        token: i64,
+        finished: &Finished,
+        status: Status,
+        lost_lease: bool,
+    ) -> Result<()> {
+        let outcome = Outcome {
+            status,
+            exit_code: finished.exit_code,
+            signal: finished.signal,
+            timed_out: finished.timed_out,
+            ttl_ms: millis(self.args.ttl),
+            stdout: finished.stdout.clone(),
+            stderr: finished.stderr.clone(),
+        };
+        let result = if lost_lease {
+            Ok(false)
+        } else {
+            store.finish(&self.key, token, &outcome)
+        };
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => fail(
+                Code::Internal,
+                format!(
+                    "lost the claim on key {} while the command ran (its lease ran out, or it was purged or taken over); \
+                     this run's outcome (status {}) was NOT recorded and the newer record was left alone",
+                    self.shown_key(),
+                    child_status(finished.exit_code, finished.signal)
+                ),
+            ),
+            Err(e) => fail(
+                Code::Internal,
+                format!(
+                    "the command finished (status {}) but its record could NOT be written, so key {} stays in_progress: {e:#}",
+                    child_status(finished.exit_code, finished.signal),
+                    self.shown_key()
+                ),
+            ),
+        }
+    }
+
+    fn explain(&self, what: std::fmt::Arguments<'_>) {
+        if self.global.verbose {
+            eprintln!("idem: {what}");
+        }
+    }
+
+    fn shown_key(&self) -> String {
+        format!("'{}'", escape(self.key.as_bytes()))
+    }
+
+    fn shown_command(&self) -> String {
+        command_line(self.args.command.iter().map(|a| a.as_bytes()))
+    }
+
+    fn busy_message(&self, record: Option<&Record>, prefix: &str) -> String {
+        let owner = record.map_or_else(String::new, |r| {
+            format!(
+                " (pid {} on {}, attempt {})",
+                r.owner.pid,
+                escape(r.owner.host.as_bytes()),
+                r.attempt
+            )
+        });
+        format!(
+            "{prefix}key {} is in progress elsewhere{owner}; retry later, or use --on-duplicate wait",
+            self.shown_key()
+        )
+    }
+
+    fn mismatch_message(&self, record: &Record) -> String {
+        format!(
+            "key {} was used for a different command: stored `{}`, now `{}`; use another key, or --allow-mismatch",
+            self.shown_key(),
+            command_line(record.argv()),
+            self.shown_command()
+        )
+    }
+}
+
+/// Holds the claim while the child runs: records the child, renews the lease.
+struct Owning<'a> {
+    store: &'a mut dyn Store,
+    key: &'a str,
+    token: i64,
+    lease: Duration,
+    renewed: Instant,
+    lost: bool,
+}
+
+impl Supervisor for Owning<'_> {
+    fn started(&mut self, child: ChildId) -> Result<()> {
+        if self.store.set_child(self.key, self.token, child)? {
+            Ok(())
+        } else {
+            fail(
+                Code::Internal,
+                "lost the claim before the command started; it was not run",
+            )
+        }
+    }
+
+    /// Renews the lease; a refusal, or failures until the lease has run
+    /// out, mean another owner may have taken over.
+    fn tick(&mut self) {
+        if self.lost {
+            return;
+        }
+        match self.store.renew(self.key, self.token, millis(self.lease)) {
+            Ok(true) => self.renewed = Instant::now(),
+            Ok(false) => self.lost = true,
+            Err(e) if self.renewed.elapsed() >= self.lease => {
+                eprintln!(
+                    "idem: could not renew the lease for {} ({e:#}); it has run out",
+                    self.lease_key()
+                );
+                self.lost = true;
+            }
+            Err(_) => {}
+        }
+        if self.lost {
+            eprintln!(
+                "idem: lost the lease on key {} while the command runs; its outcome will not be recorded",
+                self.lease_key()
+            );
+        }
+    }
+
+    /// A third of the lease: two renewals can fail before it runs out.
+    fn tick_every(&self) -> Option<Duration> {
+        (self.store.is_shared() && !self.lost).then(|| self.lease / 3)
+    }
+}
+
+impl Owning<'_> {
+    fn lease_key(&self) -> String {
+        format!("'{}'", escape(self.key.as_bytes()))
+    }
+}
+
+fn millis(d: Duration) -> Millis {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// A writer for replay that treats a closed reader as the end of interest.
+struct ClosedOk<W>(W);
+
+impl<W: Write> Write for ClosedOk<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.0.write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(buf.len()),
+            other => other,
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.0.flush() {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        }
+    }
+}
+
+fn record_status(record: &Record) -> String {
+    if record.timed_out {
+        "124 (timed out)".into()
+    } else if let Some(sig) = record.signal {
+        format!("{} (signal {sig})", 128 + sig)
+    } else {
+        record
+            .exit_code
+            .map_or_else(|| "unknown".into(), |c| c.to_string())
+    }
+}
+
+fn ago(at: Millis, now: Millis) -> String {
+    let secs = u64::try_from((now - at) / 1000).unwrap_or(0);
+    format!(
+        "{} ago",
+        humantime::format_duration(Duration::from_secs(secs))
+    )
+}
+
+fn until(at: Option<Millis>, now: Millis) -> String {
+    match at {
+        Some(at) => {
+            let secs = u64::try_from((at - now) / 1000).unwrap_or(0);
+            format!(
+                "in {}",
+                humantime::format_duration(Duration::from_secs(secs))
+            )
+        }
+        None => "never".into(),
+    }
+}
+
+/// A key quoted for copy-pasting into a shell command.
+fn shell_word(key: &str) -> String {
+    let shown = escape(key.as_bytes());
+    if shown
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.:/@+=,".contains(c))
+    {
+        shown
+    } else {
+        format!("'{}'", shown.replace('\'', "'\\''"))
+    }
+}

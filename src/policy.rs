@@ -1,0 +1,224 @@
+//! The state machine every backend shares: given the record a call finds,
+//! run, replay, wait or refuse.
+//!
+//! This is the table of SPEC.md "Duplicates" in code. It is pure: the
+//! caller supplies the record, the store's clock and the owner's liveness,
+//! and calls it both before taking the store's lock (the cheap replay path)
+//! and again under the lock (the decision that counts).
+
+use crate::store::{Millis, Record, Status};
+use clap::ValueEnum;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum OnDuplicate {
+    /// Replay the stored stdout, stderr and exit status.
+    #[default]
+    Replay,
+    /// Exit 76 when the key already completed.
+    Fail,
+    /// Wait for a running owner to finish, then act on its result.
+    Wait,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum OnCrash {
+    /// Take the record over and run COMMAND again (attempt + 1).
+    #[default]
+    Rerun,
+    /// Leave the record and exit 77 for an operator to check.
+    Block,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum OnFailure {
+    /// A failed run is released: the next call runs COMMAND again.
+    #[default]
+    Unlock,
+    /// A failed run is final like a success: duplicates replay the failure.
+    Lock,
+}
+
+/// How a call treats the record it finds.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub on_duplicate: OnDuplicate,
+    pub on_crash: OnCrash,
+    pub allow_mismatch: bool,
+}
+
+/// What to do with a key.
+#[derive(Debug)]
+pub enum Verdict<'a> {
+    /// Claim the key and run COMMAND; `crashed` is the dead owner's record
+    /// when this is a takeover.
+    Run {
+        attempt: i64,
+        crashed: Option<&'a Record>,
+    },
+    Replay(&'a Record),
+    Wait(&'a Record),
+    /// The record was made by a different command (exit 65).
+    Mismatch(&'a Record),
+    /// In progress under a live owner (exit 75).
+    Busy(&'a Record),
+    /// Completed and `--on-duplicate fail` (exit 76).
+    AlreadyDone(&'a Record),
+    /// Its owner crashed and `--on-crash block` (exit 77).
+    Blocked(&'a Record),
+}
+
+/// Decides what a call with `fingerprint` does about `existing` at `now`.
+/// `alive` tells whether an `in_progress` record's owner still lives.
+pub fn decide<'a>(
+    existing: Option<&'a Record>,
+    now: Millis,
+    fingerprint: &[u8],
+    policy: Policy,
+    alive: impl Fn(&Record) -> bool,
+) -> Verdict<'a> {
+    let Some(record) = existing.filter(|r| !r.is_expired(now)) else {
+        return Verdict::Run {
+            attempt: 1,
+            crashed: None,
+        };
+    };
+    if record.fingerprint != fingerprint && !policy.allow_mismatch {
+        return Verdict::Mismatch(record);
+    }
+    match record.status {
+        Status::Failed => Verdict::Run {
+            attempt: record.attempt + 1,
+            crashed: None,
+        },
+        Status::Completed => match policy.on_duplicate {
+            OnDuplicate::Replay | OnDuplicate::Wait => Verdict::Replay(record),
+            OnDuplicate::Fail => Verdict::AlreadyDone(record),
+        },
+        Status::InProgress if alive(record) => match policy.on_duplicate {
+            OnDuplicate::Wait => Verdict::Wait(record),
+            OnDuplicate::Replay | OnDuplicate::Fail => Verdict::Busy(record),
+        },
+        Status::InProgress => match policy.on_crash {
+            OnCrash::Rerun => Verdict::Run {
+                attempt: record.attempt + 1,
+                crashed: Some(record),
+            },
+            OnCrash::Block => Verdict::Blocked(record),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::owner::Owner;
+
+    fn record(status: Status, expires_at: Option<Millis>) -> Record {
+        Record {
+            key: "k".into(),
+            status,
+            fingerprint: vec![1],
+            command: b"true".to_vec(),
+            cwd: b"/".to_vec(),
+            attempt: 2,
+            token: 9,
+            started_at: 0,
+            finished_at: expires_at.map(|_| 0),
+            expires_at,
+            lease_until: None,
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            replays: 0,
+            owner: Owner::default(),
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            stdout_truncated: false,
+            stderr_truncated: false,
+        }
+    }
+
+    fn verdict(r: Option<&Record>, dup: OnDuplicate, crash: OnCrash, alive: bool) -> String {
+        let policy = Policy {
+            on_duplicate: dup,
+            on_crash: crash,
+            allow_mismatch: false,
+        };
+        let v = decide(r, 100, &[1], policy, |_| alive);
+        format!("{v:?}")
+            .split([' ', '(', '{'])
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// SPEC.md "Duplicates", row by row, column by column.
+    #[test]
+    fn follows_the_duplicates_table() {
+        use OnDuplicate::*;
+        let done = record(Status::Completed, Some(200));
+        let expired = record(Status::Completed, Some(100));
+        let failed = record(Status::Failed, Some(200));
+        let running = record(Status::InProgress, None);
+        for dup in [Replay, Fail, Wait] {
+            for r in [None, Some(&expired), Some(&failed)] {
+                assert_eq!(verdict(r, dup, OnCrash::Rerun, true), "Run");
+            }
+            assert_eq!(verdict(Some(&running), dup, OnCrash::Rerun, false), "Run");
+            assert_eq!(
+                verdict(Some(&running), dup, OnCrash::Block, false),
+                "Blocked"
+            );
+        }
+        assert_eq!(verdict(Some(&done), Replay, OnCrash::Rerun, true), "Replay");
+        assert_eq!(
+            verdict(Some(&done), Fail, OnCrash::Rerun, true),
+            "AlreadyDone"
+        );
+        assert_eq!(verdict(Some(&done), Wait, OnCrash::Rerun, true), "Replay");
+        assert_eq!(
+            verdict(Some(&running), Replay, OnCrash::Rerun, true),
+            "Busy"
+        );
+        assert_eq!(verdict(Some(&running), Fail, OnCrash::Rerun, true), "Busy");
+        assert_eq!(verdict(Some(&running), Wait, OnCrash::Rerun, true), "Wait");
+    }
+
+    #[test]
+    fn attempts_count_reruns_of_the_same_record() {
+        let policy = Policy {
+            on_duplicate: OnDuplicate::Replay,
+            on_crash: OnCrash::Rerun,
+            allow_mismatch: false,
+        };
+        let failed = record(Status::Failed, Some(200));
+        assert!(matches!(
+            decide(Some(&failed), 100, &[1], policy, |_| true),
+            Verdict::Run { attempt: 3, .. }
+        ));
+        let expired = record(Status::Failed, Some(50));
+        assert!(matches!(
+            decide(Some(&expired), 100, &[1], policy, |_| true),
+            Verdict::Run { attempt: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn mismatch_refuses_unless_allowed() {
+        let done = record(Status::Completed, Some(200));
+        let mut policy = Policy {
+            on_duplicate: OnDuplicate::Replay,
+            on_crash: OnCrash::Rerun,
+            allow_mismatch: false,
+        };
+        assert!(matches!(
+            decide(Some(&done), 100, &[2], policy, |_| true),
+            Verdict::Mismatch(_)
+        ));
+        policy.allow_mismatch = true;
+        assert!(matches!(
+            decide(Some(&done), 100, &[2], policy, |_| true),
+            Verdict::Replay(_)
+        ));
+    }
+}

@@ -1,0 +1,244 @@
+//! The store: where records live, behind one trait.
+//!
+//! A backend offers atomic primitives only — read, claim under a lock,
+//! record the child, renew, finish, stream output, list, delete. What to do
+//! with a record (run, replay, wait, refuse, take over) is decided by
+//! `crate::policy`, which every backend shares. `open` picks the backend from
+//! the `--db` value.
+
+pub mod postgres;
+pub mod redis;
+pub mod sqlite;
+
+use crate::owner::{ChildId, Owner};
+use anyhow::Result;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Milliseconds since the Unix epoch, by the store's clock.
+pub type Millis = i64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::InProgress => "in_progress",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        match s {
+            "in_progress" => Some(Status::InProgress),
+            "completed" => Some(Status::Completed),
+            "failed" => Some(Status::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One key's record, as stored (output bytes are streamed separately).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: String,
+    pub status: Status,
+    pub fingerprint: Vec<u8>,
+    /// argv, each element's raw bytes joined by NUL (argv cannot hold NUL).
+    pub command: Vec<u8>,
+    pub cwd: Vec<u8>,
+    pub attempt: i64,
+    /// Fencing token of the claim that wrote this record.
+    pub token: i64,
+    pub started_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub expires_at: Option<Millis>,
+    /// Shared stores: the owner is dead once this passes (server clock).
+    pub lease_until: Option<Millis>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub replays: i64,
+    pub owner: Owner,
+    pub stdout_bytes: i64,
+    pub stderr_bytes: i64,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+}
+
+impl Record {
+    pub fn is_expired(&self, now: Millis) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// argv as separate raw byte strings.
+    pub fn argv(&self) -> impl Iterator<Item = &[u8]> {
+        self.command.split(|&b| b == 0)
+    }
+}
+
+/// What a new claim writes: the record starts `in_progress`.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub fingerprint: Vec<u8>,
+    pub command: Vec<u8>,
+    pub cwd: Vec<u8>,
+    pub attempt: i64,
+    pub owner: Owner,
+    pub lease_ms: Millis,
+}
+
+/// A finished run as `finish` stores it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Status,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub ttl_ms: Millis,
+    pub stdout: Captured,
+    pub stderr: Captured,
+}
+
+/// A stream's stored copy: at most `--max-output` bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    pub bytes: Vec<u8>,
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Which records `list` yields. Fields combine with AND.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub keys: Vec<String>,
+    pub status: Option<Status>,
+    pub expired: bool,
+    pub prefix: Option<String>,
+    /// Only records started before this time.
+    pub started_before: Option<Millis>,
+    pub limit: Option<u64>,
+}
+
+/// The atomic primitives a backend provides.
+pub trait Store {
+    /// The store's clock (the server's, for shared stores).
+    fn now(&mut self) -> Result<Millis>;
+
+    /// Reads a record without taking any lock.
+    fn get(&mut self, key: &str) -> Result<Option<Record>>;
+
+    /// Under the store's lock for `key`, reads the record and passes it with
+    /// the store's time to `decide`; when `decide` returns a claim, writes
+    /// it durably and returns its new fencing token.
+    fn claim(
+        &mut self,
+        key: &str,
+        decide: &mut dyn FnMut(Option<&Record>, Millis) -> Option<Claim>,
+    ) -> Result<Option<i64>>;
+
+    /// Records the child's identity. False if the claim is no longer ours.
+    fn set_child(&mut self, key: &str, token: i64, child: ChildId) -> Result<bool>;
+
+    /// Extends the lease of a running claim. False if it is no longer ours.
+    fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool>;
+
+    /// Stores the outcome durably. False if the claim is no longer ours.
+    fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool>;
+
+    /// Writes a stream's stored bytes to `out`. False if the record with
+    /// `token` is gone.
+    fn copy_output(
+        &mut self,
+        key: &str,
+        token: i64,
+        stream: Stream,
+        out: &mut dyn Write,
+    ) -> Result<bool>;
+
+    /// Counts one replay (cheaply: not worth an fsync).
+    fn count_replay(&mut self, key: &str, token: i64) -> Result<()>;
+
+    /// Calls `each` for every record the filter selects, newest first.
+    fn list(&mut self, filter: &Filter, each: &mut dyn FnMut(Record) -> Result<()>) -> Result<()>;
+
+    /// Deletes each `(key, token)` whose record still carries that token;
+    /// returns how many went.
+    fn delete(&mut self, records: &[(String, i64)]) -> Result<u64>;
+
+    /// Shared stores span hosts and use leases; a local one does not.
+    fn is_shared(&self) -> bool;
+}
+
+/// Where `--db` points.
+pub enum Location {
+    File(PathBuf),
+    /// `postgres://` or `postgresql://` URL.
+    Postgres(String),
+    /// `redis://` or `rediss://` URL.
+    Redis(String),
+}
+
+impl Location {
+    /// `--db` / `IDEM_DB`, else `$XDG_STATE_HOME/idem/idem.db`, else
+    /// `~/.local/state/idem/idem.db`.
+    pub fn resolve(db: Option<&std::ffi::OsStr>) -> Result<Location> {
+        if let Some(db) = db.filter(|d| !d.is_empty()) {
+            let text = db.to_string_lossy();
+            if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+                return Ok(Location::Postgres(text.into_owned()));
+            }
+            if text.starts_with("redis://") || text.starts_with("rediss://") {
+                return Ok(Location::Redis(text.into_owned()));
+            }
+            return Ok(Location::File(PathBuf::from(db)));
+        }
+        let state = match std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None => match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+                Some(home) => PathBuf::from(home).join(".local/state"),
+                None => {
+                    return crate::exit::fail(
+                        crate::exit::Code::Internal,
+                        "cannot find the store: set --db, IDEM_DB, XDG_STATE_HOME or HOME",
+                    )
+                }
+            },
+        };
+        Ok(Location::File(state.join("idem").join("idem.db")))
+    }
+}
+
+/// How a command wants the store opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `run`: create the store if it does not exist.
+    Create,
+    /// `purge`: write, but never create.
+    Existing,
+    /// `inspect`: never create, never write.
+    ReadOnly,
+}
+
+/// Opens the store at `location`; `None` when it does not exist and `mode`
+/// forbids creating it.
+pub fn open(location: &Location, mode: Mode) -> Result<Option<Box<dyn Store>>> {
+    match location {
+        Location::File(path) => {
+            Ok(sqlite::SqliteStore::open(path, mode)?.map(|s| Box::new(s) as Box<dyn Store>))
+        }
+        Location::Postgres(url) => postgres::open(url, mode),
+        Location::Redis(url) => redis::open(url, mode),
+    }
+}

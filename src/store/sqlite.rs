@@ -1,0 +1,706 @@
+//! The embedded default: one SQLite file in WAL mode.
+//!
+//! Claims run in `BEGIN IMMEDIATE` with `synchronous=FULL`, so they are on
+//! disk before the child starts; outcomes likewise before idem exits. Reads
+//! (replay, wait, inspect) never take the write lock. Before SQLite touches a
+//! file, its first 100 bytes are checked: a file that is not SQLite, belongs
+//! to another application, or has a newer schema is refused untouched.
+
+use super::{Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream};
+use crate::exit::{fail, Code};
+use crate::owner::{ChildId, Owner};
+use anyhow::{Context, Result};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, ToSql};
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// `PRAGMA application_id`: "idem" in ASCII.
+const APPLICATION_ID: i32 = 0x6964_656d;
+/// `PRAGMA user_version`: the schema this build writes.
+const SCHEMA_VERSION: i32 = 1;
+/// How many expired records a claim deletes on its way.
+const CLEANUP_BATCH: i64 = 16;
+/// How long contention on the write lock may last before idem gives up.
+const LOCK_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Schema migrations; entry N brings a store from version N to N + 1.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
+    INSERT INTO counters VALUES ('token', 0);
+    CREATE TABLE records (
+        key TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        fingerprint BLOB NOT NULL,
+        command BLOB NOT NULL,
+        cwd BLOB NOT NULL,
+        attempt INTEGER NOT NULL,
+        token INTEGER NOT NULL,
+        started_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        expires_at INTEGER,
+        exit_code INTEGER,
+        signal INTEGER,
+        timed_out INTEGER NOT NULL DEFAULT 0,
+        replays INTEGER NOT NULL DEFAULT 0,
+        owner_host TEXT NOT NULL,
+        owner_boot TEXT NOT NULL,
+        owner_pid INTEGER NOT NULL,
+        owner_start INTEGER NOT NULL,
+        child_pid INTEGER,
+        child_pgid INTEGER,
+        child_start INTEGER,
+        stdout_truncated INTEGER NOT NULL DEFAULT 0,
+        stderr_truncated INTEGER NOT NULL DEFAULT 0,
+        stdout BLOB NOT NULL DEFAULT x'',
+        stderr BLOB NOT NULL DEFAULT x''
+    ) STRICT;
+    CREATE INDEX records_expires_at ON records (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE INDEX records_started_at ON records (started_at);
+"];
+
+const RECORD_COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, token, started_at, \
+    finished_at, expires_at, exit_code, signal, timed_out, replays, owner_host, owner_boot, \
+    owner_pid, owner_start, child_pid, child_pgid, child_start, length(stdout), length(stderr), \
+    stdout_truncated, stderr_truncated";
+
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path, mode: Mode) -> Result<Option<SqliteStore>> {
+        let header = match read_header(path) {
+            Ok(header) => header,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if mode != Mode::Create {
+                    return Ok(None);
+                }
+                create_file(path)?;
+                Header {
+                    empty: true,
+                    ..Header::default()
+                }
+            }
+            Err(e) => return store_error(path, &format!("cannot read it: {e}")),
+        };
+        header.check(path)?;
+
+        // Never SQLITE_OPEN_CREATE: the file exists by now, and a vanished one
+        // must not come back empty. `inspect` is kept read-only by query_only.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .or_else(|e| store_error(path, &format!("cannot open it: {e}")))?;
+        conn.busy_handler(Some(wait_for_lock))
+            .context("busy handler")?;
+        let mut store = SqliteStore {
+            conn,
+            path: path.to_owned(),
+        };
+        if mode == Mode::ReadOnly {
+            store.pragma("query_only", "1")?;
+        }
+        if !header.is_ready() {
+            store.prepare(mode)?;
+        }
+        store.pragma("synchronous", "FULL")?;
+        Ok(Some(store))
+    }
+
+    fn pragma(&self, name: &str, value: &str) -> Result<()> {
+        self.conn
+            .pragma_update(None, name, value)
+            .or_else(|e| self.fail(&format!("PRAGMA {name}: {e}")))
+    }
+
+    /// Makes a new file an idem store, or migrates an older one. Runs under
+    /// the write lock, so racing creators see each other's work.
+    fn prepare(&mut self, mode: Mode) -> Result<()> {
+        let (app, version, tables) = self.identity()?;
+        if app == APPLICATION_ID && version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        check_identity(&self.path, app, version, tables)?;
+        if mode == Mode::ReadOnly {
+            return self.fail("it was never initialised (run `idem run` once to create it)");
+        }
+        if tables == 0 {
+            // auto_vacuum must be chosen before the first table exists.
+            self.pragma("auto_vacuum", "INCREMENTAL")?;
+        }
+        self.switch_to_wal()?;
+        let path = self.path.clone();
+        let fail = |what: &str, e: rusqlite::Error| {
+            store_error::<()>(&path, &format!("{what}: {}", describe(&e)))
+        };
+        let tx = match self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        {
+            Ok(tx) => tx,
+            Err(e) => return fail("cannot lock it", e),
+        };
+        let (app, version, tables): (i32, i32, i64) =
+            match tx.query_row(IDENTITY_SQL, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))) {
+                Ok(identity) => identity,
+                Err(e) => return fail("cannot read it", e),
+            };
+        check_identity(&path, app, version, tables)?;
+        for (from, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            if let Err(e) = tx.execute_batch(migration) {
+                return fail(&format!("cannot migrate it from version {from}"), e);
+            }
+        }
+        let stamp = format!(
+            "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+        );
+        if let Err(e) = tx.execute_batch(&stamp).and_then(|()| tx.commit()) {
+            return fail("cannot initialise it", e);
+        }
+        Ok(())
+    }
+
+    fn identity(&self) -> Result<(i32, i32, i64)> {
+        self.conn
+            .query_row(IDENTITY_SQL, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .or_else(|e| self.fail(&format!("cannot read it: {e}")))
+    }
+
+    /// Several processes may create a store at once; the switch to WAL needs
+    /// a moment alone and may report SQLITE_BUSY without waiting.
+    fn switch_to_wal(&self) -> Result<()> {
+        let deadline = Instant::now() + LOCK_PATIENCE;
+        loop {
+            let mode: rusqlite::Result<String> =
+                self.conn
+                    .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0));
+            match mode {
+                Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+                Ok(mode) => {
+                    return self.fail(&format!("cannot switch it to WAL mode (still {mode})"))
+                }
+                Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => return self.fail(&format!("cannot switch it to WAL mode: {e}")),
+            }
+        }
+    }
+
+    fn fail<T>(&self, what: &str) -> Result<T> {
+        store_error(&self.path, what)
+    }
+
+    /// Maps a SQLite error to exit 125 with the store's name in it.
+    fn sql<T>(&self, result: rusqlite::Result<T>, doing: &str) -> Result<T> {
+        result.or_else(|e| self.fail(&format!("{doing}: {}", describe(&e))))
+    }
+
+    fn read_record(&self, key: &str) -> rusqlite::Result<Option<Record>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM records WHERE key = ?1"
+            ))?
+            .query_row([key], record_from_row)
+            .optional()
+    }
+
+    fn next_token(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
+        tx.query_row(
+            "UPDATE counters SET value = value + 1 WHERE name = 'token' RETURNING value",
+            [],
+            |r| r.get(0),
+        )
+    }
+
+    fn write_claim(
+        tx: &rusqlite::Transaction<'_>,
+        key: &str,
+        claim: &Claim,
+        token: i64,
+        now: Millis,
+    ) -> rusqlite::Result<()> {
+        tx.prepare_cached(
+            "INSERT INTO records (key, status, fingerprint, command, cwd, attempt, token, started_at,
+                owner_host, owner_boot, owner_pid, owner_start)
+             VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (key) DO UPDATE SET status = 'in_progress', fingerprint = ?2, command = ?3,
+                cwd = ?4, attempt = ?5, token = ?6, started_at = ?7, finished_at = NULL,
+                expires_at = NULL, exit_code = NULL, signal = NULL, timed_out = 0, replays = 0,
+                owner_host = ?8, owner_boot = ?9, owner_pid = ?10, owner_start = ?11,
+                child_pid = NULL, child_pgid = NULL, child_start = NULL,
+                stdout_truncated = 0, stderr_truncated = 0, stdout = x'', stderr = x''",
+        )?
+        .execute(params![
+            key,
+            claim.fingerprint,
+            claim.command,
+            claim.cwd,
+            claim.attempt,
+            token,
+            now,
+            claim.owner.host,
+            claim.owner.boot_id,
+            claim.owner.pid,
+            claim.owner.start,
+        ])?;
+        tx.prepare_cached(
+            "DELETE FROM records WHERE rowid IN
+               (SELECT rowid FROM records WHERE expires_at <= ?1 AND key <> ?2 LIMIT ?3)",
+        )?
+        .execute(params![now, key, CLEANUP_BATCH])?;
+        Ok(())
+    }
+
+    fn write_outcome(
+        &mut self,
+        key: &str,
+        token: i64,
+        outcome: &Outcome,
+        with_output: bool,
+    ) -> rusqlite::Result<bool> {
+        let now = now_millis();
+        let (out, err): (&[u8], &[u8]) = if with_output {
+            (&outcome.stdout.bytes, &outcome.stderr.bytes)
+        } else {
+            (&[], &[])
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
+            "UPDATE records SET status = ?3, finished_at = ?4, expires_at = ?4 + ?5, exit_code = ?6,
+                signal = ?7, timed_out = ?8, stdout = ?9, stderr = ?10,
+                stdout_truncated = ?11, stderr_truncated = ?12
+             WHERE key = ?1 AND token = ?2 AND status = 'in_progress'",
+            params![
+                key,
+                token,
+                outcome.status.as_str(),
+                now,
+                outcome.ttl_ms,
+                outcome.exit_code,
+                outcome.signal,
+                outcome.timed_out,
+                out,
+                err,
+                outcome.stdout.truncated || (!with_output && !outcome.stdout.bytes.is_empty()),
+                outcome.stderr.truncated || (!with_output && !outcome.stderr.bytes.is_empty()),
+            ],
+        )?;
+        tx.commit()?;
+        Ok(changed == 1)
+    }
+}
+
+const IDENTITY_SQL: &str = "SELECT (SELECT application_id FROM pragma_application_id), \
+    (SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM sqlite_master)";
+
+impl Store for SqliteStore {
+    fn now(&mut self) -> Result<Millis> {
+        Ok(now_millis())
+    }
+
+    fn get(&mut self, key: &str) -> Result<Option<Record>> {
+        let record = self.read_record(key);
+        self.sql(record, "cannot read a record")
+    }
+
+    fn claim(
+        &mut self,
+        key: &str,
+        decide: &mut dyn FnMut(Option<&Record>, Millis) -> Option<Claim>,
+    ) -> Result<Option<i64>> {
+        let result = (|| {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let existing = tx
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records WHERE key = ?1"
+                ))?
+                .query_row([key], record_from_row)
+                .optional()?;
+            let now = now_millis();
+            let Some(claim) = decide(existing.as_ref(), now) else {
+                return Ok(None);
+            };
+            let token = Self::next_token(&tx)?;
+            Self::write_claim(&tx, key, &claim, token, now)?;
+            tx.commit()?;
+            Ok(Some(token))
+        })();
+        self.sql(result, "cannot claim the key")
+    }
+
+    fn set_child(&mut self, key: &str, token: i64, child: ChildId) -> Result<bool> {
+        // A process crash cannot lose this commit (it is in the WAL); a power
+        // loss changes the boot id, which makes the owner dead anyway.
+        let result = (|| {
+            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+            let changed = self.conn.execute(
+                "UPDATE records SET child_pid = ?3, child_pgid = ?4, child_start = ?5
+                 WHERE key = ?1 AND token = ?2 AND status = 'in_progress'",
+                params![key, token, child.pid, child.pgid, child.start],
+            );
+            self.conn.pragma_update(None, "synchronous", "FULL")?;
+            changed
+        })();
+        Ok(self.sql(result, "cannot record the child")? == 1)
+    }
+
+    fn renew(&mut self, _key: &str, _token: i64, _lease_ms: Millis) -> Result<bool> {
+        Ok(true)
+    }
+
+    fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
+        match self.write_outcome(key, token, outcome, true) {
+            Ok(ours) => Ok(ours),
+            Err(first) => {
+                // The outcome matters more than its output (disk full, say).
+                eprintln!(
+                    "idem: could not store the output ({}); recording the outcome without it",
+                    describe(&first)
+                );
+                let retry = self.write_outcome(key, token, outcome, false);
+                self.sql(retry, "cannot record the outcome")
+            }
+        }
+    }
+
+    fn copy_output(
+        &mut self,
+        key: &str,
+        token: i64,
+        stream: Stream,
+        out: &mut dyn Write,
+    ) -> Result<bool> {
+        let column = match stream {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        };
+        let tx = self.conn.unchecked_transaction();
+        let tx = self.sql(tx, "cannot read the output")?;
+        let rowid = tx
+            .prepare_cached("SELECT rowid FROM records WHERE key = ?1 AND token = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![key, token], |r| r.get::<_, i64>(0))
+                    .optional()
+            });
+        let Some(rowid) = self.sql(rowid, "cannot read the output")? else {
+            return Ok(false);
+        };
+        let blob = tx.blob_open(rusqlite::DatabaseName::Main, "records", column, rowid, true);
+        let mut blob = self.sql(blob, "cannot read the output")?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = blob
+                .read(&mut buf)
+                .or_else(|e| self.fail(&format!("cannot read the output: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])?;
+        }
+        drop(blob);
+        let done = tx.commit();
+        self.sql(done, "cannot read the output")?;
+        Ok(true)
+    }
+
+    fn count_replay(&mut self, key: &str, token: i64) -> Result<()> {
+        let result = (|| {
+            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+            let changed = self.conn.execute(
+                "UPDATE records SET replays = replays + 1 WHERE key = ?1 AND token = ?2",
+                params![key, token],
+            );
+            self.conn.pragma_update(None, "synchronous", "FULL")?;
+            changed
+        })();
+        self.sql(result, "cannot count the replay").map(drop)
+    }
+
+    fn list(&mut self, filter: &Filter, each: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
+        let now = now_millis();
+        let mut sql = format!("SELECT {RECORD_COLUMNS} FROM records WHERE 1");
+        let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+        if !filter.keys.is_empty() {
+            let marks = vec!["?"; filter.keys.len()].join(", ");
+            sql.push_str(&format!(" AND key IN ({marks})"));
+            args.extend(
+                filter
+                    .keys
+                    .iter()
+                    .map(|k| Box::new(k.clone()) as Box<dyn ToSql>),
+            );
+        }
+        if let Some(status) = filter.status {
+            sql.push_str(" AND status = ?");
+            args.push(Box::new(status.as_str()));
+        }
+        if filter.expired {
+            sql.push_str(" AND expires_at <= ?");
+            args.push(Box::new(now));
+        }
+        if let Some(prefix) = &filter.prefix {
+            sql.push_str(" AND substr(key, 1, length(?)) = ?");
+            args.push(Box::new(prefix.clone()));
+            args.push(Box::new(prefix.clone()));
+        }
+        if let Some(before) = filter.started_before {
+            sql.push_str(" AND started_at < ?");
+            args.push(Box::new(before));
+        }
+        sql.push_str(" ORDER BY started_at DESC, key");
+        if let Some(limit) = filter.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        let mut stmt = self.sql(self.conn.prepare(&sql), "cannot list records")?;
+        let params: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref()).collect();
+        let mut rows = stmt.query(params.as_slice()).or_else(|e| {
+            store_error(
+                &self.path,
+                &format!("cannot list records: {}", describe(&e)),
+            )
+        })?;
+        loop {
+            let row = rows.next().or_else(|e| {
+                store_error(
+                    &self.path,
+                    &format!("cannot list records: {}", describe(&e)),
+                )
+            })?;
+            let Some(row) = row else { break };
+            let record = record_from_row(row).or_else(|e| {
+                store_error(
+                    &self.path,
+                    &format!("cannot list records: {}", describe(&e)),
+                )
+            })?;
+            each(record)?;
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
+        let result = (|| {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut gone = 0;
+            {
+                let mut stmt =
+                    tx.prepare_cached("DELETE FROM records WHERE key = ?1 AND token = ?2")?;
+                for (key, token) in records {
+                    gone += stmt.execute(params![key, token])? as u64;
+                }
+            }
+            tx.commit()?;
+            self.conn.execute_batch("PRAGMA incremental_vacuum")?;
+            Ok(gone)
+        })();
+        self.sql(result, "cannot delete records")
+    }
+
+    fn is_shared(&self) -> bool {
+        false
+    }
+}
+
+fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
+    let status: String = row.get(1)?;
+    let child_pid: Option<i64> = row.get(18)?;
+    Ok(Record {
+        key: row.get(0)?,
+        status: Status::parse(&status).unwrap_or(Status::Failed),
+        fingerprint: row.get(2)?,
+        command: row.get(3)?,
+        cwd: row.get(4)?,
+        attempt: row.get(5)?,
+        token: row.get(6)?,
+        started_at: row.get(7)?,
+        finished_at: row.get(8)?,
+        expires_at: row.get(9)?,
+        lease_until: None,
+        exit_code: row.get(10)?,
+        signal: row.get(11)?,
+        timed_out: row.get(12)?,
+        replays: row.get(13)?,
+        owner: Owner {
+            host: row.get(14)?,
+            boot_id: row.get(15)?,
+            pid: row.get(16)?,
+            start: row.get(17)?,
+            child: match child_pid {
+                Some(pid) => Some(ChildId {
+                    pid,
+                    pgid: row.get::<_, Option<i64>>(19)?.unwrap_or(pid),
+                    start: row.get::<_, Option<i64>>(20)?.unwrap_or(0),
+                }),
+                None => None,
+            },
+        },
+        stdout_bytes: row.get(21)?,
+        stderr_bytes: row.get(22)?,
+        stdout_truncated: row.get(23)?,
+        stderr_truncated: row.get(24)?,
+    })
+}
+
+/// The facts of an SQLite file header that decide whether idem may open it.
+#[derive(Default)]
+struct Header {
+    /// Zero bytes long: a store another idem is creating right now, or a new one.
+    empty: bool,
+    magic_ok: bool,
+    wal: bool,
+    application_id: i32,
+    user_version: i32,
+}
+
+impl Header {
+    fn check(&self, path: &Path) -> Result<()> {
+        if self.empty {
+            return Ok(());
+        }
+        if !self.magic_ok {
+            return store_error(
+                path,
+                "it is not an idem store (not an SQLite file); it was left untouched",
+            );
+        }
+        if self.application_id != 0 && self.application_id != APPLICATION_ID {
+            return store_error(path, "it is an SQLite database of another application, not an idem store; it was left untouched");
+        }
+        if self.application_id == APPLICATION_ID && self.user_version > SCHEMA_VERSION {
+            return store_error(
+                path,
+                &format!(
+                    "it has schema version {}, newer than this idem understands ({SCHEMA_VERSION}); upgrade idem",
+                    self.user_version
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// An initialised store at this version, in WAL mode: no set-up needed.
+    fn is_ready(&self) -> bool {
+        self.magic_ok
+            && self.wal
+            && self.application_id == APPLICATION_ID
+            && self.user_version == SCHEMA_VERSION
+    }
+}
+
+fn read_header(path: &Path) -> io::Result<Header> {
+    let mut file = File::open(path)?;
+    let mut bytes = [0u8; 100];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match file.read(&mut bytes[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    if filled == 0 {
+        return Ok(Header {
+            empty: true,
+            ..Header::default()
+        });
+    }
+    let be =
+        |at: usize| i32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    Ok(Header {
+        empty: false,
+        magic_ok: filled == 100 && &bytes[..16] == b"SQLite format 3\0",
+        wal: bytes[18] == 2 && bytes[19] == 2,
+        application_id: be(68),
+        user_version: be(60),
+    })
+}
+
+/// Creates the store's directory (0700) and file (0600) if missing.
+fn create_file(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .or_else(|e| store_error(path, &format!("cannot create its directory: {e}")))?;
+    }
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .or_else(|e| store_error(path, &format!("cannot create it: {e}")))?;
+    Ok(())
+}
+
+/// Waits out contention instead of letting SQLITE_BUSY reach the user.
+fn wait_for_lock(attempt: i32) -> bool {
+    // Short sleeps: a claim holds the lock for about one fsync. At most
+    // 4.5 ms a try, so this many tries outlast LOCK_PATIENCE.
+    let tries = LOCK_PATIENCE.as_micros() / 4_500;
+    if u128::try_from(attempt).unwrap_or(0) > tries {
+        return false;
+    }
+    let step = u64::try_from(attempt.clamp(0, 16)).unwrap_or(0);
+    std::thread::sleep(Duration::from_micros(500 + 250 * step));
+    true
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+fn describe(e: &rusqlite::Error) -> String {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+            "the file is corrupt (restore it from a backup, or move it away to start afresh)".into()
+        }
+        Some(ErrorCode::DiskFull) => "the disk is full".into(),
+        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+            format!("it cannot be written ({e})")
+        }
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            "it stayed locked by other processes for too long".into()
+        }
+        _ => e.to_string(),
+    }
+}
+
+fn check_identity(path: &Path, app: i32, version: i32, tables: i64) -> Result<()> {
+    if (app == 0 && tables > 0) || (app != 0 && app != APPLICATION_ID) {
+        return store_error(
+            path,
+            "it is an SQLite database of another application, not an idem store; it was left untouched",
+        );
+    }
+    if version > SCHEMA_VERSION {
+        return store_error(
+            path,
+            &format!("it has schema version {version}, newer than this idem understands ({SCHEMA_VERSION}); upgrade idem"),
+        );
+    }
+    Ok(())
+}
+
+fn store_error<T>(path: &Path, what: &str) -> Result<T> {
+    fail(Code::Internal, format!("store {}: {what}", path.display()))
+}
+
+pub fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

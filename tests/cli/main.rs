@@ -1,0 +1,6 @@
+//! The CLI tests: one binary, one module per feature.
+
+mod support;
+
+mod run;
+mod store;

@@ -1,0 +1,784 @@
+//! `idem run`: keys, states, duplicates, the child, exit codes.
+
+use crate::support::{race, sh, wait_for, Env};
+use predicates::prelude::*;
+use std::io::{Read, Write};
+use std::process::Stdio;
+
+#[test]
+fn runs_once_then_replays_output_and_status() {
+    let env = Env::new();
+    let script = format!("{}; echo out; echo err >&2; exit 0", env.count_run("n"));
+    for _ in 0..3 {
+        env.idem()
+            .args(["run", "--key", "k", "--"])
+            .args(sh(&script))
+            .assert()
+            .success()
+            .stdout("out\n")
+            .stderr("err\n");
+    }
+    assert_eq!(env.count("n"), 1);
+}
+
+#[test]
+fn replay_is_byte_exact_on_both_streams() {
+    let env = Env::new();
+    let all: Vec<u8> = (0..=255u8).collect();
+    std::fs::write(env.path("bytes"), &all).unwrap();
+    let script = format!("{}; cat bytes; cat bytes >&2; exit 0", env.count_run("n"));
+    let first = env
+        .idem()
+        .args(["run", "-k", "bytes", "--"])
+        .args(sh(&script))
+        .output()
+        .unwrap();
+    let again = env
+        .idem()
+        .args(["run", "-k", "bytes", "--"])
+        .args(sh(&script))
+        .output()
+        .unwrap();
+    assert_eq!(first.stdout, all);
+    assert_eq!(first.stderr, all);
+    assert_eq!(again.stdout, all);
+    assert_eq!(again.stderr, all);
+    assert_eq!(env.count("n"), 1);
+}
+
+#[test]
+fn failure_unlocks_by_default_and_counts_attempts() {
+    let env = Env::new();
+    let script = format!("{}; echo attempt $IDEM_ATTEMPT; exit 3", env.count_run("n"));
+    env.idem()
+        .args(["run", "-k", "f", "--"])
+        .args(sh(&script))
+        .assert()
+        .code(3)
+        .stdout("attempt 1\n");
+    env.idem()
+        .args(["run", "-k", "f", "--"])
+        .args(sh(&script))
+        .assert()
+        .code(3)
+        .stdout("attempt 2\n");
+    assert_eq!(env.count("n"), 2);
+}
+
+#[test]
+fn on_failure_lock_replays_the_failure() {
+    let env = Env::new();
+    let script = format!("{}; echo nope; exit 4", env.count_run("n"));
+    for _ in 0..2 {
+        env.idem()
+            .args(["run", "-k", "f", "--on-failure", "lock", "--"])
+            .args(sh(&script))
+            .assert()
+            .code(4)
+            .stdout("nope\n");
+    }
+    // Without the flag, the locked record still replays: it is completed.
+    env.idem()
+        .args(["run", "-k", "f", "--"])
+        .args(sh(&script))
+        .assert()
+        .code(4);
+    assert_eq!(env.count("n"), 1);
+}
+
+#[test]
+fn death_by_signal_exits_128_plus_n_and_replays_it() {
+    let env = Env::new();
+    let script = format!("{}; kill -9 $$", env.count_run("n"));
+    for _ in 0..2 {
+        env.idem()
+            .args(["run", "-k", "s", "--on-failure", "lock", "--"])
+            .args(sh(&script))
+            .assert()
+            .code(137);
+    }
+    assert_eq!(env.count("n"), 1);
+}
+
+#[test]
+fn child_sees_key_and_attempt() {
+    let env = Env::new();
+    let out = env
+        .idem()
+        .args(["run", "-k", "my key", "--"])
+        .args(sh(
+            "echo \"$IDEM_KEY|$IDEM_ATTEMPT|${IDEM_FENCING_TOKEN-none}\"",
+        ))
+        .output()
+        .unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    let fields: Vec<&str> = line.trim_end().split('|').collect();
+    assert_eq!(fields[..2], ["my key", "1"]);
+    if crate::support::backend() == crate::support::Backend::Sqlite {
+        assert_eq!(fields[2], "none", "a local store has no fencing token");
+    } else {
+        assert!(
+            fields[2].parse::<u64>().is_ok(),
+            "shared stores pass IDEM_FENCING_TOKEN: {line}"
+        );
+    }
+}
+
+#[test]
+fn mismatch_exits_65_and_changes_nothing() {
+    let env = Env::new();
+    env.idem()
+        .args(["run", "-k", "m", "--", "echo", "one"])
+        .assert()
+        .success()
+        .stdout("one\n");
+    let refused = env
+        .idem()
+        .args(["run", "-k", "m", "--", "echo", "two"])
+        .assert()
+        .code(65);
+    let err = String::from_utf8(refused.get_output().stderr.clone()).unwrap();
+    assert!(
+        err.starts_with("idem: ") && err.contains("echo one") && err.contains("echo two"),
+        "{err}"
+    );
+    assert!(refused.get_output().stdout.is_empty());
+    // The stored record is untouched: the first command still replays.
+    env.idem()
+        .args(["run", "-k", "m", "--", "echo", "one"])
+        .assert()
+        .success()
+        .stdout("one\n");
+    env.idem()
+        .args(["run", "-k", "m", "--allow-mismatch", "--", "echo", "two"])
+        .assert()
+        .success()
+        .stdout("one\n");
+}
+
+#[test]
+fn derived_keys_follow_the_fingerprint() {
+    let env = Env::new();
+    let count = env.count_run("n");
+    let run = |extra: &[&str], arg: &str| {
+        env.idem()
+            .arg("run")
+            .args(extra)
+            .args(["--", "sh", "-c", &format!("{count}; echo {arg}")])
+            .assert()
+            .success();
+    };
+    run(&[], "a");
+    run(&[], "a");
+    assert_eq!(env.count("n"), 1);
+    run(&[], "b");
+    assert_eq!(env.count("n"), 2);
+    // --env NAME: unset and empty are different calls.
+    env.idem()
+        .args(["run", "--env", "IDEM_T_VAR", "--", "sh", "-c", &count])
+        .env_remove("IDEM_T_VAR")
+        .assert()
+        .success();
+    env.idem()
+        .args(["run", "--env", "IDEM_T_VAR", "--", "sh", "-c", &count])
+        .env("IDEM_T_VAR", "")
+        .assert()
+        .success();
+    env.idem()
+        .args(["run", "--env", "IDEM_T_VAR", "--", "sh", "-c", &count])
+        .env("IDEM_T_VAR", "")
+        .assert()
+        .success();
+    assert_eq!(env.count("n"), 4);
+}
+
+#[test]
+fn cwd_joins_the_fingerprint_only_when_asked() {
+    let env = Env::new();
+    let count = env.count_run("n");
+    std::fs::create_dir(env.path("a")).unwrap();
+    std::fs::create_dir(env.path("b")).unwrap();
+    for dir in ["a", "b"] {
+        env.idem()
+            .current_dir(env.path(dir))
+            .args(["run", "--", "sh", "-c", &count])
+            .assert()
+            .success();
+    }
+    assert_eq!(env.count("n"), 1);
+    for dir in ["a", "b"] {
+        env.idem()
+            .current_dir(env.path(dir))
+            .args(["run", "--cwd", "--", "sh", "-c", &count])
+            .assert()
+            .success();
+    }
+    assert_eq!(env.count("n"), 3);
+}
+
+#[test]
+fn derived_key_is_cmd_and_32_hex_digits() {
+    let env = Env::new();
+    env.idem()
+        .args(["run", "--", "sh", "-c", "printf %s \"$IDEM_KEY\""])
+        .assert()
+        .success()
+        .stdout(predicates::str::is_match("^cmd:[0-9a-f]{32}$").unwrap());
+}
+
+#[test]
+fn fingerprint_stdin_feeds_the_child_unchanged() {
+    let env = Env::new();
+    let count = env.count_run("n");
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let script = format!("{count}; cat > got");
+    env.idem()
+        .args(["run", "--fingerprint-stdin", "--", "sh", "-c", &script])
+        .write_stdin(big.clone())
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(env.path("got")).unwrap(), big);
+    env.idem()
+        .args(["run", "--fingerprint-stdin", "--", "sh", "-c", &script])
+        .write_stdin(big.clone())
+        .assert()
+        .success();
+    assert_eq!(env.count("n"), 1);
+    env.idem()
+        .args(["run", "--fingerprint-stdin", "--", "sh", "-c", &script])
+        .write_stdin("other")
+        .assert()
+        .success();
+    assert_eq!(env.count("n"), 2);
+    assert_eq!(std::fs::read(env.path("got")).unwrap(), b"other");
+}
+
+#[test]
+fn stdin_is_inherited() {
+    let env = Env::new();
+    env.idem()
+        .args(["run", "-k", "in", "--", "cat"])
+        .write_stdin("hello\n")
+        .assert()
+        .success()
+        .stdout("hello\n");
+}
+
+#[test]
+fn on_duplicate_fail_refuses_a_completed_key() {
+    let env = Env::new();
+    env.idem()
+        .args(["run", "-k", "d", "--", "true"])
+        .assert()
+        .success();
+    env.idem()
+        .args(["run", "-k", "d", "--on-duplicate", "fail", "--", "true"])
+        .assert()
+        .code(76)
+        .stderr(
+            predicates::str::starts_with("idem: ").and(predicates::str::contains("idem purge d")),
+        );
+}
+
+#[test]
+fn ttl_expiry_makes_the_key_absent() {
+    let env = Env::new();
+    let count = env.count_run("n");
+    env.idem()
+        .args(["run", "-k", "t", "--ttl", "1s", "--", "sh", "-c", &count])
+        .assert()
+        .success();
+    env.idem()
+        .args(["run", "-k", "t", "--ttl", "1s", "--", "sh", "-c", &count])
+        .assert()
+        .success();
+    assert_eq!(env.count("n"), 1);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.idem()
+        .args(["run", "-k", "t", "--ttl", "1s", "--", "sh", "-c", &count])
+        .assert()
+        .success();
+    assert_eq!(env.count("n"), 2);
+}
+
+#[test]
+fn ttl_comes_from_the_environment_too() {
+    let env = Env::new();
+    env.idem()
+        .args(["run", "-k", "t", "--", "true"])
+        .env("IDEM_TTL", "0s")
+        .assert()
+        .code(2);
+}
+
+/// A child that counts its run, writes `ready`, then waits for `release`.
+fn holder_script(env: &Env) -> String {
+    format!(
+        "{}; echo held; touch ready; while [ ! -e release ]; do sleep 0.01; done; echo done",
+        env.count_run("n")
+    )
+}
+
+/// Starts `idem run` with `holder_script`.
+fn start_holder(env: &Env, key: &str, extra: &[&str]) -> std::process::Child {
+    let script = holder_script(env);
+    env.idem_std()
+        .args(["run", "-k", key])
+        .args(extra)
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn in_progress_key_exits_75_for_replay_and_fail() {
+    let env = Env::new();
+    let mut holder = start_holder(&env, "busy", &[]);
+    wait_for(&env.path("ready"));
+    for policy in ["replay", "fail"] {
+        env.idem()
+            .args([
+                "run",
+                "-k",
+                "busy",
+                "--on-duplicate",
+                policy,
+                "--",
+                "sh",
+                "-c",
+                &holder_script(&env),
+            ])
+            .assert()
+            .code(75)
+            .stderr(
+                predicates::str::starts_with("idem: ")
+                    .and(predicates::str::contains("in progress")),
+            );
+    }
+    std::fs::write(env.path("release"), "").unwrap();
+    assert!(holder.wait().unwrap().success());
+    assert_eq!(env.count("n"), 1);
+}
+
+#[test]
+fn waiters_replay_the_result_when_it_lands() {
+    let env = Env::new();
+    let holder = start_holder(&env, "w", &[]);
+    wait_for(&env.path("ready"));
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            env.idem_std()
+                .args([
+                    "run",
+                    "-k",
+                    "w",
+                    "--on-duplicate",
+                    "wait",
+                    "--",
+                    "sh",
+                    "-c",
+                    &holder_script(&env),
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::fs::write(env.path("release"), "").unwrap();
+    let out = holder.wait_with_output().unwrap();
+    assert_eq!(out.stdout, b"held\ndone\n");
+    for waiter in waiters {
+        let out = waiter.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, b"held\ndone\n");
+    }
+    assert_eq!(env.count("n"), 1);
+}
+
+#[test]
+fn wait_timeout_exits_75() {
+    let env = Env::new();
+    let mut holder = start_holder(&env, "w", &[]);
+    wait_for(&env.path("ready"));
+    env.idem()
+        .args([
+            "run",
+            "-k",
+            "w",
+            "--on-duplicate",
+            "wait",
+            "--wait-timeout",
+            "200ms",
+            "--",
+            "sh",
+            "-c",
+            &holder_script(&env),
+        ])
+        .assert()
+        .code(75)
+        .stderr(predicates::str::contains("timed out"));
+    std::fs::write(env.path("release"), "").unwrap();
+    holder.wait().unwrap();
+}
+
+#[test]
+fn a_failed_run_is_taken_by_exactly_one_waiter() {
+    let env = Env::new();
+    let script = format!(
+        "{}; touch ready; while [ ! -e release ]; do sleep 0.01; done; [ $IDEM_ATTEMPT -gt 1 ]",
+        env.count_run("n")
+    );
+    let holder = env
+        .idem_std()
+        .args(["run", "-k", "f", "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    wait_for(&env.path("ready"));
+    let waiters: Vec<_> = (0..6)
+        .map(|_| {
+            env.idem_std()
+                .args([
+                    "run",
+                    "-k",
+                    "f",
+                    "--on-duplicate",
+                    "wait",
+                    "--",
+                    "sh",
+                    "-c",
+                    &script,
+                ])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::fs::write(env.path("release"), "").unwrap();
+    let first = holder.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(1));
+    for waiter in waiters {
+        assert!(waiter.wait_with_output().unwrap().status.success());
+    }
+    // The failure ran once, then exactly one waiter ran it again.
+    assert_eq!(env.count("n"), 2);
+}
+
+#[test]
+fn output_streams_live() {
+    let env = Env::new();
+    let mut idem = env
+        .idem_std()
+        .args([
+            "run",
+            "-k",
+            "live",
+            "--",
+            "sh",
+            "-c",
+            "echo first; while [ ! -e release ]; do sleep 0.01; done; echo second",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = idem.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    // Arrives while the child still waits: nothing is held back until exit.
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"first\n");
+    std::fs::write(env.path("release"), "").unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "second\n");
+    assert!(idem.wait().unwrap().success());
+}
+
+#[test]
+fn a_closed_reader_never_kills_the_child() {
+    let env = Env::new();
+    let script = format!("seq 1 200000; {}", env.count_run("n"));
+    let mut idem = env
+        .idem_std()
+        .args(["run", "-k", "pipe", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = idem.stdout.take().unwrap();
+    let mut first = [0u8; 2];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout); // like `| head -1`
+    let status = idem.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(env.count("n"), 1, "the child ran to its end");
+    let replay = env
+        .idem()
+        .args(["run", "-k", "pipe", "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let expected: String = (1..=200_000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(
+        String::from_utf8(replay.stdout).unwrap(),
+        expected,
+        "full output captured"
+    );
+}
+
+#[test]
+fn max_output_cuts_and_flags_the_stored_copy() {
+    let env = Env::new();
+    let script = "printf 0123456789; printf abcdefghij >&2";
+    env.idem()
+        .args([
+            "run",
+            "-k",
+            "cap",
+            "--max-output",
+            "4",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .assert()
+        .success()
+        .stdout("0123456789");
+    env.idem()
+        .args(["run", "-k", "cap", "--", "sh", "-c", script])
+        .assert()
+        .success()
+        .stdout("0123")
+        .stderr(predicates::str::starts_with("abcd").and(predicates::str::contains("idem: ")));
+    env.idem()
+        .args(["-q", "run", "-k", "cap", "--", "sh", "-c", script])
+        .assert()
+        .success()
+        .stderr("abcd");
+}
+
+#[test]
+fn max_output_zero_stores_nothing() {
+    let env = Env::new();
+    env.idem()
+        .args([
+            "run",
+            "-k",
+            "secret",
+            "--max-output",
+            "0",
+            "--",
+            "echo",
+            "s3cret",
+        ])
+        .assert()
+        .success()
+        .stdout("s3cret\n");
+    env.idem()
+        .args(["-q", "run", "-k", "secret", "--", "echo", "s3cret"])
+        .assert()
+        .success()
+        .stdout("");
+    if crate::support::backend() == crate::support::Backend::Sqlite {
+        let raw = std::fs::read(env.db_path()).unwrap();
+        let wal = std::fs::read(env.db_path().with_extension("db-wal")).unwrap_or_default();
+        let needle = b"s3cret\n";
+        assert!(!raw
+            .windows(needle.len())
+            .chain(wal.windows(needle.len()))
+            .any(|w| w == needle));
+    }
+}
+
+#[test]
+fn timeout_terminates_and_exits_124() {
+    let env = Env::new();
+    let script = format!("{}; sleep 30", env.count_run("n"));
+    for _ in 0..2 {
+        env.idem()
+            .args([
+                "run",
+                "-k",
+                "slow",
+                "--timeout",
+                "300ms",
+                "--on-failure",
+                "lock",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .assert()
+            .code(124);
+    }
+    assert_eq!(
+        env.count("n"),
+        1,
+        "the timed-out run is replayed when locked"
+    );
+}
+
+#[test]
+fn timeout_kills_a_child_that_ignores_term() {
+    let env = Env::new();
+    let started = std::time::Instant::now();
+    env.idem()
+        .args([
+            "run",
+            "-k",
+            "stubborn",
+            "--timeout",
+            "200ms",
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM; while :; do sleep 0.05; done",
+        ])
+        .assert()
+        .code(124);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(5),
+        "SIGKILL comes 5s after SIGTERM"
+    );
+}
+
+#[test]
+fn commands_that_cannot_start_are_never_locked() {
+    let env = Env::new();
+    env.idem()
+        .args([
+            "run",
+            "-k",
+            "nf",
+            "--on-failure",
+            "lock",
+            "--",
+            "idem-no-such-command",
+        ])
+        .assert()
+        .code(127)
+        .stderr(predicates::str::starts_with("idem: ").and(predicates::str::contains("not found")));
+    std::fs::write(env.path("script"), "#!/bin/sh\necho now\n").unwrap();
+    env.idem()
+        .args(["run", "-k", "ne", "--on-failure", "lock", "--", "./script"])
+        .assert()
+        .code(126);
+    // Neither key is locked: once the command exists, it runs.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.path("script"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.idem()
+        .args(["run", "-k", "ne", "--on-failure", "lock", "--", "./script"])
+        .assert()
+        .success()
+        .stdout("now\n");
+}
+
+#[test]
+fn usage_errors_exit_2_naming_the_flag() {
+    let env = Env::new();
+    let long_key = "k".repeat(1025);
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "--key", "", "--", "true"], "--key"),
+        (&["run", "--key", &long_key, "--", "true"], "--key"),
+        (&["run", "--ttl", "soon", "--", "true"], "--ttl"),
+        (&["run", "--ttl", "0s", "--", "true"], "--ttl"),
+        (&["run", "--timeout", "x", "--", "true"], "--timeout"),
+        (
+            &["run", "--wait-timeout", "x", "--", "true"],
+            "--wait-timeout",
+        ),
+        (
+            &["run", "--max-output", "lots", "--", "true"],
+            "--max-output",
+        ),
+        (
+            &["run", "--on-duplicate", "maybe", "--", "true"],
+            "--on-duplicate",
+        ),
+        (
+            &["run", "--on-failure", "maybe", "--", "true"],
+            "--on-failure",
+        ),
+        (&["run", "--on-crash", "maybe", "--", "true"], "--on-crash"),
+        (&["run", "--key", "k"], "COMMAND"),
+        (&["run", "--key", "k", "--", ""], "COMMAND"),
+        (&["run", "--bogus", "--", "true"], "--bogus"),
+    ];
+    for (args, flag) in cases {
+        let out = env.idem().args(*args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.starts_with("idem: ") && err.contains(flag),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+    }
+}
+
+#[test]
+fn races_on_a_fresh_store_run_once_and_all_get_the_result() {
+    let env = Env::new();
+    let script = format!("{}; echo result; sleep 0.2", env.count_run("n"));
+    let results = race(32, |_| {
+        let mut cmd = env.idem_std();
+        cmd.args([
+            "run",
+            "-k",
+            "race",
+            "--on-duplicate",
+            "wait",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        cmd
+    });
+    for (code, stdout, stderr) in &results {
+        assert_eq!(*code, 0, "{}", String::from_utf8_lossy(stderr));
+        assert_eq!(stdout, b"result\n");
+    }
+    assert_eq!(env.count("n"), 1);
+}
+
+#[test]
+fn quiet_and_verbose() {
+    let env = Env::new();
+    env.idem()
+        .args(["-v", "run", "-k", "v", "--", "true"])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("running"));
+    env.idem()
+        .args(["-v", "run", "-k", "v", "--", "true"])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("replaying"));
+    env.idem()
+        .args(["run", "-k", "v", "--", "true"])
+        .assert()
+        .success()
+        .stderr("");
+}
+
+#[test]
+fn replay_to_a_closed_pipe_still_exits_with_the_stored_status() {
+    let env = Env::new();
+    env.idem()
+        .args(["run", "-k", "big", "--", "sh", "-c", "seq 1 100000; exit 5"])
+        .assert()
+        .code(5);
+    let mut idem = env
+        .idem_std()
+        .args(["run", "-k", "big", "--", "sh", "-c", "seq 1 100000; exit 5"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = idem.stdout.take().unwrap();
+    let mut first = [0u8; 2];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    assert_eq!(idem.wait().unwrap().code(), Some(5));
+    let _ = std::io::stdout().flush();
+}

@@ -1,0 +1,239 @@
+//! The SQLite store file: where it lives, its permissions, and files that
+//! are not (or no longer) idem stores, which must be refused untouched.
+
+use crate::support::{backend, Backend, Env};
+use std::os::unix::fs::PermissionsExt;
+
+fn sqlite_only() -> bool {
+    backend() == Backend::Sqlite
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn new_store_is_private() {
+    if !sqlite_only() {
+        return;
+    }
+    let env = Env::new();
+    env.idem()
+        .args(["run", "-k", "p", "--", "true"])
+        .assert()
+        .success();
+    assert_eq!(mode(env.db_path().parent().unwrap()), 0o700);
+    assert_eq!(mode(&env.db_path()), 0o600);
+}
+
+#[test]
+fn default_location_follows_xdg_then_home() {
+    if !sqlite_only() {
+        return;
+    }
+    let env = Env::new();
+    env.idem()
+        .env_remove("IDEM_DB")
+        .env("XDG_STATE_HOME", env.path("xdg"))
+        .args(["run", "-k", "x", "--", "true"])
+        .assert()
+        .success();
+    assert!(env.path("xdg/idem/idem.db").is_file());
+    env.idem()
+        .env_remove("IDEM_DB")
+        .env_remove("XDG_STATE_HOME")
+        .env("HOME", env.path("home"))
+        .args(["run", "-k", "x", "--", "true"])
+        .assert()
+        .success();
+    assert!(env.path("home/.local/state/idem/idem.db").is_file());
+    // --db wins over IDEM_DB.
+    env.idem()
+        .args(["--db", "explicit.db", "run", "-k", "x", "--", "true"])
+        .assert()
+        .success();
+    assert!(env.path("explicit.db").is_file());
+}
+
+/// Runs idem on `contents` and checks: exit 125, one `idem:` line, the
+/// command not run, the file byte for byte the same.
+#[track_caller]
+fn refused_untouched(contents: &[u8], expect: &str) {
+    let env = Env::new();
+    std::fs::write(env.path("store.db"), contents).unwrap();
+    let out = env
+        .idem()
+        .args([
+            "--db",
+            "store.db",
+            "run",
+            "-k",
+            "k",
+            "--",
+            "sh",
+            "-c",
+            &env.count_run("n"),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.starts_with("idem: ") && err.contains(expect), "{err}");
+    assert_eq!(env.count("n"), 0, "the command must not run");
+    assert_eq!(
+        std::fs::read(env.path("store.db")).unwrap(),
+        contents,
+        "the file must not change"
+    );
+    assert!(!env.path("store.db-wal").exists());
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused_untouched() {
+    refused_untouched(b"these are my notes, not a database\n", "not an idem store");
+}
+
+#[test]
+fn a_foreign_sqlite_database_is_refused_untouched() {
+    let env = Env::new();
+    let path = env.path("foreign.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE invoices (id INTEGER); INSERT INTO invoices VALUES (1);")
+        .unwrap();
+    drop(conn);
+    refused_untouched(&std::fs::read(&path).unwrap(), "another application");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA application_id = 1234;").unwrap();
+    drop(conn);
+    refused_untouched(&std::fs::read(&path).unwrap(), "another application");
+}
+
+/// A real store, made by idem, copied out as bytes (checkpointed).
+fn real_store() -> Vec<u8> {
+    let env = Env::new();
+    for i in 0..50 {
+        env.idem()
+            .args([
+                "run",
+                "-k",
+                &format!("key-{i}"),
+                "--",
+                "echo",
+                "some output",
+            ])
+            .assert()
+            .success();
+    }
+    let conn = rusqlite::Connection::open(env.db_path()).unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")
+        .unwrap();
+    drop(conn);
+    std::fs::read(env.db_path()).unwrap()
+}
+
+#[test]
+fn a_newer_schema_is_refused_untouched() {
+    if !sqlite_only() {
+        return;
+    }
+    let mut bytes = real_store();
+    bytes[60..64].copy_from_slice(&99i32.to_be_bytes());
+    refused_untouched(&bytes, "newer");
+}
+
+#[test]
+fn a_corrupt_store_is_refused_untouched() {
+    if !sqlite_only() {
+        return;
+    }
+    let mut bytes = real_store();
+    // Keep the header, wreck every page after the first.
+    for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
+        *b = (i * 7 % 256) as u8;
+    }
+    refused_untouched(&bytes, "corrupt");
+    refused_untouched(&bytes[..1000], "");
+}
+
+#[test]
+fn a_read_only_directory_fails_before_the_command_runs() {
+    if !sqlite_only() {
+        return;
+    }
+    let env = Env::new();
+    // /proc refuses file creation even to root.
+    env.idem()
+        .args([
+            "--db",
+            "/proc/idem-test/idem.db",
+            "run",
+            "-k",
+            "k",
+            "--",
+            "sh",
+            "-c",
+            &env.count_run("n"),
+        ])
+        .assert()
+        .code(125)
+        .stderr(predicates::str::starts_with("idem: "));
+    assert_eq!(env.count("n"), 0);
+}
+
+#[test]
+fn many_processes_can_create_the_same_store_at_once() {
+    if !sqlite_only() {
+        return;
+    }
+    let env = Env::new();
+    let results = crate::support::race(24, |i| {
+        let mut cmd = env.idem_std();
+        cmd.args(["run", "-k", &format!("k{i}"), "--", "true"]);
+        cmd
+    });
+    for (code, _, stderr) in results {
+        assert_eq!(code, 0, "{}", String::from_utf8_lossy(&stderr));
+    }
+}
+
+#[test]
+fn expired_records_are_cleaned_up_lazily() {
+    if !sqlite_only() {
+        return;
+    }
+    let env = Env::new();
+    for i in 0..40 {
+        env.idem()
+            .args([
+                "run",
+                "-k",
+                &format!("old-{i}"),
+                "--ttl",
+                "1ms",
+                "--",
+                "true",
+            ])
+            .assert()
+            .success();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    for i in 0..3 {
+        env.idem()
+            .args(["run", "-k", &format!("new-{i}"), "--", "true"])
+            .assert()
+            .success();
+    }
+    let conn = rusqlite::Connection::open(env.db_path()).unwrap();
+    let old: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM records WHERE key LIKE 'old-%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        old < 40,
+        "each run removes a batch of expired records; {old} left"
+    );
+    assert!(old <= 40 - 3 * 8, "{old} left");
+}

@@ -1,0 +1,167 @@
+//! Test support: an isolated store per test, fixtures that count runs, and
+//! ready files instead of sleeps.
+//!
+//! `IDEM_TEST_BACKEND` picks the store the CLI tests run against: `sqlite`
+//! (default, a file in the test's temp dir), `postgres` or `redis` (each test
+//! in its own table or key prefix on the local server).
+
+use assert_cmd::Command;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    Redis,
+}
+
+pub fn backend() -> Backend {
+    match std::env::var("IDEM_TEST_BACKEND").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        Ok("redis") => Backend::Redis,
+        Ok("sqlite") | Err(_) => Backend::Sqlite,
+        Ok(other) => panic!("IDEM_TEST_BACKEND={other}: expected sqlite, postgres or redis"),
+    }
+}
+
+/// One test's world: a temp dir, a store, and the idem binary.
+pub struct Env {
+    pub dir: TempDir,
+    pub db: String,
+}
+
+impl Env {
+    #[track_caller]
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("idem-test-")
+            .tempdir()
+            .expect("temp dir");
+        let unique = format!(
+            "t{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let db = match backend() {
+            Backend::Sqlite => dir
+                .path()
+                .join("state/idem.db")
+                .to_string_lossy()
+                .into_owned(),
+            Backend::Postgres => {
+                let base = std::env::var("IDEM_TEST_POSTGRES_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+                format!("{base}?table={unique}")
+            }
+            Backend::Redis => {
+                let base = std::env::var("IDEM_TEST_REDIS_URL")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+                format!("{base}?prefix={unique}:")
+            }
+        };
+        Env { dir, db }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The SQLite file (SQLite backend only).
+    pub fn db_path(&self) -> PathBuf {
+        PathBuf::from(&self.db)
+    }
+
+    /// `idem` with this test's store and none of the caller's IDEM_* settings.
+    pub fn idem(&self) -> Command {
+        Command::from_std(self.idem_std())
+    }
+
+    /// The same as a std Command, for processes the test spawns and signals.
+    pub fn idem_std(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(bin());
+        self.prepare(&mut cmd);
+        cmd
+    }
+
+    fn prepare(&self, cmd: &mut std::process::Command) {
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("IDEM_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.env("IDEM_DB", &self.db).current_dir(self.dir.path());
+    }
+
+    /// A shell snippet that appends one line to the counter file `name`.
+    pub fn count_run(&self, name: &str) -> String {
+        format!("echo run >> '{}'", self.path(name).display())
+    }
+
+    /// How many times `count_run(name)` ran.
+    pub fn count(&self, name: &str) -> usize {
+        std::fs::read_to_string(self.path(name)).map_or(0, |s| s.lines().count())
+    }
+}
+
+pub fn bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("idem")
+}
+
+/// Waits until `path` exists; panics after a generous limit.
+#[track_caller]
+pub fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until `done` says yes; panics after a generous limit.
+#[track_caller]
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `sh -c SCRIPT` as argv after `--`.
+pub fn sh(script: &str) -> [String; 3] {
+    ["sh".into(), "-c".into(), script.into()]
+}
+
+/// Spawns `n` copies of a command at once and collects (status, stdout, stderr).
+pub fn race(
+    n: usize,
+    mut make: impl FnMut(usize) -> std::process::Command,
+) -> Vec<(i32, Vec<u8>, Vec<u8>)> {
+    let children: Vec<_> = (0..n)
+        .map(|i| {
+            make(i)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn idem")
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().expect("wait idem");
+            (out.status.code().unwrap_or(-1), out.stdout, out.stderr)
+        })
+        .collect()
+}
