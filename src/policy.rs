@@ -6,6 +6,7 @@
 //! and calls it both before taking the store's lock (the cheap replay path)
 //! and again under the lock (the decision that counts).
 
+use crate::owner::{Here, Liveness};
 use crate::store::{Millis, Record, Status};
 use clap::ValueEnum;
 
@@ -105,6 +106,19 @@ pub fn decide<'a>(
             },
             OnCrash::Block => Verdict::Blocked(record),
         },
+    }
+}
+
+/// Whether the owner of an `in_progress` record still lives, seen from
+/// `here` at the store's time `now`. On its own host and boot the process
+/// checks decide; on another host, a shared store's lease; a local file
+/// shared across hosts (NFS) cannot be checked, so its remote owners count
+/// as alive.
+pub fn owner_alive(record: &Record, here: &Here, now: Millis, shared: bool) -> bool {
+    match record.owner.liveness(here) {
+        Liveness::Alive => true,
+        Liveness::Dead => false,
+        Liveness::Remote => !shared || record.lease_until.is_none_or(|until| until > now),
     }
 }
 

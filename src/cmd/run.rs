@@ -9,8 +9,8 @@ use super::{byte_size, positive_duration, Global};
 use crate::child::{self, Finished, SpawnError, Supervisor};
 use crate::exit::{child_status, fail, Code};
 use crate::key::{self, Fingerprint};
-use crate::owner::{ChildId, Here, Liveness, Owner};
-use crate::policy::{decide, OnCrash, OnDuplicate, OnFailure, Policy, Verdict};
+use crate::owner::{ChildId, Here, Owner};
+use crate::policy::{decide, owner_alive, OnCrash, OnDuplicate, OnFailure, Policy, Verdict};
 use crate::store::{self, Captured, Claim, Millis, Mode, Outcome, Record, Status, Store, Stream};
 use crate::text::{command_line, escape};
 use anyhow::{Context, Result};
@@ -223,12 +223,7 @@ impl Call<'_> {
     }
 
     fn alive(&self, record: &Record, now: Millis, shared: bool) -> bool {
-        match record.owner.liveness(&self.here) {
-            Liveness::Alive => true,
-            Liveness::Dead => false,
-            // A local file shared across hosts (NFS) cannot be checked: be conservative.
-            Liveness::Remote => !shared || record.lease_until.is_none_or(|until| until > now),
-        }
+        owner_alive(record, &self.here, now, shared)
     }
 
     /// Acts on a verdict that needs no lock; `Next::Claim` when it says run.
