@@ -13,7 +13,7 @@
 
 #![allow(unsafe_code)]
 
-use crate::owner::{start_time, ChildId};
+use crate::owner::{group_alive, start_time, ChildId};
 use crate::store::Captured;
 use anyhow::{Context, Result};
 use nix::errno::Errno;
@@ -192,7 +192,7 @@ fn supervise(
         }
         if let Some(reaped) = reaped_at {
             let quiet = now.duration_since(last_data.max(reaped)) >= LINGER;
-            if quiet && !group_exists(pid) {
+            if quiet && !group_alive(i64::from(pid.as_raw())) {
                 break;
             }
         }
@@ -273,7 +273,7 @@ fn supervise(
             }
             if status.is_some() {
                 reaped_at = Some(Instant::now());
-                kill_at = kill_at.filter(|_| group_exists(pid));
+                kill_at = kill_at.filter(|_| group_alive(i64::from(pid.as_raw())));
             }
         }
     }

@@ -342,6 +342,7 @@ impl Call<'_> {
         attempt: i64,
         stdin: Option<File>,
     ) -> Result<u8> {
+        pause_point("after-claim");
         self.explain(format_args!(
             "key {}: running (attempt {attempt})",
             self.shown_key()
@@ -370,6 +371,7 @@ impl Call<'_> {
         };
         let ran = child::run(spec, &mut owner)?;
         let lost_lease = owner.lost;
+        pause_point("before-finish");
         let (finished, exit) = match ran {
             Ok(finished) => {
                 let exit = if finished.timed_out {
@@ -560,6 +562,25 @@ impl Owning<'_> {
         format!("'{}'", escape(self.key.as_bytes()))
     }
 }
+
+/// Test-only pause points, in debug builds: with `IDEM_TEST_PAUSE=NAME`,
+/// idem creates the file named by `IDEM_TEST_PAUSE_FILE` when it reaches
+/// point NAME and sleeps until it is killed, so crash tests can SIGKILL it
+/// in phases that timing alone cannot reach reliably.
+#[cfg(debug_assertions)]
+fn pause_point(name: &str) {
+    if std::env::var_os("IDEM_TEST_PAUSE").is_some_and(|point| point == name) {
+        if let Some(file) = std::env::var_os("IDEM_TEST_PAUSE_FILE") {
+            let _ = File::create(file);
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn pause_point(_name: &str) {}
 
 fn millis(d: Duration) -> Millis {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)

@@ -109,6 +109,17 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    /// A failed test may leave children waiting for `release`: let them go,
+    /// so they do not outlive the test holding its output pipes.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = std::fs::write(self.path("release"), "");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 pub fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("idem")
 }
