@@ -288,13 +288,6 @@ fn supervise(
     }))
 }
 
-fn group_exists(pgid: Pid) -> bool {
-    matches!(
-        kill(Pid::from_raw(-pgid.as_raw()), None),
-        Ok(()) | Err(Errno::EPERM)
-    )
-}
-
 /// Reads the child's exec report: EOF means exec succeeded.
 fn read_exec_status(status_r: OwnedFd) -> Option<i32> {
     let mut bytes = [0u8; 4];

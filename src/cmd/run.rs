@@ -231,7 +231,7 @@ impl Call<'_> {
         let shared = store.is_shared();
         match decide(record, now, &self.fingerprint, self.policy, |r| self.alive(r, now, shared)) {
             Verdict::Run { .. } => Ok(Next::Claim),
-            Verdict::Wait(_) => Ok(Next::Wait),
+            Verdict::Wait => Ok(Next::Wait),
             Verdict::Replay(record) => match self.replay(store, record)? {
                 Some(code) => Ok(Next::Done(code)),
                 // The record changed under us (purged, expired): look again.
