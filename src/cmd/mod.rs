@@ -76,7 +76,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         verbose: cli.verbose,
     };
     match cli.command {
-        Command::Run(args) => run::run(args, &global),
+        Command::Run(args) => run::run(&args, &global),
     }
 }
 

@@ -121,7 +121,7 @@ struct Call<'a> {
     me: Owner,
 }
 
-pub fn run(args: Args, global: &Global) -> Result<u8> {
+pub fn run(args: &Args, global: &Global) -> Result<u8> {
     if let Some(key) = &args.key {
         if let Err(problem) = key::check_key(key) {
             return fail(Code::Usage, problem);
@@ -163,7 +163,7 @@ pub fn run(args: Args, global: &Global) -> Result<u8> {
         store::open(&location, Mode::Create)?.context("the store could not be created")?;
     let here = Here::detect();
     let call = Call {
-        args: &args,
+        args,
         global,
         key,
         fingerprint,
@@ -377,7 +377,7 @@ impl Call<'_> {
             renewed: Instant::now(),
             lost: false,
         };
-        let ran = child::run(spec, &mut owner)?;
+        let ran = child::run(&spec, &mut owner)?;
         let lost_lease = owner.lost;
         let (finished, exit) = match ran {
             Ok(finished) => {

@@ -460,7 +460,7 @@ impl Store for SqliteStore {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
         let mut stmt = self.sql(self.conn.prepare(&sql), "cannot list records")?;
-        let params: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref()).collect();
+        let params: Vec<&dyn ToSql> = args.iter().map(AsRef::as_ref).collect();
         let mut rows = stmt.query(params.as_slice()).or_else(|e| {
             store_error(
                 &self.path,
