@@ -114,7 +114,7 @@ fn man_pages() -> Vec<(PathBuf, Vec<u8>)> {
 
     for sub in cli.get_subcommands() {
         let mut sections = Roff::new();
-        examples(&mut sections, sub);
+        after_help(&mut sections, sub);
         see_also(&mut sections, &["idem".to_owned()]);
         pages.push(man_page(sub, &sections));
     }
@@ -199,23 +199,48 @@ fn list(roff: &mut Roff, items: &[(&str, &str)]) {
     }
 }
 
-/// A subcommand's after_help ("Examples:" and indented lines) as an
-/// EXAMPLES section, laid out as it is in `--help`.
-fn examples(roff: &mut Roff, cmd: &Command) {
+/// A subcommand's after_help as man sections. A line like `Examples:`
+/// (unindented, ending in a colon) starts a section of that name whose lines
+/// are shown as they are in `--help`; text before any such line is NOTES.
+fn after_help(roff: &mut Roff, cmd: &Command) {
     let Some(help) = cmd.get_after_help().map(ToString::to_string) else {
         return;
     };
-    let body = help.strip_prefix("Examples:\n").unwrap_or_else(|| {
-        panic!(
-            "the after_help of idem {} must start with 'Examples:'",
-            cmd.get_name()
-        )
-    });
-    roff.control("SH", ["EXAMPLES"]).control("EX", []);
-    for line in body.lines() {
-        roff.text([roman(line.strip_prefix("  ").unwrap_or(line))]);
+    let (mut open, mut verbatim, mut blank) = (false, false, false);
+    for line in help.lines() {
+        if line.is_empty() {
+            blank = open;
+            continue;
+        }
+        if let Some(heading) = line.strip_suffix(':').filter(|_| !line.starts_with(' ')) {
+            if verbatim {
+                roff.control("EE", []);
+            }
+            let heading = heading.to_uppercase();
+            roff.control("SH", [heading.as_str()]).control("EX", []);
+            (open, verbatim) = (true, true);
+        } else {
+            if !open {
+                roff.control("SH", ["NOTES"]);
+                open = true;
+            }
+            if blank && verbatim {
+                roff.text([roman("")]);
+            } else if blank {
+                roff.control("PP", []);
+            }
+            let line = if verbatim {
+                line.strip_prefix("  ").unwrap_or(line)
+            } else {
+                line
+            };
+            roff.text([roman(line)]);
+        }
+        blank = false;
     }
-    roff.control("EE", []);
+    if verbatim {
+        roff.control("EE", []);
+    }
 }
 
 /// The pages a reader goes to next, all in section 1.
