@@ -24,7 +24,7 @@ function __fish_idem_using_subcommand
     contains -- $cmd[1] $argv
 end
 
-complete -c idem -n "__fish_idem_needs_command" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r
+complete -c idem -n "__fish_idem_needs_command" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
 complete -c idem -n "__fish_idem_needs_command" -s q -l quiet -d 'Silence notices (errors are still printed)'
 complete -c idem -n "__fish_idem_needs_command" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
 complete -c idem -n "__fish_idem_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -45,7 +45,7 @@ complete -c idem -n "__fish_idem_using_subcommand run" -l max-output -d 'Store a
 complete -c idem -n "__fish_idem_using_subcommand run" -l timeout -d 'Stop COMMAND after this long: SIGTERM, SIGKILL 5s later, exit 124. Default: no limit' -r
 complete -c idem -n "__fish_idem_using_subcommand run" -l env -d 'Add an environment variable to the fingerprint (repeatable; unset differs from empty)' -r
 complete -c idem -n "__fish_idem_using_subcommand run" -l lease -d 'Shared stores: how long a claim lives without renewal (the owner renews it while COMMAND runs)' -r
-complete -c idem -n "__fish_idem_using_subcommand run" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r
+complete -c idem -n "__fish_idem_using_subcommand run" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
 complete -c idem -n "__fish_idem_using_subcommand run" -l cwd -d 'Add the working directory to the fingerprint'
 complete -c idem -n "__fish_idem_using_subcommand run" -l fingerprint-stdin -d 'Read all of stdin, add its SHA-256 to the fingerprint, feed it to COMMAND unchanged'
 complete -c idem -n "__fish_idem_using_subcommand run" -l allow-mismatch -d 'Treat a key reused with a different fingerprint as a plain duplicate instead of exit 65'

@@ -4,7 +4,7 @@
 pub mod run;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueHint};
 use std::ffi::OsString;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ pub struct Cli {
     /// Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db
     // The value stays hidden: a URL can carry a password.
     #[arg(long, global = true, env = "IDEM_DB", hide_env_values = true)]
-    #[arg(value_name = "PATH|URL", help_heading = GLOBAL)]
+    #[arg(value_name = "PATH|URL", value_hint = ValueHint::FilePath, help_heading = GLOBAL)]
     pub db: Option<OsString>,
 
     /// Silence notices (errors are still printed)
