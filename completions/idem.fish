@@ -30,6 +30,8 @@ complete -c idem -n "__fish_idem_needs_command" -s v -l verbose -d 'Explain each
 complete -c idem -n "__fish_idem_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c idem -n "__fish_idem_needs_command" -s V -l version -d 'Print version'
 complete -c idem -n "__fish_idem_needs_command" -f -a "run" -d 'Run COMMAND at most once per key'
+complete -c idem -n "__fish_idem_needs_command" -f -a "inspect" -d 'Show the records in the store: a table, one record in detail, or JSON'
+complete -c idem -n "__fish_idem_needs_command" -f -a "purge" -d 'Delete records: the named keys, or those the selectors pick'
 complete -c idem -n "__fish_idem_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c idem -n "__fish_idem_using_subcommand run" -s k -l key -d 'The idempotency key (1 to 1024 bytes). Default: derived from COMMAND, `cmd:` + 32 hex digits of its fingerprint' -r
 complete -c idem -n "__fish_idem_using_subcommand run" -l ttl -d 'How long a finished run suppresses re-runs, counted from its end (90s, 5m, 1h 30m, 7d)' -r
@@ -53,5 +55,35 @@ complete -c idem -n "__fish_idem_using_subcommand run" -s q -l quiet -d 'Silence
 complete -c idem -n "__fish_idem_using_subcommand run" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
 complete -c idem -n "__fish_idem_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c idem -n "__fish_idem_using_subcommand run" -s V -l version -d 'Print version'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run help" -f -a "run" -d 'Run COMMAND at most once per key'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l status -d 'Only records with this status' -r -f -a "in_progress\t'Claimed; the command is running (or its owner crashed)'
+completed\t'Finished; duplicates replay it'
+failed\t'Finished with a failure and released'"
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l prefix -d 'Only keys that start with this' -r
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l limit -d 'At most this many records, newest first' -r
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l expired -d 'Only expired records (finished longer ago than their TTL; treated as absent)'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l json -d 'JSON Lines: one object per record, with the fields of the SPEC (owner.alive is true only for an in_progress record whose owner lives)'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l stdout -d 'Write KEY\'s stored stdout, byte for byte'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l stderr -d 'Write KEY\'s stored stderr, byte for byte'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -s q -l quiet -d 'Silence notices (errors are still printed)'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -s V -l version -d 'Print version'
+complete -c idem -n "__fish_idem_using_subcommand purge" -l status -d 'Select records with this status' -r -f -a "in_progress\t'Claimed; the command is running (or its owner crashed)'
+completed\t'Finished; duplicates replay it'
+failed\t'Finished with a failure and released'"
+complete -c idem -n "__fish_idem_using_subcommand purge" -l older-than -d 'Select records started longer ago than this (90s, 5m, 1h 30m, 7d)' -r
+complete -c idem -n "__fish_idem_using_subcommand purge" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand purge" -l expired -d 'Select expired records: the default when no KEY and no selector is given'
+complete -c idem -n "__fish_idem_using_subcommand purge" -l all -d 'Select every record'
+complete -c idem -n "__fish_idem_using_subcommand purge" -l force -d 'Also purge in_progress records whose owner is alive (its command keeps running; its outcome is then lost)'
+complete -c idem -n "__fish_idem_using_subcommand purge" -l dry-run -d 'List what would be purged and skipped; change nothing'
+complete -c idem -n "__fish_idem_using_subcommand purge" -l json -d 'JSON Lines for scripts: {"key","action":"purge"|"skip",...} per listed record, then {"purged","skipped","dry_run"}'
+complete -c idem -n "__fish_idem_using_subcommand purge" -s q -l quiet -d 'Silence notices (errors are still printed)'
+complete -c idem -n "__fish_idem_using_subcommand purge" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
+complete -c idem -n "__fish_idem_using_subcommand purge" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c idem -n "__fish_idem_using_subcommand purge" -s V -l version -d 'Print version'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge help" -f -a "run" -d 'Run COMMAND at most once per key'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge help" -f -a "inspect" -d 'Show the records in the store: a table, one record in detail, or JSON'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge help" -f -a "purge" -d 'Delete records: the named keys, or those the selectors pick'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -2,6 +2,8 @@
 
 mod support;
 
+mod inspect;
+mod purge;
 mod run;
 mod shipped;
 mod store;
