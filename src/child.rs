@@ -25,7 +25,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpgrp, isatty, pipe2, tcgetpgrp, tcsetpgrp, Pid};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -90,7 +90,7 @@ pub trait Supervisor {
 /// Runs `spec` to the end. Blocks the forwarded signals in this thread for
 /// as long as it runs; call it before starting other threads.
 pub fn run(
-    spec: Spec<'_>,
+    spec: &Spec<'_>,
     supervisor: &mut dyn Supervisor,
 ) -> Result<std::result::Result<Finished, SpawnError>> {
     let program = match resolve(&spec.argv[0]) {
@@ -110,7 +110,7 @@ pub fn run(
         .context("block signals")?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .context("signalfd")?;
-    let result = supervise(&spec, &exec, &signals, supervisor);
+    let result = supervise(spec, &exec, &signals, supervisor);
     drop(signals);
     // Signals that arrived while blocked are acted on (forwarded) already.
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
@@ -133,6 +133,7 @@ fn supervise(
     // async-signal-safe functions on memory prepared before the fork.
     let pid = match unsafe { libc::fork() } {
         -1 => return Err(Errno::last()).context("fork"),
+        // SAFETY: this is the freshly forked child that in_child requires.
         0 => unsafe {
             exec.in_child(&ChildFds {
                 stdin: stdin_fd,
@@ -288,19 +289,12 @@ fn supervise(
     }))
 }
 
-/// Reads the child's exec report: EOF means exec succeeded.
+/// Reads the child's exec report and closes the pipe: EOF means exec
+/// succeeded, four bytes are the errno of a failed exec.
 fn read_exec_status(status_r: OwnedFd) -> Option<i32> {
     let mut bytes = [0u8; 4];
-    let mut filled = 0;
-    while filled < 4 {
-        match nix::unistd::read(status_r.as_raw_fd(), &mut bytes[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(Errno::EINTR) => {}
-            Err(_) => break,
-        }
-    }
-    (filled == 4).then(|| i32::from_ne_bytes(bytes))
+    let report = File::from(status_r).read_exact(&mut bytes);
+    report.ok().map(|()| i32::from_ne_bytes(bytes))
 }
 
 /// Finds COMMAND like `execvp` would, so "not found" (127) and "not

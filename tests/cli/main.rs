@@ -3,5 +3,8 @@
 mod support;
 
 mod crash;
+mod inspect;
+mod purge;
 mod run;
+mod shipped;
 mod store;
