@@ -415,3 +415,20 @@ impl Expect for std::process::Command {
             );
     }
 }
+
+/// On a local file, an owner on another host cannot be checked: it counts
+/// as alive (SQLite over NFS is not a supported set-up, see the README).
+#[test]
+fn an_owner_on_another_host_counts_as_alive_on_a_local_store() {
+    if backend() != Backend::Sqlite {
+        return;
+    }
+    let env = Env::new();
+    sigkill(paused_at(&env, "h", "after-claim"));
+    let conn = rusqlite::Connection::open(env.db_path()).unwrap();
+    conn.execute("UPDATE records SET owner_host = 'elsewhere'", ())
+        .unwrap();
+    release(&env);
+    run_child(&env, "h", &[]).assert_code(75);
+    assert_eq!(env.count("n"), 0);
+}

@@ -3,6 +3,7 @@
 mod support;
 
 mod crash;
+mod disk;
 mod inspect;
 mod purge;
 mod run;
