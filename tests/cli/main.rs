@@ -2,5 +2,6 @@
 
 mod support;
 
+mod redis;
 mod run;
 mod store;

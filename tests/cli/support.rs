@@ -109,6 +109,30 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    /// A Redis test's keys go with it (tests share the server).
+    fn drop(&mut self) {
+        if let Some((base, prefix)) = self.db.split_once("?prefix=") {
+            if backend() == Backend::Redis {
+                remove_redis_keys(base, prefix);
+            }
+        }
+    }
+}
+
+fn remove_redis_keys(url: &str, prefix: &str) {
+    let Ok(mut con) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut con)
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(keys).query(&mut con);
+    }
+}
+
 pub fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("idem")
 }

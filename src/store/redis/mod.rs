@@ -244,10 +244,11 @@ impl RedisStore {
         }
     }
 
+    /// Exit 125; a failed connection says so rather than what it was for.
     fn failed<T>(&self, doing: &str, failure: &Failure) -> Result<T> {
         match failure {
-            Failure::Connect(e) => self.target.fail(&format!("cannot connect: {}", explain(e))),
-            Failure::Call(e) => self.target.fail(&format!("{doing}: {}", explain(e))),
+            Failure::Connect(_) => self.target.fail(&describe(failure)),
+            Failure::Call(_) => self.target.fail(&format!("{doing}: {}", describe(failure))),
         }
     }
 
@@ -480,11 +481,11 @@ impl Store for RedisStore {
                 }
                 with_output = false;
             } else {
-                let doing = format!(
-                    "cannot record the outcome (tried for {}s)",
-                    FINISH_PATIENCE.as_secs()
-                );
-                return self.failed(&doing, &failure);
+                return self.target.fail(&format!(
+                    "cannot record the outcome (tried for {}s): {}",
+                    FINISH_PATIENCE.as_secs(),
+                    describe(&failure)
+                ));
             }
         }
     }
@@ -542,8 +543,18 @@ impl Store for RedisStore {
     }
 }
 
+fn describe(failure: &Failure) -> String {
+    match failure {
+        Failure::Connect(e) => format!("cannot connect: {}", explain(e)),
+        Failure::Call(e) => explain(e),
+    }
+}
+
 /// A server error with a hint where the fix is known.
 fn explain(e: &RedisError) -> String {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        return "the server refused the user or password in the URL".into();
+    }
     let hint = match e.code() {
         Some("NOAUTH" | "WRONGPASS") => " (check the user and password in the URL)",
         Some("OOM") => " (the server is out of memory: raise maxmemory or purge records)",
