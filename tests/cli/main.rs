@@ -2,5 +2,7 @@
 
 mod support;
 
+mod hosts;
+mod postgres;
 mod run;
 mod store;

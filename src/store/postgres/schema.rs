@@ -94,14 +94,21 @@ fn classify(version: i64) -> Found {
 }
 
 /// Creates the store if it is missing; returns what is there afterwards.
+///
+/// The lock is taken before the transaction starts: a transaction that
+/// began before a racing creator committed could still see the old catalog.
 pub async fn create(client: &mut Client, names: &Names) -> Result<Found, Error> {
-    let tx = client.transaction().await?;
     // Two-key form: the first key marks the lock as idem's.
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(1768187245, hashtext($1))",
-        &[&names.plain],
-    )
-    .await?;
+    let lock = "SELECT pg_advisory_lock(1768187245, hashtext($1))";
+    let unlock = "SELECT pg_advisory_unlock(1768187245, hashtext($1))";
+    client.execute(lock, &[&names.plain]).await?;
+    let created = create_locked(client, names).await;
+    client.execute(unlock, &[&names.plain]).await?;
+    created
+}
+
+async fn create_locked(client: &mut Client, names: &Names) -> Result<Found, Error> {
+    let tx = client.transaction().await?;
     match probe(&tx, names).await? {
         Found::Missing => {}
         other => return Ok(other),

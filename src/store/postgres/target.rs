@@ -110,9 +110,11 @@ impl Target {
         if read_only {
             options.push_str(" -c default_transaction_read_only=on");
         }
+        if config.get_application_name().is_none() {
+            config.application_name("idem");
+        }
         config
             .options(options.trim_start())
-            .application_name("idem")
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_user_timeout(Duration::from_secs(20))
             .keepalives_idle(Duration::from_secs(10));
