@@ -2,6 +2,8 @@
 
 mod support;
 
+mod hosts;
+mod postgres;
 mod redis;
 mod run;
 mod store;

@@ -1,0 +1,501 @@
+//! The PostgreSQL backend: one table on a server that many hosts share.
+//!
+//! Every time the store compares or stamps is the server's `now()`, never a
+//! caller's clock. A claim reads the row `FOR UPDATE` in a transaction, asks
+//! the shared policy, and writes conditionally on the token it saw (or on the
+//! row still being absent): of many hosts racing, exactly one writes. Each
+//! claim takes a fencing token from a sequence; renewals, finish, replay
+//! counting and deletion all name that token, so an owner that lost its
+//! lease can never overwrite the record of the run that took over.
+
+mod conn;
+mod schema;
+mod target;
+
+use super::{Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream};
+use crate::owner::{ChildId, Owner};
+use anyhow::Result;
+use conn::{Conn, Failure, CALL_LIMIT};
+use schema::{Found, Names, SCHEMA_VERSION};
+use std::io::Write;
+use std::time::{Duration, Instant};
+use target::Target;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+/// The server's clock in milliseconds since the epoch.
+const NOW: &str = "(extract(epoch FROM now()) * 1000)::bigint";
+/// Columns of a record, in the order `record_from_row` reads them.
+const COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, token, started_at, \
+    finished_at, expires_at, lease_until, exit_code, signal, timed_out, replays, owner_host, \
+    owner_boot, owner_pid, owner_start, child_pid, child_pgid, child_start, \
+    octet_length(stdout)::bigint, octet_length(stderr)::bigint, stdout_truncated, stderr_truncated";
+/// How many expired records a claim deletes on its way.
+const CLEANUP_BATCH: i64 = 16;
+/// How much stored output one round trip carries during replay.
+const CHUNK: i32 = 1024 * 1024;
+/// How many records `list` holds in memory at once.
+const PAGE: i64 = 500;
+/// How long `finish` keeps trying to reach the server once COMMAND has run.
+const FINISH_PATIENCE: Duration = Duration::from_secs(30);
+/// How many times a claim re-reads after losing a race before giving up.
+const CLAIM_ROUNDS: usize = 100;
+
+pub struct PgStore {
+    conn: Conn,
+    names: Names,
+}
+
+pub fn open(url: &str, mode: Mode) -> Result<Option<Box<dyn Store>>> {
+    let target = Target::parse(url, mode == Mode::ReadOnly)?;
+    let names = Names::new(&target.table);
+    let mut conn = Conn::new(target)?;
+    let found = conn.call("cannot read the store", CALL_LIMIT, async |c| {
+        schema::inspect(c, &names).await
+    })?;
+    let found = match (found, mode) {
+        (Found::Missing, Mode::Create) => {
+            conn.call("cannot create the store", CALL_LIMIT, async |c| {
+                schema::create(c, &names).await
+            })?
+        }
+        (Found::Missing, Mode::Existing | Mode::ReadOnly) => return Ok(None),
+        (found, _) => found,
+    };
+    match found {
+        Found::Ready => Ok(Some(Box::new(PgStore { conn, names }))),
+        Found::Missing => conn.fail("it vanished while it was being created; try again"),
+        Found::Newer(version) => conn.fail(&format!(
+            "it has schema version {version}, newer than this idem understands ({SCHEMA_VERSION}); upgrade idem"
+        )),
+        Found::Foreign => conn.fail(&format!(
+            "table {} exists but is not an idem store; it was left untouched (choose another ?table=)",
+            conn.target.table
+        )),
+    }
+}
+
+impl PgStore {
+    /// `SELECT` of the server's time and the record of `$1`, if any: one
+    /// row either way.
+    fn read_sql(&self, lock: bool) -> String {
+        format!(
+            "SELECT {NOW}, r.* FROM (SELECT 1) AS one LEFT JOIN LATERAL \
+             (SELECT {COLUMNS} FROM {} WHERE key = $1{}) AS r ON true",
+            self.names.records,
+            if lock { " FOR UPDATE" } else { "" }
+        )
+    }
+
+    fn output_column(stream: Stream) -> &'static str {
+        match stream {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
+    /// One attempt to store the outcome; `with_output` false stores it
+    /// without the captured bytes (flagged as truncated).
+    fn write_outcome(
+        &mut self,
+        key: &str,
+        token: i64,
+        outcome: &Outcome,
+        with_output: bool,
+        limit: Duration,
+    ) -> Result<bool, Failure> {
+        let sql = format!(
+            "UPDATE {} SET status = $3, finished_at = {NOW}, expires_at = {NOW} + $4, \
+                exit_code = $5, signal = $6, timed_out = $7, stdout = $8, stderr = $9, \
+                stdout_truncated = $10, stderr_truncated = $11, lease_until = NULL \
+             WHERE key = $1 AND token = $2",
+            self.names.records
+        );
+        let (out, err): (&[u8], &[u8]) = if with_output {
+            (&outcome.stdout.bytes, &outcome.stderr.bytes)
+        } else {
+            (&[], &[])
+        };
+        let cut = |c: &super::Captured| c.truncated || (!with_output && !c.bytes.is_empty());
+        let (out_cut, err_cut) = (cut(&outcome.stdout), cut(&outcome.stderr));
+        self.conn.try_call(limit, async |c| {
+            let changed = c
+                .execute(
+                    &sql,
+                    &[
+                        &key,
+                        &token,
+                        &outcome.status.as_str(),
+                        &outcome.ttl_ms,
+                        &outcome.exit_code,
+                        &outcome.signal,
+                        &outcome.timed_out,
+                        &out,
+                        &err,
+                        &out_cut,
+                        &err_cut,
+                    ],
+                )
+                .await?;
+            Ok(changed == 1)
+        })
+    }
+
+    /// Runs an `UPDATE … WHERE key = $1 AND token = $2 …` and says whether
+    /// it touched the record.
+    fn update(
+        &mut self,
+        doing: &str,
+        limit: Duration,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<bool> {
+        let changed = self
+            .conn
+            .call(doing, limit, async |c| c.execute(sql, params).await)?;
+        Ok(changed == 1)
+    }
+}
+
+impl Store for PgStore {
+    fn now(&mut self) -> Result<Millis> {
+        let sql = format!("SELECT {NOW}");
+        self.conn
+            .call("cannot read the server's clock", CALL_LIMIT, async |c| {
+                Ok(c.query_one(&sql, &[]).await?.get(0))
+            })
+    }
+
+    fn get(&mut self, key: &str) -> Result<Option<Record>> {
+        let sql = self.read_sql(false);
+        self.conn
+            .call("cannot read a record", CALL_LIMIT, async |c| {
+                record_from_row(&c.query_one(&sql, &[&key]).await?, 1)
+            })
+    }
+
+    fn claim(
+        &mut self,
+        key: &str,
+        decide: &mut dyn FnMut(Option<&Record>, Millis) -> Option<Claim>,
+    ) -> Result<Option<i64>> {
+        let read = self.read_sql(true);
+        let (records, sequence) = (&self.names.records, &self.names.token);
+        let fields = "status = 'in_progress', fingerprint = $2, command = $3, cwd = $4, \
+            attempt = $5, owner_host = $6, owner_boot = $7, owner_pid = $8, owner_start = $9";
+        let replace = format!(
+            "UPDATE {records} SET {fields}, token = nextval('{sequence}'), started_at = {NOW}, \
+                lease_until = {NOW} + $10, finished_at = NULL, expires_at = NULL, \
+                exit_code = NULL, signal = NULL, timed_out = false, replays = 0, \
+                child_pid = NULL, child_pgid = NULL, child_start = NULL, \
+                stdout = '', stderr = '', stdout_truncated = false, stderr_truncated = false \
+             WHERE key = $1 AND token = $11 RETURNING token"
+        );
+        let insert = format!(
+            "INSERT INTO {records} (key, status, fingerprint, command, cwd, attempt, owner_host, \
+                owner_boot, owner_pid, owner_start, token, started_at, lease_until) \
+             VALUES ($1, 'in_progress', $2, $3, $4, $5, $6, $7, $8, $9, nextval('{sequence}'), \
+                {NOW}, {NOW} + $10) \
+             ON CONFLICT (key) DO NOTHING RETURNING token"
+        );
+        let cleanup = format!(
+            "DELETE FROM {records} WHERE key IN (SELECT key FROM {records} \
+             WHERE expires_at <= {NOW} AND key <> $1 LIMIT {CLEANUP_BATCH} FOR UPDATE SKIP LOCKED)"
+        );
+        for _ in 0..CLAIM_ROUNDS {
+            // Some(None): decided not to claim. None: lost a race, read again.
+            let round = self
+                .conn
+                .call("cannot claim the key", CALL_LIMIT, async |c| {
+                    let tx = c.transaction().await?;
+                    let row = tx.query_one(&read, &[&key]).await?;
+                    let existing = record_from_row(&row, 1)?;
+                    let Some(claim) = decide(existing.as_ref(), row.get(0)) else {
+                        return Ok(Some(None));
+                    };
+                    let Claim {
+                        fingerprint,
+                        command,
+                        cwd,
+                        attempt,
+                        owner,
+                        lease_ms,
+                    } = &claim;
+                    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+                        &key,
+                        fingerprint,
+                        command,
+                        cwd,
+                        attempt,
+                        &owner.host,
+                        &owner.boot_id,
+                        &owner.pid,
+                        &owner.start,
+                        lease_ms,
+                    ];
+                    let observed = existing.as_ref().map(|r| r.token);
+                    let written = match &observed {
+                        Some(token) => {
+                            params.push(token);
+                            tx.query_opt(&replace, &params).await?
+                        }
+                        None => tx.query_opt(&insert, &params).await?,
+                    };
+                    let Some(written) = written else {
+                        return Ok(None);
+                    };
+                    tx.execute(&cleanup, &[&key]).await?;
+                    tx.commit().await?;
+                    Ok(Some(Some(written.get::<_, i64>(0))))
+                })?;
+            if let Some(token) = round {
+                return Ok(token);
+            }
+        }
+        self.conn
+            .fail("cannot claim the key: it kept changing under contention; try again")
+    }
+
+    fn set_child(&mut self, key: &str, token: i64, child: ChildId) -> Result<bool> {
+        let sql = format!(
+            "UPDATE {} SET child_pid = $3, child_pgid = $4, child_start = $5 \
+             WHERE key = $1 AND token = $2 AND status = 'in_progress'",
+            self.names.records
+        );
+        self.update(
+            "cannot record the child",
+            CALL_LIMIT,
+            &sql,
+            &[&key, &token, &child.pid, &child.pgid, &child.start],
+        )
+    }
+
+    fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool> {
+        let sql = format!(
+            "UPDATE {} SET lease_until = {NOW} + $3 \
+             WHERE key = $1 AND token = $2 AND status = 'in_progress'",
+            self.names.records
+        );
+        // A third of the lease at most (within sane bounds): the run loop
+        // forwards signals from this thread and renews again soon.
+        let limit = Duration::from_millis(u64::try_from(lease_ms / 3).unwrap_or(0))
+            .clamp(Duration::from_secs(1), Duration::from_secs(10));
+        self.update(
+            "cannot renew the lease",
+            limit,
+            &sql,
+            &[&key, &token, &lease_ms],
+        )
+    }
+
+    fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
+        // COMMAND has run: keep trying for a while rather than lose its
+        // outcome to a dropped connection or a restarting server. Writing
+        // again is harmless: the update names this claim's token.
+        let deadline = Instant::now() + FINISH_PATIENCE;
+        let mut pause = Duration::from_millis(100);
+        let mut with_output = true;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let limit = left.min(CALL_LIMIT).max(Duration::from_secs(1));
+            match self.write_outcome(key, token, outcome, with_output, limit) {
+                Ok(ours) => return Ok(ours),
+                Err(Failure::Server(why)) if with_output => {
+                    eprintln!(
+                        "idem: could not store the output ({why}); recording the outcome without it"
+                    );
+                    with_output = false;
+                }
+                Err(Failure::Server(why) | Failure::Lost(why)) if Instant::now() >= deadline => {
+                    return self.conn.fail(&format!(
+                        "cannot record the outcome: {why} (gave up after {})",
+                        humantime::format_duration(FINISH_PATIENCE)
+                    ));
+                }
+                Err(_) => {
+                    std::thread::sleep(pause.min(left));
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    fn copy_output(
+        &mut self,
+        key: &str,
+        token: i64,
+        stream: Stream,
+        out: &mut dyn Write,
+    ) -> Result<bool> {
+        // Chunk by chunk, each naming the token: the stored bytes of a
+        // finished claim never change, and a purge or takeover shows up as
+        // a missing row.
+        let sql = format!(
+            "SELECT octet_length({column})::bigint, substring({column} FROM $3 FOR $4) \
+             FROM {} WHERE key = $1 AND token = $2",
+            self.names.records,
+            column = Self::output_column(stream)
+        );
+        let mut from: i32 = 1;
+        loop {
+            let chunk = self
+                .conn
+                .call("cannot read the output", CALL_LIMIT, async |c| {
+                    let row = c.query_opt(&sql, &[&key, &token, &from, &CHUNK]).await?;
+                    Ok(row.map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1))))
+                })?;
+            let Some((total, bytes)) = chunk else {
+                if from == 1 {
+                    return Ok(false);
+                }
+                return self
+                    .conn
+                    .fail("the record was purged or taken over during its replay");
+            };
+            out.write_all(&bytes)?;
+            from = from.saturating_add(CHUNK);
+            if i64::from(from) > total || bytes.is_empty() {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn count_replay(&mut self, key: &str, token: i64) -> Result<()> {
+        let sql = format!(
+            "UPDATE {} SET replays = replays + 1 WHERE key = $1 AND token = $2",
+            self.names.records
+        );
+        self.update("cannot count the replay", CALL_LIMIT, &sql, &[&key, &token])
+            .map(drop)
+    }
+
+    fn list(&mut self, filter: &Filter, each: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
+        let now = self.now()?;
+        let mut left = filter.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+        let mut after: Option<(i64, String)> = None;
+        loop {
+            let page = left.map_or(PAGE, |l| l.min(PAGE));
+            if page <= 0 {
+                return Ok(());
+            }
+            let mut sql = format!("SELECT {COLUMNS} FROM {} WHERE true", self.names.records);
+            let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+            if !filter.keys.is_empty() {
+                add(&mut sql, &mut params, " AND key = ANY(?)", &filter.keys);
+            }
+            let status = filter.status.map(Status::as_str);
+            if let Some(status) = &status {
+                add(&mut sql, &mut params, " AND status = ?", status);
+            }
+            if filter.expired {
+                add(&mut sql, &mut params, " AND expires_at <= ?", &now);
+            }
+            if let Some(prefix) = &filter.prefix {
+                add(&mut sql, &mut params, " AND starts_with(key, ?)", prefix);
+            }
+            if let Some(before) = &filter.started_before {
+                add(&mut sql, &mut params, " AND started_at < ?", before);
+            }
+            if let Some((started, key)) = &after {
+                add(&mut sql, &mut params, " AND (started_at < ?", started);
+                add(&mut sql, &mut params, " OR (started_at = ?", started);
+                add(&mut sql, &mut params, " AND key > ?))", key);
+            }
+            sql.push_str(&format!(" ORDER BY started_at DESC, key LIMIT {page}"));
+            let rows = self
+                .conn
+                .call("cannot list records", CALL_LIMIT, async |c| {
+                    let rows = c.query(&sql, &params).await?;
+                    rows.iter()
+                        .filter_map(|row| record_from_row(row, 0).transpose())
+                        .collect::<Result<Vec<Record>, _>>()
+                })?;
+            let full = i64::try_from(rows.len()).unwrap_or(0) == page;
+            if let Some(last) = rows.last() {
+                after = Some((last.started_at, last.key.clone()));
+            }
+            left = left.map(|l| l - i64::try_from(rows.len()).unwrap_or(0));
+            for record in rows {
+                each(record)?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
+        let sql = format!(
+            "DELETE FROM {} AS r USING unnest($1::text[], $2::bigint[]) AS d(key, token) \
+             WHERE r.key = d.key AND r.token = d.token",
+            self.names.records
+        );
+        let keys: Vec<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
+        let tokens: Vec<i64> = records.iter().map(|(_, t)| *t).collect();
+        self.conn
+            .call("cannot delete records", CALL_LIMIT, async |c| {
+                c.execute(&sql, &[&keys, &tokens]).await
+            })
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+}
+
+/// Appends `clause` to `sql` with its `?` bound to `value`.
+fn add<'a>(
+    sql: &mut String,
+    params: &mut Vec<&'a (dyn ToSql + Sync)>,
+    clause: &str,
+    value: &'a (dyn ToSql + Sync),
+) {
+    params.push(value);
+    sql.push_str(&clause.replace('?', &format!("${}", params.len())));
+}
+
+/// The record in the columns of `row` from `at` on (`COLUMNS` order), or
+/// `None` when they are NULL (no such record).
+fn record_from_row(row: &Row, at: usize) -> Result<Option<Record>, tokio_postgres::Error> {
+    let Some(key) = row.try_get::<_, Option<String>>(at)? else {
+        return Ok(None);
+    };
+    let get = |i: usize| at + i;
+    let status: String = row.try_get(get(1))?;
+    let child_pid: Option<i64> = row.try_get(get(19))?;
+    Ok(Some(Record {
+        key,
+        status: Status::parse(&status).unwrap_or(Status::Failed),
+        fingerprint: row.try_get(get(2))?,
+        command: row.try_get(get(3))?,
+        cwd: row.try_get(get(4))?,
+        attempt: row.try_get(get(5))?,
+        token: row.try_get(get(6))?,
+        started_at: row.try_get(get(7))?,
+        finished_at: row.try_get(get(8))?,
+        expires_at: row.try_get(get(9))?,
+        lease_until: row.try_get(get(10))?,
+        exit_code: row.try_get(get(11))?,
+        signal: row.try_get(get(12))?,
+        timed_out: row.try_get(get(13))?,
+        replays: row.try_get(get(14))?,
+        owner: Owner {
+            host: row.try_get(get(15))?,
+            boot_id: row.try_get(get(16))?,
+            pid: row.try_get(get(17))?,
+            start: row.try_get(get(18))?,
+            child: match child_pid {
+                Some(pid) => Some(ChildId {
+                    pid,
+                    pgid: row.try_get::<_, Option<i64>>(get(20))?.unwrap_or(pid),
+                    start: row.try_get::<_, Option<i64>>(get(21))?.unwrap_or(0),
+                }),
+                None => None,
+            },
+        },
+        stdout_bytes: row.try_get(get(22))?,
+        stderr_bytes: row.try_get(get(23))?,
+        stdout_truncated: row.try_get(get(24))?,
+        stderr_truncated: row.try_get(get(25))?,
+    }))
+}
