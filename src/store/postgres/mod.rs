@@ -301,6 +301,7 @@ impl Store for PgStore {
         let deadline = Instant::now() + FINISH_PATIENCE;
         let mut pause = Duration::from_millis(100);
         let mut with_output = true;
+        let mut warned = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let limit = left.min(CALL_LIMIT).max(Duration::from_secs(1));
@@ -312,13 +313,20 @@ impl Store for PgStore {
                     );
                     with_output = false;
                 }
-                Err(Failure::Server(why) | Failure::Lost(why)) if Instant::now() >= deadline => {
-                    return self.conn.fail(&format!(
-                        "cannot record the outcome: {why} (gave up after {})",
-                        humantime::format_duration(FINISH_PATIENCE)
-                    ));
-                }
-                Err(_) => {
+                Err(Failure::Server(why) | Failure::Lost(why)) => {
+                    if Instant::now() >= deadline {
+                        return self.conn.fail(&format!(
+                            "cannot record the outcome: {why} (gave up after {})",
+                            humantime::format_duration(FINISH_PATIENCE)
+                        ));
+                    }
+                    if !warned {
+                        eprintln!(
+                            "idem: cannot record the outcome yet ({why}); retrying for up to {}",
+                            humantime::format_duration(FINISH_PATIENCE)
+                        );
+                        warned = true;
+                    }
                     std::thread::sleep(pause.min(left));
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
