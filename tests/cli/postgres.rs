@@ -1,10 +1,15 @@
 //! PostgreSQL specifics: the `?table=` parameter, a schema that is versioned
 //! and never adopts a stranger's table, credentials that never show, and a
-//! server that is unreachable or drops the connection. Run with
+//! server that is unreachable, drops the connection, or is cut off after the
+//! command has run. Run with
 //! `IDEM_TEST_BACKEND=postgres`; skipped otherwise.
 
 use crate::support::{backend, postgres_url, psql, sh, wait_for, Backend, Env};
+use std::io::{BufRead, BufReader};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 fn postgres() -> bool {
     backend() == Backend::Postgres
@@ -253,4 +258,128 @@ fn expired_records_are_cleaned_up_lazily() {
         .success();
     // One claim removes a bounded batch, never the whole backlog at once.
     assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "5");
+}
+
+/// A TCP relay to the test server that the test can cut and restore, to
+/// play a network partition between idem and PostgreSQL.
+struct Relay {
+    port: u16,
+    open: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn start() -> Relay {
+        let base = postgres_url();
+        let rest = base.split_once("://").unwrap().1;
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        let upstream = rest.split(['/', '?']).next().unwrap().to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let links = Arc::new(Mutex::new(Vec::new()));
+        let (is_open, all) = (open.clone(), links.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !is_open.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let server = TcpStream::connect(&upstream).unwrap();
+                all.lock()
+                    .unwrap()
+                    .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { port, open, links }
+    }
+
+    /// This test's store, reached through the relay.
+    fn url(&self, env: &Env) -> String {
+        let base = postgres_url();
+        let rest = base.split_once("://").unwrap().1;
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        let upstream = rest.split(['/', '?']).next().unwrap();
+        env.db
+            .replacen(upstream, &format!("127.0.0.1:{}", self.port), 1)
+    }
+
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            let _ = link.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Starts idem through `relay` on a command that waits for the file `go`.
+fn start_behind(relay: &Relay, env: &Env) -> std::process::Child {
+    let script = format!(
+        "{}; touch started; while [ ! -e go ]; do sleep 0.02; done; echo done",
+        env.count_run("n")
+    );
+    env.idem_std()
+        .args(["--db", &relay.url(env), "run", "-k", "k", "--"])
+        .args(sh(&script))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn the_outcome_is_written_once_the_server_is_back() {
+    if !postgres() {
+        return;
+    }
+    let env = Env::new();
+    let relay = Relay::start();
+    let mut idem = start_behind(&relay, &env);
+    wait_for(&env.path("started"));
+    relay.cut();
+    std::fs::write(env.path("go"), "").unwrap();
+    let mut stderr = BufReader::new(idem.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("retrying"), "{line}");
+    relay.restore();
+    let out = idem.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout, b"done\n");
+    env.idem()
+        .args(["run", "-k", "k", "--", "true"])
+        .assert()
+        .code(65); // the record is there, completed, by another command
+    assert_eq!(env.count("n"), 1);
+}
+
+#[test]
+fn an_outcome_that_cannot_be_written_is_reported_after_a_bounded_time() {
+    if !postgres() {
+        return;
+    }
+    let env = Env::new();
+    let relay = Relay::start();
+    let idem = start_behind(&relay, &env);
+    wait_for(&env.path("started"));
+    relay.cut();
+    std::fs::write(env.path("go"), "").unwrap();
+    let out = idem.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("could NOT be written"), "{err}");
+    assert!(err.contains("stays in_progress"), "{err}");
+    assert_eq!(out.stdout, b"done\n", "the command itself ran");
 }

@@ -11,6 +11,8 @@
 mod conn;
 mod schema;
 mod target;
+#[cfg(test)]
+mod tests;
 
 use super::{Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream};
 use crate::owner::{ChildId, Owner};
@@ -47,23 +49,28 @@ pub struct PgStore {
 }
 
 pub fn open(url: &str, mode: Mode) -> Result<Option<Box<dyn Store>>> {
-    let target = Target::parse(url, mode == Mode::ReadOnly)?;
-    let names = Names::new(&target.table);
-    let mut conn = Conn::new(target)?;
-    let found = conn.call("cannot read the store", CALL_LIMIT, async |c| {
-        schema::inspect(c, &names).await
-    })?;
-    let found = match (found, mode) {
-        (Found::Missing, Mode::Create) => {
-            conn.call("cannot create the store", CALL_LIMIT, async |c| {
-                schema::create(c, &names).await
-            })?
-        }
-        (Found::Missing, Mode::Existing | Mode::ReadOnly) => return Ok(None),
-        (found, _) => found,
-    };
-    match found {
-        Found::Ready => Ok(Some(Box::new(PgStore { conn, names }))),
+    Ok(PgStore::open(url, mode)?.map(|s| Box::new(s) as Box<dyn Store>))
+}
+
+impl PgStore {
+    fn open(url: &str, mode: Mode) -> Result<Option<PgStore>> {
+        let target = Target::parse(url, mode == Mode::ReadOnly)?;
+        let names = Names::new(&target.table);
+        let mut conn = Conn::new(target)?;
+        let found = conn.call("cannot read the store", CALL_LIMIT, async |c| {
+            schema::inspect(c, &names).await
+        })?;
+        let found = match (found, mode) {
+            (Found::Missing, Mode::Create) => {
+                conn.call("cannot create the store", CALL_LIMIT, async |c| {
+                    schema::create(c, &names).await
+                })?
+            }
+            (Found::Missing, Mode::Existing | Mode::ReadOnly) => return Ok(None),
+            (found, _) => found,
+        };
+        match found {
+        Found::Ready => Ok(Some(PgStore { conn, names })),
         Found::Missing => conn.fail("it vanished while it was being created; try again"),
         Found::Newer(version) => conn.fail(&format!(
             "it has schema version {version}, newer than this idem understands ({SCHEMA_VERSION}); upgrade idem"
@@ -73,9 +80,8 @@ pub fn open(url: &str, mode: Mode) -> Result<Option<Box<dyn Store>>> {
             conn.target.table
         )),
     }
-}
+    }
 
-impl PgStore {
     /// `SELECT` of the server's time and the record of `$1`, if any: one
     /// row either way.
     fn read_sql(&self, lock: bool) -> String {
@@ -295,6 +301,7 @@ impl Store for PgStore {
         let deadline = Instant::now() + FINISH_PATIENCE;
         let mut pause = Duration::from_millis(100);
         let mut with_output = true;
+        let mut warned = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let limit = left.min(CALL_LIMIT).max(Duration::from_secs(1));
@@ -306,13 +313,20 @@ impl Store for PgStore {
                     );
                     with_output = false;
                 }
-                Err(Failure::Server(why) | Failure::Lost(why)) if Instant::now() >= deadline => {
-                    return self.conn.fail(&format!(
-                        "cannot record the outcome: {why} (gave up after {})",
-                        humantime::format_duration(FINISH_PATIENCE)
-                    ));
-                }
-                Err(_) => {
+                Err(Failure::Server(why) | Failure::Lost(why)) => {
+                    if Instant::now() >= deadline {
+                        return self.conn.fail(&format!(
+                            "cannot record the outcome: {why} (gave up after {})",
+                            humantime::format_duration(FINISH_PATIENCE)
+                        ));
+                    }
+                    if !warned {
+                        eprintln!(
+                            "idem: cannot record the outcome yet ({why}); retrying for up to {}",
+                            humantime::format_duration(FINISH_PATIENCE)
+                        );
+                        warned = true;
+                    }
                     std::thread::sleep(pause.min(left));
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }

@@ -55,7 +55,9 @@ impl Target {
             let (name, value) = param.split_once('=').unwrap_or((param, ""));
             match name {
                 "table" => table = value.to_owned(),
-                "sslmode" if !matches!(value, "disable" | "prefer") => {
+                // libpq's "try without TLS first": without TLS, just that.
+                "sslmode" if value == "allow" => passed.push("sslmode=disable"),
+                "sslmode" if value != "disable" && value != "prefer" => {
                     return fail(
                         Code::Usage,
                         format!(
