@@ -376,7 +376,9 @@ fn an_outcome_that_cannot_be_written_is_reported_loudly() {
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert_eq!(out.stdout, b"done\n", "the command ran to its end");
     assert!(
-        err.contains("could NOT be written") && err.contains("tried for"),
+        err.contains("retrying for up to")
+            && err.contains("could NOT be written")
+            && err.contains("gave up after"),
         "{err}"
     );
 }

@@ -12,6 +12,8 @@
 
 mod list;
 mod target;
+#[cfg(test)]
+mod tests;
 
 use self::target::Target;
 use super::{Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream};
@@ -453,39 +455,45 @@ impl Store for RedisStore {
         .map(|ours| ours == 1)
     }
 
-    /// Retries a lost connection for `FINISH_PATIENCE` (the script is
-    /// idempotent); a server that refuses the output (out of memory) gets
-    /// the outcome without it.
+    /// COMMAND has run: a lost connection is retried for `FINISH_PATIENCE`
+    /// (writing again is harmless, see finish.lua); a server that refuses
+    /// the output (out of memory) gets the outcome without it.
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
         let deadline = Instant::now() + FINISH_PATIENCE;
         let mut pause = Duration::from_millis(100);
         let mut with_output = true;
+        let mut warned = false;
         loop {
             let failure = match self.write_outcome(key, token, outcome, with_output) {
                 Ok(ours) => return Ok(ours),
                 Err(failure) => failure,
             };
-            let lost_connection = match &failure {
-                Failure::Connect(_) => true,
-                Failure::Call(e) => is_connection_error(e),
-            };
-            if lost_connection && Instant::now() + pause < deadline {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(2));
-            } else if !lost_connection && with_output {
-                if let Failure::Call(e) = &failure {
+            let why = self.target.scrub(&describe(&failure));
+            match &failure {
+                Failure::Call(e) if with_output && !is_connection_error(e) => {
                     eprintln!(
-                        "idem: could not store the output ({}); recording the outcome without it",
-                        self.target.scrub(&explain(e))
+                        "idem: could not store the output ({why}); recording the outcome without it"
                     );
+                    with_output = false;
                 }
-                with_output = false;
-            } else {
-                return self.target.fail(&format!(
-                    "cannot record the outcome (tried for {}s): {}",
-                    FINISH_PATIENCE.as_secs(),
-                    describe(&failure)
-                ));
+                _ if Instant::now() + pause >= deadline => {
+                    return self.target.fail(&format!(
+                        "cannot record the outcome: {why} (gave up after {})",
+                        humantime::format_duration(FINISH_PATIENCE)
+                    ));
+                }
+                _ => {
+                    if !warned {
+                        eprintln!(
+                            "idem: store {}: cannot record the outcome yet ({why}); retrying for up to {}",
+                            self.target.shown,
+                            humantime::format_duration(FINISH_PATIENCE)
+                        );
+                        warned = true;
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
             }
         }
     }
