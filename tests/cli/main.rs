@@ -3,7 +3,9 @@
 mod support;
 
 mod hosts;
+mod inspect;
 mod postgres;
+mod purge;
 mod redis;
 mod run;
 mod store;

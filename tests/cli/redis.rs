@@ -104,6 +104,17 @@ fn server_ms(con: &mut redis::Connection) -> i64 {
     secs * 1000 + micros / 1000
 }
 
+/// Sets a finished record's `expires_at` back to its `finished_at`, as if
+/// its time were up but Redis had not deleted it yet (other tests need such
+/// a record; Redis keeps it for its original TTL).
+pub fn move_expiry_back(env: &Env, key: &str) {
+    let (base, prefix) = split(env);
+    let mut con = connect(&base);
+    let record = format!("{prefix}rec:{key}");
+    let finished: String = query(&mut con, &["HGET", &record, "finished_at"]);
+    let _: i64 = query(&mut con, &["HSET", &record, "expires_at", &finished]);
+}
+
 #[test]
 fn every_key_lives_under_the_prefix_and_prefixes_keep_stores_apart() {
     if !redis_only() {
@@ -175,6 +186,17 @@ fn passwords_never_appear_in_errors() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
     assert_eq!(env.count("n"), 0, "the command must not run");
+    for args in [&["inspect"][..], &["inspect", "k"], &["purge", "--all"]] {
+        let out = env
+            .idem()
+            .env("IDEM_DB", server.url(":wrong-Secret@"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
+        assert!(!err.contains("Secret"), "the password leaked: {err}");
+    }
     let out = env
         .idem()
         .env("IDEM_DB", server.url(":hunter2-Secret@"))
@@ -185,6 +207,20 @@ fn passwords_never_appear_in_errors() {
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("Secret"));
     assert_eq!(env.count("n"), 1);
+    for args in [&["inspect"][..], &["inspect", "k"], &["inspect", "--json"]] {
+        let out = env
+            .idem()
+            .env("IDEM_DB", server.url(":hunter2-Secret@"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let all = [out.stdout, out.stderr].concat();
+        assert!(
+            !String::from_utf8_lossy(&all).contains("Secret"),
+            "{args:?}"
+        );
+    }
 }
 
 #[test]

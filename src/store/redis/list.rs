@@ -36,7 +36,7 @@ pub fn list(
             .cloned()
             .collect()
     };
-    let mut order = start_times(store, keys)?;
+    let mut order = start_times(store, &keys)?;
     if let Some(before) = filter.started_before {
         order.retain(|(started, _)| *started < before);
     }
@@ -96,7 +96,7 @@ fn scan_keys(store: &mut RedisStore, key_prefix: &str) -> Result<Vec<String>> {
 }
 
 /// (start time, key) of each key that still has a record.
-fn start_times(store: &mut RedisStore, keys: Vec<String>) -> Result<Vec<(Millis, String)>> {
+fn start_times(store: &mut RedisStore, keys: &[String]) -> Result<Vec<(Millis, String)>> {
     let mut order = Vec::with_capacity(keys.len());
     for page in keys.chunks(PAGE) {
         let rkeys: Vec<String> = page.iter().map(|k| store.record_key(k)).collect();
@@ -128,7 +128,7 @@ fn read_page(store: &mut RedisStore, page: &[(Millis, String)]) -> Result<Vec<Re
     Ok(page
         .iter()
         .zip(values)
-        .filter_map(|((_, key), values)| parse_record(key, values).map(|(record, _)| record))
+        .filter_map(|((_, key), values)| parse_record(key, &values).map(|(record, _)| record))
         .collect())
 }
 

@@ -296,24 +296,25 @@ impl RedisStore {
 
     fn read(&mut self, key: &str) -> Result<Option<(Record, String)>> {
         let rkey = self.record_key(key);
-        let values = self.exec("cannot read a record", true, |c, _| {
+        let values: Vec<Option<Vec<u8>>> = self.exec("cannot read a record", true, |c, _| {
             redis::cmd("HMGET").arg(&rkey).arg(&FIELDS[..]).query(c)
         })?;
-        Ok(parse_record(key, values))
+        Ok(parse_record(key, &values))
     }
 
     /// The server's time and the record, read together for a claim.
     fn read_with_time(&mut self, key: &str) -> Result<(Millis, Option<(Record, String)>)> {
         let rkey = self.record_key(key);
-        let (time, values) = self.exec("cannot read a record", true, |c, _| {
-            redis::pipe()
-                .cmd("TIME")
-                .cmd("HMGET")
-                .arg(&rkey)
-                .arg(&FIELDS[..])
-                .query(c)
-        })?;
-        Ok((millis_from_time(time), parse_record(key, values)))
+        let (time, values): ((i64, i64), Vec<Option<Vec<u8>>>) =
+            self.exec("cannot read a record", true, |c, _| {
+                redis::pipe()
+                    .cmd("TIME")
+                    .cmd("HMGET")
+                    .arg(&rkey)
+                    .arg(&FIELDS[..])
+                    .query(c)
+            })?;
+        Ok((millis_from_time(time), parse_record(key, &values)))
     }
 
     fn write_outcome(
@@ -574,7 +575,7 @@ fn explain(e: &RedisError) -> String {
 }
 
 /// A record from its `HMGET` values and its revision; `None` when absent.
-fn parse_record(key: &str, values: Vec<Option<Vec<u8>>>) -> Option<(Record, String)> {
+fn parse_record(key: &str, values: &[Option<Vec<u8>>]) -> Option<(Record, String)> {
     let field = |name: &str| -> Option<&[u8]> {
         let at = FIELDS.iter().position(|f| *f == name)?;
         values.get(at)?.as_deref()
