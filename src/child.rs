@@ -13,7 +13,7 @@
 
 #![allow(unsafe_code)]
 
-use crate::owner::{start_time, ChildId};
+use crate::owner::{group_alive, start_time, ChildId};
 use crate::store::Captured;
 use anyhow::{Context, Result};
 use nix::errno::Errno;
@@ -25,7 +25,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpgrp, isatty, pipe2, tcgetpgrp, tcsetpgrp, Pid};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -90,7 +90,7 @@ pub trait Supervisor {
 /// Runs `spec` to the end. Blocks the forwarded signals in this thread for
 /// as long as it runs; call it before starting other threads.
 pub fn run(
-    spec: Spec<'_>,
+    spec: &Spec<'_>,
     supervisor: &mut dyn Supervisor,
 ) -> Result<std::result::Result<Finished, SpawnError>> {
     let program = match resolve(&spec.argv[0]) {
@@ -110,7 +110,7 @@ pub fn run(
         .context("block signals")?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .context("signalfd")?;
-    let result = supervise(&spec, &exec, &signals, supervisor);
+    let result = supervise(spec, &exec, &signals, supervisor);
     drop(signals);
     // Signals that arrived while blocked are acted on (forwarded) already.
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
@@ -133,6 +133,7 @@ fn supervise(
     // async-signal-safe functions on memory prepared before the fork.
     let pid = match unsafe { libc::fork() } {
         -1 => return Err(Errno::last()).context("fork"),
+        // SAFETY: this is the freshly forked child that in_child requires.
         0 => unsafe {
             exec.in_child(&ChildFds {
                 stdin: stdin_fd,
@@ -192,7 +193,7 @@ fn supervise(
         }
         if let Some(reaped) = reaped_at {
             let quiet = now.duration_since(last_data.max(reaped)) >= LINGER;
-            if quiet && !group_exists(pid) {
+            if quiet && !group_alive(i64::from(pid.as_raw())) {
                 break;
             }
         }
@@ -273,7 +274,7 @@ fn supervise(
             }
             if status.is_some() {
                 reaped_at = Some(Instant::now());
-                kill_at = kill_at.filter(|_| group_exists(pid));
+                kill_at = kill_at.filter(|_| group_alive(i64::from(pid.as_raw())));
             }
         }
     }
@@ -288,26 +289,12 @@ fn supervise(
     }))
 }
 
-fn group_exists(pgid: Pid) -> bool {
-    matches!(
-        kill(Pid::from_raw(-pgid.as_raw()), None),
-        Ok(()) | Err(Errno::EPERM)
-    )
-}
-
-/// Reads the child's exec report: EOF means exec succeeded.
+/// Reads the child's exec report and closes the pipe: EOF means exec
+/// succeeded, four bytes are the errno of a failed exec.
 fn read_exec_status(status_r: OwnedFd) -> Option<i32> {
     let mut bytes = [0u8; 4];
-    let mut filled = 0;
-    while filled < 4 {
-        match nix::unistd::read(status_r.as_raw_fd(), &mut bytes[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(Errno::EINTR) => {}
-            Err(_) => break,
-        }
-    }
-    (filled == 4).then(|| i32::from_ne_bytes(bytes))
+    let report = File::from(status_r).read_exact(&mut bytes);
+    report.ok().map(|()| i32::from_ne_bytes(bytes))
 }
 
 /// Finds COMMAND like `execvp` would, so "not found" (127) and "not

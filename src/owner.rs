@@ -11,6 +11,7 @@ use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use std::fs;
+use std::path::Path;
 
 /// The identity of a running idem and, once started, its child.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -92,55 +93,80 @@ impl Owner {
             return Liveness::Alive;
         }
         match self.child {
-            Some(child) if group_exists(child.pgid) => Liveness::Alive,
+            Some(child) if group_alive(child.pgid) => Liveness::Alive,
             _ => Liveness::Dead,
         }
     }
 }
 
-/// Whether `pid` exists and started at `start` (when start times are known).
+/// Whether `pid` exists, is not a zombie, and started at `start` (when
+/// start times are known: without /proc, an existing pid counts).
 fn same_process(pid: i64, start: i64) -> bool {
-    if !pid_exists(pid) {
+    if !signalable(pid) {
         return false;
     }
-    match start_time(pid) {
-        Some(now) => start == 0 || now == start,
-        // No /proc: the pid exists, so be conservative.
-        None => true,
+    match proc_stat(pid) {
+        Some(stat) => stat.state != 'Z' && (start == 0 || stat.start == start),
+        None => !Path::new("/proc/self/stat").exists(),
     }
 }
 
-fn pid_exists(pid: i64) -> bool {
+/// Whether any live (non-zombie) process is in group `pgid`.
+///
+/// Zombies matter: where PID 1 does not reap orphans (many containers),
+/// a finished orphan stays a zombie, and must not keep its owner alive.
+pub fn group_alive(pgid: i64) -> bool {
+    if pgid <= 1 || !signalable(-pgid) {
+        return false;
+    }
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return true;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i64>().ok()))
+        .filter_map(proc_stat)
+        .any(|stat| stat.pgrp == pgid && stat.state != 'Z')
+}
+
+/// `kill(pid, 0)`: the pid (or, negative, the group) exists.
+fn signalable(pid: i64) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
     };
-    if pid <= 0 {
+    if pid == 0 {
         return false;
     }
     matches!(kill(Pid::from_raw(pid), None), Ok(()) | Err(Errno::EPERM))
 }
 
-fn group_exists(pgid: i64) -> bool {
-    let Ok(pgid) = i32::try_from(pgid) else {
-        return false;
-    };
-    if pgid <= 1 {
-        return false;
-    }
-    matches!(kill(Pid::from_raw(-pgid), None), Ok(()) | Err(Errno::EPERM))
+/// The fields of /proc/PID/stat that liveness needs.
+struct Stat {
+    state: char,
+    pgrp: i64,
+    /// Start time in clock ticks since boot (field 22).
+    start: i64,
 }
 
-/// Field 22 of /proc/PID/stat: start time in clock ticks since boot.
-pub fn start_time(pid: i64) -> Option<i64> {
+fn proc_stat(pid: i64) -> Option<Stat> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    // The command name (field 2) is in parentheses and may hold anything.
+    let mut fields = stat[stat.rfind(')')? + 2..].split(' ');
+    let state = fields.next()?.chars().next()?;
+    let pgrp = fields.nth(1)?.parse().ok()?;
+    let start = fields.nth(16)?.parse().ok()?;
+    Some(Stat { state, pgrp, start })
+}
+
+/// Process start time in clock ticks since boot, if /proc can tell.
+pub fn start_time(pid: i64) -> Option<i64> {
+    proc_stat(pid).map(|stat| stat.start)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
 
     #[test]
     fn reads_own_start_time() {
@@ -155,6 +181,42 @@ mod tests {
         let mut owner = here.me();
         owner.start += 1;
         assert_eq!(owner.liveness(&here), Liveness::Dead);
+    }
+
+    #[test]
+    fn start_time_is_field_22() {
+        // A name with spaces and parentheses must not shift the fields.
+        let me = i64::from(std::process::id());
+        let stat = proc_stat(me).unwrap();
+        assert_ne!(stat.state, 'Z');
+        assert_eq!(stat.pgrp, i64::from(nix::unistd::getpgrp().as_raw()));
+        let raw = fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
+        let after_name = &raw[raw.rfind(')').unwrap() + 2..];
+        assert_eq!(
+            after_name
+                .split(' ')
+                .nth(19)
+                .unwrap()
+                .parse::<i64>()
+                .unwrap(),
+            stat.start
+        );
+    }
+
+    #[test]
+    fn a_group_of_zombies_is_dead() {
+        let mut child = std::process::Command::new("true")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = i64::from(child.id());
+        // Exited but not reaped: a zombie, alone in its group.
+        while proc_stat(pgid).is_some_and(|s| s.state != 'Z') {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!group_alive(pgid));
+        child.wait().unwrap();
+        assert!(!group_alive(pgid));
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub enum Verdict<'a> {
         crashed: Option<&'a Record>,
     },
     Replay(&'a Record),
-    Wait(&'a Record),
+    Wait,
     /// The record was made by a different command (exit 65).
     Mismatch(&'a Record),
     /// In progress under a live owner (exit 75).
@@ -96,7 +96,7 @@ pub fn decide<'a>(
             OnDuplicate::Fail => Verdict::AlreadyDone(record),
         },
         Status::InProgress if alive(record) => match policy.on_duplicate {
-            OnDuplicate::Wait => Verdict::Wait(record),
+            OnDuplicate::Wait => Verdict::Wait,
             OnDuplicate::Replay | OnDuplicate::Fail => Verdict::Busy(record),
         },
         Status::InProgress => match policy.on_crash {

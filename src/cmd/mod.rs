@@ -8,31 +8,57 @@ pub mod run;
 mod show;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueHint};
 use std::ffi::OsString;
 use std::time::Duration;
 
-/// Run a command at most once per key: duplicates replay the first run's
-/// output and exit status, wait for it, or refuse.
+/// Run a command at most once per key
+///
+/// idem runs COMMAND at most once per key within a time window, however many
+/// times and from however many processes it is called. A duplicate call does
+/// not run COMMAND again: it replays the first run's stdout, stderr and exit
+/// status, waits for the run in progress, or refuses, by policy. The records
+/// live in a store: one SQLite file by default, or a PostgreSQL or Redis
+/// server shared by many hosts.
 #[derive(Debug, Parser)]
 #[command(name = "idem", version, propagate_version = true, max_term_width = 100)]
+#[command(subcommand_value_name = "SUBCOMMAND", after_help = AFTER_HELP)]
 pub struct Cli {
     /// The store: a file path (SQLite), or a postgres:// or redis:// URL.
     /// Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db
-    #[arg(long, global = true, env = "IDEM_DB", value_name = "PATH|URL")]
+    // The value stays hidden: a URL can carry a password.
+    #[arg(long, global = true, env = "IDEM_DB", hide_env_values = true)]
+    #[arg(value_name = "PATH|URL", value_hint = ValueHint::FilePath, help_heading = GLOBAL)]
     pub db: Option<OsString>,
 
     /// Silence notices (errors are still printed)
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     pub quiet: bool,
 
     /// Explain each decision: run, replay, wait, takeover
-    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    #[arg(short, long, global = true, conflicts_with = "quiet", help_heading = GLOBAL)]
     pub verbose: bool,
 
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// The heading that keeps the flags every subcommand takes apart from its own.
+const GLOBAL: &str = "Global options";
+
+const AFTER_HELP: &str = "\
+See 'idem help SUBCOMMAND' or 'man idem-SUBCOMMAND' for its options and examples.
+
+Exit status: COMMAND's own status when it ran or was replayed (128+N: signal N), else
+    2    usage error
+    65   key reused with a different command
+    75   key in progress elsewhere
+    76   key already completed (--on-duplicate fail)
+    77   an earlier owner crashed (--on-crash block)
+    124  --timeout ran out
+    125  idem itself failed (store unreadable, corrupt, disk full)
+    126  COMMAND not executable
+    127  COMMAND not found";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -56,7 +82,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         verbose: cli.verbose,
     };
     match cli.command {
-        Command::Run(args) => run::run(args, &global),
+        Command::Run(args) => run::run(&args, &global),
         Command::Inspect(args) => inspect::run(&args, &global),
         Command::Purge(args) => purge::run(&args, &global),
     }
@@ -114,6 +140,9 @@ pub fn byte_size(s: &str) -> Result<u64, String> {
     n.checked_mul(factor)
         .ok_or_else(|| format!("'{s}' is too large"))
 }
+
+#[cfg(test)]
+mod generated;
 
 #[cfg(test)]
 mod tests {

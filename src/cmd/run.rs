@@ -24,6 +24,14 @@ use std::time::{Duration, Instant};
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
 /// Run COMMAND at most once per key
+///
+/// The first call with a key claims it and runs COMMAND, streaming its output
+/// live and storing it for replay. Until the record expires (--ttl after
+/// COMMAND finished), a duplicate call replays that output byte for byte and
+/// exits with the same status. While COMMAND still runs, a duplicate exits 75,
+/// or waits for it with --on-duplicate wait. A failed run is released for the
+/// next call to try again (--on-failure), and the run of an owner that crashed
+/// is taken over or left for an operator (--on-crash).
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
 pub struct Args {
@@ -32,8 +40,9 @@ pub struct Args {
     #[arg(short, long, value_name = "KEY")]
     pub key: Option<String>,
 
-    /// How long a finished run suppresses re-runs, counted from its end
-    #[arg(long, env = "IDEM_TTL", default_value = "24h", value_name = "DURATION", value_parser = positive_duration)]
+    /// How long a finished run suppresses re-runs, counted from its end (90s, 5m, 1h 30m, 7d)
+    #[arg(long, env = "IDEM_TTL", hide_env_values = true, default_value = "24h")]
+    #[arg(value_name = "DURATION", value_parser = positive_duration)]
     pub ttl: Duration,
 
     /// What a duplicate call does
@@ -56,7 +65,7 @@ pub struct Args {
     #[arg(long, default_value = "16MiB", value_name = "SIZE", value_parser = byte_size)]
     pub max_output: u64,
 
-    /// Stop COMMAND after this long: SIGTERM, SIGKILL 5s later, exit 124
+    /// Stop COMMAND after this long: SIGTERM, SIGKILL 5s later, exit 124. Default: no limit
     #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     pub timeout: Option<Duration>,
 
@@ -82,21 +91,22 @@ pub struct Args {
 
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "COMMAND")]
+    #[arg(value_hint = clap::ValueHint::CommandWithArguments)]
     pub command: Vec<OsString>,
 }
 
 const EXAMPLES: &str = "\
 Examples:
-  # Nightly report from cron, at most once a day even if cron fires twice:
-  idem run --key report-$(date +%F) --ttl 36h -- ./nightly-report.sh
+  # crontab: the nightly report, at most once a day even if cron fires twice
+  0 2 * * *  idem run --key report-$(date +\\%F) -- ./nightly-report.sh
 
-  # A CI step that is safe to retry: a re-run replays the first result
-  idem run --key deploy-$CI_COMMIT_SHA --on-failure unlock -- ./deploy.sh
+  # A CI step, safe to retry: a success is replayed, a failure runs again
+  idem run --key deploy-$CI_COMMIT_SHA -- ./deploy.sh
 
-  # A webhook handler: the payload itself is the key, duplicates replay
-  idem run --fingerprint-stdin --on-duplicate wait -- ./handle-event < event.json
+  # A webhook handler: the payload is in the key; duplicates wait, then replay
+  idem run --fingerprint-stdin --on-duplicate wait -- ./on-event < event.json
 
-  # Payments: never re-run after a crash without a human
+  # Payments: after a crash, never charge again until a human has checked
   idem run --key invoice-42 --on-crash block -- ./charge.sh 42";
 
 /// Everything about this call that stays fixed across attempts to claim.
@@ -112,7 +122,7 @@ struct Call<'a> {
     me: Owner,
 }
 
-pub fn run(args: Args, global: &Global) -> Result<u8> {
+pub fn run(args: &Args, global: &Global) -> Result<u8> {
     if let Some(key) = &args.key {
         if let Err(problem) = key::check_key(key) {
             return fail(Code::Usage, problem);
@@ -159,7 +169,7 @@ pub fn run(args: Args, global: &Global) -> Result<u8> {
     }
     let here = Here::detect();
     let call = Call {
-        args: &args,
+        args,
         global,
         key,
         fingerprint,
@@ -236,7 +246,7 @@ impl Call<'_> {
         let shared = store.is_shared();
         match decide(record, now, &self.fingerprint, self.policy, |r| self.alive(r, now, shared)) {
             Verdict::Run { .. } => Ok(Next::Claim),
-            Verdict::Wait(_) => Ok(Next::Wait),
+            Verdict::Wait => Ok(Next::Wait),
             Verdict::Replay(record) => match self.replay(store, record)? {
                 Some(code) => Ok(Next::Done(code)),
                 // The record changed under us (purged, expired): look again.
@@ -347,6 +357,7 @@ impl Call<'_> {
         attempt: i64,
         stdin: Option<File>,
     ) -> Result<u8> {
+        pause_point("after-claim");
         self.explain(format_args!(
             "key {}: running (attempt {attempt})",
             self.shown_key()
@@ -373,8 +384,9 @@ impl Call<'_> {
             renewed: Instant::now(),
             lost: false,
         };
-        let ran = child::run(spec, &mut owner)?;
+        let ran = child::run(&spec, &mut owner)?;
         let lost_lease = owner.lost;
+        pause_point("before-finish");
         let (finished, exit) = match ran {
             Ok(finished) => {
                 let exit = if finished.timed_out {
@@ -565,6 +577,25 @@ impl Owning<'_> {
         format!("'{}'", escape(self.key.as_bytes()))
     }
 }
+
+/// Test-only pause points, in debug builds: with `IDEM_TEST_PAUSE=NAME`,
+/// idem creates the file named by `IDEM_TEST_PAUSE_FILE` when it reaches
+/// point NAME and sleeps until it is killed, so crash tests can SIGKILL it
+/// in phases that timing alone cannot reach reliably.
+#[cfg(debug_assertions)]
+fn pause_point(name: &str) {
+    if std::env::var_os("IDEM_TEST_PAUSE").is_some_and(|point| point == name) {
+        if let Some(file) = std::env::var_os("IDEM_TEST_PAUSE_FILE") {
+            let _ = File::create(file);
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn pause_point(_name: &str) {}
 
 fn millis(d: Duration) -> Millis {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)

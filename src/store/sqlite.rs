@@ -117,7 +117,7 @@ impl SqliteStore {
     fn pragma(&self, name: &str, value: &str) -> Result<()> {
         self.conn
             .pragma_update(None, name, value)
-            .or_else(|e| self.fail(&format!("PRAGMA {name}: {e}")))
+            .or_else(|e| self.fail(&format!("cannot set it up: {}", describe(&e))))
     }
 
     /// Makes a new file an idem store, or migrates an older one. Runs under
@@ -674,7 +674,7 @@ fn describe(e: &rusqlite::Error) -> String {
         }
         Some(ErrorCode::DiskFull) => "the disk is full".into(),
         Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
-            format!("it cannot be written ({e})")
+            format!("it cannot be written ({e}); check the permissions and free space of the file and its directory")
         }
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
             "it stayed locked by other processes for too long".into()

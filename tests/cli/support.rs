@@ -151,8 +151,15 @@ pub fn psql(sql: &str) -> String {
 }
 
 impl Drop for Env {
-    /// A test's PostgreSQL objects go with it (its temp dir goes by itself).
+    /// A failed test may leave children waiting for `release`: let them go,
+    /// so they do not outlive the test holding its output pipes. A test's
+    /// PostgreSQL objects and Redis keys go with it (its temp dir goes by
+    /// itself).
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = std::fs::write(self.path("release"), "");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         if backend() == Backend::Postgres && !std::thread::panicking() {
             let t = &self.unique;
             let _ = std::process::Command::new("psql")

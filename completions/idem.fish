@@ -1,0 +1,89 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_idem_global_optspecs
+    string join \n db= q/quiet v/verbose h/help V/version
+end
+
+function __fish_idem_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_idem_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_idem_using_subcommand
+    set -l cmd (__fish_idem_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c idem -n "__fish_idem_needs_command" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_needs_command" -s q -l quiet -d 'Silence notices (errors are still printed)'
+complete -c idem -n "__fish_idem_needs_command" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
+complete -c idem -n "__fish_idem_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c idem -n "__fish_idem_needs_command" -s V -l version -d 'Print version'
+complete -c idem -n "__fish_idem_needs_command" -f -a "run" -d 'Run COMMAND at most once per key'
+complete -c idem -n "__fish_idem_needs_command" -f -a "inspect" -d 'Show the records in the store: a table, one record in detail, or JSON'
+complete -c idem -n "__fish_idem_needs_command" -f -a "purge" -d 'Delete records: the named keys, or those the selectors pick'
+complete -c idem -n "__fish_idem_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c idem -n "__fish_idem_using_subcommand run" -s k -l key -d 'The idempotency key (1 to 1024 bytes). Default: derived from COMMAND, `cmd:` + 32 hex digits of its fingerprint' -r
+complete -c idem -n "__fish_idem_using_subcommand run" -l ttl -d 'How long a finished run suppresses re-runs, counted from its end (90s, 5m, 1h 30m, 7d)' -r
+complete -c idem -n "__fish_idem_using_subcommand run" -l on-duplicate -d 'What a duplicate call does' -r -f -a "replay\t'Replay the stored stdout, stderr and exit status'
+fail\t'Exit 76 when the key already completed'
+wait\t'Wait for a running owner to finish, then act on its result'"
+complete -c idem -n "__fish_idem_using_subcommand run" -l wait-timeout -d 'With --on-duplicate wait: give up (exit 75) after this long. Default: no bound' -r
+complete -c idem -n "__fish_idem_using_subcommand run" -l on-failure -d 'What a failed run (non-zero exit, signal, timeout) leaves behind' -r -f -a "unlock\t'A failed run is released: the next call runs COMMAND again'
+lock\t'A failed run is final like a success: duplicates replay the failure'"
+complete -c idem -n "__fish_idem_using_subcommand run" -l on-crash -d 'What to do when the record\'s owner crashed mid-run' -r -f -a "rerun\t'Take the record over and run COMMAND again (attempt + 1)'
+block\t'Leave the record and exit 77 for an operator to check'"
+complete -c idem -n "__fish_idem_using_subcommand run" -l max-output -d 'Store at most this much of each stream for replay (0 stores nothing)' -r
+complete -c idem -n "__fish_idem_using_subcommand run" -l timeout -d 'Stop COMMAND after this long: SIGTERM, SIGKILL 5s later, exit 124. Default: no limit' -r
+complete -c idem -n "__fish_idem_using_subcommand run" -l env -d 'Add an environment variable to the fingerprint (repeatable; unset differs from empty)' -r
+complete -c idem -n "__fish_idem_using_subcommand run" -l lease -d 'Shared stores: how long a claim lives without renewal (the owner renews it while COMMAND runs)' -r
+complete -c idem -n "__fish_idem_using_subcommand run" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand run" -l cwd -d 'Add the working directory to the fingerprint'
+complete -c idem -n "__fish_idem_using_subcommand run" -l fingerprint-stdin -d 'Read all of stdin, add its SHA-256 to the fingerprint, feed it to COMMAND unchanged'
+complete -c idem -n "__fish_idem_using_subcommand run" -l allow-mismatch -d 'Treat a key reused with a different fingerprint as a plain duplicate instead of exit 65'
+complete -c idem -n "__fish_idem_using_subcommand run" -s q -l quiet -d 'Silence notices (errors are still printed)'
+complete -c idem -n "__fish_idem_using_subcommand run" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
+complete -c idem -n "__fish_idem_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c idem -n "__fish_idem_using_subcommand run" -s V -l version -d 'Print version'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l status -d 'Only records with this status' -r -f -a "in_progress\t'Claimed; the command is running (or its owner crashed)'
+completed\t'Finished; duplicates replay it'
+failed\t'Finished with a failure and released'"
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l prefix -d 'Only keys that start with this' -r
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l limit -d 'At most this many records, newest first' -r
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l expired -d 'Only expired records (finished longer ago than their TTL; treated as absent)'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l json -d 'JSON Lines: one object per record, with the fields of the SPEC (owner.alive is true only for an in_progress record whose owner lives)'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l stdout -d 'Write KEY\'s stored stdout, byte for byte'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l stderr -d 'Write KEY\'s stored stderr, byte for byte'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -s q -l quiet -d 'Silence notices (errors are still printed)'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -s V -l version -d 'Print version'
+complete -c idem -n "__fish_idem_using_subcommand purge" -l status -d 'Select records with this status' -r -f -a "in_progress\t'Claimed; the command is running (or its owner crashed)'
+completed\t'Finished; duplicates replay it'
+failed\t'Finished with a failure and released'"
+complete -c idem -n "__fish_idem_using_subcommand purge" -l older-than -d 'Select records started longer ago than this (90s, 5m, 1h 30m, 7d)' -r
+complete -c idem -n "__fish_idem_using_subcommand purge" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand purge" -l expired -d 'Select expired records: the default when no KEY and no selector is given'
+complete -c idem -n "__fish_idem_using_subcommand purge" -l all -d 'Select every record'
+complete -c idem -n "__fish_idem_using_subcommand purge" -l force -d 'Also purge in_progress records whose owner is alive (its command keeps running; its outcome is then lost)'
+complete -c idem -n "__fish_idem_using_subcommand purge" -l dry-run -d 'List what would be purged and skipped; change nothing'
+complete -c idem -n "__fish_idem_using_subcommand purge" -l json -d 'JSON Lines for scripts: {"key","action":"purge"|"skip",...} per listed record, then {"purged","skipped","dry_run"}'
+complete -c idem -n "__fish_idem_using_subcommand purge" -s q -l quiet -d 'Silence notices (errors are still printed)'
+complete -c idem -n "__fish_idem_using_subcommand purge" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
+complete -c idem -n "__fish_idem_using_subcommand purge" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c idem -n "__fish_idem_using_subcommand purge" -s V -l version -d 'Print version'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge help" -f -a "run" -d 'Run COMMAND at most once per key'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge help" -f -a "inspect" -d 'Show the records in the store: a table, one record in detail, or JSON'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge help" -f -a "purge" -d 'Delete records: the named keys, or those the selectors pick'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -1,0 +1,434 @@
+//! Crashed owners, signals and races: at most once, under SIGKILL at each
+//! phase, under forwarded signals, and with 64 processes on one key.
+//!
+//! How each crash phase is reached: (a) "just after the claim" and (c)
+//! "after the child exited, before the record is finished" use idem's
+//! debug-build pause points (`IDEM_TEST_PAUSE`), which stop idem there and
+//! create a file; (b) "while the child runs" uses a child that waits for a
+//! `release` file. The child marks itself running with `mkdir`, so two
+//! concurrent executions leave a line in `violations`.
+
+use crate::support::{backend, race, wait_for, wait_until, Backend, Env};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use predicates::prelude::*;
+use std::io::Write;
+use std::process::{Child, Stdio};
+
+/// Counts its runs and attempts, detects overlap, waits for `release`.
+const CHILD: &str = "mkdir running 2>/dev/null || echo overlap >> violations; echo run >> n; \
+    echo $$ > childpid; echo $IDEM_ATTEMPT >> attempts; touch ready; \
+    while [ ! -e release ]; do sleep 0.01; done; rmdir running";
+
+fn run_child(env: &Env, key: &str, extra: &[&str]) -> std::process::Command {
+    let mut cmd = env.idem_std();
+    cmd.args(["run", "-k", key])
+        .args(extra)
+        .args(["--", "sh", "-c", CHILD]);
+    cmd
+}
+
+fn paused_at(env: &Env, key: &str, point: &str) -> Child {
+    let idem = run_child(env, key, &[])
+        .env("IDEM_TEST_PAUSE", point)
+        .env("IDEM_TEST_PAUSE_FILE", env.path("paused"))
+        .spawn()
+        .unwrap();
+    wait_for(&env.path("paused"));
+    idem
+}
+
+fn sigkill(mut idem: Child) {
+    idem.kill().unwrap();
+    idem.wait().unwrap();
+}
+
+fn attempts(env: &Env) -> String {
+    std::fs::read_to_string(env.path("attempts")).unwrap_or_default()
+}
+
+fn release(env: &Env) {
+    std::fs::write(env.path("release"), "").unwrap();
+}
+
+fn no_overlap(env: &Env) {
+    assert!(
+        !env.path("violations").exists(),
+        "two executions overlapped"
+    );
+}
+
+/// Whether a process exists and is not a zombie.
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
+}
+
+#[test]
+fn crash_just_after_the_claim() {
+    let env = Env::new();
+    sigkill(paused_at(&env, "a", "after-claim"));
+    assert_eq!(env.count("n"), 0, "the command had not started");
+    run_child(&env, "a", &["--on-crash", "block"]).assert_blocked("a");
+    release(&env);
+    run_child(&env, "a", &[])
+        .status()
+        .unwrap()
+        .success()
+        .then_some(())
+        .expect("rerun succeeds");
+    assert_eq!(env.count("n"), 1);
+    assert_eq!(attempts(&env), "2\n", "the takeover is attempt 2");
+    no_overlap(&env);
+}
+
+#[test]
+fn crash_while_the_child_runs_leaves_an_owner_until_the_child_ends() {
+    let env = Env::new();
+    let idem = run_child(&env, "b", &[]).spawn().unwrap();
+    wait_for(&env.path("ready"));
+    sigkill(idem);
+    // idem is gone but its child still runs: nobody may start the command.
+    for policy in ["rerun", "block"] {
+        run_child(&env, "b", &["--on-crash", policy]).assert_code(75);
+    }
+    run_child(
+        &env,
+        "b",
+        &["--on-duplicate", "wait", "--wait-timeout", "300ms"],
+    )
+    .assert_code(75);
+    let pid: i32 = std::fs::read_to_string(env.path("childpid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    release(&env);
+    wait_until("the orphaned child to end", || !running(pid));
+    run_child(&env, "b", &["--on-crash", "block"]).assert_blocked("b");
+    run_child(&env, "b", &[]).assert_code(0);
+    assert_eq!(env.count("n"), 2);
+    assert_eq!(attempts(&env), "1\n2\n");
+    no_overlap(&env);
+}
+
+#[test]
+fn crash_after_the_child_exited_before_the_record_was_finished() {
+    let env = Env::new();
+    release(&env);
+    sigkill(paused_at(&env, "c", "before-finish"));
+    assert_eq!(env.count("n"), 1);
+    run_child(&env, "c", &["--on-crash", "block"]).assert_blocked("c");
+    // Under rerun the command runs again: idem cannot know the side effect
+    // happened (this is why --on-crash block exists).
+    run_child(&env, "c", &[]).assert_code(0);
+    assert_eq!(env.count("n"), 2);
+    assert_eq!(attempts(&env), "1\n2\n");
+    run_child(&env, "c", &[]).assert_code(0);
+    assert_eq!(env.count("n"), 2, "the takeover's result is final");
+}
+
+#[test]
+fn waiters_that_find_the_owner_dead_apply_the_crash_policy() {
+    let env = Env::new();
+    let idem = run_child(&env, "w", &[]).spawn().unwrap();
+    wait_for(&env.path("ready"));
+    sigkill(idem);
+    let blocked: Vec<Child> = (0..4)
+        .map(|_| {
+            run_child(
+                &env,
+                "w",
+                &["--on-duplicate", "wait", "--on-crash", "block"],
+            )
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let rerun: Vec<Child> = (0..8)
+        .map(|_| {
+            run_child(&env, "w", &["--on-duplicate", "wait"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    release(&env);
+    for mut waiter in blocked {
+        assert_eq!(waiter.wait().unwrap().code(), Some(77));
+    }
+    for mut waiter in rerun {
+        assert_eq!(waiter.wait().unwrap().code(), Some(0));
+    }
+    assert_eq!(env.count("n"), 2, "exactly one waiter took over");
+    no_overlap(&env);
+}
+
+/// The start time (field 22 of /proc/PID/stat) of a process.
+fn start_time(pid: u32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_reused_pid_is_not_the_owner() {
+    if backend() != Backend::Sqlite {
+        return;
+    }
+    let env = Env::new();
+    sigkill(paused_at(&env, "p", "after-claim"));
+    let conn = rusqlite::Connection::open(env.db_path()).unwrap();
+    let me = std::process::id();
+    // The pid is alive (it is this test) with the start time it had: alive.
+    conn.execute(
+        "UPDATE records SET owner_pid = ?1, owner_start = ?2",
+        (me, start_time(me)),
+    )
+    .unwrap();
+    run_child(&env, "p", &[]).assert_code(75);
+    // Same pid, another start time: a different process that reused the pid.
+    conn.execute("UPDATE records SET owner_start = owner_start + 1", ())
+        .unwrap();
+    release(&env);
+    run_child(&env, "p", &[]).assert_code(0);
+    assert_eq!(env.count("n"), 1);
+}
+
+#[test]
+fn another_boot_means_the_owner_is_dead() {
+    if backend() != Backend::Sqlite {
+        return;
+    }
+    let env = Env::new();
+    let idem = run_child(&env, "boot", &[]).spawn().unwrap();
+    wait_for(&env.path("ready"));
+    let conn = rusqlite::Connection::open(env.db_path()).unwrap();
+    conn.execute("UPDATE records SET owner_boot = 'an-earlier-boot'", ())
+        .unwrap();
+    run_child(&env, "boot", &["--on-crash", "block"]).assert_blocked("boot");
+    release(&env);
+    sigkill(idem);
+}
+
+/// 64 processes on one key of a fresh store, per policy: one execution,
+/// only the exit codes SPEC.md allows, never 125.
+#[test]
+fn sixty_four_racers_per_policy() {
+    for (policy, allowed) in [
+        ("replay", &[0, 75][..]),
+        ("fail", &[0, 75, 76]),
+        ("wait", &[0]),
+    ] {
+        let env = Env::new();
+        let script = format!("{}; echo out; sleep 0.3", env.count_run("n"));
+        let results = race(64, |_| {
+            let mut cmd = env.idem_std();
+            cmd.args([
+                "run",
+                "-k",
+                "hot",
+                "--on-duplicate",
+                policy,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ]);
+            cmd
+        });
+        for (code, stdout, stderr) in &results {
+            let err = String::from_utf8_lossy(stderr);
+            assert!(allowed.contains(code), "{policy}: exit {code}: {err}");
+            assert!(
+                !err.contains("busy") && !err.contains("locked"),
+                "{policy}: {err}"
+            );
+            if *code == 0 {
+                assert_eq!(stdout, b"out\n", "{policy}");
+            }
+        }
+        assert_eq!(env.count("n"), 1, "{policy}: exactly one execution");
+    }
+}
+
+#[test]
+fn sixty_four_racers_on_distinct_keys() {
+    let env = Env::new();
+    let results = race(64, |i| {
+        let mut cmd = env.idem_std();
+        cmd.args([
+            "run",
+            "-k",
+            &format!("key-{i}"),
+            "--",
+            "sh",
+            "-c",
+            &env.count_run("n"),
+        ]);
+        cmd
+    });
+    for (code, _, stderr) in results {
+        assert_eq!(code, 0, "{}", String::from_utf8_lossy(&stderr));
+    }
+    assert_eq!(env.count("n"), 64);
+}
+
+fn signal_name(sig: Signal) -> &'static str {
+    &sig.as_str()[3..]
+}
+
+#[test]
+fn signals_are_forwarded_and_the_outcome_recorded() {
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        let env = Env::new();
+        let name = signal_name(sig);
+        let script = format!(
+            "{}; trap 'echo {name} >> got; exit 7' {name}; touch ready; while [ ! -e release ]; do sleep 0.01; done",
+            env.count_run("n")
+        );
+        let mut idem = env
+            .idem_std()
+            .args(["run", "-k", "s", "--", "sh", "-c", &script])
+            .spawn()
+            .unwrap();
+        wait_for(&env.path("ready"));
+        kill(Pid::from_raw(idem.id() as i32), sig).unwrap();
+        assert_eq!(
+            idem.wait().unwrap().code(),
+            Some(7),
+            "{name}: idem exits with the child's status"
+        );
+        assert_eq!(
+            std::fs::read_to_string(env.path("got")).unwrap(),
+            format!("{name}\n"),
+            "delivered once"
+        );
+        // Recorded as failed, so the next call runs it again.
+        release(&env);
+        env.idem()
+            .args(["run", "-k", "s", "--", "sh", "-c", &script])
+            .assert()
+            .success();
+        assert_eq!(env.count("n"), 2, "{name}");
+    }
+}
+
+#[test]
+fn idem_outlives_a_child_that_ignores_the_signal() {
+    let env = Env::new();
+    let script =
+        "trap '' INT; touch ready; while [ ! -e release ]; do sleep 0.01; done; echo survived";
+    let mut idem = env
+        .idem_std()
+        .args(["run", "-k", "i", "--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&env.path("ready"));
+    kill(Pid::from_raw(idem.id() as i32), Signal::SIGINT).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        idem.try_wait().unwrap().is_none(),
+        "idem must not exit before its child"
+    );
+    release(&env);
+    let out = idem.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"survived\n");
+}
+
+/// Ctrl-C in a terminal reaches an interactive child once, not twice
+/// (`script` gives idem a pseudo-terminal as its controlling terminal).
+#[test]
+fn ctrl_c_in_a_terminal_reaches_the_child_once() {
+    if which("script").is_none() {
+        eprintln!("skipped: script(1) is not installed");
+        return;
+    }
+    let env = Env::new();
+    let inner = format!(
+        "exec '{}' run -k tty -- sh -c 'trap \"echo int >> ints\" INT; touch ready; while [ ! -e release ]; do sleep 0.01; done; exit 3'",
+        crate::support::bin().display()
+    );
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qefc", &inner, "/dev/null"])
+        .current_dir(env.dir.path());
+    script
+        .env("IDEM_DB", &env.db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null());
+    let mut terminal = script.spawn().unwrap();
+    wait_for(&env.path("ready"));
+    terminal.stdin.as_mut().unwrap().write_all(b"\x03").unwrap();
+    wait_for(&env.path("ints"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    release(&env);
+    let status = terminal.wait().unwrap();
+    assert_eq!(std::fs::read_to_string(env.path("ints")).unwrap(), "int\n");
+    assert_eq!(status.code(), Some(3));
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+trait Expect {
+    fn assert_code(&mut self, code: i32);
+    fn assert_blocked(&mut self, key: &str);
+}
+
+impl Expect for std::process::Command {
+    #[track_caller]
+    fn assert_code(&mut self, code: i32) {
+        let out = self.output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[track_caller]
+    fn assert_blocked(&mut self, key: &str) {
+        assert_cmd::Command::from_std(std::mem::replace(self, std::process::Command::new("false")))
+            .assert()
+            .code(77)
+            .stderr(
+                predicates::str::starts_with("idem: ")
+                    .and(predicates::str::contains("crashed"))
+                    .and(predicates::str::contains(format!("idem purge {key}")))
+                    .and(predicates::str::contains("pid ")),
+            );
+    }
+}
+
+/// On a local file, an owner on another host cannot be checked: it counts
+/// as alive (SQLite over NFS is not a supported set-up, see the README).
+#[test]
+fn an_owner_on_another_host_counts_as_alive_on_a_local_store() {
+    if backend() != Backend::Sqlite {
+        return;
+    }
+    let env = Env::new();
+    sigkill(paused_at(&env, "h", "after-claim"));
+    let conn = rusqlite::Connection::open(env.db_path()).unwrap();
+    conn.execute("UPDATE records SET owner_host = 'elsewhere'", ())
+        .unwrap();
+    release(&env);
+    run_child(&env, "h", &[]).assert_code(75);
+    assert_eq!(env.count("n"), 0);
+}

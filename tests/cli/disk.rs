@@ -1,0 +1,121 @@
+//! A full or read-only disk under a SQLite store, on a small tmpfs (needs
+//! root to mount; skipped with a note elsewhere, required under CI).
+
+use crate::support::{backend, Backend, Env};
+use predicates::prelude::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must be able to mount a tmpfs for the disk tests"
+            );
+            eprintln!("skipped: cannot mount a tmpfs (not root?)");
+            return None;
+        }
+        Some(Tmpfs(dir.to_owned()))
+    }
+
+    fn remount_read_only(&self) {
+        let status = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_keeps_the_outcome_without_the_output() {
+    if backend() != Backend::Sqlite {
+        return;
+    }
+    let env = Env::new();
+    let Some(_disk) = Tmpfs::mount(&env.path("disk"), "512k") else {
+        return;
+    };
+    let db = env.path("disk/idem.db");
+    let db = db.to_str().unwrap();
+    env.idem()
+        .args(["--db", db, "run", "-k", "warm", "--", "true"])
+        .assert()
+        .success();
+    // The child fills the disk, leaves a little room, then prints 1 MiB.
+    let script = format!(
+        "{}; head -c 10M /dev/zero > disk/fill 2>/dev/null; truncate -s -48K disk/fill; head -c 1048576 /dev/zero | tr '\\0' x",
+        env.count_run("n")
+    );
+    env.idem()
+        .args(["--db", db, "run", "-k", "big", "--", "sh", "-c", &script])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("could not store the output"));
+    assert_eq!(env.count("n"), 1);
+    // The outcome is recorded: a duplicate replays (nothing stored) and says it was cut.
+    env.idem()
+        .args(["--db", db, "run", "-k", "big", "--", "sh", "-c", &script])
+        .assert()
+        .success()
+        .stdout("")
+        .stderr(predicates::str::contains("cut"));
+    assert_eq!(env.count("n"), 1);
+}
+
+#[test]
+fn a_read_only_store_refuses_before_the_command_runs() {
+    if backend() != Backend::Sqlite {
+        return;
+    }
+    let env = Env::new();
+    let Some(disk) = Tmpfs::mount(&env.path("disk"), "1m") else {
+        return;
+    };
+    let db = env.path("disk/idem.db");
+    let db = db.to_str().unwrap();
+    env.idem()
+        .args(["--db", db, "run", "-k", "done", "--", "echo", "stored"])
+        .assert()
+        .success();
+    disk.remount_read_only();
+    env.idem()
+        .args([
+            "--db",
+            db,
+            "run",
+            "-k",
+            "new",
+            "--",
+            "sh",
+            "-c",
+            &env.count_run("n"),
+        ])
+        .assert()
+        .code(125)
+        .stderr(predicates::str::starts_with("idem: "));
+    assert_eq!(env.count("n"), 0);
+}
