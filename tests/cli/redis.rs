@@ -7,6 +7,7 @@
 
 use crate::support::{backend, sh, wait_for, wait_until, Backend, Env};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use tempfile::TempDir;
 
@@ -22,11 +23,32 @@ struct Server {
     port: u16,
     dir: TempDir,
     args: Vec<String>,
+    tls: bool,
 }
 
 impl Server {
     /// No persistence unless `args` asks for it.
     fn start(args: &[&str]) -> Server {
+        Server::launch(args, false)
+    }
+
+    /// Speaking only TLS (`rediss://`) with `cert` and `key`.
+    fn start_tls(cert: &Path, key: &Path) -> Server {
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        Server::launch(
+            &[
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-auth-clients",
+                "no",
+            ],
+            true,
+        )
+    }
+
+    fn launch(args: &[&str], tls: bool) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -37,14 +59,22 @@ impl Server {
             port,
             dir: TempDir::new().unwrap(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
+            tls,
         };
         server.restart();
         server
     }
 
     fn restart(&mut self) {
+        let port = self.port.to_string();
+        let ports = if self.tls {
+            ["--port", "0", "--tls-port", &port]
+        } else {
+            ["--port", &port, "--tls-port", "0"]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -68,7 +98,8 @@ impl Server {
     }
 
     fn url(&self, userinfo: &str) -> String {
-        format!("redis://{userinfo}127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://{userinfo}127.0.0.1:{}/0", self.port)
     }
 }
 
@@ -441,4 +472,101 @@ fn verbose_warns_once_about_a_server_without_persistence() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.matches("no AOF and no RDB").count(), warnings, "{err}");
     }
+}
+
+/// Makes a CA and a certificate for 127.0.0.1 signed by it, with openssl.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl must be installed for the TLS test (.ci/run installs it)");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=idem test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+        "-out",
+        "server.pem",
+    ]);
+}
+
+#[test]
+fn rediss_speaks_tls_and_checks_the_certificate() {
+    if !redis_only() {
+        return;
+    }
+    let env = Env::new();
+    let certs = TempDir::new().unwrap();
+    make_certificates(certs.path());
+    let server = Server::start_tls(
+        &certs.path().join("server.pem"),
+        &certs.path().join("server.key"),
+    );
+    let url = server.url("");
+    // A certificate from an unknown CA is refused before anything runs.
+    env.idem()
+        .env("IDEM_DB", &url)
+        .env_remove("SSL_CERT_FILE")
+        .args(["run", "-k", "k", "--"])
+        .args(sh(&env.count_run("n")))
+        .assert()
+        .code(125)
+        .stderr(predicates::str::starts_with(format!(
+            "idem: store {url}: cannot connect"
+        )));
+    assert_eq!(env.count("n"), 0);
+    // Trusting the CA (the system's store, here through SSL_CERT_FILE): runs, then replays.
+    for _ in 0..2 {
+        env.idem()
+            .env("IDEM_DB", &url)
+            .env("SSL_CERT_FILE", certs.path().join("ca.pem"))
+            .args(["run", "-k", "k", "--"])
+            .args(sh(&format!("{}; echo over tls", env.count_run("n"))))
+            .assert()
+            .success()
+            .stdout("over tls\n");
+    }
+    assert_eq!(env.count("n"), 1);
 }
