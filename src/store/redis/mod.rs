@@ -10,26 +10,27 @@
 //! finished ones at `expires_at`, running ones `GRACE_MS` after their lease,
 //! which their owner renews. See docs/many-hosts-redis.md.
 
+mod conn;
 mod list;
+mod record;
 mod target;
 #[cfg(test)]
 mod tests;
+mod warning;
 
+use self::conn::{describe, is_connection_error, Failure};
+use self::record::{parse_record, FIELDS};
 use self::target::Target;
-use super::{Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream};
-use crate::owner::{ChildId, Owner};
+pub use self::warning::persistence_warning;
+use super::{Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
+use crate::owner::ChildId;
 use anyhow::Result;
-use redis::{Client, Connection, RedisError, RedisResult, Script};
+use redis::{Client, Connection, Script};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// The layout of keys and fields this build writes.
 const SCHEMA_VERSION: i64 = 1;
-/// A server that does not answer a connection attempt within this is down.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// No reply within this means a dead server or network: lease renewals run
-/// on the thread that forwards signals, so a call must never block for long.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long idem keeps trying to record an outcome once COMMAND has run.
 const FINISH_PATIENCE: Duration = Duration::from_secs(30);
 /// How long an in-progress record outlives its lease in Redis: a crashed
@@ -39,36 +40,6 @@ const GRACE_MS: Millis = 7 * 24 * 3600 * 1000;
 /// Keeps `now + ttl` exact in Lua's double-precision numbers (about 35,000
 /// years).
 const MAX_TTL_MS: Millis = 1 << 50;
-
-/// Every field of a record hash except the stored output, in `HMGET` order.
-const FIELDS: [&str; 26] = [
-    "status",
-    "fingerprint",
-    "command",
-    "cwd",
-    "attempt",
-    "token",
-    "rev",
-    "started_at",
-    "finished_at",
-    "expires_at",
-    "lease_until",
-    "exit_code",
-    "signal",
-    "timed_out",
-    "replays",
-    "owner_host",
-    "owner_boot",
-    "owner_pid",
-    "owner_start",
-    "child_pid",
-    "child_pgid",
-    "child_start",
-    "stdout_bytes",
-    "stderr_bytes",
-    "stdout_truncated",
-    "stderr_truncated",
-];
 
 /// The Lua scripts, sent by SHA1 (`EVALSHA`) and loaded on first use.
 struct Scripts {
@@ -103,12 +74,6 @@ pub struct RedisStore {
     scripts: Scripts,
 }
 
-/// Why a call to the server failed.
-enum Failure {
-    Connect(RedisError),
-    Call(RedisError),
-}
-
 /// Opens the store at a `redis://` or `rediss://` URL; `None` when no idem
 /// store lives under the prefix and `mode` forbids creating one.
 pub fn open(url: &str, mode: Mode) -> Result<Option<Box<dyn Store>>> {
@@ -133,70 +98,6 @@ pub fn open(url: &str, mode: Mode) -> Result<Option<Box<dyn Store>>> {
     Ok(Some(Box::new(store)))
 }
 
-/// A warning for `-v` when the server may lose records: no persistence at
-/// all (a restart forgets every key), or eviction under memory pressure.
-pub fn persistence_warning(url: &str) -> Option<String> {
-    let target = Target::parse(url).ok()?;
-    let client = Client::open(target.client_url.as_str()).ok()?;
-    let mut con = connect(&client).ok()?;
-    let persistence: String = redis::cmd("INFO").arg("persistence").query(&mut con).ok()?;
-    let memory: String = redis::cmd("INFO").arg("memory").query(&mut con).ok()?;
-    // CONFIG may be disabled (managed services): then nothing can be said.
-    let save: Option<Vec<String>> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("save")
-        .query(&mut con)
-        .ok();
-    let aof = info_field(&persistence, "aof_enabled") == Some("1");
-    let rdb = save.map(|pair| pair.get(1).is_some_and(|s| !s.trim().is_empty()));
-    let mut problems = Vec::new();
-    if !aof && rdb == Some(false) {
-        problems.push(
-            "the server keeps no AOF and no RDB snapshots, so a restart forgets every record \
-             and keys that already ran may run again"
-                .to_owned(),
-        );
-    }
-    let limited = info_field(&memory, "maxmemory").is_some_and(|m| m != "0");
-    match info_field(&memory, "maxmemory_policy") {
-        Some(policy) if limited && policy != "noeviction" => problems.push(format!(
-            "maxmemory-policy {policy} may evict records, and an evicted key runs again \
-             (set maxmemory-policy noeviction)"
-        )),
-        _ => {}
-    }
-    (!problems.is_empty()).then(|| {
-        format!(
-            "store {}: {} (see docs/many-hosts-redis.md)",
-            target.shown,
-            problems.join("; ")
-        )
-    })
-}
-
-fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
-    info.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-        .map(str::trim)
-}
-
-fn connect(client: &Client) -> RedisResult<Connection> {
-    let con = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-    con.set_read_timeout(Some(IO_TIMEOUT))?;
-    con.set_write_timeout(Some(IO_TIMEOUT))?;
-    Ok(con)
-}
-
-/// Errors after which the connection cannot be trusted (a late reply would
-/// answer the next command): drop it and reconnect.
-fn is_connection_error(e: &RedisError) -> bool {
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_unrecoverable_error()
-}
-
 fn millis_from_time((secs, micros): (i64, i64)) -> Millis {
     secs * 1000 + micros / 1000
 }
@@ -204,54 +105,6 @@ fn millis_from_time((secs, micros): (i64, i64)) -> Millis {
 impl RedisStore {
     fn record_key(&self, key: &str) -> String {
         format!("{}rec:{key}", self.target.prefix)
-    }
-
-    /// One call on the connection, connecting first when there is none.
-    fn call<T>(
-        &mut self,
-        f: &mut dyn FnMut(&mut Connection, &Scripts) -> RedisResult<T>,
-    ) -> std::result::Result<T, Failure> {
-        let con = match &mut self.con {
-            Some(con) => con,
-            None => match connect(&self.client) {
-                Ok(con) => self.con.insert(con),
-                Err(e) => return Err(Failure::Connect(e)),
-            },
-        };
-        f(con, &self.scripts).map_err(|e| {
-            if is_connection_error(&e) {
-                self.con = None;
-            }
-            Failure::Call(e)
-        })
-    }
-
-    /// A call that fails with exit 125 and a clear message. `retry`: the
-    /// call may run twice, so a connection that dropped since the last call
-    /// (a server restart) is reconnected once.
-    fn exec<T>(
-        &mut self,
-        doing: &str,
-        retry: bool,
-        mut f: impl FnMut(&mut Connection, &Scripts) -> RedisResult<T>,
-    ) -> Result<T> {
-        let mut tries = if retry { 2 } else { 1 };
-        loop {
-            tries -= 1;
-            match self.call(&mut f) {
-                Ok(value) => return Ok(value),
-                Err(Failure::Call(e)) if tries > 0 && is_connection_error(&e) => {}
-                Err(failure) => return self.failed(doing, &failure),
-            }
-        }
-    }
-
-    /// Exit 125; a failed connection says so rather than what it was for.
-    fn failed<T>(&self, doing: &str, failure: &Failure) -> Result<T> {
-        match failure {
-            Failure::Connect(_) => self.target.fail(&describe(failure)),
-            Failure::Call(_) => self.target.fail(&format!("{doing}: {}", describe(failure))),
-        }
     }
 
     /// Checks (or, for `run`, writes) the schema version under the prefix.
@@ -550,75 +403,4 @@ impl Store for RedisStore {
     fn is_shared(&self) -> bool {
         true
     }
-}
-
-fn describe(failure: &Failure) -> String {
-    match failure {
-        Failure::Connect(e) => format!("cannot connect: {}", explain(e)),
-        Failure::Call(e) => explain(e),
-    }
-}
-
-/// A server error with a hint where the fix is known.
-fn explain(e: &RedisError) -> String {
-    if e.kind() == redis::ErrorKind::AuthenticationFailed {
-        return "the server refused the user or password in the URL".into();
-    }
-    let hint = match e.code() {
-        Some("NOAUTH" | "WRONGPASS") => " (check the user and password in the URL)",
-        Some("OOM") => " (the server is out of memory: raise maxmemory or purge records)",
-        Some("READONLY") => " (this is a replica: point --db at the primary)",
-        _ if e.is_connection_refusal() => " (is the server running and reachable?)",
-        _ => "",
-    };
-    format!("{e}{hint}")
-}
-
-/// A record from its `HMGET` values and its revision; `None` when absent.
-fn parse_record(key: &str, values: &[Option<Vec<u8>>]) -> Option<(Record, String)> {
-    let field = |name: &str| -> Option<&[u8]> {
-        let at = FIELDS.iter().position(|f| *f == name)?;
-        values.get(at)?.as_deref()
-    };
-    let text = |name: &str| String::from_utf8_lossy(field(name).unwrap_or_default()).into_owned();
-    let int = |name: &str| -> Option<i64> { std::str::from_utf8(field(name)?).ok()?.parse().ok() };
-    let flag = |name: &str| int(name).is_some_and(|v| v != 0);
-    let status = field("status")?;
-    let child = int("child_pid").map(|pid| ChildId {
-        pid,
-        pgid: int("child_pgid").unwrap_or(pid),
-        start: int("child_start").unwrap_or(0),
-    });
-    let record = Record {
-        key: key.to_owned(),
-        status: std::str::from_utf8(status)
-            .ok()
-            .and_then(Status::parse)
-            .unwrap_or(Status::Failed),
-        fingerprint: field("fingerprint").unwrap_or_default().to_vec(),
-        command: field("command").unwrap_or_default().to_vec(),
-        cwd: field("cwd").unwrap_or_default().to_vec(),
-        attempt: int("attempt").unwrap_or(1),
-        token: int("token").unwrap_or(0),
-        started_at: int("started_at").unwrap_or(0),
-        finished_at: int("finished_at"),
-        expires_at: int("expires_at"),
-        lease_until: int("lease_until"),
-        exit_code: int("exit_code").and_then(|c| i32::try_from(c).ok()),
-        signal: int("signal").and_then(|s| i32::try_from(s).ok()),
-        timed_out: flag("timed_out"),
-        replays: int("replays").unwrap_or(0),
-        owner: Owner {
-            host: text("owner_host"),
-            boot_id: text("owner_boot"),
-            pid: int("owner_pid").unwrap_or(0),
-            start: int("owner_start").unwrap_or(0),
-            child,
-        },
-        stdout_bytes: int("stdout_bytes").unwrap_or(0),
-        stderr_bytes: int("stderr_bytes").unwrap_or(0),
-        stdout_truncated: flag("stdout_truncated"),
-        stderr_truncated: flag("stderr_truncated"),
-    };
-    Some((record, text("rev")))
 }

@@ -3,7 +3,8 @@
 //! skipped otherwise; each test has a key prefix of its own.
 
 use super::*;
-use crate::store::Captured;
+use crate::owner::Owner;
+use crate::store::{Captured, Status};
 
 /// A fresh store under prefix `u<pid>_<name>:`, its keys deleted by `Drop`.
 struct Scratch {
