@@ -7,11 +7,9 @@ use anyhow::Result;
 use redis::{Client, Connection, RedisError, RedisResult};
 use std::time::Duration;
 
-/// A server that does not answer a connection attempt within this is down.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// No reply within this means a dead server or network: lease renewals run
-/// on the thread that forwards signals, so a call must never block for long.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A server that does not accept a connection, or answer a command, within
+/// this is down: a dead server never hangs idem.
+pub(super) const TIME_LIMIT: Duration = Duration::from_secs(5);
 
 /// Why a call to the server failed.
 pub(super) enum Failure {
@@ -19,10 +17,11 @@ pub(super) enum Failure {
     Call(RedisError),
 }
 
-pub(super) fn connect(client: &Client) -> RedisResult<Connection> {
-    let con = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-    con.set_read_timeout(Some(IO_TIMEOUT))?;
-    con.set_write_timeout(Some(IO_TIMEOUT))?;
+/// Connects, and answers or fails within `limit` for each command after.
+pub(super) fn connect(client: &Client, limit: Duration) -> RedisResult<Connection> {
+    let con = client.get_connection_with_timeout(limit)?;
+    con.set_read_timeout(Some(limit))?;
+    con.set_write_timeout(Some(limit))?;
     Ok(con)
 }
 
@@ -44,7 +43,7 @@ impl RedisStore {
     ) -> std::result::Result<T, Failure> {
         let con = match &mut self.con {
             Some(con) => con,
-            None => match connect(&self.client) {
+            None => match connect(&self.client, self.limit) {
                 Ok(con) => self.con.insert(con),
                 Err(e) => return Err(Failure::Connect(e)),
             },
@@ -55,6 +54,26 @@ impl RedisStore {
             }
             Failure::Call(e)
         })
+    }
+
+    /// Runs `f` with a shorter time limit for each call (lease renewals run
+    /// on the thread that forwards signals and pumps output).
+    pub(super) fn within<T>(&mut self, limit: Duration, f: impl FnOnce(&mut Self) -> T) -> T {
+        self.set_limit(limit);
+        let result = f(self);
+        self.set_limit(TIME_LIMIT);
+        result
+    }
+
+    fn set_limit(&mut self, limit: Duration) {
+        self.limit = limit;
+        let applied = self.con.as_ref().map(|con| {
+            con.set_read_timeout(Some(limit))
+                .and_then(|()| con.set_write_timeout(Some(limit)))
+        });
+        if matches!(applied, Some(Err(_))) {
+            self.con = None;
+        }
     }
 
     /// A call that fails with exit 125 and a clear message. `retry`: the

@@ -18,7 +18,7 @@ mod target;
 mod tests;
 mod warning;
 
-use self::conn::{describe, is_connection_error, Failure};
+use self::conn::{describe, is_connection_error, Failure, TIME_LIMIT};
 use self::record::{parse_record, FIELDS};
 use self::target::Target;
 pub use self::warning::persistence_warning;
@@ -71,6 +71,8 @@ pub struct RedisStore {
     client: Client,
     /// Dropped after any connection-level error; the next call reconnects.
     con: Option<Connection>,
+    /// How long connecting, or any one command, may take.
+    limit: Duration,
     scripts: Scripts,
 }
 
@@ -90,6 +92,7 @@ pub fn open(url: &str, mode: Mode) -> Result<Option<Box<dyn Store>>> {
         target,
         client,
         con: None,
+        limit: TIME_LIMIT,
         scripts: Scripts::new(),
     };
     if !store.check_schema(mode)? {
@@ -296,15 +299,21 @@ impl Store for RedisStore {
         .map(|ours| ours == 1)
     }
 
+    /// Within a third of the lease (at most `TIME_LIMIT`) and without a
+    /// retry: the run loop waits meanwhile and tries again at its next tick.
     fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool> {
         let rkey = self.record_key(key);
-        self.exec("cannot renew the lease", true, |c, s| {
-            s.renew
-                .key(&rkey)
-                .arg(token)
-                .arg(lease_ms)
-                .arg(GRACE_MS)
-                .invoke::<i64>(c)
+        let limit = Duration::from_millis(u64::try_from(lease_ms / 3).unwrap_or(0))
+            .clamp(Duration::from_millis(100), TIME_LIMIT);
+        self.within(limit, |store| {
+            store.exec("cannot renew the lease", false, |c, s| {
+                s.renew
+                    .key(&rkey)
+                    .arg(token)
+                    .arg(lease_ms)
+                    .arg(GRACE_MS)
+                    .invoke::<i64>(c)
+            })
         })
         .map(|ours| ours == 1)
     }

@@ -90,6 +90,7 @@ fn open_store(url: &str) -> RedisStore {
         client: Client::open(target.client_url.as_str()).unwrap(),
         target,
         con: None,
+        limit: TIME_LIMIT,
         scripts: Scripts::new(),
     };
     assert!(store.check_schema(Mode::Create).unwrap());

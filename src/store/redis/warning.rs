@@ -1,6 +1,6 @@
 //! The `-v` warning about a server that may lose records.
 
-use super::conn::connect;
+use super::conn::{connect, TIME_LIMIT};
 use super::target::Target;
 use redis::Client;
 
@@ -9,7 +9,7 @@ use redis::Client;
 pub fn persistence_warning(url: &str) -> Option<String> {
     let target = Target::parse(url).ok()?;
     let client = Client::open(target.client_url.as_str()).ok()?;
-    let mut con = connect(&client).ok()?;
+    let mut con = connect(&client, TIME_LIMIT).ok()?;
     let persistence: String = redis::cmd("INFO").arg("persistence").query(&mut con).ok()?;
     let memory: String = redis::cmd("INFO").arg("memory").query(&mut con).ok()?;
     // CONFIG may be disabled (managed services): then nothing can be said.
