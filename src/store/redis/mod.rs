@@ -240,6 +240,7 @@ impl Store for RedisStore {
     ) -> Result<Option<i64>> {
         let rkey = self.record_key(key);
         let counter = format!("{}token", self.target.prefix);
+        let mut conflicted = None;
         loop {
             let (now, seen) = self.read_with_time(key)?;
             let Some(claim) = decide(seen.as_ref().map(|(record, _)| record), now) else {
@@ -278,7 +279,14 @@ impl Store for RedisStore {
             if new != 0 {
                 return Ok(Some(new));
             }
-            // The record changed between the read and the claim: decide again.
+            // The record changed between the read and the claim: decide
+            // again. Every write changes the token or the revision, so a
+            // record that reads the same again is not one idem wrote.
+            if conflicted.replace((token, rev.clone())) == Some((token, rev)) {
+                return self.target.fail(&format!(
+                    "key {rkey} is not an idem record; it was left untouched"
+                ));
+            }
         }
     }
 

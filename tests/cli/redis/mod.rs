@@ -288,8 +288,21 @@ fn a_newer_schema_or_foreign_data_is_refused() {
             .code(125)
             .stderr(predicates::str::contains(expect));
     }
-    assert_eq!(env.count("n"), 0);
     let kept: Vec<String> = query(&mut con, &["HKEYS", &schema]);
+    assert_eq!(kept, ["someone"], "foreign data is left alone");
+
+    // A hash at a record's place that idem did not write.
+    let _: i64 = query(&mut con, &["DEL", &schema]);
+    let record = format!("{prefix}rec:k");
+    let _: i64 = query(&mut con, &["HSET", &record, "someone", "else"]);
+    env.idem()
+        .args(["run", "-k", "k", "--"])
+        .args(sh(&env.count_run("n")))
+        .assert()
+        .code(125)
+        .stderr(predicates::str::contains("not an idem record"));
+    assert_eq!(env.count("n"), 0);
+    let kept: Vec<String> = query(&mut con, &["HKEYS", &record]);
     assert_eq!(kept, ["someone"], "foreign data is left alone");
 }
 

@@ -2,11 +2,11 @@
 -- decided on: absent when ARGV[1] is '0', else carrying token ARGV[1] at
 -- revision ARGV[2]. KEYS[2] is the token counter. ARGV[3] is the lease and
 -- ARGV[4] the grace after it (ms); the rest are the claim's field/value pairs.
--- Returns the new fencing token, or 0 when the record changed meanwhile.
+-- Returns the new fencing token, or 0 when the record is not as seen.
 local seen = redis.call('HMGET', KEYS[1], 'token', 'rev')
 if ARGV[1] == '0' then
-  if seen[1] then return 0 end
-elseif seen[1] ~= ARGV[1] or seen[2] ~= ARGV[2] then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+elseif seen[1] ~= ARGV[1] or (seen[2] or '') ~= ARGV[2] then
   return 0
 end
 local time = redis.call('TIME')
