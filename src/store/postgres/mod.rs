@@ -22,7 +22,7 @@ use schema::{Found, Names, SCHEMA_VERSION};
 use std::io::Write;
 use std::time::{Duration, Instant};
 use target::Target;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
 /// The server's clock in milliseconds since the epoch.
@@ -42,6 +42,10 @@ const PAGE: i64 = 500;
 const FINISH_PATIENCE: Duration = Duration::from_secs(30);
 /// How many times a claim re-reads after losing a race before giving up.
 const CLAIM_ROUNDS: usize = 100;
+
+/// A statement parameter with its type, so that a statement needs one
+/// round trip rather than a prepare and an execute.
+type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
 pub struct PgStore {
     conn: Conn,
@@ -126,20 +130,20 @@ impl PgStore {
         let (out_cut, err_cut) = (cut(&outcome.stdout), cut(&outcome.stderr));
         self.conn.try_call(limit, async |c| {
             let changed = c
-                .execute(
+                .execute_typed(
                     &sql,
                     &[
-                        &key,
-                        &token,
-                        &outcome.status.as_str(),
-                        &outcome.ttl_ms,
-                        &outcome.exit_code,
-                        &outcome.signal,
-                        &outcome.timed_out,
-                        &out,
-                        &err,
-                        &out_cut,
-                        &err_cut,
+                        (&key, Type::TEXT),
+                        (&token, Type::INT8),
+                        (&outcome.status.as_str(), Type::TEXT),
+                        (&outcome.ttl_ms, Type::INT8),
+                        (&outcome.exit_code, Type::INT4),
+                        (&outcome.signal, Type::INT4),
+                        (&outcome.timed_out, Type::BOOL),
+                        (&out, Type::BYTEA),
+                        (&err, Type::BYTEA),
+                        (&out_cut, Type::BOOL),
+                        (&err_cut, Type::BOOL),
                     ],
                 )
                 .await?;
@@ -154,11 +158,11 @@ impl PgStore {
         doing: &str,
         limit: Duration,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
+        params: &[Param],
     ) -> Result<bool> {
         let changed = self
             .conn
-            .call(doing, limit, async |c| c.execute(sql, params).await)?;
+            .call(doing, limit, async |c| c.execute_typed(sql, params).await)?;
         Ok(changed == 1)
     }
 }
@@ -168,7 +172,7 @@ impl Store for PgStore {
         let sql = format!("SELECT {NOW}");
         self.conn
             .call("cannot read the server's clock", CALL_LIMIT, async |c| {
-                Ok(c.query_one(&sql, &[]).await?.get(0))
+                Ok(c.query_typed_one(&sql, &[]).await?.get(0))
             })
     }
 
@@ -176,7 +180,8 @@ impl Store for PgStore {
         let sql = self.read_sql(false);
         self.conn
             .call("cannot read a record", CALL_LIMIT, async |c| {
-                record_from_row(&c.query_one(&sql, &[&key]).await?, 1)
+                let row = c.query_typed_one(&sql, &[(&key, Type::TEXT)]).await?;
+                record_from_row(&row, 1)
             })
     }
 
@@ -214,7 +219,7 @@ impl Store for PgStore {
                 .conn
                 .call("cannot claim the key", CALL_LIMIT, async |c| {
                     let tx = c.transaction().await?;
-                    let row = tx.query_one(&read, &[&key]).await?;
+                    let row = tx.query_typed_one(&read, &[(&key, Type::TEXT)]).await?;
                     let existing = record_from_row(&row, 1)?;
                     let Some(claim) = decide(existing.as_ref(), row.get(0)) else {
                         return Ok(Some(None));
@@ -227,30 +232,30 @@ impl Store for PgStore {
                         owner,
                         lease_ms,
                     } = &claim;
-                    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-                        &key,
-                        fingerprint,
-                        command,
-                        cwd,
-                        attempt,
-                        &owner.host,
-                        &owner.boot_id,
-                        &owner.pid,
-                        &owner.start,
-                        lease_ms,
+                    let mut params: Vec<Param> = vec![
+                        (&key, Type::TEXT),
+                        (fingerprint, Type::BYTEA),
+                        (command, Type::BYTEA),
+                        (cwd, Type::BYTEA),
+                        (attempt, Type::INT8),
+                        (&owner.host, Type::TEXT),
+                        (&owner.boot_id, Type::TEXT),
+                        (&owner.pid, Type::INT8),
+                        (&owner.start, Type::INT8),
+                        (lease_ms, Type::INT8),
                     ];
                     let observed = existing.as_ref().map(|r| r.token);
                     let written = match &observed {
                         Some(token) => {
-                            params.push(token);
-                            tx.query_opt(&replace, &params).await?
+                            params.push((token, Type::INT8));
+                            tx.query_typed(&replace, &params).await?
                         }
-                        None => tx.query_opt(&insert, &params).await?,
+                        None => tx.query_typed(&insert, &params).await?,
                     };
-                    let Some(written) = written else {
+                    let Some(written) = written.first() else {
                         return Ok(None);
                     };
-                    tx.execute(&cleanup, &[&key]).await?;
+                    tx.execute_typed(&cleanup, &[(&key, Type::TEXT)]).await?;
                     tx.commit().await?;
                     Ok(Some(Some(written.get::<_, i64>(0))))
                 })?;
@@ -272,7 +277,13 @@ impl Store for PgStore {
             "cannot record the child",
             CALL_LIMIT,
             &sql,
-            &[&key, &token, &child.pid, &child.pgid, &child.start],
+            &[
+                (&key, Type::TEXT),
+                (&token, Type::INT8),
+                (&child.pid, Type::INT8),
+                (&child.pgid, Type::INT8),
+                (&child.start, Type::INT8),
+            ],
         )
     }
 
@@ -290,7 +301,11 @@ impl Store for PgStore {
             "cannot renew the lease",
             limit,
             &sql,
-            &[&key, &token, &lease_ms],
+            &[
+                (&key, Type::TEXT),
+                (&token, Type::INT8),
+                (&lease_ms, Type::INT8),
+            ],
         )
     }
 
@@ -355,8 +370,16 @@ impl Store for PgStore {
             let chunk = self
                 .conn
                 .call("cannot read the output", CALL_LIMIT, async |c| {
-                    let row = c.query_opt(&sql, &[&key, &token, &from, &CHUNK]).await?;
-                    Ok(row.map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1))))
+                    let params: [Param; 4] = [
+                        (&key, Type::TEXT),
+                        (&token, Type::INT8),
+                        (&from, Type::INT4),
+                        (&CHUNK, Type::INT4),
+                    ];
+                    let rows = c.query_typed(&sql, &params).await?;
+                    Ok(rows
+                        .first()
+                        .map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1))))
                 })?;
             let Some((total, bytes)) = chunk else {
                 if from == 1 {
@@ -379,7 +402,8 @@ impl Store for PgStore {
             "UPDATE {} SET replays = replays + 1 WHERE key = $1 AND token = $2",
             self.names.records
         );
-        self.update("cannot count the replay", CALL_LIMIT, &sql, &[&key, &token])
+        let params: [Param; 2] = [(&key, Type::TEXT), (&token, Type::INT8)];
+        self.update("cannot count the replay", CALL_LIMIT, &sql, &params)
             .map(drop)
     }
 
