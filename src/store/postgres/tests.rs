@@ -3,7 +3,8 @@
 //! does) and are skipped otherwise; each test has tables of its own.
 
 use super::*;
-use crate::store::Captured;
+use crate::owner::Owner;
+use crate::store::{Captured, Status};
 
 /// A fresh store in table `u<pid>_<name>`, dropped again by `Drop`.
 struct Scratch {
