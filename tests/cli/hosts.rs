@@ -88,12 +88,12 @@ fn a_live_remote_owner_keeps_its_lease() {
     }
     let env = Env::new();
     let script = "touch started; while [ ! -e go ]; do sleep 0.02; done; echo done";
-    let owner = start_on(&env, "h1", &["run", "-k", "k", "--lease", "1s"], script);
+    let owner = start_on(&env, "h1", &["run", "-k", "k", "--lease", "2s"], script);
     wait_for(&env.path("started"));
-    // Several lease lengths pass: only renewals keep the owner alive.
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // More than a lease passes: only renewals keep the owner alive.
+    std::thread::sleep(std::time::Duration::from_millis(3000));
     on(&env, "h2")
-        .args(["run", "-k", "k", "--lease", "1s", "--"])
+        .args(["run", "-k", "k", "--"])
         .args(sh(script))
         .assert()
         .code(75);

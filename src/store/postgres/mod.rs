@@ -9,39 +9,37 @@
 //! lease can never overwrite the record of the run that took over.
 
 mod conn;
+mod records;
 mod schema;
 mod target;
 #[cfg(test)]
 mod tests;
 
-use super::{Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream};
-use crate::owner::{ChildId, Owner};
+use super::{Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
+use crate::owner::ChildId;
 use anyhow::Result;
 use conn::{Conn, Failure, CALL_LIMIT};
+use records::{record_from_row, COLUMNS};
 use schema::{Found, Names, SCHEMA_VERSION};
 use std::io::Write;
 use std::time::{Duration, Instant};
 use target::Target;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
+use tokio_postgres::types::{ToSql, Type};
 
 /// The server's clock in milliseconds since the epoch.
 const NOW: &str = "(extract(epoch FROM now()) * 1000)::bigint";
-/// Columns of a record, in the order `record_from_row` reads them.
-const COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, token, started_at, \
-    finished_at, expires_at, lease_until, exit_code, signal, timed_out, replays, owner_host, \
-    owner_boot, owner_pid, owner_start, child_pid, child_pgid, child_start, \
-    octet_length(stdout)::bigint, octet_length(stderr)::bigint, stdout_truncated, stderr_truncated";
 /// How many expired records a claim deletes on its way.
 const CLEANUP_BATCH: i64 = 16;
 /// How much stored output one round trip carries during replay.
 const CHUNK: i32 = 1024 * 1024;
-/// How many records `list` holds in memory at once.
-const PAGE: i64 = 500;
 /// How long `finish` keeps trying to reach the server once COMMAND has run.
 const FINISH_PATIENCE: Duration = Duration::from_secs(30);
 /// How many times a claim re-reads after losing a race before giving up.
 const CLAIM_ROUNDS: usize = 100;
+
+/// A statement parameter with its type, so that a statement needs one
+/// round trip rather than a prepare and an execute.
+type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
 pub struct PgStore {
     conn: Conn,
@@ -126,20 +124,20 @@ impl PgStore {
         let (out_cut, err_cut) = (cut(&outcome.stdout), cut(&outcome.stderr));
         self.conn.try_call(limit, async |c| {
             let changed = c
-                .execute(
+                .execute_typed(
                     &sql,
                     &[
-                        &key,
-                        &token,
-                        &outcome.status.as_str(),
-                        &outcome.ttl_ms,
-                        &outcome.exit_code,
-                        &outcome.signal,
-                        &outcome.timed_out,
-                        &out,
-                        &err,
-                        &out_cut,
-                        &err_cut,
+                        (&key, Type::TEXT),
+                        (&token, Type::INT8),
+                        (&outcome.status.as_str(), Type::TEXT),
+                        (&outcome.ttl_ms, Type::INT8),
+                        (&outcome.exit_code, Type::INT4),
+                        (&outcome.signal, Type::INT4),
+                        (&outcome.timed_out, Type::BOOL),
+                        (&out, Type::BYTEA),
+                        (&err, Type::BYTEA),
+                        (&out_cut, Type::BOOL),
+                        (&err_cut, Type::BOOL),
                     ],
                 )
                 .await?;
@@ -154,11 +152,11 @@ impl PgStore {
         doing: &str,
         limit: Duration,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
+        params: &[Param],
     ) -> Result<bool> {
         let changed = self
             .conn
-            .call(doing, limit, async |c| c.execute(sql, params).await)?;
+            .call(doing, limit, async |c| c.execute_typed(sql, params).await)?;
         Ok(changed == 1)
     }
 }
@@ -168,7 +166,7 @@ impl Store for PgStore {
         let sql = format!("SELECT {NOW}");
         self.conn
             .call("cannot read the server's clock", CALL_LIMIT, async |c| {
-                Ok(c.query_one(&sql, &[]).await?.get(0))
+                Ok(c.query_typed_one(&sql, &[]).await?.get(0))
             })
     }
 
@@ -176,7 +174,8 @@ impl Store for PgStore {
         let sql = self.read_sql(false);
         self.conn
             .call("cannot read a record", CALL_LIMIT, async |c| {
-                record_from_row(&c.query_one(&sql, &[&key]).await?, 1)
+                let row = c.query_typed_one(&sql, &[(&key, Type::TEXT)]).await?;
+                record_from_row(&row, 1)
             })
     }
 
@@ -214,7 +213,7 @@ impl Store for PgStore {
                 .conn
                 .call("cannot claim the key", CALL_LIMIT, async |c| {
                     let tx = c.transaction().await?;
-                    let row = tx.query_one(&read, &[&key]).await?;
+                    let row = tx.query_typed_one(&read, &[(&key, Type::TEXT)]).await?;
                     let existing = record_from_row(&row, 1)?;
                     let Some(claim) = decide(existing.as_ref(), row.get(0)) else {
                         return Ok(Some(None));
@@ -227,30 +226,30 @@ impl Store for PgStore {
                         owner,
                         lease_ms,
                     } = &claim;
-                    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-                        &key,
-                        fingerprint,
-                        command,
-                        cwd,
-                        attempt,
-                        &owner.host,
-                        &owner.boot_id,
-                        &owner.pid,
-                        &owner.start,
-                        lease_ms,
+                    let mut params: Vec<Param> = vec![
+                        (&key, Type::TEXT),
+                        (fingerprint, Type::BYTEA),
+                        (command, Type::BYTEA),
+                        (cwd, Type::BYTEA),
+                        (attempt, Type::INT8),
+                        (&owner.host, Type::TEXT),
+                        (&owner.boot_id, Type::TEXT),
+                        (&owner.pid, Type::INT8),
+                        (&owner.start, Type::INT8),
+                        (lease_ms, Type::INT8),
                     ];
                     let observed = existing.as_ref().map(|r| r.token);
                     let written = match &observed {
                         Some(token) => {
-                            params.push(token);
-                            tx.query_opt(&replace, &params).await?
+                            params.push((token, Type::INT8));
+                            tx.query_typed(&replace, &params).await?
                         }
-                        None => tx.query_opt(&insert, &params).await?,
+                        None => tx.query_typed(&insert, &params).await?,
                     };
-                    let Some(written) = written else {
+                    let Some(written) = written.first() else {
                         return Ok(None);
                     };
-                    tx.execute(&cleanup, &[&key]).await?;
+                    tx.execute_typed(&cleanup, &[(&key, Type::TEXT)]).await?;
                     tx.commit().await?;
                     Ok(Some(Some(written.get::<_, i64>(0))))
                 })?;
@@ -272,7 +271,13 @@ impl Store for PgStore {
             "cannot record the child",
             CALL_LIMIT,
             &sql,
-            &[&key, &token, &child.pid, &child.pgid, &child.start],
+            &[
+                (&key, Type::TEXT),
+                (&token, Type::INT8),
+                (&child.pid, Type::INT8),
+                (&child.pgid, Type::INT8),
+                (&child.start, Type::INT8),
+            ],
         )
     }
 
@@ -290,7 +295,11 @@ impl Store for PgStore {
             "cannot renew the lease",
             limit,
             &sql,
-            &[&key, &token, &lease_ms],
+            &[
+                (&key, Type::TEXT),
+                (&token, Type::INT8),
+                (&lease_ms, Type::INT8),
+            ],
         )
     }
 
@@ -355,8 +364,16 @@ impl Store for PgStore {
             let chunk = self
                 .conn
                 .call("cannot read the output", CALL_LIMIT, async |c| {
-                    let row = c.query_opt(&sql, &[&key, &token, &from, &CHUNK]).await?;
-                    Ok(row.map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1))))
+                    let params: [Param; 4] = [
+                        (&key, Type::TEXT),
+                        (&token, Type::INT8),
+                        (&from, Type::INT4),
+                        (&CHUNK, Type::INT4),
+                    ];
+                    let rows = c.query_typed(&sql, &params).await?;
+                    Ok(rows
+                        .first()
+                        .map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1))))
                 })?;
             let Some((total, bytes)) = chunk else {
                 if from == 1 {
@@ -379,63 +396,14 @@ impl Store for PgStore {
             "UPDATE {} SET replays = replays + 1 WHERE key = $1 AND token = $2",
             self.names.records
         );
-        self.update("cannot count the replay", CALL_LIMIT, &sql, &[&key, &token])
+        let params: [Param; 2] = [(&key, Type::TEXT), (&token, Type::INT8)];
+        self.update("cannot count the replay", CALL_LIMIT, &sql, &params)
             .map(drop)
     }
 
     fn list(&mut self, filter: &Filter, each: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
         let now = self.now()?;
-        let mut left = filter.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
-        let mut after: Option<(i64, String)> = None;
-        loop {
-            let page = left.map_or(PAGE, |l| l.min(PAGE));
-            if page <= 0 {
-                return Ok(());
-            }
-            let mut sql = format!("SELECT {COLUMNS} FROM {} WHERE true", self.names.records);
-            let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-            if !filter.keys.is_empty() {
-                add(&mut sql, &mut params, " AND key = ANY(?)", &filter.keys);
-            }
-            let status = filter.status.map(Status::as_str);
-            if let Some(status) = &status {
-                add(&mut sql, &mut params, " AND status = ?", status);
-            }
-            if filter.expired {
-                add(&mut sql, &mut params, " AND expires_at <= ?", &now);
-            }
-            if let Some(prefix) = &filter.prefix {
-                add(&mut sql, &mut params, " AND starts_with(key, ?)", prefix);
-            }
-            if let Some(before) = &filter.started_before {
-                add(&mut sql, &mut params, " AND started_at < ?", before);
-            }
-            if let Some((started, key)) = &after {
-                add(&mut sql, &mut params, " AND (started_at < ?", started);
-                add(&mut sql, &mut params, " OR (started_at = ?", started);
-                add(&mut sql, &mut params, " AND key > ?))", key);
-            }
-            sql.push_str(&format!(" ORDER BY started_at DESC, key LIMIT {page}"));
-            let rows = self
-                .conn
-                .call("cannot list records", CALL_LIMIT, async |c| {
-                    let rows = c.query(&sql, &params).await?;
-                    rows.iter()
-                        .filter_map(|row| record_from_row(row, 0).transpose())
-                        .collect::<Result<Vec<Record>, _>>()
-                })?;
-            let full = i64::try_from(rows.len()).unwrap_or(0) == page;
-            if let Some(last) = rows.last() {
-                after = Some((last.started_at, last.key.clone()));
-            }
-            left = left.map(|l| l - i64::try_from(rows.len()).unwrap_or(0));
-            for record in rows {
-                each(record)?;
-            }
-            if !full {
-                return Ok(());
-            }
-        }
+        records::list(&mut self.conn, &self.names.records, filter, now, each)
     }
 
     fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
@@ -455,61 +423,4 @@ impl Store for PgStore {
     fn is_shared(&self) -> bool {
         true
     }
-}
-
-/// Appends `clause` to `sql` with its `?` bound to `value`.
-fn add<'a>(
-    sql: &mut String,
-    params: &mut Vec<&'a (dyn ToSql + Sync)>,
-    clause: &str,
-    value: &'a (dyn ToSql + Sync),
-) {
-    params.push(value);
-    sql.push_str(&clause.replace('?', &format!("${}", params.len())));
-}
-
-/// The record in the columns of `row` from `at` on (`COLUMNS` order), or
-/// `None` when they are NULL (no such record).
-fn record_from_row(row: &Row, at: usize) -> Result<Option<Record>, tokio_postgres::Error> {
-    let Some(key) = row.try_get::<_, Option<String>>(at)? else {
-        return Ok(None);
-    };
-    let get = |i: usize| at + i;
-    let status: String = row.try_get(get(1))?;
-    let child_pid: Option<i64> = row.try_get(get(19))?;
-    Ok(Some(Record {
-        key,
-        status: Status::parse(&status).unwrap_or(Status::Failed),
-        fingerprint: row.try_get(get(2))?,
-        command: row.try_get(get(3))?,
-        cwd: row.try_get(get(4))?,
-        attempt: row.try_get(get(5))?,
-        token: row.try_get(get(6))?,
-        started_at: row.try_get(get(7))?,
-        finished_at: row.try_get(get(8))?,
-        expires_at: row.try_get(get(9))?,
-        lease_until: row.try_get(get(10))?,
-        exit_code: row.try_get(get(11))?,
-        signal: row.try_get(get(12))?,
-        timed_out: row.try_get(get(13))?,
-        replays: row.try_get(get(14))?,
-        owner: Owner {
-            host: row.try_get(get(15))?,
-            boot_id: row.try_get(get(16))?,
-            pid: row.try_get(get(17))?,
-            start: row.try_get(get(18))?,
-            child: match child_pid {
-                Some(pid) => Some(ChildId {
-                    pid,
-                    pgid: row.try_get::<_, Option<i64>>(get(20))?.unwrap_or(pid),
-                    start: row.try_get::<_, Option<i64>>(get(21))?.unwrap_or(0),
-                }),
-                None => None,
-            },
-        },
-        stdout_bytes: row.try_get(get(22))?,
-        stderr_bytes: row.try_get(get(23))?,
-        stdout_truncated: row.try_get(get(24))?,
-        stderr_truncated: row.try_get(get(25))?,
-    }))
 }

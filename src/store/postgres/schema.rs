@@ -60,7 +60,7 @@ async fn read_version(client: &impl GenericClient, names: &Names) -> Result<Foun
         "SELECT value FROM {} WHERE name = 'schema_version'",
         names.meta
     );
-    Ok(match client.query_opt(&sql, &[]).await? {
+    Ok(match client.query_typed_opt(&sql, &[]).await? {
         Some(row) => classify(row.get(0)),
         None => Found::Foreign,
     })

@@ -3,7 +3,8 @@
 //! does) and are skipped otherwise; each test has tables of its own.
 
 use super::*;
-use crate::store::Captured;
+use crate::owner::Owner;
+use crate::store::{Captured, Status};
 
 /// A fresh store in table `u<pid>_<name>`, dropped again by `Drop`.
 struct Scratch {
@@ -227,4 +228,30 @@ fn fencing_refuses_every_write_of_an_old_token() {
     assert!(s.store.finish("k", new, &outcome).unwrap());
     let record = s.store.get("k").unwrap().unwrap();
     assert_eq!(record.expires_at, record.finished_at.map(|f| f + 1000));
+}
+
+#[test]
+fn inspect_and_purge_never_create_a_store() {
+    let Some(mut s) = Scratch::new("probe") else {
+        return;
+    };
+    let base = std::env::var("IDEM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let absent = format!("u{}_absent", std::process::id());
+    for mode in [Mode::ReadOnly, Mode::Existing] {
+        let url = format!("{base}?table={absent}");
+        assert!(PgStore::open(&url, mode).unwrap().is_none());
+    }
+    let sql = format!(
+        "SELECT to_regclass('{absent}') IS NULL AND to_regclass('{absent}_meta') IS NULL \
+            AND to_regclass('{absent}_token') IS NULL"
+    );
+    let nothing = s
+        .store
+        .conn
+        .call("test", CALL_LIMIT, async |c| {
+            Ok(c.query_one(&sql, &[]).await?.get::<_, bool>(0))
+        })
+        .unwrap();
+    assert!(nothing, "a read-only open created {absent}");
 }
