@@ -36,7 +36,7 @@ pub fn list(
             .cloned()
             .collect()
     };
-    let mut order = start_times(store, &keys)?;
+    let mut order = start_times(store, keys)?;
     if let Some(before) = filter.started_before {
         order.retain(|(started, _)| *started < before);
     }
@@ -95,10 +95,16 @@ fn scan_keys(store: &mut RedisStore, key_prefix: &str) -> Result<Vec<String>> {
     }
 }
 
-/// (start time, key) of each key that still has a record.
-fn start_times(store: &mut RedisStore, keys: &[String]) -> Result<Vec<(Millis, String)>> {
+/// (start time, key) of each key that still has a record; the keys move
+/// into the result, so they are held once.
+fn start_times(store: &mut RedisStore, keys: Vec<String>) -> Result<Vec<(Millis, String)>> {
     let mut order = Vec::with_capacity(keys.len());
-    for page in keys.chunks(PAGE) {
+    let mut keys = keys.into_iter();
+    loop {
+        let page: Vec<String> = keys.by_ref().take(PAGE).collect();
+        if page.is_empty() {
+            return Ok(order);
+        }
         let rkeys: Vec<String> = page.iter().map(|k| store.record_key(k)).collect();
         let started: Vec<Option<i64>> = store.exec("cannot list records", true, |c, _| {
             let mut pipe = redis::pipe();
@@ -108,12 +114,11 @@ fn start_times(store: &mut RedisStore, keys: &[String]) -> Result<Vec<(Millis, S
             pipe.query(c)
         })?;
         order.extend(
-            page.iter()
+            page.into_iter()
                 .zip(started)
-                .filter_map(|(k, at)| Some((at?, k.clone()))),
+                .filter_map(|(k, at)| Some((at?, k))),
         );
     }
-    Ok(order)
 }
 
 fn read_page(store: &mut RedisStore, page: &[(Millis, String)]) -> Result<Vec<Record>> {
