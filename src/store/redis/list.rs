@@ -2,9 +2,9 @@
 //!
 //! `SCAN` walks the record keys under the prefix (the filter's key prefix
 //! narrows its `MATCH` pattern) and fetches each one's start time, a page at
-//! a time. Only (start time, key) pairs are held and sorted — some tens of
-//! bytes a record — and the records themselves are then read and handed out
-//! a page at a time, in order. A record that expires or goes meanwhile is
+//! a time. Only (start time, key) pairs are held and sorted — about a
+//! hundred bytes a record — and the records themselves are then read and
+//! handed out a page at a time, in order. A record that expires or goes meanwhile is
 //! skipped.
 
 use super::{parse_record, RedisStore, FIELDS};
