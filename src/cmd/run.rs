@@ -162,6 +162,11 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
     let location = store::Location::resolve(global.db.as_deref())?;
     let mut store =
         store::open(&location, Mode::Create)?.context("the store could not be created")?;
+    if let (true, store::Location::Redis(url)) = (global.verbose, &location) {
+        if let Some(warning) = store::redis::persistence_warning(url) {
+            eprintln!("idem: {warning}");
+        }
+    }
     let here = Here::detect();
     let call = Call {
         args,

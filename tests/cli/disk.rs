@@ -2,7 +2,6 @@
 //! root to mount; skipped with a note elsewhere, required under CI).
 
 use crate::support::{backend, Backend, Env};
-use predicates::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

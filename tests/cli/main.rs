@@ -4,8 +4,11 @@ mod support;
 
 mod crash;
 mod disk;
+mod hosts;
 mod inspect;
+mod postgres;
 mod purge;
+mod redis;
 mod run;
 mod shipped;
 mod store;

@@ -34,6 +34,7 @@ pub fn backend() -> Backend {
 pub struct Env {
     pub dir: TempDir,
     pub db: String,
+    unique: String,
 }
 
 impl Env {
@@ -55,9 +56,9 @@ impl Env {
                 .to_string_lossy()
                 .into_owned(),
             Backend::Postgres => {
-                let base = std::env::var("IDEM_TEST_POSTGRES_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-                format!("{base}?table={unique}")
+                let base = postgres_url();
+                let join = if base.contains('?') { '&' } else { '?' };
+                format!("{base}{join}table={unique}")
             }
             Backend::Redis => {
                 let base = std::env::var("IDEM_TEST_REDIS_URL")
@@ -65,7 +66,12 @@ impl Env {
                 format!("{base}?prefix={unique}:")
             }
         };
-        Env { dir, db }
+        Env { dir, db, unique }
+    }
+
+    /// A name no other test uses (the table or key prefix of this test).
+    pub fn unique(&self) -> &str {
+        &self.unique
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -85,6 +91,18 @@ impl Env {
     /// The same as a std Command, for processes the test spawns and signals.
     pub fn idem_std(&self) -> std::process::Command {
         let mut cmd = std::process::Command::new(bin());
+        self.prepare(&mut cmd);
+        cmd
+    }
+
+    /// `idem` as if on another machine named `host`: in a new UTS namespace
+    /// (needs root) with its own host name, sharing this test's store. The
+    /// spawned process becomes idem itself (unshare and sh exec), so its pid
+    /// is idem's.
+    pub fn idem_on_host(&self, host: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", host])
+            .arg(bin());
         self.prepare(&mut cmd);
         cmd
     }
@@ -109,14 +127,72 @@ impl Env {
     }
 }
 
+/// The PostgreSQL database the tests use (`IDEM_TEST_POSTGRES_URL`).
+pub fn postgres_url() -> String {
+    std::env::var("IDEM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Runs `sql` on the test database with psql; returns its unaligned output.
+#[track_caller]
+pub fn psql(sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(postgres_url())
+        .args(["-c", sql])
+        .output()
+        .expect("psql (the postgresql-client package) must be installed");
+    assert!(
+        out.status.success(),
+        "psql -c {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim_end().to_owned()
+}
+
 impl Drop for Env {
     /// A failed test may leave children waiting for `release`: let them go,
-    /// so they do not outlive the test holding its output pipes.
+    /// so they do not outlive the test holding its output pipes. A test's
+    /// PostgreSQL objects and Redis keys go with it (its temp dir goes by
+    /// itself).
     fn drop(&mut self) {
         if std::thread::panicking() {
             let _ = std::fs::write(self.path("release"), "");
             std::thread::sleep(Duration::from_millis(100));
         }
+        if backend() == Backend::Postgres && !std::thread::panicking() {
+            let t = &self.unique;
+            let _ = std::process::Command::new("psql")
+                .args(["-X", "-q", "-d"])
+                .arg(postgres_url())
+                .args([
+                    "-c",
+                    &format!(
+                        "DROP TABLE IF EXISTS {t}, {t}_meta; DROP SEQUENCE IF EXISTS {t}_token"
+                    ),
+                ])
+                .stderr(Stdio::null())
+                .status();
+        }
+        if backend() == Backend::Redis {
+            if let Some((base, prefix)) = self.db.split_once("?prefix=") {
+                remove_redis_keys(base, prefix);
+            }
+        }
+    }
+}
+
+/// Deletes a Redis test's keys (tests share the server).
+fn remove_redis_keys(url: &str, prefix: &str) {
+    let Ok(mut con) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut con)
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(keys).query(&mut con);
     }
 }
 

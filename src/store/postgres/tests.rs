@@ -1,0 +1,257 @@
+//! The primitives that `inspect` and `purge` use, and chunked replay,
+//! against a live server. They run with `IDEM_TEST_BACKEND=postgres` (as CI
+//! does) and are skipped otherwise; each test has tables of its own.
+
+use super::*;
+use crate::owner::Owner;
+use crate::store::{Captured, Status};
+
+/// A fresh store in table `u<pid>_<name>`, dropped again by `Drop`.
+struct Scratch {
+    store: PgStore,
+}
+
+impl Scratch {
+    fn new(name: &str) -> Option<Scratch> {
+        if std::env::var("IDEM_TEST_BACKEND").as_deref() != Ok("postgres") {
+            return None;
+        }
+        let base = std::env::var("IDEM_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let url = format!("{base}?table=u{}_{name}", std::process::id());
+        let store = PgStore::open(&url, Mode::Create).unwrap().unwrap();
+        Some(Scratch { store })
+    }
+
+    fn sql(&mut self, sql: &str) {
+        self.store
+            .conn
+            .call("test", CALL_LIMIT, async |c| c.batch_execute(sql).await)
+            .unwrap();
+    }
+
+    fn claim(&mut self, key: &str) -> i64 {
+        let claim = Claim {
+            fingerprint: vec![1],
+            command: b"true".to_vec(),
+            cwd: b"/".to_vec(),
+            attempt: 1,
+            owner: Owner {
+                host: "h".into(),
+                ..Owner::default()
+            },
+            lease_ms: 30_000,
+        };
+        self.store
+            .claim(key, &mut |_, _| Some(claim.clone()))
+            .unwrap()
+            .unwrap()
+    }
+
+    fn finish(&mut self, key: &str, token: i64, status: Status, ttl_ms: Millis, stdout: Vec<u8>) {
+        let outcome = Outcome {
+            status,
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            ttl_ms,
+            stdout: Captured {
+                bytes: stdout,
+                truncated: false,
+            },
+            stderr: Captured::default(),
+        };
+        assert!(self.store.finish(key, token, &outcome).unwrap());
+    }
+
+    fn keys(&mut self, filter: &Filter) -> Vec<String> {
+        let mut keys = Vec::new();
+        self.store
+            .list(filter, &mut |r| {
+                keys.push(r.key);
+                Ok(())
+            })
+            .unwrap();
+        keys
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let t = self.store.conn.target.table.clone();
+        self.sql(&format!(
+            "DROP TABLE {t}, {t}_meta; DROP SEQUENCE {t}_token"
+        ));
+    }
+}
+
+#[test]
+fn list_filters_and_pages_newest_first() {
+    let Some(mut s) = Scratch::new("list") else {
+        return;
+    };
+    let t = s.store.conn.target.table.clone();
+    // More records than one page, with ties on started_at.
+    s.sql(&format!(
+        "INSERT INTO {t} (key, status, fingerprint, command, cwd, attempt, token, started_at, \
+            owner_host, owner_boot, owner_pid, owner_start) \
+         SELECT 'bulk' || lpad(i::text, 4, '0'), 'completed', '', '', '', 1, i, 1000 + i / 3, \
+            'h', '', 0, 0 FROM generate_series(1, 1200) AS i"
+    ));
+    let all = s.keys(&Filter::default());
+    assert_eq!(all.len(), 1200);
+    assert_eq!(all[0], "bulk1200");
+    assert_eq!(
+        &all[1..4],
+        ["bulk1197", "bulk1198", "bulk1199"],
+        "ties go by key"
+    );
+    let mut sorted = all.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 1200, "no record twice across pages");
+
+    let token = s.claim("live");
+    let done = s.claim("done");
+    s.finish("done", done, Status::Completed, 3_600_000, Vec::new());
+    let gone = s.claim("gone");
+    s.finish("gone", gone, Status::Failed, 1, Vec::new());
+    std::thread::sleep(Duration::from_millis(20));
+
+    let limited = s.keys(&Filter {
+        limit: Some(3),
+        ..Filter::default()
+    });
+    assert_eq!(limited.len(), 3);
+    assert!(
+        !limited.iter().any(|k| k.starts_with("bulk")),
+        "{limited:?}"
+    );
+    let running = s.keys(&Filter {
+        status: Some(Status::InProgress),
+        ..Filter::default()
+    });
+    assert_eq!(running, ["live"]);
+    let expired = s.keys(&Filter {
+        expired: true,
+        ..Filter::default()
+    });
+    assert_eq!(expired, ["gone"]);
+    let named = s.keys(&Filter {
+        keys: vec!["done".into(), "nope".into(), "live".into()],
+        ..Filter::default()
+    });
+    assert_eq!(named.len(), 2);
+    let prefixed = s.keys(&Filter {
+        prefix: Some("bulk000".into()),
+        started_before: Some(1002),
+        ..Filter::default()
+    });
+    assert_eq!(
+        prefixed,
+        ["bulk0003", "bulk0004", "bulk0005", "bulk0001", "bulk0002"]
+    );
+
+    // Deletion names the token: a stale one deletes nothing.
+    let deleted = s
+        .store
+        .delete(&[("live".into(), token + 100), ("done".into(), done)])
+        .unwrap();
+    assert_eq!(deleted, 1);
+    assert!(s.store.get("done").unwrap().is_none());
+    assert!(s.store.get("live").unwrap().is_some());
+}
+
+#[test]
+fn replay_streams_output_in_chunks_byte_exact() {
+    let Some(mut s) = Scratch::new("chunks") else {
+        return;
+    };
+    let chunk = usize::try_from(CHUNK).unwrap();
+    for (key, len) in [("empty", 0), ("exact", chunk), ("more", 2 * chunk + 7)] {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let token = s.claim(key);
+        s.finish(key, token, Status::Completed, 3_600_000, bytes.clone());
+        let record = s.store.get(key).unwrap().unwrap();
+        assert_eq!(record.stdout_bytes, i64::try_from(len).unwrap());
+        let mut out = Vec::new();
+        assert!(s
+            .store
+            .copy_output(key, token, Stream::Stdout, &mut out)
+            .unwrap());
+        assert!(out == bytes, "{key}: {} bytes back of {len}", out.len());
+        let mut none = Vec::new();
+        assert!(!s
+            .store
+            .copy_output(key, token + 1, Stream::Stdout, &mut none)
+            .unwrap());
+    }
+}
+
+#[test]
+fn fencing_refuses_every_write_of_an_old_token() {
+    let Some(mut s) = Scratch::new("fence") else {
+        return;
+    };
+    let old = s.claim("k");
+    let new = s.claim("k");
+    assert!(new > old);
+    let child = ChildId {
+        pid: 1,
+        pgid: 1,
+        start: 1,
+    };
+    assert!(!s.store.renew("k", old, 1000).unwrap());
+    assert!(!s.store.set_child("k", old, child).unwrap());
+    assert!(s.store.renew("k", new, 1000).unwrap());
+    let record = s.store.get("k").unwrap().unwrap();
+    let now = s.store.now().unwrap();
+    let lease = record.lease_until.unwrap() - now;
+    assert!(
+        (0..=1000).contains(&lease),
+        "lease ends {lease} ms from now"
+    );
+    let outcome = Outcome {
+        status: Status::Completed,
+        exit_code: Some(0),
+        signal: None,
+        timed_out: false,
+        ttl_ms: 1000,
+        stdout: Captured::default(),
+        stderr: Captured::default(),
+    };
+    assert!(!s.store.finish("k", old, &outcome).unwrap());
+    assert_eq!(
+        s.store.get("k").unwrap().unwrap().status,
+        Status::InProgress
+    );
+    assert!(s.store.finish("k", new, &outcome).unwrap());
+    let record = s.store.get("k").unwrap().unwrap();
+    assert_eq!(record.expires_at, record.finished_at.map(|f| f + 1000));
+}
+
+#[test]
+fn inspect_and_purge_never_create_a_store() {
+    let Some(mut s) = Scratch::new("probe") else {
+        return;
+    };
+    let base = std::env::var("IDEM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let absent = format!("u{}_absent", std::process::id());
+    for mode in [Mode::ReadOnly, Mode::Existing] {
+        let url = format!("{base}?table={absent}");
+        assert!(PgStore::open(&url, mode).unwrap().is_none());
+    }
+    let sql = format!(
+        "SELECT to_regclass('{absent}') IS NULL AND to_regclass('{absent}_meta') IS NULL \
+            AND to_regclass('{absent}_token') IS NULL"
+    );
+    let nothing = s
+        .store
+        .conn
+        .call("test", CALL_LIMIT, async |c| {
+            Ok(c.query_one(&sql, &[]).await?.get::<_, bool>(0))
+        })
+        .unwrap();
+    assert!(nothing, "a read-only open created {absent}");
+}

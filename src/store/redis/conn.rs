@@ -1,0 +1,128 @@
+//! The connection to the server: time limits, reconnecting after a
+//! dropped connection, and errors that name the store (never its password)
+//! and say what to do.
+
+use super::{RedisStore, Scripts};
+use anyhow::Result;
+use redis::{Client, Connection, RedisError, RedisResult};
+use std::time::Duration;
+
+/// A server that does not accept a connection, or answer a command, within
+/// this is down: a dead server never hangs idem.
+pub(super) const TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// Why a call to the server failed.
+pub(super) enum Failure {
+    Connect(RedisError),
+    Call(RedisError),
+}
+
+/// Connects, and answers or fails within `limit` for each command after.
+pub(super) fn connect(client: &Client, limit: Duration) -> RedisResult<Connection> {
+    let con = client.get_connection_with_timeout(limit)?;
+    con.set_read_timeout(Some(limit))?;
+    con.set_write_timeout(Some(limit))?;
+    Ok(con)
+}
+
+/// Errors after which the connection cannot be trusted (a late reply would
+/// answer the next command): drop it and reconnect.
+pub(super) fn is_connection_error(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+}
+
+impl RedisStore {
+    /// One call on the connection, connecting first when there is none.
+    pub(super) fn call<T>(
+        &mut self,
+        f: &mut dyn FnMut(&mut Connection, &Scripts) -> RedisResult<T>,
+    ) -> std::result::Result<T, Failure> {
+        let con = match &mut self.con {
+            Some(con) => con,
+            None => match connect(&self.client, self.limit) {
+                Ok(con) => self.con.insert(con),
+                Err(e) => return Err(Failure::Connect(e)),
+            },
+        };
+        f(con, &self.scripts).map_err(|e| {
+            if is_connection_error(&e) {
+                self.con = None;
+            }
+            Failure::Call(e)
+        })
+    }
+
+    /// Runs `f` with a shorter time limit for each call (lease renewals run
+    /// on the thread that forwards signals and pumps output).
+    pub(super) fn within<T>(&mut self, limit: Duration, f: impl FnOnce(&mut Self) -> T) -> T {
+        self.set_limit(limit);
+        let result = f(self);
+        self.set_limit(TIME_LIMIT);
+        result
+    }
+
+    fn set_limit(&mut self, limit: Duration) {
+        self.limit = limit;
+        let applied = self.con.as_ref().map(|con| {
+            con.set_read_timeout(Some(limit))
+                .and_then(|()| con.set_write_timeout(Some(limit)))
+        });
+        if matches!(applied, Some(Err(_))) {
+            self.con = None;
+        }
+    }
+
+    /// A call that fails with exit 125 and a clear message. `retry`: the
+    /// call may run twice, so a connection that dropped since the last call
+    /// (a server restart) is reconnected once.
+    pub(super) fn exec<T>(
+        &mut self,
+        doing: &str,
+        retry: bool,
+        mut f: impl FnMut(&mut Connection, &Scripts) -> RedisResult<T>,
+    ) -> Result<T> {
+        let mut tries = if retry { 2 } else { 1 };
+        loop {
+            tries -= 1;
+            match self.call(&mut f) {
+                Ok(value) => return Ok(value),
+                Err(Failure::Call(e)) if tries > 0 && is_connection_error(&e) => {}
+                Err(failure) => return self.failed(doing, &failure),
+            }
+        }
+    }
+
+    /// Exit 125; a failed connection says so rather than what it was for.
+    pub(super) fn failed<T>(&self, doing: &str, failure: &Failure) -> Result<T> {
+        match failure {
+            Failure::Connect(_) => self.target.fail(&describe(failure)),
+            Failure::Call(_) => self.target.fail(&format!("{doing}: {}", describe(failure))),
+        }
+    }
+}
+
+pub(super) fn describe(failure: &Failure) -> String {
+    match failure {
+        Failure::Connect(e) => format!("cannot connect: {}", explain(e)),
+        Failure::Call(e) => explain(e),
+    }
+}
+
+/// A server error with a hint where the fix is known.
+fn explain(e: &RedisError) -> String {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        return "the server refused the user or password in the URL".into();
+    }
+    let hint = match e.code() {
+        Some("NOAUTH" | "WRONGPASS") => " (check the user and password in the URL)",
+        Some("OOM") => " (the server is out of memory: raise maxmemory or purge records)",
+        Some("READONLY") => " (this is a replica: point --db at the primary)",
+        _ if e.is_connection_refusal() => " (is the server running and reachable?)",
+        _ => "",
+    };
+    format!("{e}{hint}")
+}

@@ -1,0 +1,304 @@
+//! The primitives behind `inspect`, `purge` and the claim loop, against a
+//! live server. They run with `IDEM_TEST_BACKEND=redis` (as CI does) and are
+//! skipped otherwise; each test has a key prefix of its own.
+
+use super::*;
+use crate::owner::Owner;
+use crate::store::{Captured, Status};
+
+/// A fresh store under prefix `u<pid>_<name>:`, its keys deleted by `Drop`.
+struct Scratch {
+    store: RedisStore,
+    url: String,
+}
+
+impl Scratch {
+    fn new(name: &str) -> Option<Scratch> {
+        if std::env::var("IDEM_TEST_BACKEND").as_deref() != Ok("redis") {
+            return None;
+        }
+        let base = std::env::var("IDEM_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+        let url = format!("{base}?prefix=u{}_{name}:", std::process::id());
+        let store = open_store(&url);
+        let mut scratch = Scratch { store, url };
+        scratch.wipe();
+        Some(scratch)
+    }
+
+    /// Another client of the same store, as another host would be.
+    fn another(&self) -> RedisStore {
+        open_store(&self.url)
+    }
+
+    fn redis<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> T {
+        self.store.exec("test", false, |c, _| cmd.query(c)).unwrap()
+    }
+
+    fn wipe(&mut self) {
+        let pattern = format!("{}*", self.store.target.prefix);
+        let keys: Vec<String> = self.redis(redis::cmd("KEYS").arg(pattern));
+        if !keys.is_empty() {
+            let _: i64 = self.redis(redis::cmd("DEL").arg(keys));
+        }
+    }
+
+    fn claim(&mut self, key: &str) -> i64 {
+        self.store
+            .claim(key, &mut |_, _| Some(claim()))
+            .unwrap()
+            .unwrap()
+    }
+
+    fn finish(&mut self, key: &str, token: i64, ttl_ms: Millis, stdout: Vec<u8>) -> bool {
+        let outcome = Outcome {
+            status: Status::Completed,
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            ttl_ms,
+            stdout: Captured {
+                bytes: stdout,
+                truncated: false,
+            },
+            stderr: Captured::default(),
+        };
+        self.store.finish(key, token, &outcome).unwrap()
+    }
+
+    fn keys(&mut self, filter: &Filter) -> Vec<String> {
+        let mut keys = Vec::new();
+        self.store
+            .list(filter, &mut |r| {
+                keys.push(r.key);
+                Ok(())
+            })
+            .unwrap();
+        keys
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
+fn open_store(url: &str) -> RedisStore {
+    let target = Target::parse(url).unwrap();
+    let mut store = RedisStore {
+        client: Client::open(target.client_url.as_str()).unwrap(),
+        target,
+        con: None,
+        limit: TIME_LIMIT,
+        scripts: Scripts::new(),
+    };
+    assert!(store.check_schema(Mode::Create).unwrap());
+    store
+}
+
+fn claim() -> Claim {
+    Claim {
+        fingerprint: vec![1],
+        command: b"true".to_vec(),
+        cwd: b"/".to_vec(),
+        attempt: 1,
+        owner: Owner {
+            host: "h".into(),
+            ..Owner::default()
+        },
+        lease_ms: 30_000,
+    }
+}
+
+#[test]
+fn list_filters_and_pages_newest_first() {
+    let Some(mut s) = Scratch::new("list") else {
+        return;
+    };
+    // More records than a page, with ties on started_at.
+    let mut pipe = redis::pipe();
+    for i in 1..=1200 {
+        pipe.cmd("HSET")
+            .arg(s.store.record_key(&format!("bulk{i:04}")))
+            .arg(&["status", "completed", "token"])
+            .arg(i)
+            .arg("started_at")
+            .arg(1000 + i / 3)
+            .ignore();
+    }
+    s.store
+        .exec("test", false, |c, _| pipe.query::<()>(c))
+        .unwrap();
+    let all = s.keys(&Filter::default());
+    assert_eq!(all.len(), 1200);
+    assert_eq!(all[0], "bulk1200");
+    assert_eq!(
+        &all[1..4],
+        ["bulk1197", "bulk1198", "bulk1199"],
+        "ties go by key"
+    );
+
+    let live = s.claim("live");
+    let done = s.claim("done");
+    assert!(s.finish("done", done, 3_600_000, Vec::new()));
+    let gone = s.claim("gone");
+    assert!(s.finish("gone", gone, 1, Vec::new()));
+    let record = s.store.record_key("gone");
+    wait_until_gone(&mut s, &record);
+
+    let limited = s.keys(&Filter {
+        limit: Some(2),
+        ..Filter::default()
+    });
+    assert_eq!(limited, ["done", "live"]);
+    let running = s.keys(&Filter {
+        status: Some(Status::InProgress),
+        ..Filter::default()
+    });
+    assert_eq!(running, ["live"]);
+    let expired = s.keys(&Filter {
+        expired: true,
+        ..Filter::default()
+    });
+    assert!(expired.is_empty(), "Redis deleted it already: {expired:?}");
+    let named = s.keys(&Filter {
+        keys: vec!["done".into(), "nope".into(), "live".into(), "done".into()],
+        ..Filter::default()
+    });
+    assert_eq!(named, ["done", "live"]);
+    let prefixed = s.keys(&Filter {
+        prefix: Some("bulk000".into()),
+        started_before: Some(1002),
+        ..Filter::default()
+    });
+    assert_eq!(
+        prefixed,
+        ["bulk0003", "bulk0004", "bulk0005", "bulk0001", "bulk0002"]
+    );
+
+    // Deletion names the token: a stale one deletes nothing.
+    let deleted = s
+        .store
+        .delete(&[("live".into(), live + 100), ("done".into(), done)])
+        .unwrap();
+    assert_eq!(deleted, 1);
+    assert!(s.store.get("done").unwrap().is_none());
+    assert!(s.store.get("live").unwrap().is_some());
+}
+
+fn wait_until_gone(s: &mut Scratch, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.redis::<i64>(redis::cmd("EXISTS").arg(key)) == 1 {
+        assert!(Instant::now() < deadline, "{key} never expired");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn output_comes_back_byte_exact_for_its_token_only() {
+    let Some(mut s) = Scratch::new("output") else {
+        return;
+    };
+    for (key, len) in [("empty", 0), ("some", 1000), ("more", 3 << 20)] {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let token = s.claim(key);
+        assert!(s.finish(key, token, 3_600_000, bytes.clone()));
+        let record = s.store.get(key).unwrap().unwrap();
+        assert_eq!(record.stdout_bytes, i64::from(len));
+        let mut out = Vec::new();
+        assert!(s
+            .store
+            .copy_output(key, token, Stream::Stdout, &mut out)
+            .unwrap());
+        assert!(out == bytes, "{key}: {} bytes back of {len}", out.len());
+        let mut none = Vec::new();
+        assert!(!s
+            .store
+            .copy_output(key, token + 1, Stream::Stdout, &mut none)
+            .unwrap());
+    }
+}
+
+#[test]
+fn fencing_refuses_every_write_of_an_old_token() {
+    let Some(mut s) = Scratch::new("fence") else {
+        return;
+    };
+    let old = s.claim("k");
+    let new = s.claim("k");
+    assert!(new > old);
+    let child = ChildId {
+        pid: 1,
+        pgid: 1,
+        start: 1,
+    };
+    assert!(!s.store.renew("k", old, 1000).unwrap());
+    assert!(!s.store.set_child("k", old, child).unwrap());
+    assert!(s.store.renew("k", new, 1000).unwrap());
+    let record = s.store.get("k").unwrap().unwrap();
+    let now = s.store.now().unwrap();
+    let lease = record.lease_until.unwrap() - now;
+    assert!(
+        (0..=1000).contains(&lease),
+        "lease ends {lease} ms from now"
+    );
+    assert!(!s.finish("k", old, 1000, Vec::new()));
+    assert_eq!(
+        s.store.get("k").unwrap().unwrap().status,
+        Status::InProgress
+    );
+    assert!(s.finish("k", new, 1000, Vec::new()));
+    // A retried finish whose first reply was lost still counts as ours.
+    assert!(s.finish("k", new, 1000, Vec::new()));
+    let record = s.store.get("k").unwrap().unwrap();
+    assert_eq!(record.expires_at, record.finished_at.map(|f| f + 1000));
+    assert_eq!(record.lease_until, None);
+}
+
+#[test]
+fn a_claim_decides_again_when_the_record_changed_after_the_read() {
+    let Some(mut s) = Scratch::new("recheck") else {
+        return;
+    };
+    let owner = s.claim("k");
+    let mut other = s.another();
+    let mut looks = Vec::new();
+    // The owner renews between the claimer's read and its write: the write
+    // must not land, and the claimer must look again.
+    let token = s
+        .store
+        .claim("k", &mut |record, _| {
+            looks.push(record.map(|r| r.token));
+            if looks.len() == 1 {
+                assert!(other.renew("k", owner, 30_000).unwrap());
+                Some(claim())
+            } else {
+                None
+            }
+        })
+        .unwrap();
+    assert_eq!(token, None);
+    assert_eq!(looks, [Some(owner), Some(owner)]);
+    assert_eq!(s.store.get("k").unwrap().unwrap().token, owner);
+
+    // Likewise a key that appears between the read and the write.
+    let mut looks = 0;
+    let token = s
+        .store
+        .claim("fresh", &mut |record, _| {
+            looks += 1;
+            if looks == 1 {
+                assert!(record.is_none());
+                other
+                    .claim("fresh", &mut |_, _| Some(claim()))
+                    .unwrap()
+                    .unwrap();
+                Some(claim())
+            } else {
+                None
+            }
+        })
+        .unwrap();
+    assert_eq!((token, looks), (None, 2));
+}

@@ -1,0 +1,434 @@
+//! The Redis store's own promises: its key prefix, passwords kept out of
+//! output, failures of the server (exit 125 before the command runs, the
+//! outcome written across a restart, a loud error when it cannot be),
+//! expiry and leases by Redis and its clock, fencing tokens, and the
+//! persistence warning. Runs with `IDEM_TEST_BACKEND=redis`; some tests
+//! start a private `redis-server` on a free loopback port.
+
+mod server;
+
+use self::server::{make_certificates, Server};
+use crate::support::{backend, sh, wait_for, wait_until, Backend, Env};
+use std::net::TcpListener;
+use std::process::{Child, Stdio};
+use tempfile::TempDir;
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+fn redis_only() -> bool {
+    backend() == Backend::Redis
+}
+
+fn connect(url: &str) -> redis::Connection {
+    redis::Client::open(url).unwrap().get_connection().unwrap()
+}
+
+/// The test's own URL without idem's parameter, and its key prefix.
+fn split(env: &Env) -> (String, String) {
+    let (base, prefix) = env.db.split_once("?prefix=").unwrap();
+    (base.to_owned(), prefix.to_owned())
+}
+
+fn query<T: redis::FromRedisValue>(con: &mut redis::Connection, args: &[&str]) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(con).unwrap()
+}
+
+fn server_ms(con: &mut redis::Connection) -> i64 {
+    let (secs, micros): (i64, i64) = query(con, &["TIME"]);
+    secs * 1000 + micros / 1000
+}
+
+/// Sets a finished record's `expires_at` back to its `finished_at`, as if
+/// its time were up but Redis had not deleted it yet (other tests need such
+/// a record; Redis keeps it for its original TTL).
+pub fn move_expiry_back(env: &Env, key: &str) {
+    let (base, prefix) = split(env);
+    let mut con = connect(&base);
+    let record = format!("{prefix}rec:{key}");
+    let finished: String = query(&mut con, &["HGET", &record, "finished_at"]);
+    let _: i64 = query(&mut con, &["HSET", &record, "expires_at", &finished]);
+}
+
+#[test]
+fn every_key_lives_under_the_prefix_and_prefixes_keep_stores_apart() {
+    if !redis_only() {
+        return;
+    }
+    let env = Env::new();
+    let (base, prefix) = split(&env);
+    let script = env.count_run("n");
+    env.idem()
+        .args(["run", "-k", "k", "--"])
+        .args(sh(&script))
+        .assert()
+        .success();
+    let other = format!("{base}?prefix={prefix}other:");
+    env.idem()
+        .env("IDEM_DB", &other)
+        .args(["run", "-k", "k", "--"])
+        .args(sh(&script))
+        .assert()
+        .success();
+    assert_eq!(env.count("n"), 2, "another prefix is another store");
+    let mut con = connect(&base);
+    let mut keys: Vec<String> = query(&mut con, &["KEYS", &format!("{prefix}*")]);
+    keys.sort();
+    let want = [
+        "other:rec:k",
+        "other:schema",
+        "other:token",
+        "rec:k",
+        "schema",
+        "token",
+    ]
+    .map(|k| format!("{prefix}{k}"));
+    assert_eq!(keys, want);
+
+    // Without ?prefix=, everything goes under idem: on a server of its own.
+    let server = Server::start(&[]);
+    env.idem()
+        .env("IDEM_DB", server.url(""))
+        .args(["run", "-k", "k", "--", "true"])
+        .assert()
+        .success();
+    let mut keys: Vec<String> = query(&mut connect(&server.url("")), &["KEYS", "*"]);
+    keys.sort();
+    assert_eq!(keys, ["idem:rec:k", "idem:schema", "idem:token"]);
+}
+
+#[test]
+fn passwords_never_appear_in_errors() {
+    if !redis_only() {
+        return;
+    }
+    let env = Env::new();
+    let server = Server::start(&["--requirepass", "hunter2-Secret"]);
+    for (userinfo, expect) in [(":wrong-Secret@", "refused"), ("", "NOAUTH")] {
+        let out = env
+            .idem()
+            .env("IDEM_DB", server.url(userinfo))
+            .args(["-v", "run", "-k", "k", "--"])
+            .args(sh(&env.count_run("n")))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{err}");
+        let shown = format!("idem: store redis://127.0.0.1:{}/0: ", server.port);
+        assert!(err.starts_with(&shown), "{err}");
+        assert!(err.contains(expect) && err.contains("password"), "{err}");
+        assert!(!err.contains("Secret"), "the password leaked: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    assert_eq!(env.count("n"), 0, "the command must not run");
+    for args in [&["inspect"][..], &["inspect", "k"], &["purge", "--all"]] {
+        let out = env
+            .idem()
+            .env("IDEM_DB", server.url(":wrong-Secret@"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
+        assert!(!err.contains("Secret"), "the password leaked: {err}");
+    }
+    let out = env
+        .idem()
+        .env("IDEM_DB", server.url(":hunter2-Secret@"))
+        .args(["-v", "run", "-k", "k", "--"])
+        .args(sh(&env.count_run("n")))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("Secret"));
+    assert_eq!(env.count("n"), 1);
+    for args in [&["inspect"][..], &["inspect", "k"], &["inspect", "--json"]] {
+        let out = env
+            .idem()
+            .env("IDEM_DB", server.url(":hunter2-Secret@"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let all = [out.stdout, out.stderr].concat();
+        assert!(
+            !String::from_utf8_lossy(&all).contains("Secret"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_or_silent_server_exits_125_before_the_command_runs() {
+    if !redis_only() {
+        return;
+    }
+    let env = Env::new();
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    // Accepts connections and never answers: idem's timeouts must end it.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    for (port, expect) in [(closed_port, "cannot connect"), (silent_port, "")] {
+        env.idem()
+            .env("IDEM_DB", format!("redis://127.0.0.1:{port}/0"))
+            .args(["run", "-k", "k", "--"])
+            .args(sh(&env.count_run("n")))
+            .assert()
+            .code(125)
+            .stderr(predicates::str::starts_with(format!(
+                "idem: store redis://127.0.0.1:{port}/0: {expect}"
+            )));
+    }
+    drop(silent);
+    assert_eq!(env.count("n"), 0);
+}
+
+#[test]
+fn redis_expires_records_by_its_own_clock() {
+    if !redis_only() {
+        return;
+    }
+    let env = Env::new();
+    let (base, prefix) = split(&env);
+    let mut con = connect(&base);
+    let record = format!("{prefix}rec:k");
+
+    // Running: a lease by the server's clock, and a deadline beyond it.
+    let script = "touch ready; while [ ! -e release ]; do sleep 0.01; done";
+    let mut holder = env
+        .idem_std()
+        .args(["run", "-k", "k", "--lease", "90s", "--ttl", "1h", "--"])
+        .args(sh(script))
+        .spawn()
+        .unwrap();
+    wait_for(&env.path("ready"));
+    let now = server_ms(&mut con);
+    let lease: i64 = query(&mut con, &["HGET", &record, "lease_until"]);
+    assert!(lease > now && lease <= now + 90_000, "{lease} vs {now}");
+    let pttl: i64 = query(&mut con, &["PTTL", &record]);
+    assert!(
+        pttl > 7 * DAY_MS && pttl <= 7 * DAY_MS + 90_000,
+        "an in-progress record lives 7 days past its lease: {pttl}"
+    );
+    std::fs::write(env.path("release"), "").unwrap();
+    assert!(holder.wait().unwrap().success());
+
+    // Finished: Redis deletes it at expires_at = finished_at + ttl.
+    let finished: i64 = query(&mut con, &["HGET", &record, "finished_at"]);
+    let expires: i64 = query(&mut con, &["HGET", &record, "expires_at"]);
+    assert_eq!(expires - finished, 3_600_000);
+    let at: i64 = query(&mut con, &["PEXPIRETIME", &record]);
+    assert_eq!(at, expires);
+
+    env.idem()
+        .args(["run", "-k", "short", "--ttl", "50ms", "--", "true"])
+        .assert()
+        .success();
+    wait_until("Redis to delete the expired record", || {
+        query::<i64>(&mut con, &["EXISTS", &format!("{prefix}rec:short")]) == 0
+    });
+}
+
+/// The token the child saw in IDEM_FENCING_TOKEN.
+fn token_of_run(env: &Env, key: &str) -> u64 {
+    let out = env
+        .idem()
+        .args(["run", "-k", key, "--"])
+        .args(sh("echo $IDEM_FENCING_TOKEN"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn fencing_tokens_grow_even_when_the_counter_is_lost() {
+    if !redis_only() {
+        return;
+    }
+    let env = Env::new();
+    let (base, prefix) = split(&env);
+    let first = token_of_run(&env, "a");
+    let second = token_of_run(&env, "b");
+    assert_eq!(second, first + 1);
+    // A Redis without persistence that restarted has lost the counter.
+    let _: i64 = query(&mut connect(&base), &["DEL", &format!("{prefix}token")]);
+    let third = token_of_run(&env, "c");
+    assert!(third > second, "{third} after {second}");
+}
+
+#[test]
+fn a_newer_schema_or_foreign_data_is_refused() {
+    if !redis_only() {
+        return;
+    }
+    let env = Env::new();
+    let (base, prefix) = split(&env);
+    let mut con = connect(&base);
+    let schema = format!("{prefix}schema");
+    let _: () = query(&mut con, &["SET", &schema, "99"]);
+    for (setup, expect) in [(None, "newer"), (Some("hash"), "not idem's")] {
+        if setup.is_some() {
+            let _: i64 = query(&mut con, &["DEL", &schema]);
+            let _: i64 = query(&mut con, &["HSET", &schema, "someone", "else"]);
+        }
+        env.idem()
+            .args(["run", "-k", "k", "--"])
+            .args(sh(&env.count_run("n")))
+            .assert()
+            .code(125)
+            .stderr(predicates::str::contains(expect));
+    }
+    let kept: Vec<String> = query(&mut con, &["HKEYS", &schema]);
+    assert_eq!(kept, ["someone"], "foreign data is left alone");
+
+    // A hash at a record's place that idem did not write.
+    let _: i64 = query(&mut con, &["DEL", &schema]);
+    let record = format!("{prefix}rec:k");
+    let _: i64 = query(&mut con, &["HSET", &record, "someone", "else"]);
+    env.idem()
+        .args(["run", "-k", "k", "--"])
+        .args(sh(&env.count_run("n")))
+        .assert()
+        .code(125)
+        .stderr(predicates::str::contains("not an idem record"));
+    assert_eq!(env.count("n"), 0);
+    let kept: Vec<String> = query(&mut con, &["HKEYS", &record]);
+    assert_eq!(kept, ["someone"], "foreign data is left alone");
+}
+
+/// Starts a holder on `url` that waits for `go` once it has written `ready`.
+fn start_holder(env: &Env, url: &str) -> Child {
+    env.idem_std()
+        .env("IDEM_DB", url)
+        .args(["run", "-k", "k", "--"])
+        .args(sh(&format!(
+            "{}; touch ready; while [ ! -e go ]; do sleep 0.01; done; echo done",
+            env.count_run("n")
+        )))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn the_outcome_is_written_across_a_server_restart() {
+    if !redis_only() {
+        return;
+    }
+    let env = Env::new();
+    let mut server = Server::start(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = server.url("");
+    let holder = start_holder(&env, &url);
+    wait_for(&env.path("ready"));
+    server.stop();
+    server.restart();
+    std::fs::write(env.path("go"), "").unwrap();
+    let out = holder.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(env.path("ready")).unwrap();
+    let replay = start_holder(&env, &url).wait_with_output().unwrap();
+    assert!(replay.status.success());
+    assert_eq!(replay.stdout, b"done\n");
+    assert_eq!(env.count("n"), 1, "the outcome was stored: a replay");
+}
+
+#[test]
+fn an_outcome_that_cannot_be_written_is_reported_loudly() {
+    if !redis_only() {
+        return;
+    }
+    let env = Env::new();
+    let mut server = Server::start(&[]);
+    let holder = start_holder(&env, &server.url(""));
+    wait_for(&env.path("ready"));
+    server.stop();
+    std::fs::write(env.path("go"), "").unwrap();
+    let out = holder.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert_eq!(out.stdout, b"done\n", "the command ran to its end");
+    assert!(
+        err.contains("retrying for up to")
+            && err.contains("could NOT be written")
+            && err.contains("gave up after"),
+        "{err}"
+    );
+}
+
+#[test]
+fn verbose_warns_once_about_a_server_without_persistence() {
+    if !redis_only() {
+        return;
+    }
+    let env = Env::new();
+    let bare = Server::start(&[]);
+    let kept = Server::start(&["--appendonly", "yes"]);
+    for (server, verbose, warnings) in [(&bare, true, 1), (&bare, false, 0), (&kept, true, 0)] {
+        let mut idem = env.idem();
+        idem.env("IDEM_DB", server.url(""));
+        if verbose {
+            idem.arg("-v");
+        }
+        let out = idem
+            .args(["run", "-k", &format!("k{verbose}"), "--", "true"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches("no AOF and no RDB").count(), warnings, "{err}");
+    }
+}
+
+#[test]
+fn rediss_speaks_tls_and_checks_the_certificate() {
+    if !redis_only() {
+        return;
+    }
+    let env = Env::new();
+    let certs = TempDir::new().unwrap();
+    make_certificates(certs.path());
+    let server = Server::start_tls(
+        &certs.path().join("server.pem"),
+        &certs.path().join("server.key"),
+    );
+    let url = server.url("");
+    // A certificate from an unknown CA is refused before anything runs.
+    env.idem()
+        .env("IDEM_DB", &url)
+        .env_remove("SSL_CERT_FILE")
+        .args(["run", "-k", "k", "--"])
+        .args(sh(&env.count_run("n")))
+        .assert()
+        .code(125)
+        .stderr(predicates::str::starts_with(format!(
+            "idem: store {url}: cannot connect"
+        )));
+    assert_eq!(env.count("n"), 0);
+    // Trusting the CA (the system's store, here through SSL_CERT_FILE): runs, then replays.
+    for _ in 0..2 {
+        env.idem()
+            .env("IDEM_DB", &url)
+            .env("SSL_CERT_FILE", certs.path().join("ca.pem"))
+            .args(["run", "-k", "k", "--"])
+            .args(sh(&format!("{}; echo over tls", env.count_run("n"))))
+            .assert()
+            .success()
+            .stdout("over tls\n");
+    }
+    assert_eq!(env.count("n"), 1);
+}
