@@ -87,18 +87,27 @@ fn a_live_remote_owner_keeps_its_lease() {
         return;
     }
     let env = Env::new();
-    let script = "touch started; while [ ! -e go ]; do sleep 0.02; done; echo done";
+    // Only h1 blocks: a wrong takeover by h2 ends at once (and fails below).
+    let script = "if [ \"$(hostname)\" = h1 ]; then touch started; \
+                  while [ ! -e go ]; do sleep 0.02; done; fi; echo done";
     let owner = start_on(&env, "h1", &["run", "-k", "k", "--lease", "2s"], script);
     wait_for(&env.path("started"));
     // More than a lease passes: only renewals keep the owner alive.
     std::thread::sleep(std::time::Duration::from_millis(3000));
-    on(&env, "h2")
+    let second = on(&env, "h2")
         .args(["run", "-k", "k", "--"])
         .args(sh(script))
-        .assert()
-        .code(75);
+        .output()
+        .unwrap();
+    // Release the owner before any assertion, so a failure leaves no process.
     std::fs::write(env.path("go"), "").unwrap();
     let out = owner.wait_with_output().unwrap();
+    assert_eq!(
+        second.status.code(),
+        Some(75),
+        "h2 took over a live owner: {}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(out.stdout, b"done\n");
 }
@@ -191,11 +200,12 @@ fn a_paused_owner_that_lost_its_lease_exits_125_and_leaves_the_new_record() {
         .args(sh(script))
         .output()
         .unwrap();
+    // Resume and release h1 before any assertion, so a failure leaves no process.
+    signal(pid, Signal::SIGCONT);
+    std::fs::write(env.path("go"), "").unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(out.stdout, b"ran on h2\n");
 
-    signal(pid, Signal::SIGCONT);
-    std::fs::write(env.path("go"), "").unwrap();
     let out = paused.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
