@@ -65,12 +65,22 @@ fn twenty_hosts_racing_one_key_run_it_once() {
         "{}; echo \"ran on $(hostname) with token $IDEM_FENCING_TOKEN\"",
         env.count_run("n")
     );
+    let gate = env.path("gate");
+    let opener = std::thread::spawn({
+        let gate = gate.clone();
+        move || {
+            // Long enough for twenty namespaces to be set up, on a busy machine too.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            std::fs::write(gate, "").unwrap();
+        }
+    });
     let results = race(20, |i| {
-        let mut cmd = env.idem_on_host(&format!("host{i}"));
+        let mut cmd = env.idem_on_host_after(&format!("host{i}"), &gate);
         cmd.args(["run", "-k", "race", "--on-duplicate", "wait", "--"])
             .args(sh(&script));
         cmd
     });
+    opener.join().unwrap();
     assert_eq!(env.count("n"), 1, "exactly one host runs the command");
     let first = &results[0].1;
     assert!(String::from_utf8_lossy(first).starts_with("ran on host"));
