@@ -65,12 +65,22 @@ fn twenty_hosts_racing_one_key_run_it_once() {
         "{}; echo \"ran on $(hostname) with token $IDEM_FENCING_TOKEN\"",
         env.count_run("n")
     );
+    let gate = env.path("gate");
+    let opener = std::thread::spawn({
+        let gate = gate.clone();
+        move || {
+            // Long enough for twenty namespaces to be set up, on a busy machine too.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            std::fs::write(gate, "").unwrap();
+        }
+    });
     let results = race(20, |i| {
-        let mut cmd = env.idem_on_host(&format!("host{i}"));
+        let mut cmd = env.idem_on_host_after(&format!("host{i}"), &gate);
         cmd.args(["run", "-k", "race", "--on-duplicate", "wait", "--"])
             .args(sh(&script));
         cmd
     });
+    opener.join().unwrap();
     assert_eq!(env.count("n"), 1, "exactly one host runs the command");
     let first = &results[0].1;
     assert!(String::from_utf8_lossy(first).starts_with("ran on host"));
@@ -87,18 +97,27 @@ fn a_live_remote_owner_keeps_its_lease() {
         return;
     }
     let env = Env::new();
-    let script = "touch started; while [ ! -e go ]; do sleep 0.02; done; echo done";
+    // Only h1 blocks: a wrong takeover by h2 ends at once (and fails below).
+    let script = "if [ \"$(hostname)\" = h1 ]; then touch started; \
+                  while [ ! -e go ]; do sleep 0.02; done; fi; echo done";
     let owner = start_on(&env, "h1", &["run", "-k", "k", "--lease", "2s"], script);
     wait_for(&env.path("started"));
     // More than a lease passes: only renewals keep the owner alive.
     std::thread::sleep(std::time::Duration::from_millis(3000));
-    on(&env, "h2")
+    let second = on(&env, "h2")
         .args(["run", "-k", "k", "--"])
         .args(sh(script))
-        .assert()
-        .code(75);
+        .output()
+        .unwrap();
+    // Release the owner before any assertion, so a failure leaves no process.
     std::fs::write(env.path("go"), "").unwrap();
     let out = owner.wait_with_output().unwrap();
+    assert_eq!(
+        second.status.code(),
+        Some(75),
+        "h2 took over a live owner: {}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(out.stdout, b"done\n");
 }
@@ -191,11 +210,12 @@ fn a_paused_owner_that_lost_its_lease_exits_125_and_leaves_the_new_record() {
         .args(sh(script))
         .output()
         .unwrap();
+    // Resume and release h1 before any assertion, so a failure leaves no process.
+    signal(pid, Signal::SIGCONT);
+    std::fs::write(env.path("go"), "").unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(out.stdout, b"ran on h2\n");
 
-    signal(pid, Signal::SIGCONT);
-    std::fs::write(env.path("go"), "").unwrap();
     let out = paused.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");

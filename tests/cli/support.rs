@@ -100,9 +100,23 @@ impl Env {
     /// spawned process becomes idem itself (unshare and sh exec), so its pid
     /// is idem's.
     pub fn idem_on_host(&self, host: &str) -> std::process::Command {
+        self.host_command(host, "")
+    }
+
+    /// `idem_on_host` that starts idem only once the file `gate` exists, so
+    /// that many hosts set up first and then start at the same moment.
+    pub fn idem_on_host_after(&self, host: &str, gate: &Path) -> std::process::Command {
+        let wait = format!(
+            "while [ ! -e '{}' ]; do sleep 0.001; done && ",
+            gate.display()
+        );
+        self.host_command(host, &wait)
+    }
+
+    fn host_command(&self, host: &str, before: &str) -> std::process::Command {
         let mut cmd = std::process::Command::new("unshare");
-        cmd.args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", host])
-            .arg(bin());
+        let script = format!("hostname \"$0\" && {before}exec \"$@\"");
+        cmd.args(["--uts", "sh", "-c", &script, host]).arg(bin());
         self.prepare(&mut cmd);
         cmd
     }
