@@ -10,6 +10,7 @@ use super::{Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream}
 use crate::exit::{fail, Code};
 use crate::owner::{ChildId, Owner};
 use anyhow::{Context, Result};
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, ToSql};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -25,6 +26,11 @@ const SCHEMA_VERSION: i32 = 1;
 const CLEANUP_BATCH: i64 = 16;
 /// How long contention on the write lock may last before idem gives up.
 const LOCK_PATIENCE: Duration = Duration::from_secs(120);
+
+/// WAL pages that trigger a checkpoint at commit. A process that opens the
+/// store alone rebuilds the WAL index by reading the whole WAL, so it stays
+/// short; the WAL file is cut back to about this size after a checkpoint.
+const WAL_PAGES: i64 = 64;
 
 /// Schema migrations; entry N brings a store from version N to N + 1.
 const MIGRATIONS: &[&str] = &["
@@ -96,6 +102,12 @@ impl SqliteStore {
             .or_else(|e| store_error(path, &format!("cannot open it: {e}")))?;
         conn.busy_handler(Some(wait_for_lock))
             .context("busy handler")?;
+        // The last connection to close would checkpoint the WAL (two fsyncs)
+        // and delete it with its index, so every call would pay for that and
+        // for recreating both. Commits are durable in the WAL already; small
+        // automatic checkpoints keep it short (see WAL_PAGES).
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .context("no checkpoint on close")?;
         let mut store = SqliteStore {
             conn,
             path: path.to_owned(),
@@ -107,6 +119,8 @@ impl SqliteStore {
             store.prepare(mode)?;
         }
         store.pragma("synchronous", "FULL")?;
+        store.pragma("wal_autocheckpoint", &WAL_PAGES.to_string())?;
+        store.pragma("journal_size_limit", &(WAL_PAGES * 4096).to_string())?;
         Ok(Some(store))
     }
 
