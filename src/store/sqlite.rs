@@ -27,10 +27,11 @@ const CLEANUP_BATCH: i64 = 16;
 /// How long contention on the write lock may last before idem gives up.
 const LOCK_PATIENCE: Duration = Duration::from_secs(120);
 
-/// WAL pages that trigger a checkpoint at commit. A process that opens the
-/// store alone rebuilds the WAL index by reading the whole WAL, so it stays
-/// short; the WAL file is cut back to about this size after a checkpoint.
-const WAL_PAGES: i64 = 64;
+/// WAL size past which a writer checkpoints and empties it on its way out.
+/// A process that opens the store alone rebuilds the WAL index by reading
+/// the whole WAL, so a long WAL slows every later call; emptying it costs
+/// two fsyncs, so not after every call. 64 frames of 4 KiB pages.
+const WAL_LIMIT: u64 = 64 * (4096 + 24);
 
 /// Schema migrations; entry N brings a store from version N to N + 1.
 const MIGRATIONS: &[&str] = &["
@@ -75,6 +76,27 @@ const RECORD_COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, t
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    /// Whether this process wrote to the WAL (so may have to empty it).
+    wrote: bool,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if !self.wrote {
+            return;
+        }
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        if std::fs::metadata(wal).map_or(true, |m| m.len() <= WAL_LIMIT) {
+            return;
+        }
+        // Best effort, and never wait: readers or a writer at work mean
+        // another process will be along to do it.
+        let _ = self.conn.busy_handler(None);
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
 }
 
 impl SqliteStore {
@@ -104,13 +126,14 @@ impl SqliteStore {
             .context("busy handler")?;
         // The last connection to close would checkpoint the WAL (two fsyncs)
         // and delete it with its index, so every call would pay for that and
-        // for recreating both. Commits are durable in the WAL already; small
-        // automatic checkpoints keep it short (see WAL_PAGES).
+        // for recreating both. Commits are durable in the WAL already; Drop
+        // empties it once it grows (see WAL_LIMIT).
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
             .context("no checkpoint on close")?;
         let mut store = SqliteStore {
             conn,
             path: path.to_owned(),
+            wrote: false,
         };
         if mode == Mode::ReadOnly {
             store.pragma("query_only", "1")?;
@@ -119,8 +142,6 @@ impl SqliteStore {
             store.prepare(mode)?;
         }
         store.pragma("synchronous", "FULL")?;
-        store.pragma("wal_autocheckpoint", &WAL_PAGES.to_string())?;
-        store.pragma("journal_size_limit", &(WAL_PAGES * 4096).to_string())?;
         Ok(Some(store))
     }
 
@@ -328,6 +349,7 @@ impl Store for SqliteStore {
         key: &str,
         decide: &mut dyn FnMut(Option<&Record>, Millis) -> Option<Claim>,
     ) -> Result<Option<i64>> {
+        self.wrote = true;
         let result = (|| {
             let tx = self
                 .conn
@@ -351,6 +373,7 @@ impl Store for SqliteStore {
     }
 
     fn set_child(&mut self, key: &str, token: i64, child: ChildId) -> Result<bool> {
+        self.wrote = true;
         // A process crash cannot lose this commit (it is in the WAL); a power
         // loss changes the boot id, which makes the owner dead anyway.
         let result = (|| {
@@ -371,6 +394,7 @@ impl Store for SqliteStore {
     }
 
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
+        self.wrote = true;
         match self.write_outcome(key, token, outcome, true) {
             Ok(ours) => Ok(ours),
             Err(first) => {
@@ -426,6 +450,7 @@ impl Store for SqliteStore {
     }
 
     fn count_replay(&mut self, key: &str, token: i64) -> Result<()> {
+        self.wrote = true;
         let result = (|| {
             self.conn.pragma_update(None, "synchronous", "NORMAL")?;
             let changed = self.conn.execute(
@@ -501,6 +526,7 @@ impl Store for SqliteStore {
     }
 
     fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
+        self.wrote = true;
         let result = (|| {
             let tx = self
                 .conn
