@@ -2,7 +2,9 @@
 //!
 //! Claims run in `BEGIN IMMEDIATE` with `synchronous=FULL`, so they are on
 //! disk before the child starts; outcomes likewise before idem exits. Reads
-//! (replay, wait, inspect) never take the write lock. Before SQLite touches a
+//! (replay, wait, inspect) never take the write lock. The WAL stays between
+//! calls (no checkpoint on close: that cost every call two fsyncs); a writer
+//! empties it on its way out once it has grown. Before SQLite touches a
 //! file, its first 100 bytes are checked: a file that is not SQLite, belongs
 //! to another application, or has a newer schema is refused untouched.
 
@@ -78,6 +80,18 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Whether this process wrote to the WAL (so may have to empty it).
     wrote: bool,
+    /// The `synchronous` level the connection is at, once idem has set it.
+    sync: Option<Sync>,
+}
+
+/// How a write reaches the disk. Claims and outcomes are fsynced before
+/// their commit returns; the child's pid and the replay counter are not
+/// worth an fsync (a power loss makes the owner dead anyway; a replay count
+/// is a statistic). Checkpoints fsync at either level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    Full,
+    Normal,
 }
 
 impl Drop for SqliteStore {
@@ -134,6 +148,7 @@ impl SqliteStore {
             conn,
             path: path.to_owned(),
             wrote: false,
+            sync: None,
         };
         if mode == Mode::ReadOnly {
             store.pragma("query_only", "1")?;
@@ -141,8 +156,21 @@ impl SqliteStore {
         if !header.is_ready() {
             store.prepare(mode)?;
         }
-        store.pragma("synchronous", "FULL")?;
         Ok(Some(store))
+    }
+
+    /// Sets the `synchronous` level for the next commits; a no-op when the
+    /// connection is there already (the replay path sets it once).
+    fn sync(&mut self, level: Sync) -> rusqlite::Result<()> {
+        if self.sync != Some(level) {
+            let name = match level {
+                Sync::Full => "FULL",
+                Sync::Normal => "NORMAL",
+            };
+            self.conn.pragma_update(None, "synchronous", name)?;
+            self.sync = Some(level);
+        }
+        Ok(())
     }
 
     fn pragma(&self, name: &str, value: &str) -> Result<()> {
@@ -167,6 +195,8 @@ impl SqliteStore {
             self.pragma("auto_vacuum", "INCREMENTAL")?;
         }
         self.switch_to_wal()?;
+        let synced = self.sync(Sync::Full);
+        self.sql(synced, "cannot set it up")?;
         let path = self.path.clone();
         let fail = |what: &str, e: rusqlite::Error| {
             store_error::<()>(&path, &format!("{what}: {}", describe(&e)))
@@ -303,6 +333,7 @@ impl SqliteStore {
         } else {
             (&[], &[])
         };
+        self.sync(Sync::Full)?;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -351,6 +382,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<i64>> {
         self.wrote = true;
         let result = (|| {
+            self.sync(Sync::Full)?;
             let tx = self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -377,14 +409,12 @@ impl Store for SqliteStore {
         // A process crash cannot lose this commit (it is in the WAL); a power
         // loss changes the boot id, which makes the owner dead anyway.
         let result = (|| {
-            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-            let changed = self.conn.execute(
+            self.sync(Sync::Normal)?;
+            self.conn.execute(
                 "UPDATE records SET child_pid = ?3, child_pgid = ?4, child_start = ?5
                  WHERE key = ?1 AND token = ?2 AND status = 'in_progress'",
                 params![key, token, child.pid, child.pgid, child.start],
-            );
-            self.conn.pragma_update(None, "synchronous", "FULL")?;
-            changed
+            )
         })();
         Ok(self.sql(result, "cannot record the child")? == 1)
     }
@@ -452,13 +482,11 @@ impl Store for SqliteStore {
     fn count_replay(&mut self, key: &str, token: i64) -> Result<()> {
         self.wrote = true;
         let result = (|| {
-            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-            let changed = self.conn.execute(
+            self.sync(Sync::Normal)?;
+            self.conn.execute(
                 "UPDATE records SET replays = replays + 1 WHERE key = ?1 AND token = ?2",
                 params![key, token],
-            );
-            self.conn.pragma_update(None, "synchronous", "FULL")?;
-            changed
+            )
         })();
         self.sql(result, "cannot count the replay").map(drop)
     }
@@ -528,6 +556,7 @@ impl Store for SqliteStore {
     fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
         self.wrote = true;
         let result = (|| {
+            self.sync(Sync::Full)?;
             let tx = self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
