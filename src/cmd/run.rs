@@ -9,11 +9,12 @@ use super::{byte_size, positive_duration, Global};
 use crate::child::{self, Finished, SpawnError, Supervisor};
 use crate::exit::{child_status, fail, Code};
 use crate::key::{self, Fingerprint};
-use crate::owner::{ChildId, Here, Owner};
+use crate::owner::{ChildId, Here};
 use crate::policy::{decide, owner_alive, OnCrash, OnDuplicate, OnFailure, Policy, Verdict};
 use crate::store::{self, Captured, Claim, Millis, Mode, Outcome, Record, Status, Store, Stream};
 use crate::text::{command_line, escape};
 use anyhow::{Context, Result};
+use std::cell::OnceCell;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Seek, Write};
@@ -108,8 +109,9 @@ struct Call<'a> {
     command: Vec<u8>,
     cwd: Vec<u8>,
     policy: Policy,
-    here: Here,
-    me: Owner,
+    /// Host name and boot id, read only when a claim or a liveness check
+    /// needs them: a replay does not.
+    here: OnceCell<Here>,
 }
 
 pub fn run(args: Args, global: &Global) -> Result<u8> {
@@ -152,7 +154,6 @@ pub fn run(args: Args, global: &Global) -> Result<u8> {
     let location = store::Location::resolve(global.db.as_deref())?;
     let mut store =
         store::open(&location, Mode::Create)?.context("the store could not be created")?;
-    let here = Here::detect();
     let call = Call {
         args: &args,
         global,
@@ -170,8 +171,7 @@ pub fn run(args: Args, global: &Global) -> Result<u8> {
             on_crash: args.on_crash,
             allow_mismatch: args.allow_mismatch,
         },
-        me: here.me(),
-        here,
+        here: OnceCell::new(),
     };
     call.run(store.as_mut(), stdin)
 }
@@ -222,8 +222,12 @@ impl Call<'_> {
         }
     }
 
+    fn here(&self) -> &Here {
+        self.here.get_or_init(Here::detect)
+    }
+
     fn alive(&self, record: &Record, now: Millis, shared: bool) -> bool {
-        owner_alive(record, &self.here, now, shared)
+        owner_alive(record, self.here(), now, shared)
     }
 
     /// Acts on a verdict that needs no lock; `Next::Claim` when it says run.
@@ -268,6 +272,7 @@ impl Call<'_> {
     /// under the lock says something else than run.
     fn claim(&self, store: &mut dyn Store) -> Result<std::result::Result<(i64, i64), Next>> {
         let shared = store.is_shared();
+        let me = self.here().me();
         let mut outcome = None;
         let token = store.claim(&self.key, &mut |record, now| match decide(
             record,
@@ -291,7 +296,7 @@ impl Call<'_> {
                     command: self.command.clone(),
                     cwd: self.cwd.clone(),
                     attempt,
-                    owner: self.me.clone(),
+                    owner: me.clone(),
                     lease_ms: millis(self.args.lease),
                 })
             }
@@ -312,13 +317,18 @@ impl Call<'_> {
             record.attempt,
             record_status(record)
         ));
+        // An empty stream needs no second look at the store.
         let mut stdout = ClosedOk(io::stdout().lock());
-        if !store.copy_output(&self.key, record.token, Stream::Stdout, &mut stdout)? {
+        if record.stdout_bytes > 0
+            && !store.copy_output(&self.key, record.token, Stream::Stdout, &mut stdout)?
+        {
             return Ok(None);
         }
         let _ = stdout.0.flush();
         let mut stderr = ClosedOk(io::stderr().lock());
-        if !store.copy_output(&self.key, record.token, Stream::Stderr, &mut stderr)? {
+        if record.stderr_bytes > 0
+            && !store.copy_output(&self.key, record.token, Stream::Stderr, &mut stderr)?
+        {
             return Ok(None);
         }
         if (record.stdout_truncated || record.stderr_truncated) && !self.global.quiet {
