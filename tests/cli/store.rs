@@ -258,7 +258,7 @@ fn the_wal_stays_short_across_many_calls() {
     assert!(len <= 2 * 64 * 4120, "the WAL grew to {len} bytes");
     let conn = rusqlite::Connection::open(env.db_path()).unwrap();
     let replays: i64 = conn
-        .query_row("SELECT sum(replays) FROM records", [], |r| r.get(0))
+        .query_row("SELECT sum(count) FROM replay_counts", [], |r| r.get(0))
         .unwrap();
     assert_eq!(replays, 157, "every replay is counted");
 }
