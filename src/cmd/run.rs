@@ -408,7 +408,7 @@ impl Call<'_> {
                     stdout: Captured::default(),
                     stderr: Captured::default(),
                 };
-                self.finish(store, token, &failed, Status::Failed, lost_lease)?;
+                self.finish(store, token, failed, Status::Failed, lost_lease)?;
                 return fail(code, message);
             }
         };
@@ -424,7 +424,7 @@ impl Call<'_> {
                 humantime::format_duration(self.args.timeout.unwrap_or_default())
             );
         }
-        self.finish(store, token, &finished, status, lost_lease)?;
+        self.finish(store, token, finished, status, lost_lease)?;
         Ok(exit)
     }
 
@@ -432,7 +432,9 @@ impl Call<'_> {
         &self,
         store: &mut dyn Store,
         token: i64,
-        finished: &Finished,
+        // Taken, not borrowed: the captured output can be the size of
+        // --max-output and is not worth a copy.
+        finished: Finished,
         status: Status,
         lost_lease: bool,
     ) -> Result<()> {
@@ -442,8 +444,8 @@ impl Call<'_> {
             signal: finished.signal,
             timed_out: finished.timed_out,
             ttl_ms: millis(self.args.ttl),
-            stdout: finished.stdout.clone(),
-            stderr: finished.stderr.clone(),
+            stdout: finished.stdout,
+            stderr: finished.stderr,
         };
         let result = if lost_lease {
             Ok(false)
