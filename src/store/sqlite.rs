@@ -74,19 +74,21 @@ const MIGRATIONS: &[&str] = &[
     -- Replays are counted apart: an UPDATE rewrites the whole records row,
     -- stored output included, so counting there cost a replay of 48 MiB
     -- 100 MiB of memory and 48 MiB of WAL. A count belongs to one claim
-    -- (token) and goes with it.
-    CREATE TABLE replay_counts (token INTEGER PRIMARY KEY, count INTEGER NOT NULL) STRICT;
+    -- (token): a new claim of the key starts again from zero.
+    CREATE TABLE replay_counts (
+        key TEXT PRIMARY KEY,
+        token INTEGER NOT NULL,
+        count INTEGER NOT NULL
+    ) STRICT;
     CREATE TRIGGER records_delete_replay_count AFTER DELETE ON records
-        BEGIN DELETE FROM replay_counts WHERE token = OLD.token; END;
-    CREATE TRIGGER records_reclaim_replay_count AFTER UPDATE OF token ON records
-        WHEN OLD.token <> NEW.token
-        BEGIN DELETE FROM replay_counts WHERE token = OLD.token; END;
+        BEGIN DELETE FROM replay_counts WHERE key = OLD.key; END;
 ",
 ];
 
 const RECORD_COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, token, started_at, \
     finished_at, expires_at, exit_code, signal, timed_out, \
-    replays + coalesce((SELECT count FROM replay_counts WHERE token = records.token), 0), \
+    replays + coalesce((SELECT count FROM replay_counts AS c \
+        WHERE c.key = records.key AND c.token = records.token), 0), \
     owner_host, owner_boot, \
     owner_pid, owner_start, child_pid, child_pgid, child_start, length(stdout), length(stderr), \
     stdout_truncated, stderr_truncated";
@@ -500,9 +502,10 @@ impl Store for SqliteStore {
         let result = (|| {
             self.sync(Sync::Normal)?;
             self.conn.execute(
-                "INSERT INTO replay_counts (token, count)
-                   SELECT token, 1 FROM records WHERE key = ?1 AND token = ?2
-                 ON CONFLICT (token) DO UPDATE SET count = count + 1",
+                "INSERT INTO replay_counts (key, token, count)
+                   SELECT key, token, 1 FROM records WHERE key = ?1 AND token = ?2
+                 ON CONFLICT (key) DO UPDATE SET token = excluded.token,
+                   count = CASE WHEN token = excluded.token THEN count + 1 ELSE 1 END",
                 params![key, token],
             )
         })();
