@@ -12,6 +12,10 @@
 # the machine falls on all of them alike. BENCH_RUNS (default 300) sets the
 # rounds of the small-command group; BENCH_ROUNDS (default 5) those of the
 # slow groups. BENCH_RECORDS (default 1000000) sizes the big stores.
+# BENCH_IDEM=PATH measures another idem binary (an older build, say) with
+# the same script; the table then names that binary's version.
+# BENCH_BEFORE=PATH also times that binary's replay and first run in the
+# same interleaved rounds as the rest, for a before/after comparison.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,7 +45,15 @@ fi
 rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
-export PATH=$root/target/release:$out/bkt/bin:$PATH
+mkdir -p "$work/bin"
+ln -sf "${BENCH_IDEM:-$root/target/release/idem}" "$work/bin/idem"
+before=()
+if [ -n "${BENCH_BEFORE:-}" ]; then
+    ln -sf "$BENCH_BEFORE" "$work/bin/idem-before"
+    before=('idem-before --db before.db run --key hot -- true'
+        'idem-before --db before.db run --key first-{i} -- true')
+fi
+export PATH=$work/bin:$out/bkt/bin:$PATH
 export BKT_CACHE_DIR=$work/bkt
 unset IDEM_DB IDEM_TTL
 figures=$work/figures.tsv
@@ -57,6 +69,9 @@ idem --db big.db run --key hot -- true
 fill big.db "$records"
 bkt --ttl 1d -- true
 for i in 1 2 3; do idem --db empty.db run --key "warm-$i" -- true; done
+if [ -n "${BENCH_BEFORE:-}" ]; then
+    for i in 1 2 3; do idem-before --db before.db run --key hot -- true; done
+fi
 
 say "1-4: replay, first run, flock, bkt, big store ($runs interleaved rounds)"
 hyperfine -N --runs 1 -P i 1 "$runs" --export-json small.json \
@@ -67,7 +82,7 @@ hyperfine -N --runs 1 -P i 1 "$runs" --export-json small.json \
     'flock lock true' \
     'bkt --ttl 1d --force -- true' \
     'idem --db big.db run --key hot -- true' \
-    'idem --db big.db run --key first-{i} -- true' >>"$log" 2>&1
+    'idem --db big.db run --key first-{i} -- true' "${before[@]}" >>"$log" 2>&1
 row() { printf 'time\t%s\t%s\tsmall.json\t%s\tsmall.json\t%s\t%s\n' "$@" >>"$figures"; }
 row 1 "replay of a completed key" 'idem --db empty.db run --key hot -- true' true 1.3
 row 2a "first run (fresh key, durable)" 'idem --db empty.db run --key first-{i} -- true' true -
@@ -78,6 +93,12 @@ row 3 "replay vs bkt's cached hit" 'idem --db empty.db run --key hot -- true' 'b
 row 3b "bkt cached hit, for scale" 'bkt --ttl 1d -- true' true -
 row 4a "replay, $records-record store" 'idem --db big.db run --key hot -- true' 'idem --db empty.db run --key hot -- true' 1.1
 row 4b "first run, $records-record store" 'idem --db big.db run --key first-{i} -- true' 'idem --db empty.db run --key first-{i} -- true' 1.1
+if [ -n "${BENCH_BEFORE:-}" ]; then
+    row 1x "replay, before ($BENCH_BEFORE)" "${before[0]}" true -
+    row 1y "replay, after vs before" 'idem --db empty.db run --key hot -- true' "${before[0]}" -
+    row 2x "first run, before" "${before[1]}" true -
+    row 2y "first run, after vs before" 'idem --db empty.db run --key first-{i} -- true' "${before[1]}" -
+fi
 
 say "5: replay of a 48 MiB output vs cat"
 head -c 48MiB /dev/urandom >big.out
@@ -110,7 +131,7 @@ group = [t for r in results if "group.sh" in r["command"] for t in r["times"]]
 alone = [t for r in results if "group.sh" not in r["command"] for t in r["times"]]
 g, a = statistics.mean(group), statistics.mean(alone)
 extra = (g - a) * 1000
-sd = statistics.stdev(group) * 1000
+sd = statistics.stdev(group) * 1000 if len(group) > 1 else 0.0
 with open(sys.argv[1], "a") as f:
     f.write(f"plain\t6\t64 callers, wait, 1 s child: whole group\t{g * 1000:.0f} ± {sd:.0f} ms"
             f"\tchild alone: {a * 1000:.0f} ms\t+{extra:.0f} ms\t≤ child + 100 ms"
@@ -142,7 +163,7 @@ fi
     echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)," \
         "kernel $(uname -r), $(df -T "$work" | awk 'NR == 2 { print $2 " on " $1 }');" \
         "load average $(cut -d' ' -f1-3 /proc/loadavg) at the end;" \
-        "idem $(git -C "$root" describe --always --dirty), hyperfine $(hyperfine --version | cut -d' ' -f2)."
+        "idem ${BENCH_IDEM:-$(git -C "$root" describe --always --dirty)}, hyperfine $(hyperfine --version | cut -d' ' -f2)."
     echo
     python3 "$root/bench/table.py" "$figures"
 } | tee "$out/results.md"
