@@ -10,6 +10,8 @@ use std::fmt;
 /// A status idem exits with when the child's own status is not the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
+    /// `inspect KEY`: there is no record for KEY.
+    NoRecord = 1,
     /// Bad flag, bad duration or size, empty command, bad key.
     Usage = 2,
     /// The key was used before with a different fingerprint.

@@ -1,7 +1,11 @@
 //! The command line: global flags, subcommands, and the value parsers they
 //! share. Each subcommand lives in its own module with its own `Args`.
 
+pub mod inspect;
+mod json;
+pub mod purge;
 pub mod run;
+mod show;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -33,6 +37,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Run(run::Args),
+    Inspect(inspect::Args),
+    Purge(purge::Args),
 }
 
 /// What every subcommand gets besides its own arguments.
@@ -51,6 +57,30 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
     };
     match cli.command {
         Command::Run(args) => run::run(args, &global),
+        Command::Inspect(args) => inspect::run(&args, &global),
+        Command::Purge(args) => purge::run(&args, &global),
+    }
+}
+
+/// A record status as operators type it (`--status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum StatusArg {
+    /// Claimed; the command is running (or its owner crashed)
+    InProgress,
+    /// Finished; duplicates replay it
+    Completed,
+    /// Finished with a failure and released
+    Failed,
+}
+
+impl From<StatusArg> for crate::store::Status {
+    fn from(status: StatusArg) -> Self {
+        match status {
+            StatusArg::InProgress => crate::store::Status::InProgress,
+            StatusArg::Completed => crate::store::Status::Completed,
+            StatusArg::Failed => crate::store::Status::Failed,
+        }
     }
 }
 

@@ -119,6 +119,10 @@ pub enum Stream {
     Stderr,
 }
 
+/// How many records one purge transaction deletes: big enough to amortise
+/// a commit, small enough that a waiting `idem run` hardly notices.
+pub const PURGE_BATCH: usize = 2_000;
+
 /// Which records `list` yields. Fields combine with AND.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -176,6 +180,34 @@ pub trait Store {
     /// Deletes each `(key, token)` whose record still carries that token;
     /// returns how many went.
     fn delete(&mut self, records: &[(String, i64)]) -> Result<u64>;
+
+    /// Deletes the records `filter` selects, in batches of short
+    /// transactions (running jobs are never locked out for long), and frees
+    /// their space. Finished records simply go; each `in_progress` one is
+    /// shown to `take_running` first and goes only on a yes (the caller
+    /// judges its owner). A record claimed again between the look and the
+    /// delete stays (its token changed). Returns how many went.
+    ///
+    /// This default holds the chosen keys in memory; a backend overrides it
+    /// with a streaming, bulk version.
+    fn purge(
+        &mut self,
+        filter: &Filter,
+        take_running: &mut dyn FnMut(&Record) -> Result<bool>,
+    ) -> Result<u64> {
+        let mut chosen = Vec::new();
+        self.list(filter, &mut |record| {
+            if record.status != Status::InProgress || take_running(&record)? {
+                chosen.push((record.key, record.token));
+            }
+            Ok(())
+        })?;
+        let mut gone = 0;
+        for batch in chosen.chunks(PURGE_BATCH) {
+            gone += self.delete(batch)?;
+        }
+        Ok(gone)
+    }
 
     /// Shared stores span hosts and use leases; a local one does not.
     fn is_shared(&self) -> bool;

@@ -8,8 +8,10 @@
 //! file, its first 100 bytes are checked: a file that is not SQLite, belongs
 //! to another application, or has a newer schema is refused untouched.
 
+mod purge;
+
 use super::{Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream};
-use crate::exit::{fail, Code};
+use crate::exit::{fail, Code, Exit};
 use crate::owner::{ChildId, Owner};
 use anyhow::{Context, Result};
 use rusqlite::config::DbConfig;
@@ -92,6 +94,8 @@ const RECORD_COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, t
     owner_host, owner_boot, \
     owner_pid, owner_start, child_pid, child_pgid, child_start, length(stdout), length(stderr), \
     stdout_truncated, stderr_truncated";
+/// How many columns `RECORD_COLUMNS` names; a query may add more after them.
+const RECORD_COLUMN_COUNT: usize = 25;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -513,63 +517,24 @@ impl Store for SqliteStore {
     }
 
     fn list(&mut self, filter: &Filter, each: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
-        let now = now_millis();
-        let mut sql = format!("SELECT {RECORD_COLUMNS} FROM records WHERE 1");
-        let mut args: Vec<Box<dyn ToSql>> = Vec::new();
-        if !filter.keys.is_empty() {
-            let marks = vec!["?"; filter.keys.len()].join(", ");
-            sql.push_str(&format!(" AND key IN ({marks})"));
-            args.extend(
-                filter
-                    .keys
-                    .iter()
-                    .map(|k| Box::new(k.clone()) as Box<dyn ToSql>),
-            );
-        }
-        if let Some(status) = filter.status {
-            sql.push_str(" AND status = ?");
-            args.push(Box::new(status.as_str()));
-        }
-        if filter.expired {
-            sql.push_str(" AND expires_at <= ?");
-            args.push(Box::new(now));
-        }
-        if let Some(prefix) = &filter.prefix {
-            sql.push_str(" AND substr(key, 1, length(?)) = ?");
-            args.push(Box::new(prefix.clone()));
-            args.push(Box::new(prefix.clone()));
-        }
-        if let Some(before) = filter.started_before {
-            sql.push_str(" AND started_at < ?");
-            args.push(Box::new(before));
-        }
-        sql.push_str(" ORDER BY started_at DESC, key");
+        let (clause, args) = filter_sql(filter, now_millis());
+        let mut sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE {clause} ORDER BY started_at DESC, key"
+        );
         if let Some(limit) = filter.limit {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
-        let mut stmt = self.sql(self.conn.prepare(&sql), "cannot list records")?;
-        let params: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref()).collect();
-        let mut rows = stmt.query(params.as_slice()).or_else(|e| {
-            store_error(
+        let failed = |e: rusqlite::Error| {
+            store_failure(
                 &self.path,
                 &format!("cannot list records: {}", describe(&e)),
             )
-        })?;
-        loop {
-            let row = rows.next().or_else(|e| {
-                store_error(
-                    &self.path,
-                    &format!("cannot list records: {}", describe(&e)),
-                )
-            })?;
-            let Some(row) = row else { break };
-            let record = record_from_row(row).or_else(|e| {
-                store_error(
-                    &self.path,
-                    &format!("cannot list records: {}", describe(&e)),
-                )
-            })?;
-            each(record)?;
+        };
+        let mut stmt = self.conn.prepare(&sql).map_err(failed)?;
+        let params: Vec<&dyn ToSql> = args.iter().map(AsRef::as_ref).collect();
+        let mut rows = stmt.query(params.as_slice()).map_err(failed)?;
+        while let Some(row) = rows.next().map_err(failed)? {
+            each(record_from_row(row).map_err(failed)?)?;
         }
         Ok(())
     }
@@ -590,15 +555,54 @@ impl Store for SqliteStore {
                 }
             }
             tx.commit()?;
-            self.conn.execute_batch("PRAGMA incremental_vacuum")?;
+            purge::free_pages(&self.conn, 0)?;
             Ok(gone)
         })();
         self.sql(result, "cannot delete records")
     }
 
+    fn purge(
+        &mut self,
+        filter: &Filter,
+        take_running: &mut dyn FnMut(&Record) -> Result<bool>,
+    ) -> Result<u64> {
+        self.purge_in_batches(filter, take_running)
+    }
+
     fn is_shared(&self) -> bool {
         false
     }
+}
+
+/// The WHERE clause (without `WHERE`) and its arguments for `filter`.
+fn filter_sql(filter: &Filter, now: Millis) -> (String, Vec<Box<dyn ToSql>>) {
+    let mut sql = String::from("1");
+    let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+    if !filter.keys.is_empty() {
+        let marks = vec!["?"; filter.keys.len()].join(", ");
+        sql.push_str(&format!(" AND key IN ({marks})"));
+        for key in &filter.keys {
+            args.push(Box::new(key.clone()));
+        }
+    }
+    if let Some(status) = filter.status {
+        sql.push_str(" AND status = ?");
+        args.push(Box::new(status.as_str()));
+    }
+    if filter.expired {
+        sql.push_str(" AND expires_at <= ?");
+        args.push(Box::new(now));
+    }
+    if let Some(prefix) = &filter.prefix {
+        sql.push_str(" AND substr(key, 1, length(?)) = ?");
+        args.push(Box::new(prefix.clone()));
+        args.push(Box::new(prefix.clone()));
+    }
+    if let Some(before) = filter.started_before {
+        sql.push_str(" AND started_at < ?");
+        args.push(Box::new(before));
+    }
+    (sql, args)
 }
 
 fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
@@ -787,6 +791,10 @@ fn check_identity(path: &Path, app: i32, version: i32, tables: i64) -> Result<()
 
 fn store_error<T>(path: &Path, what: &str) -> Result<T> {
     fail(Code::Internal, format!("store {}: {what}", path.display()))
+}
+
+fn store_failure(path: &Path, what: &str) -> anyhow::Error {
+    Exit::new(Code::Internal, format!("store {}: {what}", path.display())).into()
 }
 
 pub fn now_millis() -> Millis {

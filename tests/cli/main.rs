@@ -2,5 +2,7 @@
 
 mod support;
 
+mod inspect;
+mod purge;
 mod run;
 mod store;

@@ -1,0 +1,177 @@
+//! How records look to an operator: state labels, times, spans and owners,
+//! shared by `inspect` and `purge`. Everything taken from the store goes
+//! through `crate::text::escape` here, so no raw control character from a
+//! key, command or host name reaches a terminal.
+
+use crate::owner::Here;
+use crate::policy::owner_alive;
+use crate::store::{Millis, Record, Status};
+use crate::text::{command_line, escape};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// What an operator is told about a record's state; finer than `Status`,
+/// because an expired record is as good as absent and an `in_progress` one
+/// whose owner is gone is stuck until someone acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// `in_progress` and its owner is alive.
+    Running,
+    /// `in_progress` but its owner is gone: the next run takes it over, or
+    /// it blocks (`--on-crash block`) until purged.
+    Crashed,
+    Completed,
+    Failed,
+    /// Finished and past its TTL: treated as absent, removed lazily.
+    Expired,
+}
+
+impl State {
+    pub fn label(self) -> &'static str {
+        match self {
+            State::Running => "in_progress",
+            State::Crashed => "crashed",
+            State::Completed => "completed",
+            State::Failed => "failed",
+            State::Expired => "expired",
+        }
+    }
+}
+
+/// Where and when records are looked at from: the store's clock and this
+/// host, so owner liveness is judged exactly as `idem run` judges it.
+pub struct Vantage {
+    pub now: Millis,
+    here: Here,
+    shared: bool,
+}
+
+impl Vantage {
+    pub fn new(now: Millis, shared: bool) -> Vantage {
+        Vantage {
+            now,
+            here: Here::detect(),
+            shared,
+        }
+    }
+
+    /// Whether the record's owner is alive. Only an `in_progress` record
+    /// has a live owner: a finished record's owner is history.
+    pub fn owner_alive(&self, record: &Record) -> bool {
+        record.status == Status::InProgress
+            && owner_alive(record, &self.here, self.now, self.shared)
+    }
+
+    pub fn state(&self, record: &Record) -> State {
+        match record.status {
+            Status::InProgress if self.owner_alive(record) => State::Running,
+            Status::InProgress => State::Crashed,
+            _ if record.is_expired(self.now) => State::Expired,
+            Status::Completed => State::Completed,
+            Status::Failed => State::Failed,
+        }
+    }
+}
+
+/// A store time as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(at: Millis) -> String {
+    let since_epoch = Duration::from_millis(u64::try_from(at).unwrap_or(0));
+    humantime::format_rfc3339_millis(UNIX_EPOCH + since_epoch).to_string()
+}
+
+/// A store time as RFC 3339 UTC to the second, for tables.
+pub fn rfc3339_seconds(at: Millis) -> String {
+    let since_epoch = Duration::from_millis(u64::try_from(at).unwrap_or(0));
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + since_epoch).to_string()
+}
+
+/// A length of time in at most two units: `250ms`, `12s`, `3m 4s`, `2h 5m`, `3d 4h`.
+pub fn span(ms: Millis) -> String {
+    let ms = ms.max(0);
+    let secs = ms / 1000;
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match () {
+        () if ms < 1000 => format!("{ms}ms"),
+        () if secs < 60 => format!("{secs}s"),
+        () if secs < 3600 => format!("{m}m {s}s"),
+        () if secs < 86_400 => format!("{h}h {m}m"),
+        () => format!("{d}d {h}h"),
+    }
+}
+
+/// `at` seen from `now`: `5m 2s ago` or `in 3h 1m`.
+pub fn relative(at: Millis, now: Millis) -> String {
+    if at <= now {
+        format!("{} ago", span(now - at))
+    } else {
+        format!("in {}", span(at - now))
+    }
+}
+
+/// The stored result in a few characters: `0`, `3`, `signal 9`, `timeout`, `-`.
+pub fn result(record: &Record) -> String {
+    if record.timed_out {
+        "timeout".into()
+    } else if let Some(sig) = record.signal {
+        format!("signal {sig}")
+    } else {
+        record
+            .exit_code
+            .map_or_else(|| "-".into(), |c| c.to_string())
+    }
+}
+
+/// How long the run took, or has been running.
+pub fn duration(record: &Record, now: Millis) -> String {
+    match record.finished_at {
+        Some(end) => span(end - record.started_at),
+        None => format!("{}+", span(now - record.started_at)),
+    }
+}
+
+/// When the record stops counting: `in 23h 59m`, `2h 1m ago`, or `-` while running.
+pub fn expires(record: &Record, now: Millis) -> String {
+    record
+        .expires_at
+        .map_or_else(|| "-".into(), |at| relative(at, now))
+}
+
+/// The owner as `host:pid`, escaped.
+pub fn owner(record: &Record) -> String {
+    format!(
+        "{}:{}",
+        escape(record.owner.host.as_bytes()),
+        record.owner.pid
+    )
+}
+
+/// The command as a shell-like line, escaped.
+pub fn command(record: &Record) -> String {
+    command_line(record.argv())
+}
+
+/// A key, escaped.
+pub fn key(record: &Record) -> String {
+    escape(record.key.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_use_two_units_at_most() {
+        assert_eq!(span(250), "250ms");
+        assert_eq!(span(12_345), "12s");
+        assert_eq!(span(184_000), "3m 4s");
+        assert_eq!(span(7_500_000), "2h 5m");
+        assert_eq!(span(277_200_000), "3d 5h");
+        assert_eq!(relative(1_000, 61_000), "1m 0s ago");
+        assert_eq!(relative(61_000, 1_000), "in 1m 0s");
+    }
+
+    #[test]
+    fn times_are_utc() {
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339_seconds(1_700_000_000_123), "2023-11-14T22:13:20Z");
+    }
+}

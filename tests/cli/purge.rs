@@ -1,0 +1,234 @@
+//! `idem purge`: selectors, live and dead owners, dry runs, reports, and
+//! the space it gives back.
+
+use crate::inspect::{keys, make, make_expired, records};
+use crate::support::{backend, sh, wait_for, Backend, Env};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use predicates::prelude::*;
+use serde_json::Value;
+use std::process::Stdio;
+
+/// A store with `ok` (completed), `bad` (failed) and `old` (expired).
+fn fixture() -> Env {
+    let env = Env::new();
+    make(&env, "ok", &[], "true");
+    make(&env, "bad", &[], "exit 1");
+    make_expired(&env, "old");
+    env
+}
+
+/// Runs `idem purge ARGS` on a fresh fixture; returns its stdout and the
+/// keys left, oldest first.
+fn purge(args: &[&str]) -> (String, Vec<String>) {
+    let env = fixture();
+    let out = env.idem().arg("purge").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut left = keys(&env, &[]);
+    left.reverse();
+    (String::from_utf8(out.stdout).unwrap(), left)
+}
+
+#[test]
+fn no_selector_purges_expired_records() {
+    assert_eq!(
+        purge(&[]),
+        (
+            "purged 1, skipped 0\n".into(),
+            vec!["ok".into(), "bad".into()]
+        )
+    );
+}
+
+#[test]
+fn each_selector_alone() {
+    let left = |args: &[&str]| purge(args).1;
+    assert_eq!(left(&["--expired"]), ["ok", "bad"]);
+    assert_eq!(left(&["--status", "failed"]), ["ok", "old"]);
+    assert_eq!(left(&["--status", "completed"]), ["bad"]);
+    assert_eq!(left(&["--all"]), Vec::<String>::new());
+    assert_eq!(left(&["ok", "old"]), ["bad"]);
+    // Everything started more than a day ago: nothing; more than 1ms ago: all.
+    assert_eq!(left(&["--older-than", "1d"]), ["ok", "bad", "old"]);
+    assert_eq!(left(&["--older-than", "1ms"]), Vec::<String>::new());
+}
+
+#[test]
+fn selectors_combine_with_and() {
+    let left = |args: &[&str]| purge(args).1;
+    assert_eq!(left(&["--status", "completed", "--expired"]), ["ok", "bad"]);
+    assert_eq!(left(&["--all", "--status", "failed"]), ["ok", "old"]);
+    assert_eq!(left(&["ok", "--status", "failed"]), ["ok", "bad", "old"]);
+    assert_eq!(left(&["ok", "bad", "--status", "failed"]), ["ok", "old"]);
+    assert_eq!(
+        left(&["--older-than", "1ms", "--status", "failed"]),
+        ["ok", "old"]
+    );
+    assert_eq!(left(&["--older-than", "1d", "--all"]), ["ok", "bad", "old"]);
+}
+
+#[test]
+fn named_keys_that_do_not_exist_are_reported() {
+    let env = fixture();
+    env.idem()
+        .args(["purge", "ok", "nope"])
+        .assert()
+        .success()
+        .stdout("purged 1, skipped 0\n")
+        .stderr("idem: no record for key nope\n");
+}
+
+#[test]
+fn dry_run_lists_and_changes_nothing() {
+    let env = fixture();
+    let before = records(&env, &[]);
+    let out = env
+        .idem()
+        .args(["purge", "--all", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("would purge old (expired, started "));
+    assert!(lines[1].starts_with("would purge bad (failed, "));
+    assert!(lines[2].starts_with("would purge ok (completed, "));
+    assert_eq!(lines[3], "dry run: would have purged 3, skipped 0");
+    let json = env
+        .idem()
+        .args(["purge", "--dry-run", "--json"])
+        .output()
+        .unwrap();
+    let json: Vec<Value> = String::from_utf8(json.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        json,
+        [
+            serde_json::json!({"key": "old", "action": "purge"}),
+            serde_json::json!({"purged": 1, "skipped": 0, "dry_run": true}),
+        ]
+    );
+    assert_eq!(records(&env, &[]), before);
+}
+
+const HOLD: &str =
+    "echo $$ > ready.tmp; mv ready.tmp ready; while [ ! -e release ]; do sleep 0.01; done";
+
+/// A child that writes its pid (= its process group) to `ready`, then
+/// waits for `release`.
+fn start_holder(env: &Env, key: &str, extra: &[&str]) -> std::process::Child {
+    env.idem_std()
+        .args(["run", "-k", key])
+        .args(extra)
+        .arg("--")
+        .args(sh(HOLD))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_live_owner_survives_without_force_and_goes_with_it() {
+    let env = Env::new();
+    make(&env, "done", &[], "true");
+    let mut holder = start_holder(&env, "busy", &[]);
+    wait_for(&env.path("ready"));
+    env.idem()
+        .args(["purge", "--all"])
+        .assert()
+        .success()
+        .stdout("purged 1, skipped 1\n")
+        .stderr(predicates::str::starts_with(
+            "idem: skipped busy: in progress",
+        ));
+    env.idem()
+        .args(["purge", "busy", "--json"])
+        .assert()
+        .success()
+        .stdout(
+            predicates::str::contains(r#""action":"skip""#).and(predicates::str::ends_with(
+                "{\"dry_run\":false,\"purged\":0,\"skipped\":1}\n",
+            )),
+        );
+    assert_eq!(keys(&env, &[]), ["busy"]);
+    env.idem()
+        .args(["purge", "--status", "in_progress", "--force"])
+        .assert()
+        .success()
+        .stdout("purged 1, skipped 0\n");
+    assert!(keys(&env, &[]).is_empty());
+    std::fs::write(env.path("release"), "").unwrap();
+    holder.wait().unwrap();
+}
+
+#[test]
+fn a_dead_owner_is_purged_without_force_which_clears_a_blocked_key() {
+    let env = Env::new();
+    let mut holder = start_holder(&env, "pay", &["--on-crash", "block"]);
+    wait_for(&env.path("ready"));
+    let child: i32 = std::fs::read_to_string(env.path("ready"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // idem and its child's whole group die at once: a crash.
+    kill(Pid::from_raw(-child), Signal::SIGKILL).unwrap();
+    kill(Pid::from_raw(holder.id() as i32), Signal::SIGKILL).unwrap();
+    holder.wait().unwrap();
+    crate::support::wait_until("the child group to be gone", || {
+        kill(Pid::from_raw(-child), None).is_err()
+    });
+    std::fs::write(env.path("release"), "").unwrap();
+    assert_eq!(make(&env, "pay", &["--on-crash", "block"], HOLD), 77);
+    let table = env.idem().arg("inspect").output().unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains(" crashed "));
+    assert_eq!(records(&env, &[])[0]["owner"]["alive"], false);
+    env.idem()
+        .args(["purge", "pay"])
+        .assert()
+        .success()
+        .stdout("purged 1, skipped 0\n");
+    assert_eq!(make(&env, "pay", &["--on-crash", "block"], HOLD), 0);
+}
+
+#[test]
+fn purge_gives_the_space_back() {
+    if backend() != Backend::Sqlite {
+        return;
+    }
+    let env = Env::new();
+    for i in 0..12 {
+        make(&env, &format!("big{i}"), &[], "head -c 300000 /dev/zero");
+    }
+    let size = || {
+        ["", "-wal"]
+            .iter()
+            .filter_map(|suffix| {
+                let path = format!("{}{suffix}", env.db_path().display());
+                std::fs::metadata(path).ok().map(|m| m.len())
+            })
+            .sum::<u64>()
+    };
+    assert!(size() > 3_000_000, "{}", size());
+    // Keep a few: the rest of the file must still shrink.
+    env.idem()
+        .args([
+            "purge", "--all", "big1", "big2", "big3", "big4", "big5", "big6", "big7", "big8",
+            "big9",
+        ])
+        .assert()
+        .success()
+        .stdout("purged 9, skipped 0\n");
+    assert!(size() < 1_500_000, "{}", size());
+    env.idem().args(["purge", "--all"]).assert().success();
+    assert!(size() < 200_000, "{}", size());
+}
