@@ -76,14 +76,14 @@ const MIGRATIONS: &[&str] = &[
     -- Replays are counted apart: an UPDATE rewrites the whole records row,
     -- stored output included, so counting there cost a replay of 48 MiB
     -- 100 MiB of memory and 48 MiB of WAL. A count belongs to one claim
-    -- (token): a new claim of the key starts again from zero.
+    -- (token): a new claim of the key starts again from zero. Whoever
+    -- deletes records deletes their counts (a trigger cost a purge of 1M
+    -- records three seconds).
     CREATE TABLE replay_counts (
         key TEXT PRIMARY KEY,
         token INTEGER NOT NULL,
         count INTEGER NOT NULL
     ) STRICT;
-    CREATE TRIGGER records_delete_replay_count AFTER DELETE ON records
-        BEGIN DELETE FROM replay_counts WHERE key = OLD.key; END;
 ",
 ];
 
@@ -102,6 +102,9 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Whether this process wrote to the WAL (so may have to empty it).
     wrote: bool,
+    /// Whether this process freed pages: the file only shrinks when the
+    /// WAL is checkpointed, so it is then emptied whatever its size.
+    shrunk: bool,
     /// The `synchronous` level the connection is at, once idem has set it.
     sync: Option<Sync>,
 }
@@ -123,12 +126,15 @@ impl Drop for SqliteStore {
         }
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
-        if std::fs::metadata(wal).map_or(true, |m| m.len() <= WAL_LIMIT) {
+        if !self.shrunk && std::fs::metadata(wal).map_or(true, |m| m.len() <= WAL_LIMIT) {
             return;
         }
-        // Best effort, and never wait: readers or a writer at work mean
-        // another process will be along to do it.
-        let _ = self.conn.busy_handler(None);
+        // Best effort. A run or a replay never waits for it: readers or a
+        // writer at work mean another process will be along to do it. A
+        // purge waits its turn, to give the space back.
+        if !self.shrunk {
+            let _ = self.conn.busy_handler(None);
+        }
         let _ = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
@@ -170,6 +176,7 @@ impl SqliteStore {
             conn,
             path: path.to_owned(),
             wrote: false,
+            shrunk: false,
             sync: None,
         };
         if mode == Mode::ReadOnly {
@@ -334,11 +341,20 @@ impl SqliteStore {
             claim.owner.pid,
             claim.owner.start,
         ])?;
-        tx.prepare_cached(
+        let mut cleanup = tx.prepare_cached(
             "DELETE FROM records WHERE rowid IN
-               (SELECT rowid FROM records WHERE expires_at <= ?1 AND key <> ?2 LIMIT ?3)",
-        )?
-        .execute(params![now, key, CLEANUP_BATCH])?;
+               (SELECT rowid FROM records WHERE expires_at <= ?1 AND key <> ?2 LIMIT ?3)
+             RETURNING key",
+        )?;
+        let gone = cleanup
+            .query_map(params![now, key, CLEANUP_BATCH], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        if !gone.is_empty() {
+            let mut counts = tx.prepare_cached("DELETE FROM replay_counts WHERE key = ?1")?;
+            for key in gone {
+                counts.execute([key])?;
+            }
+        }
         Ok(())
     }
 
@@ -550,11 +566,15 @@ impl Store for SqliteStore {
             {
                 let mut stmt =
                     tx.prepare_cached("DELETE FROM records WHERE key = ?1 AND token = ?2")?;
+                let mut counts =
+                    tx.prepare_cached("DELETE FROM replay_counts WHERE key = ?1 AND token = ?2")?;
                 for (key, token) in records {
                     gone += stmt.execute(params![key, token])? as u64;
+                    counts.execute(params![key, token])?;
                 }
             }
             tx.commit()?;
+            self.shrunk = true;
             purge::free_pages(&self.conn, 0)?;
             Ok(gone)
         })();

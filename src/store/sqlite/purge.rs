@@ -11,8 +11,8 @@
 //! only what remains, so it is quick), else by incremental vacuum in chunks.
 
 use super::{
-    describe, filter_sql, now_millis, record_from_row, store_failure, SqliteStore, RECORD_COLUMNS,
-    RECORD_COLUMN_COUNT,
+    describe, filter_sql, now_millis, record_from_row, store_failure, SqliteStore, Sync,
+    RECORD_COLUMNS, RECORD_COLUMN_COUNT,
 };
 use crate::store::{Filter, Record, Status, PURGE_BATCH};
 use anyhow::Result;
@@ -35,7 +35,10 @@ impl SqliteStore {
         // A deletion lost to a power cut only brings the records back, so
         // commits need no fsync; and checkpoints (each with fsyncs) can wait
         // for more pages to pile up in the WAL.
-        self.pragma("synchronous", "NORMAL")?;
+        self.wrote = true;
+        self.shrunk = true;
+        let lazy = self.sync(Sync::Normal);
+        self.sql(lazy, "cannot set up the purge")?;
         self.pragma("wal_autocheckpoint", &PURGE_CHECKPOINT_PAGES.to_string())?;
         let mut gone = 0;
         if filter.status.is_none_or(|s| s == Status::InProgress) {
@@ -45,10 +48,18 @@ impl SqliteStore {
             let finished = self.purge_finished(filter);
             gone += self.sql(finished, "cannot delete records")?;
         }
+        // Replay counts of claims that are gone (each looked up by key).
+        let counts = self.conn.execute(
+            "DELETE FROM replay_counts WHERE NOT EXISTS (SELECT 1 FROM records AS r \
+             WHERE r.key = replay_counts.key AND r.token = replay_counts.token)",
+            [],
+        );
+        self.sql(counts, "cannot delete replay counts")?;
         let freed = self.reclaim_space();
         self.sql(freed, "cannot free the space of purged records")?;
         self.pragma("wal_autocheckpoint", "1000")?;
-        self.pragma("synchronous", "FULL")?;
+        let durable = self.sync(Sync::Full);
+        self.sql(durable, "cannot finish the purge")?;
         Ok(gone)
     }
 
