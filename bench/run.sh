@@ -117,8 +117,10 @@ done
 met=$([ "$rss_kib" -le $((24 * 1024)) ] && echo yes || echo '**no**')
 printf 'plain\t5b\tpeak RSS, replay of 48 MiB\t%s MiB\tcat: %s MiB\t\t≤ 24 MiB\t%s\n' \
     "$((rss_kib / 1024))" "$((cat_kib / 1024))" "$met" >>"$figures"
-printf 'plain\t5c\tpeak RSS, first run capturing 48 MiB (cap 64MiB)\t%s MiB\t\t\t≤ cap + 24 MiB\t%s\n' \
-    "$((capture_kib / 1024))" "$([ "$capture_kib" -le $(((64 + 24) * 1024)) ] && echo yes || echo '**no**')" >>"$figures"
+# The capture buffer itself never passes --max-output; this is the whole
+# process at its peak, SQLite's copies of the output included.
+printf 'plain\t5c\tpeak RSS, first run capturing 48 MiB (--max-output 64MiB)\t%s MiB\t\t\t\t\n' \
+    "$((capture_kib / 1024))" >>"$figures"
 
 say "6: 64 callers on one key with a 1 s child, --on-duplicate wait ($rounds rounds)"
 hyperfine -N --runs 1 -P i 1 "$rounds" --export-json group.json \
