@@ -113,7 +113,7 @@ fn one(args: &Args, key: &str, store: &mut dyn Store, out: &mut dyn Write) -> Re
             return no_record(key);
         }
     } else if args.json {
-        json::write_line(out, &json::record(&record, &vantage))?;
+        json::write_record(out, &record, &vantage)?;
     } else {
         detail(&record, &vantage, out)?;
     }
@@ -221,7 +221,7 @@ fn list(args: &Args, store: &mut dyn Store, out: &mut dyn Write) -> Result<()> {
     };
     if args.json {
         return store.list(&filter, &mut |record| {
-            Ok(json::write_line(out, &json::record(&record, &vantage))?)
+            Ok(json::write_record(out, &record, &vantage)?)
         });
     }
     let colour =

@@ -120,8 +120,10 @@ pub enum Stream {
 }
 
 /// How many records one purge transaction deletes: big enough to amortise
-/// a commit, small enough that a waiting `idem run` hardly notices.
-pub const PURGE_BATCH: usize = 2_000;
+/// a commit, small enough that a waiting `idem run` hardly notices
+/// (measured on SQLite: 1M purged in ~3 s while concurrent runs took at
+/// most ~0.13 s; 2,000 was ~30% slower and no kinder to them).
+pub const PURGE_BATCH: usize = 5_000;
 
 /// Which records `list` yields. Fields combine with AND.
 #[derive(Debug, Clone, Default)]

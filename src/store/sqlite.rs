@@ -11,7 +11,7 @@
 mod purge;
 
 use super::{Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream};
-use crate::exit::{fail, Code, Exit};
+use crate::exit::{Code, Exit};
 use crate::owner::{ChildId, Owner};
 use anyhow::{Context, Result};
 use rusqlite::config::DbConfig;
@@ -810,9 +810,10 @@ fn check_identity(path: &Path, app: i32, version: i32, tables: i64) -> Result<()
 }
 
 fn store_error<T>(path: &Path, what: &str) -> Result<T> {
-    fail(Code::Internal, format!("store {}: {what}", path.display()))
+    Err(store_failure(path, what))
 }
 
+/// Exit 125 naming the store.
 fn store_failure(path: &Path, what: &str) -> anyhow::Error {
     Exit::new(Code::Internal, format!("store {}: {what}", path.display())).into()
 }

@@ -368,29 +368,56 @@ fn control_characters_never_reach_stdout_raw() {
     assert_eq!(records(&env, &["--prefix", "evil"])[0]["key"], key);
 }
 
+/// Records whose listing is far bigger than a pipe holds.
+fn make_big_listing(env: &Env) {
+    let long = "x".repeat(20_000);
+    for i in 0..24 {
+        make(env, &format!("k{i}"), &[], &format!("true {long}"));
+    }
+}
+
+/// Starts `idem ARGS` with stdout on a pipe and waits for its first bytes.
+fn start_reading(env: &Env, args: &[&str]) -> (std::process::Child, std::process::ChildStdout) {
+    let mut idem = env
+        .idem_std()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = idem.stdout.take().unwrap();
+    let mut first = [0u8; 2];
+    stdout.read_exact(&mut first).unwrap();
+    (idem, stdout)
+}
+
 #[test]
 fn a_closed_pipe_is_a_quiet_exit() {
     let env = Env::new();
-    let long = "x".repeat(20_000);
-    for i in 0..24 {
-        make(&env, &format!("k{i}"), &[], &format!("true {long}"));
-    }
+    make_big_listing(&env);
     for args in [&["inspect"][..], &["inspect", "--json"]] {
-        let mut idem = env
-            .idem_std()
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = idem.stdout.take().unwrap();
-        let mut first = [0u8; 2];
-        stdout.read_exact(&mut first).unwrap();
+        let (idem, stdout) = start_reading(&env, args);
         drop(stdout);
         let out = idem.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{args:?}");
     }
+}
+
+#[test]
+fn a_listing_in_progress_never_blocks_run_or_purge() {
+    let env = Env::new();
+    make_big_listing(&env);
+    // inspect is mid-listing, stuck on a full pipe, its read open.
+    let (idem, stdout) = start_reading(&env, &["inspect", "--json"]);
+    assert_eq!(make(&env, "meanwhile", &[], "true"), 0);
+    env.idem()
+        .args(["purge", "k1", "k2"])
+        .assert()
+        .success()
+        .stdout("purged 2, skipped 0\n");
+    drop(stdout);
+    assert_eq!(idem.wait_with_output().unwrap().status.code(), Some(0));
 }
 
 #[test]
