@@ -9,11 +9,12 @@ use super::{byte_size, positive_duration, Global};
 use crate::child::{self, Finished, SpawnError, Supervisor};
 use crate::exit::{child_status, fail, Code};
 use crate::key::{self, Fingerprint};
-use crate::owner::{ChildId, Here, Owner};
+use crate::owner::{ChildId, Here};
 use crate::policy::{decide, owner_alive, OnCrash, OnDuplicate, OnFailure, Policy, Verdict};
 use crate::store::{self, Captured, Claim, Millis, Mode, Outcome, Record, Status, Store, Stream};
 use crate::text::{command_line, escape};
 use anyhow::{Context, Result};
+use std::cell::OnceCell;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Seek, Write};
@@ -118,8 +119,9 @@ struct Call<'a> {
     command: Vec<u8>,
     cwd: Vec<u8>,
     policy: Policy,
-    here: Here,
-    me: Owner,
+    /// Host name and boot id, read only when a claim or a liveness check
+    /// needs them: a replay does not.
+    here: OnceCell<Here>,
 }
 
 pub fn run(args: &Args, global: &Global) -> Result<u8> {
@@ -167,7 +169,6 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
             eprintln!("idem: {warning}");
         }
     }
-    let here = Here::detect();
     let call = Call {
         args,
         global,
@@ -185,8 +186,7 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
             on_crash: args.on_crash,
             allow_mismatch: args.allow_mismatch,
         },
-        me: here.me(),
-        here,
+        here: OnceCell::new(),
     };
     call.run(store.as_mut(), stdin)
 }
@@ -237,8 +237,12 @@ impl Call<'_> {
         }
     }
 
+    fn here(&self) -> &Here {
+        self.here.get_or_init(Here::detect)
+    }
+
     fn alive(&self, record: &Record, now: Millis, shared: bool) -> bool {
-        owner_alive(record, &self.here, now, shared)
+        owner_alive(record, self.here(), now, shared)
     }
 
     /// Acts on a verdict that needs no lock; `Next::Claim` when it says run.
@@ -283,6 +287,7 @@ impl Call<'_> {
     /// under the lock says something else than run.
     fn claim(&self, store: &mut dyn Store) -> Result<std::result::Result<(i64, i64), Next>> {
         let shared = store.is_shared();
+        let me = self.here().me();
         let mut outcome = None;
         let token = store.claim(&self.key, &mut |record, now| match decide(
             record,
@@ -306,7 +311,7 @@ impl Call<'_> {
                     command: self.command.clone(),
                     cwd: self.cwd.clone(),
                     attempt,
-                    owner: self.me.clone(),
+                    owner: me.clone(),
                     lease_ms: millis(self.args.lease),
                 })
             }
@@ -327,13 +332,18 @@ impl Call<'_> {
             record.attempt,
             record_status(record)
         ));
+        // An empty stream needs no second look at the store.
         let mut stdout = ClosedOk(io::stdout().lock());
-        if !store.copy_output(&self.key, record.token, Stream::Stdout, &mut stdout)? {
+        if record.stdout_bytes > 0
+            && !store.copy_output(&self.key, record.token, Stream::Stdout, &mut stdout)?
+        {
             return Ok(None);
         }
         let _ = stdout.0.flush();
         let mut stderr = ClosedOk(io::stderr().lock());
-        if !store.copy_output(&self.key, record.token, Stream::Stderr, &mut stderr)? {
+        if record.stderr_bytes > 0
+            && !store.copy_output(&self.key, record.token, Stream::Stderr, &mut stderr)?
+        {
             return Ok(None);
         }
         if (record.stdout_truncated || record.stderr_truncated) && !self.global.quiet {
@@ -415,7 +425,7 @@ impl Call<'_> {
                     stdout: Captured::default(),
                     stderr: Captured::default(),
                 };
-                self.finish(store, token, &failed, Status::Failed, lost_lease)?;
+                self.finish(store, token, failed, Status::Failed, lost_lease)?;
                 return fail(code, message);
             }
         };
@@ -431,7 +441,7 @@ impl Call<'_> {
                 humantime::format_duration(self.args.timeout.unwrap_or_default())
             );
         }
-        self.finish(store, token, &finished, status, lost_lease)?;
+        self.finish(store, token, finished, status, lost_lease)?;
         Ok(exit)
     }
 
@@ -439,7 +449,9 @@ impl Call<'_> {
         &self,
         store: &mut dyn Store,
         token: i64,
-        finished: &Finished,
+        // Taken, not borrowed: the captured output can be the size of
+        // --max-output and is not worth a copy.
+        finished: Finished,
         status: Status,
         lost_lease: bool,
     ) -> Result<()> {
@@ -449,8 +461,8 @@ impl Call<'_> {
             signal: finished.signal,
             timed_out: finished.timed_out,
             ttl_ms: millis(self.args.ttl),
-            stdout: finished.stdout.clone(),
-            stderr: finished.stderr.clone(),
+            stdout: finished.stdout,
+            stderr: finished.stderr,
         };
         let result = if lost_lease {
             Ok(false)

@@ -2,7 +2,9 @@
 //!
 //! Claims run in `BEGIN IMMEDIATE` with `synchronous=FULL`, so they are on
 //! disk before the child starts; outcomes likewise before idem exits. Reads
-//! (replay, wait, inspect) never take the write lock. Before SQLite touches a
+//! (replay, wait, inspect) never take the write lock. The WAL stays between
+//! calls (no checkpoint on close: that cost every call two fsyncs); a writer
+//! empties it on its way out once it has grown. Before SQLite touches a
 //! file, its first 100 bytes are checked: a file that is not SQLite, belongs
 //! to another application, or has a newer schema is refused untouched.
 
@@ -12,6 +14,7 @@ use super::{Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream}
 use crate::exit::{Code, Exit};
 use crate::owner::{ChildId, Owner};
 use anyhow::{Context, Result};
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, ToSql};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -22,14 +25,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// `PRAGMA application_id`: "idem" in ASCII.
 const APPLICATION_ID: i32 = 0x6964_656d;
 /// `PRAGMA user_version`: the schema this build writes.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 /// How many expired records a claim deletes on its way.
 const CLEANUP_BATCH: i64 = 16;
 /// How long contention on the write lock may last before idem gives up.
 const LOCK_PATIENCE: Duration = Duration::from_secs(120);
 
+/// WAL size past which a writer checkpoints and empties it on its way out.
+/// A process that opens the store alone rebuilds the WAL index by reading
+/// the whole WAL, so a long WAL slows every later call; emptying it costs
+/// two fsyncs, so not after every call. 64 frames of 4 KiB pages.
+const WAL_LIMIT: u64 = 64 * (4096 + 24);
+
 /// Schema migrations; entry N brings a store from version N to N + 1.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
     INSERT INTO counters VALUES ('token', 0);
     CREATE TABLE records (
@@ -61,10 +71,27 @@ const MIGRATIONS: &[&str] = &["
     ) STRICT;
     CREATE INDEX records_expires_at ON records (expires_at) WHERE expires_at IS NOT NULL;
     CREATE INDEX records_started_at ON records (started_at);
-"];
+",
+    "
+    -- Replays are counted apart: an UPDATE rewrites the whole records row,
+    -- stored output included, so counting there cost a replay of 48 MiB
+    -- 100 MiB of memory and 48 MiB of WAL. A count belongs to one claim
+    -- (token): a new claim of the key starts again from zero. Whoever
+    -- deletes records deletes their counts (a trigger cost a purge of 1M
+    -- records three seconds).
+    CREATE TABLE replay_counts (
+        key TEXT PRIMARY KEY,
+        token INTEGER NOT NULL,
+        count INTEGER NOT NULL
+    ) STRICT;
+",
+];
 
 const RECORD_COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, token, started_at, \
-    finished_at, expires_at, exit_code, signal, timed_out, replays, owner_host, owner_boot, \
+    finished_at, expires_at, exit_code, signal, timed_out, \
+    replays + coalesce((SELECT count FROM replay_counts AS c \
+        WHERE c.key = records.key AND c.token = records.token), 0), \
+    owner_host, owner_boot, \
     owner_pid, owner_start, child_pid, child_pgid, child_start, length(stdout), length(stderr), \
     stdout_truncated, stderr_truncated";
 /// How many columns `RECORD_COLUMNS` names; a query may add more after them.
@@ -73,6 +100,45 @@ const RECORD_COLUMN_COUNT: usize = 25;
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    /// Whether this process wrote to the WAL (so may have to empty it).
+    wrote: bool,
+    /// Whether this process freed pages: the file only shrinks when the
+    /// WAL is checkpointed, so it is then emptied whatever its size.
+    shrunk: bool,
+    /// The `synchronous` level the connection is at, once idem has set it.
+    sync: Option<Sync>,
+}
+
+/// How a write reaches the disk. Claims and outcomes are fsynced before
+/// their commit returns; the child's pid and the replay counter are not
+/// worth an fsync (a power loss makes the owner dead anyway; a replay count
+/// is a statistic). Checkpoints fsync at either level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    Full,
+    Normal,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if !self.wrote {
+            return;
+        }
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        if !self.shrunk && std::fs::metadata(wal).map_or(true, |m| m.len() <= WAL_LIMIT) {
+            return;
+        }
+        // Best effort. A run or a replay never waits for it: readers or a
+        // writer at work mean another process will be along to do it. A
+        // purge waits its turn, to give the space back.
+        if !self.shrunk {
+            let _ = self.conn.busy_handler(None);
+        }
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
 }
 
 impl SqliteStore {
@@ -100,9 +166,18 @@ impl SqliteStore {
             .or_else(|e| store_error(path, &format!("cannot open it: {e}")))?;
         conn.busy_handler(Some(wait_for_lock))
             .context("busy handler")?;
+        // The last connection to close would checkpoint the WAL (two fsyncs)
+        // and delete it with its index, so every call would pay for that and
+        // for recreating both. Commits are durable in the WAL already; Drop
+        // empties it once it grows (see WAL_LIMIT).
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .context("no checkpoint on close")?;
         let mut store = SqliteStore {
             conn,
             path: path.to_owned(),
+            wrote: false,
+            shrunk: false,
+            sync: None,
         };
         if mode == Mode::ReadOnly {
             store.pragma("query_only", "1")?;
@@ -110,8 +185,21 @@ impl SqliteStore {
         if !header.is_ready() {
             store.prepare(mode)?;
         }
-        store.pragma("synchronous", "FULL")?;
         Ok(Some(store))
+    }
+
+    /// Sets the `synchronous` level for the next commits; a no-op when the
+    /// connection is there already (the replay path sets it once).
+    fn sync(&mut self, level: Sync) -> rusqlite::Result<()> {
+        if self.sync != Some(level) {
+            let name = match level {
+                Sync::Full => "FULL",
+                Sync::Normal => "NORMAL",
+            };
+            self.conn.pragma_update(None, "synchronous", name)?;
+            self.sync = Some(level);
+        }
+        Ok(())
     }
 
     fn pragma(&self, name: &str, value: &str) -> Result<()> {
@@ -136,6 +224,8 @@ impl SqliteStore {
             self.pragma("auto_vacuum", "INCREMENTAL")?;
         }
         self.switch_to_wal()?;
+        let synced = self.sync(Sync::Full);
+        self.sql(synced, "cannot set it up")?;
         let path = self.path.clone();
         let fail = |what: &str, e: rusqlite::Error| {
             store_error::<()>(&path, &format!("{what}: {}", describe(&e)))
@@ -251,11 +341,20 @@ impl SqliteStore {
             claim.owner.pid,
             claim.owner.start,
         ])?;
-        tx.prepare_cached(
+        let mut cleanup = tx.prepare_cached(
             "DELETE FROM records WHERE rowid IN
-               (SELECT rowid FROM records WHERE expires_at <= ?1 AND key <> ?2 LIMIT ?3)",
-        )?
-        .execute(params![now, key, CLEANUP_BATCH])?;
+               (SELECT rowid FROM records WHERE expires_at <= ?1 AND key <> ?2 LIMIT ?3)
+             RETURNING key",
+        )?;
+        let gone = cleanup
+            .query_map(params![now, key, CLEANUP_BATCH], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        if !gone.is_empty() {
+            let mut counts = tx.prepare_cached("DELETE FROM replay_counts WHERE key = ?1")?;
+            for key in gone {
+                counts.execute([key])?;
+            }
+        }
         Ok(())
     }
 
@@ -272,6 +371,7 @@ impl SqliteStore {
         } else {
             (&[], &[])
         };
+        self.sync(Sync::Full)?;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -318,7 +418,9 @@ impl Store for SqliteStore {
         key: &str,
         decide: &mut dyn FnMut(Option<&Record>, Millis) -> Option<Claim>,
     ) -> Result<Option<i64>> {
+        self.wrote = true;
         let result = (|| {
+            self.sync(Sync::Full)?;
             let tx = self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -341,17 +443,16 @@ impl Store for SqliteStore {
     }
 
     fn set_child(&mut self, key: &str, token: i64, child: ChildId) -> Result<bool> {
+        self.wrote = true;
         // A process crash cannot lose this commit (it is in the WAL); a power
         // loss changes the boot id, which makes the owner dead anyway.
         let result = (|| {
-            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-            let changed = self.conn.execute(
+            self.sync(Sync::Normal)?;
+            self.conn.execute(
                 "UPDATE records SET child_pid = ?3, child_pgid = ?4, child_start = ?5
                  WHERE key = ?1 AND token = ?2 AND status = 'in_progress'",
                 params![key, token, child.pid, child.pgid, child.start],
-            );
-            self.conn.pragma_update(None, "synchronous", "FULL")?;
-            changed
+            )
         })();
         Ok(self.sql(result, "cannot record the child")? == 1)
     }
@@ -361,6 +462,7 @@ impl Store for SqliteStore {
     }
 
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
+        self.wrote = true;
         match self.write_outcome(key, token, outcome, true) {
             Ok(ours) => Ok(ours),
             Err(first) => {
@@ -416,14 +518,16 @@ impl Store for SqliteStore {
     }
 
     fn count_replay(&mut self, key: &str, token: i64) -> Result<()> {
+        self.wrote = true;
         let result = (|| {
-            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-            let changed = self.conn.execute(
-                "UPDATE records SET replays = replays + 1 WHERE key = ?1 AND token = ?2",
+            self.sync(Sync::Normal)?;
+            self.conn.execute(
+                "INSERT INTO replay_counts (key, token, count)
+                   SELECT key, token, 1 FROM records WHERE key = ?1 AND token = ?2
+                 ON CONFLICT (key) DO UPDATE SET token = excluded.token,
+                   count = CASE WHEN token = excluded.token THEN count + 1 ELSE 1 END",
                 params![key, token],
-            );
-            self.conn.pragma_update(None, "synchronous", "FULL")?;
-            changed
+            )
         })();
         self.sql(result, "cannot count the replay").map(drop)
     }
@@ -452,7 +556,9 @@ impl Store for SqliteStore {
     }
 
     fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
+        self.wrote = true;
         let result = (|| {
+            self.sync(Sync::Full)?;
             let tx = self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -460,11 +566,15 @@ impl Store for SqliteStore {
             {
                 let mut stmt =
                     tx.prepare_cached("DELETE FROM records WHERE key = ?1 AND token = ?2")?;
+                let mut counts =
+                    tx.prepare_cached("DELETE FROM replay_counts WHERE key = ?1 AND token = ?2")?;
                 for (key, token) in records {
                     gone += stmt.execute(params![key, token])? as u64;
+                    counts.execute(params![key, token])?;
                 }
             }
             tx.commit()?;
+            self.shrunk = true;
             purge::free_pages(&self.conn, 0)?;
             Ok(gone)
         })();

@@ -128,40 +128,45 @@ fn crash_after_the_child_exited_before_the_record_was_finished() {
     assert_eq!(env.count("n"), 2, "the takeover's result is final");
 }
 
-#[test]
-fn waiters_that_find_the_owner_dead_apply_the_crash_policy() {
-    let env = Env::new();
-    let idem = run_child(&env, "w", &[]).spawn().unwrap();
+/// Starts an owner, SIGKILLs idem while its child runs, starts `waiters`
+/// with `extra` flags, then lets the orphaned child finish.
+fn waiters_after_a_crash(env: &Env, count: usize, extra: &[&str]) -> Vec<Option<i32>> {
+    let idem = run_child(env, "w", &[]).spawn().unwrap();
     wait_for(&env.path("ready"));
     sigkill(idem);
-    let blocked: Vec<Child> = (0..4)
+    let mut flags = vec!["--on-duplicate", "wait"];
+    flags.extend_from_slice(extra);
+    let waiters: Vec<Child> = (0..count)
         .map(|_| {
-            run_child(
-                &env,
-                "w",
-                &["--on-duplicate", "wait", "--on-crash", "block"],
-            )
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-        })
-        .collect();
-    let rerun: Vec<Child> = (0..8)
-        .map(|_| {
-            run_child(&env, "w", &["--on-duplicate", "wait"])
+            run_child(env, "w", &flags)
+                .stderr(Stdio::null())
                 .spawn()
                 .unwrap()
         })
         .collect();
-    release(&env);
-    for mut waiter in blocked {
-        assert_eq!(waiter.wait().unwrap().code(), Some(77));
-    }
-    for mut waiter in rerun {
-        assert_eq!(waiter.wait().unwrap().code(), Some(0));
-    }
+    release(env);
+    waiters
+        .into_iter()
+        .map(|mut w| w.wait().unwrap().code())
+        .collect()
+}
+
+#[test]
+fn waiters_that_find_the_owner_dead_rerun_it_exactly_once() {
+    let env = Env::new();
+    let codes = waiters_after_a_crash(&env, 8, &[]);
+    assert!(codes.iter().all(|c| *c == Some(0)), "{codes:?}");
     assert_eq!(env.count("n"), 2, "exactly one waiter took over");
+    assert_eq!(attempts(&env), "1\n2\n");
     no_overlap(&env);
+}
+
+#[test]
+fn waiters_that_find_the_owner_dead_block_under_on_crash_block() {
+    let env = Env::new();
+    let codes = waiters_after_a_crash(&env, 4, &["--on-crash", "block"]);
+    assert!(codes.iter().all(|c| *c == Some(77)), "{codes:?}");
+    assert_eq!(env.count("n"), 1);
 }
 
 /// The start time (field 22 of /proc/PID/stat) of a process.

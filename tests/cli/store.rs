@@ -237,3 +237,28 @@ fn expired_records_are_cleaned_up_lazily() {
     );
     assert!(old <= 40 - 3 * 8, "{old} left");
 }
+
+/// idem keeps the WAL between calls (no checkpoint on close), so the last
+/// writer out must empty it once it grows, or every call reads more of it.
+#[test]
+fn the_wal_stays_short_across_many_calls() {
+    if !sqlite_only() {
+        return;
+    }
+    let env = Env::new();
+    for i in 0..160 {
+        env.idem()
+            .args(["run", "-k", &format!("k{}", i % 3), "--", "true"])
+            .assert()
+            .success();
+    }
+    let mut wal = env.db_path().into_os_string();
+    wal.push("-wal");
+    let len = std::fs::metadata(&wal).map_or(0, |m| m.len());
+    assert!(len <= 2 * 64 * 4120, "the WAL grew to {len} bytes");
+    let conn = rusqlite::Connection::open(env.db_path()).unwrap();
+    let replays: i64 = conn
+        .query_row("SELECT sum(count) FROM replay_counts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(replays, 157, "every replay is counted");
+}
