@@ -131,8 +131,11 @@ impl Drop for SqliteStore {
         }
         // Best effort. A run or a replay never waits for it: readers or a
         // writer at work mean another process will be along to do it. A
-        // purge waits its turn, to give the space back.
-        if !self.shrunk {
+        // purge waits a little, to give the space back, but not on a reader
+        // that never finishes (an `inspect` stuck on a full pipe).
+        if self.shrunk {
+            let _ = self.conn.busy_timeout(Duration::from_secs(2));
+        } else {
             let _ = self.conn.busy_handler(None);
         }
         let _ = self
