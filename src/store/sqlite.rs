@@ -8,7 +8,10 @@
 //! file, its first 100 bytes are checked: a file that is not SQLite, belongs
 //! to another application, or has a newer schema is refused untouched.
 
+mod file;
 mod purge;
+
+use file::{check_identity, create_file, read_header, Header};
 
 use super::{Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream};
 use crate::exit::{Code, Exit};
@@ -16,9 +19,7 @@ use crate::owner::{ChildId, Owner};
 use anyhow::{Context, Result};
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, ToSql};
-use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -668,98 +669,6 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
     })
 }
 
-/// The facts of an SQLite file header that decide whether idem may open it.
-#[derive(Default)]
-struct Header {
-    /// Zero bytes long: a store another idem is creating right now, or a new one.
-    empty: bool,
-    magic_ok: bool,
-    wal: bool,
-    application_id: i32,
-    user_version: i32,
-}
-
-impl Header {
-    fn check(&self, path: &Path) -> Result<()> {
-        if self.empty {
-            return Ok(());
-        }
-        if !self.magic_ok {
-            return store_error(
-                path,
-                "it is not an idem store (not an SQLite file); it was left untouched",
-            );
-        }
-        if self.application_id != 0 && self.application_id != APPLICATION_ID {
-            return store_error(path, "it is an SQLite database of another application, not an idem store; it was left untouched");
-        }
-        if self.application_id == APPLICATION_ID && self.user_version > SCHEMA_VERSION {
-            return store_error(
-                path,
-                &format!(
-                    "it has schema version {}, newer than this idem understands ({SCHEMA_VERSION}); upgrade idem",
-                    self.user_version
-                ),
-            );
-        }
-        Ok(())
-    }
-
-    /// An initialised store at this version, in WAL mode: no set-up needed.
-    fn is_ready(&self) -> bool {
-        self.magic_ok
-            && self.wal
-            && self.application_id == APPLICATION_ID
-            && self.user_version == SCHEMA_VERSION
-    }
-}
-
-fn read_header(path: &Path) -> io::Result<Header> {
-    let mut file = File::open(path)?;
-    let mut bytes = [0u8; 100];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        match file.read(&mut bytes[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    if filled == 0 {
-        return Ok(Header {
-            empty: true,
-            ..Header::default()
-        });
-    }
-    let be =
-        |at: usize| i32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-    Ok(Header {
-        empty: false,
-        magic_ok: filled == 100 && &bytes[..16] == b"SQLite format 3\0",
-        wal: bytes[18] == 2 && bytes[19] == 2,
-        application_id: be(68),
-        user_version: be(60),
-    })
-}
-
-/// Creates the store's directory (0700) and file (0600) if missing.
-fn create_file(path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .or_else(|e| store_error(path, &format!("cannot create its directory: {e}")))?;
-    }
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .or_else(|e| store_error(path, &format!("cannot create it: {e}")))?;
-    Ok(())
-}
-
 /// Waits out contention instead of letting SQLITE_BUSY reach the user.
 fn wait_for_lock(attempt: i32) -> bool {
     // Short sleeps: a claim holds the lock for about one fsync. At most
@@ -794,22 +703,6 @@ fn describe(e: &rusqlite::Error) -> String {
         }
         _ => e.to_string(),
     }
-}
-
-fn check_identity(path: &Path, app: i32, version: i32, tables: i64) -> Result<()> {
-    if (app == 0 && tables > 0) || (app != 0 && app != APPLICATION_ID) {
-        return store_error(
-            path,
-            "it is an SQLite database of another application, not an idem store; it was left untouched",
-        );
-    }
-    if version > SCHEMA_VERSION {
-        return store_error(
-            path,
-            &format!("it has schema version {version}, newer than this idem understands ({SCHEMA_VERSION}); upgrade idem"),
-        );
-    }
-    Ok(())
 }
 
 fn store_error<T>(path: &Path, what: &str) -> Result<T> {
