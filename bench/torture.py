@@ -11,7 +11,7 @@ makes one last clean call. It checks:
   * never a lost record: after the last clean call the record is completed
     and replays the output of an execution that really happened.
 
-Usage: bench/torture.py [--iterations N] [--callers N] [--idem PATH]
+Usage: bench/torture.py [--iterations N] [--callers N] [--idem PATH] [--db URL]
 Prints one summary line; exits 1 on any violation.
 """
 import argparse
@@ -38,6 +38,8 @@ def main():
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--callers", type=int, default=8)
     parser.add_argument("--idem", default="target/release/idem")
+    parser.add_argument("--db", help="store to use (default: a SQLite file in a temp dir; "
+                        "a postgres:// or redis:// URL works too)")
     args = parser.parse_args()
     idem = os.path.abspath(args.idem)
     violations = []
@@ -47,8 +49,8 @@ def main():
         for i in range(args.iterations):
             work = os.path.join(root, str(i))
             os.mkdir(work)
-            env = dict(os.environ, IDEM_DB=os.path.join(root, "store.db"))
-            key = f"torture-{i}"
+            env = dict(os.environ, IDEM_DB=args.db or os.path.join(root, "store.db"))
+            key = f"torture-{os.getpid()}-{i}"
 
             def call(policy):
                 return subprocess.Popen(
