@@ -140,6 +140,7 @@ fn supervise(
                 stdout: out_w.as_raw_fd(),
                 stderr: err_w.as_raw_fd(),
                 gate: gate_r.as_raw_fd(),
+                gate_writer: gate_w.as_raw_fd(),
                 status: status_w.as_raw_fd(),
             })
         },
@@ -353,6 +354,9 @@ struct ChildFds {
     stdout: i32,
     stderr: i32,
     gate: i32,
+    /// idem's end of the gate: the child must close its inherited copy, or
+    /// it would never see EOF when idem dies.
+    gate_writer: i32,
     status: i32,
 }
 
@@ -411,6 +415,7 @@ impl Exec {
         libc::dup2(fds.stdout, 1);
         libc::dup2(fds.stderr, 2);
         // Wait until idem has recorded this pid; EOF means idem died first.
+        libc::close(fds.gate_writer);
         let mut byte = 0u8;
         loop {
             let n = libc::read(fds.gate, std::ptr::addr_of_mut!(byte).cast(), 1);

@@ -543,6 +543,7 @@ struct Owning<'a> {
 impl Supervisor for Owning<'_> {
     fn started(&mut self, child: ChildId) -> Result<()> {
         if self.store.set_child(self.key, self.token, child)? {
+            pause_point("child-recorded");
             Ok(())
         } else {
             fail(

@@ -1,7 +1,8 @@
 //! Crashed owners, signals and races: at most once, under SIGKILL at each
 //! phase, under forwarded signals, and with 64 processes on one key.
 //!
-//! How each crash phase is reached: (a) "just after the claim" and (c)
+//! How each crash phase is reached: (a) "just after the claim", (a')
+//! "child recorded, gate not yet open" and (c)
 //! "after the child exited, before the record is finished" use idem's
 //! debug-build pause points (`IDEM_TEST_PAUSE`), which stop idem there and
 //! create a file; (b) "while the child runs" uses a child that waits for a
@@ -109,6 +110,25 @@ fn crash_while_the_child_runs_leaves_an_owner_until_the_child_ends() {
     run_child(&env, "b", &[]).assert_code(0);
     assert_eq!(env.count("n"), 2);
     assert_eq!(attempts(&env), "1\n2\n");
+    no_overlap(&env);
+}
+
+/// Between recording the child and letting it exec: the child, still held
+/// at the gate, must see idem die and exit without running the command.
+#[test]
+fn crash_before_the_gate_opens_never_runs_the_command() {
+    let env = Env::new();
+    sigkill(paused_at(&env, "g", "child-recorded"));
+    release(&env);
+    // The gated child exits by itself; a waiter then takes over.
+    run_child(
+        &env,
+        "g",
+        &["--on-duplicate", "wait", "--wait-timeout", "20s"],
+    )
+    .assert_code(0);
+    assert_eq!(env.count("n"), 1);
+    assert_eq!(attempts(&env), "2\n", "the crashed attempt never ran");
     no_overlap(&env);
 }
 
