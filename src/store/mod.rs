@@ -14,6 +14,7 @@ use crate::owner::{ChildId, Owner};
 use anyhow::Result;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// Milliseconds since the Unix epoch, by the store's clock.
 pub type Millis = i64;
@@ -213,6 +214,66 @@ pub trait Store {
 
     /// Shared stores span hosts and use leases; a local one does not.
     fn is_shared(&self) -> bool;
+}
+
+/// How long a shared store keeps trying to record an outcome once COMMAND
+/// has run: a dropped connection or a restarting server must not lose it.
+pub const FINISH_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Why one attempt to record an outcome failed.
+pub enum FinishFailure {
+    /// The server refused the output (too large, out of memory): record the
+    /// outcome without it.
+    Output(String),
+    /// The server is unreachable or failed: try again shortly.
+    Retry(String),
+}
+
+/// Records an outcome on a shared store: `write(with_output, time_left)`
+/// is tried, without the output once that is refused, and again with a
+/// growing pause until `FINISH_PATIENCE` has passed. Writing twice is
+/// harmless: each write names the claim's token. `store` names the store
+/// in messages (no password).
+pub fn finish_patiently(
+    store: &str,
+    mut write: impl FnMut(bool, Duration) -> std::result::Result<bool, FinishFailure>,
+) -> Result<bool> {
+    let deadline = Instant::now() + FINISH_PATIENCE;
+    let mut pause = Duration::from_millis(100);
+    let mut with_output = true;
+    let mut warned = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match write(with_output, left) {
+            Ok(ours) => return Ok(ours),
+            Err(FinishFailure::Output(why)) if with_output => {
+                eprintln!(
+                    "idem: could not store the output ({why}); recording the outcome without it"
+                );
+                with_output = false;
+            }
+            Err(FinishFailure::Output(why) | FinishFailure::Retry(why)) => {
+                if Instant::now() + pause >= deadline {
+                    return crate::exit::fail(
+                        crate::exit::Code::Internal,
+                        format!(
+                            "store {store}: cannot record the outcome: {why} (gave up after {})",
+                            humantime::format_duration(FINISH_PATIENCE)
+                        ),
+                    );
+                }
+                if !warned {
+                    eprintln!(
+                        "idem: store {store}: cannot record the outcome yet ({why}); retrying for up to {}",
+                        humantime::format_duration(FINISH_PATIENCE)
+                    );
+                    warned = true;
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// Where `--db` points.

@@ -17,12 +17,13 @@ mod tests;
 
 use super::{Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
 use crate::owner::ChildId;
+use crate::store::{finish_patiently, FinishFailure};
 use anyhow::Result;
 use conn::{Conn, Failure, CALL_LIMIT};
 use records::{record_from_row, COLUMNS};
 use schema::{Found, Names, SCHEMA_VERSION};
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use target::Target;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -33,7 +34,6 @@ const CLEANUP_BATCH: i64 = 16;
 /// How much stored output one round trip carries during replay.
 const CHUNK: i32 = 1024 * 1024;
 /// How long `finish` keeps trying to reach the server once COMMAND has run.
-const FINISH_PATIENCE: Duration = Duration::from_secs(30);
 /// How many times a claim re-reads after losing a race before giving up.
 const CLAIM_ROUNDS: usize = 100;
 
@@ -304,43 +304,15 @@ impl Store for PgStore {
     }
 
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
-        // COMMAND has run: keep trying for a while rather than lose its
-        // outcome to a dropped connection or a restarting server. Writing
-        // again is harmless: the update names this claim's token.
-        let deadline = Instant::now() + FINISH_PATIENCE;
-        let mut pause = Duration::from_millis(100);
-        let mut with_output = true;
-        let mut warned = false;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+        let shown = self.conn.target.shown.clone();
+        finish_patiently(&shown, |with_output, left| {
             let limit = left.min(CALL_LIMIT).max(Duration::from_secs(1));
-            match self.write_outcome(key, token, outcome, with_output, limit) {
-                Ok(ours) => return Ok(ours),
-                Err(Failure::Server(why)) if with_output => {
-                    eprintln!(
-                        "idem: could not store the output ({why}); recording the outcome without it"
-                    );
-                    with_output = false;
-                }
-                Err(Failure::Server(why) | Failure::Lost(why)) => {
-                    if Instant::now() >= deadline {
-                        return self.conn.fail(&format!(
-                            "cannot record the outcome: {why} (gave up after {})",
-                            humantime::format_duration(FINISH_PATIENCE)
-                        ));
-                    }
-                    if !warned {
-                        eprintln!(
-                            "idem: cannot record the outcome yet ({why}); retrying for up to {}",
-                            humantime::format_duration(FINISH_PATIENCE)
-                        );
-                        warned = true;
-                    }
-                    std::thread::sleep(pause.min(left));
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
+            self.write_outcome(key, token, outcome, with_output, limit)
+                .map_err(|failure| match failure {
+                    Failure::Server(why) => FinishFailure::Output(why),
+                    Failure::Lost(why) => FinishFailure::Retry(why),
+                })
+        })
     }
 
     fn copy_output(

@@ -24,15 +24,15 @@ use self::target::Target;
 pub use self::warning::persistence_warning;
 use super::{Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
 use crate::owner::ChildId;
+use crate::store::{finish_patiently, FinishFailure};
 use anyhow::Result;
 use redis::{Client, Connection, Script};
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The layout of keys and fields this build writes.
 const SCHEMA_VERSION: i64 = 1;
 /// How long idem keeps trying to record an outcome once COMMAND has run.
-const FINISH_PATIENCE: Duration = Duration::from_secs(30);
 /// How long an in-progress record outlives its lease in Redis: a crashed
 /// run stays visible this long (for `--on-crash block` and an operator),
 /// then Redis deletes it, so no record lives without a deadline.
@@ -330,43 +330,17 @@ impl Store for RedisStore {
     /// (writing again is harmless, see finish.lua); a server that refuses
     /// the output (out of memory) gets the outcome without it.
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
-        let deadline = Instant::now() + FINISH_PATIENCE;
-        let mut pause = Duration::from_millis(100);
-        let mut with_output = true;
-        let mut warned = false;
-        loop {
-            let failure = match self.write_outcome(key, token, outcome, with_output) {
-                Ok(ours) => return Ok(ours),
-                Err(failure) => failure,
-            };
-            let why = self.target.scrub(&describe(&failure));
-            match &failure {
-                Failure::Call(e) if with_output && !is_connection_error(e) => {
-                    eprintln!(
-                        "idem: could not store the output ({why}); recording the outcome without it"
-                    );
-                    with_output = false;
-                }
-                _ if Instant::now() + pause >= deadline => {
-                    return self.target.fail(&format!(
-                        "cannot record the outcome: {why} (gave up after {})",
-                        humantime::format_duration(FINISH_PATIENCE)
-                    ));
-                }
-                _ => {
-                    if !warned {
-                        eprintln!(
-                            "idem: store {}: cannot record the outcome yet ({why}); retrying for up to {}",
-                            self.target.shown,
-                            humantime::format_duration(FINISH_PATIENCE)
-                        );
-                        warned = true;
+        let shown = self.target.shown.clone();
+        finish_patiently(&shown, |with_output, _left| {
+            self.write_outcome(key, token, outcome, with_output)
+                .map_err(|failure| {
+                    let why = self.target.scrub(&describe(&failure));
+                    match &failure {
+                        Failure::Call(e) if !is_connection_error(e) => FinishFailure::Output(why),
+                        _ => FinishFailure::Retry(why),
                     }
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
+                })
+        })
     }
 
     fn copy_output(

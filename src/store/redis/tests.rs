@@ -5,6 +5,7 @@
 use super::*;
 use crate::owner::Owner;
 use crate::store::{Captured, Status};
+use std::time::Instant;
 
 /// A fresh store under prefix `u<pid>_<name>:`, its keys deleted by `Drop`.
 struct Scratch {
