@@ -6,10 +6,10 @@
 //! than a replay counter.
 
 use super::{byte_size, positive_duration, Global};
-use crate::child::{self, Finished, SpawnError, Supervisor};
+use crate::child::{self, Finished, SpawnError};
 use crate::exit::{child_status, fail, Code};
 use crate::key::{self, Fingerprint};
-use crate::owner::{ChildId, Here};
+use crate::owner::Here;
 use crate::policy::{decide, owner_alive, OnCrash, OnDuplicate, OnFailure, Policy, Verdict};
 use crate::store::{self, Captured, Claim, Millis, Mode, Outcome, Record, Status, Store, Stream};
 use crate::text::{command_line, escape};
@@ -20,6 +20,10 @@ use std::fs::File;
 use std::io::{self, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
+
+mod owning;
+
+use owning::{pause_point, Owning};
 
 /// How often a waiter looks at the record again.
 const WAIT_POLL: Duration = Duration::from_millis(50);
@@ -529,86 +533,6 @@ impl Call<'_> {
         )
     }
 }
-
-/// Holds the claim while the child runs: records the child, renews the lease.
-struct Owning<'a> {
-    store: &'a mut dyn Store,
-    key: &'a str,
-    token: i64,
-    lease: Duration,
-    renewed: Instant,
-    lost: bool,
-}
-
-impl Supervisor for Owning<'_> {
-    fn started(&mut self, child: ChildId) -> Result<()> {
-        if self.store.set_child(self.key, self.token, child)? {
-            pause_point("child-recorded");
-            Ok(())
-        } else {
-            fail(
-                Code::Internal,
-                "lost the claim before the command started; it was not run",
-            )
-        }
-    }
-
-    /// Renews the lease; a refusal, or failures until the lease has run
-    /// out, mean another owner may have taken over.
-    fn tick(&mut self) {
-        if self.lost {
-            return;
-        }
-        match self.store.renew(self.key, self.token, millis(self.lease)) {
-            Ok(true) => self.renewed = Instant::now(),
-            Ok(false) => self.lost = true,
-            Err(e) if self.renewed.elapsed() >= self.lease => {
-                eprintln!(
-                    "idem: could not renew the lease for {} ({e:#}); it has run out",
-                    self.lease_key()
-                );
-                self.lost = true;
-            }
-            Err(_) => {}
-        }
-        if self.lost {
-            eprintln!(
-                "idem: lost the lease on key {} while the command runs; its outcome will not be recorded",
-                self.lease_key()
-            );
-        }
-    }
-
-    /// A third of the lease: two renewals can fail before it runs out.
-    fn tick_every(&self) -> Option<Duration> {
-        (self.store.is_shared() && !self.lost).then(|| self.lease / 3)
-    }
-}
-
-impl Owning<'_> {
-    fn lease_key(&self) -> String {
-        format!("'{}'", escape(self.key.as_bytes()))
-    }
-}
-
-/// Test-only pause points, in debug builds: with `IDEM_TEST_PAUSE=NAME`,
-/// idem creates the file named by `IDEM_TEST_PAUSE_FILE` when it reaches
-/// point NAME and sleeps until it is killed, so crash tests can SIGKILL it
-/// in phases that timing alone cannot reach reliably.
-#[cfg(debug_assertions)]
-fn pause_point(name: &str) {
-    if std::env::var_os("IDEM_TEST_PAUSE").is_some_and(|point| point == name) {
-        if let Some(file) = std::env::var_os("IDEM_TEST_PAUSE_FILE") {
-            let _ = File::create(file);
-        }
-        loop {
-            std::thread::sleep(Duration::from_secs(60));
-        }
-    }
-}
-
-#[cfg(not(debug_assertions))]
-fn pause_point(_name: &str) {}
 
 fn millis(d: Duration) -> Millis {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
