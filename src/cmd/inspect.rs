@@ -99,8 +99,9 @@ fn no_record<T>(key: &str) -> Result<T> {
 
 /// `inspect KEY`: the detailed view, or the raw stored output.
 fn one(args: &Args, key: &str, store: &mut dyn Store, out: &mut dyn Write) -> Result<u8> {
-    let vantage = Vantage::new(store.now()?, store.is_shared());
-    let Some(record) = store.get(key)? else {
+    let (now, record) = store.get(key)?;
+    let vantage = Vantage::new(now, store.is_shared());
+    let Some(record) = record else {
         return no_record(key);
     };
     let stream = match (args.stdout, args.stderr) {

@@ -103,7 +103,7 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
             ..Filter::default()
         };
         for key in &args.keys {
-            if store.get(key)?.is_some() {
+            if store.get(key)?.1.is_some() {
                 tally.found.insert(key.clone());
             }
         }

@@ -207,8 +207,7 @@ impl Call<'_> {
         let wait_until = self.args.wait_timeout.map(|t| Instant::now() + t);
         let mut waiting_noted = false;
         loop {
-            let now = store.now()?;
-            let record = store.get(&self.key)?;
+            let (now, record) = store.get(&self.key)?;
             let next = self.act(store, record.as_ref(), now)?;
             let next = match next {
                 Next::Claim => match self.claim(store)? {
@@ -222,7 +221,7 @@ impl Call<'_> {
                 Next::Claim => {}
                 Next::Wait => {
                     if wait_until.is_some_and(|t| Instant::now() >= t) {
-                        let record = store.get(&self.key)?;
+                        let (_, record) = store.get(&self.key)?;
                         return fail(
                             Code::InProgress,
                             self.busy_message(record.as_ref(), "the wait timed out; "),

@@ -143,8 +143,9 @@ pub trait Store {
     /// The store's clock (the server's, for shared stores).
     fn now(&mut self) -> Result<Millis>;
 
-    /// Reads a record without taking any lock.
-    fn get(&mut self, key: &str) -> Result<Option<Record>>;
+    /// Reads a record, with the store's time, without taking any lock (one
+    /// round trip on a shared store: the replay path runs on it).
+    fn get(&mut self, key: &str) -> Result<(Millis, Option<Record>)>;
 
     /// Under the store's lock for `key`, reads the record and passes it with
     /// the store's time to `decide`; when `decide` returns a claim, writes

@@ -412,9 +412,9 @@ impl Store for SqliteStore {
         Ok(now_millis())
     }
 
-    fn get(&mut self, key: &str) -> Result<Option<Record>> {
+    fn get(&mut self, key: &str) -> Result<(Millis, Option<Record>)> {
         let record = self.read_record(key);
-        self.sql(record, "cannot read a record")
+        Ok((now_millis(), self.sql(record, "cannot read a record")?))
     }
 
     fn claim(

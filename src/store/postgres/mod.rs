@@ -170,12 +170,12 @@ impl Store for PgStore {
             })
     }
 
-    fn get(&mut self, key: &str) -> Result<Option<Record>> {
+    fn get(&mut self, key: &str) -> Result<(Millis, Option<Record>)> {
         let sql = self.read_sql(false);
         self.conn
             .call("cannot read a record", CALL_LIMIT, async |c| {
                 let row = c.query_typed_one(&sql, &[(&key, Type::TEXT)]).await?;
-                record_from_row(&row, 1)
+                Ok((row.try_get(0)?, record_from_row(&row, 1)?))
             })
     }
 

@@ -158,8 +158,8 @@ fn list_filters_and_pages_newest_first() {
         .delete(&[("live".into(), token + 100), ("done".into(), done)])
         .unwrap();
     assert_eq!(deleted, 1);
-    assert!(s.store.get("done").unwrap().is_none());
-    assert!(s.store.get("live").unwrap().is_some());
+    assert!(s.store.get("done").unwrap().1.is_none());
+    assert!(s.store.get("live").unwrap().1.is_some());
 }
 
 #[test]
@@ -172,7 +172,7 @@ fn replay_streams_output_in_chunks_byte_exact() {
         let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
         let token = s.claim(key);
         s.finish(key, token, Status::Completed, 3_600_000, bytes.clone());
-        let record = s.store.get(key).unwrap().unwrap();
+        let record = s.store.get(key).unwrap().1.unwrap();
         assert_eq!(record.stdout_bytes, i64::try_from(len).unwrap());
         let mut out = Vec::new();
         assert!(s
@@ -204,7 +204,7 @@ fn fencing_refuses_every_write_of_an_old_token() {
     assert!(!s.store.renew("k", old, 1000).unwrap());
     assert!(!s.store.set_child("k", old, child).unwrap());
     assert!(s.store.renew("k", new, 1000).unwrap());
-    let record = s.store.get("k").unwrap().unwrap();
+    let record = s.store.get("k").unwrap().1.unwrap();
     let now = s.store.now().unwrap();
     let lease = record.lease_until.unwrap() - now;
     assert!(
@@ -222,11 +222,11 @@ fn fencing_refuses_every_write_of_an_old_token() {
     };
     assert!(!s.store.finish("k", old, &outcome).unwrap());
     assert_eq!(
-        s.store.get("k").unwrap().unwrap().status,
+        s.store.get("k").unwrap().1.unwrap().status,
         Status::InProgress
     );
     assert!(s.store.finish("k", new, &outcome).unwrap());
-    let record = s.store.get("k").unwrap().unwrap();
+    let record = s.store.get("k").unwrap().1.unwrap();
     assert_eq!(record.expires_at, record.finished_at.map(|f| f + 1000));
 }
 

@@ -150,15 +150,7 @@ impl RedisStore {
         }
     }
 
-    fn read(&mut self, key: &str) -> Result<Option<(Record, String)>> {
-        let rkey = self.record_key(key);
-        let values: Vec<Option<Vec<u8>>> = self.exec("cannot read a record", true, |c, _| {
-            redis::cmd("HMGET").arg(&rkey).arg(&FIELDS[..]).query(c)
-        })?;
-        Ok(parse_record(key, &values))
-    }
-
-    /// The server's time and the record, read together for a claim.
+    /// The server's time and the record, read together in one round trip.
     fn read_with_time(&mut self, key: &str) -> Result<(Millis, Option<(Record, String)>)> {
         let rkey = self.record_key(key);
         let (time, values): ((i64, i64), Vec<Option<Vec<u8>>>) =
@@ -229,8 +221,9 @@ impl Store for RedisStore {
         Ok(millis_from_time(time))
     }
 
-    fn get(&mut self, key: &str) -> Result<Option<Record>> {
-        Ok(self.read(key)?.map(|(record, _)| record))
+    fn get(&mut self, key: &str) -> Result<(Millis, Option<Record>)> {
+        let (now, seen) = self.read_with_time(key)?;
+        Ok((now, seen.map(|(record, _)| record)))
     }
 
     fn claim(

@@ -184,8 +184,8 @@ fn list_filters_and_pages_newest_first() {
         .delete(&[("live".into(), live + 100), ("done".into(), done)])
         .unwrap();
     assert_eq!(deleted, 1);
-    assert!(s.store.get("done").unwrap().is_none());
-    assert!(s.store.get("live").unwrap().is_some());
+    assert!(s.store.get("done").unwrap().1.is_none());
+    assert!(s.store.get("live").unwrap().1.is_some());
 }
 
 fn wait_until_gone(s: &mut Scratch, key: &str) {
@@ -205,7 +205,7 @@ fn output_comes_back_byte_exact_for_its_token_only() {
         let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
         let token = s.claim(key);
         assert!(s.finish(key, token, 3_600_000, bytes.clone()));
-        let record = s.store.get(key).unwrap().unwrap();
+        let record = s.store.get(key).unwrap().1.unwrap();
         assert_eq!(record.stdout_bytes, i64::from(len));
         let mut out = Vec::new();
         assert!(s
@@ -237,7 +237,7 @@ fn fencing_refuses_every_write_of_an_old_token() {
     assert!(!s.store.renew("k", old, 1000).unwrap());
     assert!(!s.store.set_child("k", old, child).unwrap());
     assert!(s.store.renew("k", new, 1000).unwrap());
-    let record = s.store.get("k").unwrap().unwrap();
+    let record = s.store.get("k").unwrap().1.unwrap();
     let now = s.store.now().unwrap();
     let lease = record.lease_until.unwrap() - now;
     assert!(
@@ -246,13 +246,13 @@ fn fencing_refuses_every_write_of_an_old_token() {
     );
     assert!(!s.finish("k", old, 1000, Vec::new()));
     assert_eq!(
-        s.store.get("k").unwrap().unwrap().status,
+        s.store.get("k").unwrap().1.unwrap().status,
         Status::InProgress
     );
     assert!(s.finish("k", new, 1000, Vec::new()));
     // A retried finish whose first reply was lost still counts as ours.
     assert!(s.finish("k", new, 1000, Vec::new()));
-    let record = s.store.get("k").unwrap().unwrap();
+    let record = s.store.get("k").unwrap().1.unwrap();
     assert_eq!(record.expires_at, record.finished_at.map(|f| f + 1000));
     assert_eq!(record.lease_until, None);
 }
@@ -281,7 +281,7 @@ fn a_claim_decides_again_when_the_record_changed_after_the_read() {
         .unwrap();
     assert_eq!(token, None);
     assert_eq!(looks, [Some(owner), Some(owner)]);
-    assert_eq!(s.store.get("k").unwrap().unwrap().token, owner);
+    assert_eq!(s.store.get("k").unwrap().1.unwrap().token, owner);
 
     // Likewise a key that appears between the read and the write.
     let mut looks = 0;
