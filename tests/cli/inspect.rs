@@ -1,12 +1,10 @@
 //! `idem inspect`: listing, filters, the detail view, raw output, the JSON
 //! schema, escaping, a closed pipe, and a store that does not exist.
 
-use crate::support::{backend, sh, wait_until, Backend, Env};
+use crate::support::{backend, sh, start_reading, wait_until, Backend, Env};
 use serde_json::Value;
 use std::ffi::OsStr;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::process::Stdio;
 
 /// Runs `script` under `key` (extra flags before `--`) and returns the exit code.
 pub fn make(env: &Env, key: &str, extra: &[&str], script: &str) -> i32 {
@@ -380,21 +378,6 @@ fn make_big_listing(env: &Env) {
     for i in 0..24 {
         make(env, &format!("k{i}"), &[], &format!("true {long}"));
     }
-}
-
-/// Starts `idem ARGS` with stdout on a pipe and waits for its first bytes.
-fn start_reading(env: &Env, args: &[&str]) -> (std::process::Child, std::process::ChildStdout) {
-    let mut idem = env
-        .idem_std()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = idem.stdout.take().unwrap();
-    let mut first = [0u8; 2];
-    stdout.read_exact(&mut first).unwrap();
-    (idem, stdout)
 }
 
 #[test]

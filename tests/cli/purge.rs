@@ -180,10 +180,11 @@ fn a_dead_owner_is_purged_without_force_which_clears_a_blocked_key() {
         .trim()
         .parse()
         .unwrap();
-    // idem and its child's whole group die at once: a crash.
-    kill(Pid::from_raw(-child), Signal::SIGKILL).unwrap();
+    // idem, then its child's whole group, die: a crash. idem goes first, or
+    // it could see its child die and record a failure before it is killed.
     kill(Pid::from_raw(holder.id() as i32), Signal::SIGKILL).unwrap();
     holder.wait().unwrap();
+    kill(Pid::from_raw(-child), Signal::SIGKILL).unwrap();
     crate::support::wait_until("the child group to be gone", || {
         kill(Pid::from_raw(-child), None).is_err()
     });

@@ -1,8 +1,8 @@
 //! `idem run`: keys, states, duplicates, the child, exit codes.
 
-use crate::support::{race, sh, wait_for, Env};
+use crate::support::{sh, start_reading, wait_for, Env};
 use predicates::prelude::*;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::process::Stdio;
 
 #[test]
@@ -497,16 +497,7 @@ fn output_streams_live() {
 fn a_closed_reader_never_kills_the_child() {
     let env = Env::new();
     let script = format!("seq 1 200000; {}", env.count_run("n"));
-    let mut idem = env
-        .idem_std()
-        .args(["run", "-k", "pipe", "--", "sh", "-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = idem.stdout.take().unwrap();
-    let mut first = [0u8; 2];
-    stdout.read_exact(&mut first).unwrap();
+    let (mut idem, stdout) = start_reading(&env, &["run", "-k", "pipe", "--", "sh", "-c", &script]);
     drop(stdout); // like `| head -1`
     let status = idem.wait().unwrap();
     assert!(status.success(), "{status:?}");
@@ -717,32 +708,6 @@ fn usage_errors_exit_2_naming_the_flag() {
 }
 
 #[test]
-fn races_on_a_fresh_store_run_once_and_all_get_the_result() {
-    let env = Env::new();
-    let script = format!("{}; echo result; sleep 0.2", env.count_run("n"));
-    let results = race(32, |_| {
-        let mut cmd = env.idem_std();
-        cmd.args([
-            "run",
-            "-k",
-            "race",
-            "--on-duplicate",
-            "wait",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ]);
-        cmd
-    });
-    for (code, stdout, stderr) in &results {
-        assert_eq!(*code, 0, "{}", String::from_utf8_lossy(stderr));
-        assert_eq!(stdout, b"result\n");
-    }
-    assert_eq!(env.count("n"), 1);
-}
-
-#[test]
 fn quiet_and_verbose() {
     let env = Env::new();
     env.idem()
@@ -769,16 +734,10 @@ fn replay_to_a_closed_pipe_still_exits_with_the_stored_status() {
         .args(["run", "-k", "big", "--", "sh", "-c", "seq 1 100000; exit 5"])
         .assert()
         .code(5);
-    let mut idem = env
-        .idem_std()
-        .args(["run", "-k", "big", "--", "sh", "-c", "seq 1 100000; exit 5"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = idem.stdout.take().unwrap();
-    let mut first = [0u8; 2];
-    stdout.read_exact(&mut first).unwrap();
+    let (mut idem, stdout) = start_reading(
+        &env,
+        &["run", "-k", "big", "--", "sh", "-c", "seq 1 100000; exit 5"],
+    );
     drop(stdout);
     assert_eq!(idem.wait().unwrap().code(), Some(5));
-    let _ = std::io::stdout().flush();
 }

@@ -6,6 +6,7 @@
 //! in its own table or key prefix on the local server).
 
 use assert_cmd::Command;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -208,6 +209,21 @@ fn remove_redis_keys(url: &str, prefix: &str) {
     if !keys.is_empty() {
         let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(keys).query(&mut con);
     }
+}
+
+/// Starts `idem ARGS` with stdout on a pipe and waits for its first bytes.
+pub fn start_reading(env: &Env, args: &[&str]) -> (std::process::Child, std::process::ChildStdout) {
+    let mut idem = env
+        .idem_std()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = idem.stdout.take().unwrap();
+    let mut first = [0u8; 2];
+    stdout.read_exact(&mut first).unwrap();
+    (idem, stdout)
 }
 
 pub fn bin() -> PathBuf {
