@@ -516,6 +516,40 @@ fn a_closed_reader_never_kills_the_child() {
 }
 
 #[test]
+fn a_closed_stderr_never_kills_the_child() {
+    let env = Env::new();
+    let script = format!("echo started; seq 1 200000 >&2; {}", env.count_run("n"));
+    let mut idem = env
+        .idem_std()
+        .args(["run", "-k", "err", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(idem.stderr.take()); // like `2>&1 | head -1` with stderr's reader gone
+    let mut stdout = String::new();
+    idem.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert!(idem.wait().unwrap().success());
+    assert_eq!(stdout, "started\n");
+    assert_eq!(env.count("n"), 1, "the child ran to its end");
+    let replay = env
+        .idem()
+        .args(["run", "-k", "err", "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let expected: String = (1..=200_000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(
+        String::from_utf8(replay.stderr).unwrap(),
+        expected,
+        "full stderr captured"
+    );
+}
+
+#[test]
 fn max_output_cuts_and_flags_the_stored_copy() {
     let env = Env::new();
     let script = "printf 0123456789; printf abcdefghij >&2";
