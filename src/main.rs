@@ -9,6 +9,7 @@ mod exit;
 mod key;
 mod owner;
 mod policy;
+mod say;
 mod store;
 mod text;
 
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::from(Code::Usage));
         }
         Err(e) => {
-            eprintln!("idem: {}", usage_line(&e));
+            say::error(format_args!("{}", usage_line(&e)));
             return ExitCode::from(u8::from(Code::Usage));
         }
     };
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
             let code = err
                 .downcast_ref::<Exit>()
                 .map_or(Code::Internal, |e| e.code);
-            eprintln!("idem: {err:#}");
+            say::error(format_args!("{err:#}"));
             ExitCode::from(u8::from(code))
         }
     }

@@ -76,6 +76,7 @@ pub struct Global {
 
 /// Runs the chosen subcommand; returns the exit status.
 pub fn dispatch(cli: Cli) -> Result<u8> {
+    crate::say::configure(cli.quiet, cli.verbose);
     let global = Global {
         db: cli.db,
         quiet: cli.quiet,

@@ -132,7 +132,7 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
     }
     if !global.quiet {
         for key in args.keys.iter().filter(|k| !tally.found.contains(*k)) {
-            eprintln!("idem: no record for key {}", escape(key.as_bytes()));
+            crate::say::notice(format_args!("no record for key {}", escape(key.as_bytes())));
         }
     }
     summary(args, &tally, &mut out)?;
@@ -172,11 +172,11 @@ fn report_skip(
         );
     }
     if !global.quiet {
-        eprintln!(
-            "idem: skipped {}: in progress and its owner {} is alive (--force purges it anyway)",
+        crate::say::notice(format_args!(
+            "skipped {}: in progress and its owner {} is alive (--force purges it anyway)",
             show::key(record),
             show::owner(record)
-        );
+        ));
     }
     Ok(())
 }

@@ -170,7 +170,7 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
         store::open(&location, Mode::Create)?.context("the store could not be created")?;
     if let (true, store::Location::Redis(url)) = (global.verbose, &location) {
         if let Some(warning) = store::redis::persistence_warning(url) {
-            eprintln!("idem: {warning}");
+            crate::say::notice(format_args!("{warning}"));
         }
     }
     let call = Call {
@@ -350,10 +350,10 @@ impl Call<'_> {
             return Ok(None);
         }
         if (record.stdout_truncated || record.stderr_truncated) && !self.global.quiet {
-            eprintln!(
-                "idem: the replayed output of key {} was cut at --max-output when it was stored",
+            crate::say::notice(format_args!(
+                "the replayed output of key {} was cut at --max-output when it was stored",
                 self.shown_key()
-            );
+            ));
         }
         store.count_replay(&self.key, record.token)?;
         Ok(Some(if record.timed_out {
@@ -438,11 +438,11 @@ impl Call<'_> {
             Status::Failed
         };
         if finished.timed_out && !self.global.quiet {
-            eprintln!(
-                "idem: {} timed out after {}",
+            crate::say::notice(format_args!(
+                "{} timed out after {}",
                 self.shown_command(),
                 humantime::format_duration(self.args.timeout.unwrap_or_default())
-            );
+            ));
         }
         self.finish(store, token, finished, status, lost_lease)?;
         Ok(exit)
@@ -496,7 +496,7 @@ impl Call<'_> {
 
     fn explain(&self, what: std::fmt::Arguments<'_>) {
         if self.global.verbose {
-            eprintln!("idem: {what}");
+            crate::say::explain(what);
         }
     }
 

@@ -248,9 +248,9 @@ pub fn finish_patiently(
         match write(with_output, left) {
             Ok(ours) => return Ok(ours),
             Err(FinishFailure::Output(why)) if with_output => {
-                eprintln!(
-                    "idem: could not store the output ({why}); recording the outcome without it"
-                );
+                crate::say::notice(format_args!(
+                    "could not store the output ({why}); recording the outcome without it"
+                ));
                 with_output = false;
             }
             Err(FinishFailure::Output(why) | FinishFailure::Retry(why)) => {
@@ -264,10 +264,10 @@ pub fn finish_patiently(
                     );
                 }
                 if !warned {
-                    eprintln!(
-                        "idem: store {store}: cannot record the outcome yet ({why}); retrying for up to {}",
+                    crate::say::notice(format_args!(
+                        "store {store}: cannot record the outcome yet ({why}); retrying for up to {}",
                         humantime::format_duration(FINISH_PATIENCE)
-                    );
+                    ));
                     warned = true;
                 }
                 std::thread::sleep(pause);

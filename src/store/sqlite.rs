@@ -471,10 +471,10 @@ impl Store for SqliteStore {
             Ok(ours) => Ok(ours),
             Err(first) => {
                 // The outcome matters more than its output (disk full, say).
-                eprintln!(
-                    "idem: could not store the output ({}); recording the outcome without it",
+                crate::say::notice(format_args!(
+                    "could not store the output ({}); recording the outcome without it",
                     describe(&first)
-                );
+                ));
                 let retry = self.write_outcome(key, token, outcome, false);
                 self.sql(retry, "cannot record the outcome")
             }

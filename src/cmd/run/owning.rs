@@ -45,19 +45,19 @@ impl Supervisor for Owning<'_> {
             Ok(true) => self.renewed = Instant::now(),
             Ok(false) => self.lost = true,
             Err(e) if self.renewed.elapsed() >= self.lease => {
-                eprintln!(
-                    "idem: could not renew the lease for {} ({e:#}); it has run out",
+                crate::say::error(format_args!(
+                    "could not renew the lease for {} ({e:#}); it has run out",
                     self.lease_key()
-                );
+                ));
                 self.lost = true;
             }
             Err(_) => {}
         }
         if self.lost {
-            eprintln!(
-                "idem: lost the lease on key {} while the command runs; its outcome will not be recorded",
+            crate::say::error(format_args!(
+                "lost the lease on key {} while the command runs; its outcome will not be recorded",
                 self.lease_key()
-            );
+            ));
         }
     }
 

@@ -1,0 +1,63 @@
+//! Every line idem writes about itself goes through here.
+//!
+//! idem's stderr may be a closed pipe (`idem run … 2>&1 | head -1`) or a
+//! full disk. `eprintln!` panics on such an error, and a panic between the
+//! claim and the outcome would lose the record, so nothing else in idem may
+//! print: a lint test (`tests/cli/lint.rs`) fails when `eprintln!` or
+//! `println!` appear outside this file. Each line is written with a single
+//! `write` of the whole `idem: …\n`, and a failed write is dropped.
+//!
+//! `-q` silences notices, never errors; `-v` adds explanations.
+
+use std::fmt;
+use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+const NORMAL: u8 = 1;
+const QUIET: u8 = 0;
+const VERBOSE: u8 = 2;
+
+static LEVEL: AtomicU8 = AtomicU8::new(NORMAL);
+
+/// Sets the level from `-q` / `-v`, once, before anything is printed.
+pub fn configure(quiet: bool, verbose: bool) {
+    let level = if quiet {
+        QUIET
+    } else if verbose {
+        VERBOSE
+    } else {
+        NORMAL
+    };
+    LEVEL.store(level, Ordering::Relaxed);
+}
+
+/// Whether `-v` was given.
+pub fn verbose() -> bool {
+    LEVEL.load(Ordering::Relaxed) >= VERBOSE
+}
+
+/// An error line: always written (`-q` does not hide errors).
+pub fn error(what: fmt::Arguments<'_>) {
+    write_line(what);
+}
+
+/// A notice: a warning the user should see unless they asked for `-q`.
+pub fn notice(what: fmt::Arguments<'_>) {
+    if LEVEL.load(Ordering::Relaxed) >= NORMAL {
+        write_line(what);
+    }
+}
+
+/// An explanation of a decision, shown with `-v` only.
+pub fn explain(what: fmt::Arguments<'_>) {
+    if verbose() {
+        write_line(what);
+    }
+}
+
+fn write_line(what: fmt::Arguments<'_>) {
+    let line = format!("idem: {what}\n");
+    // One write, so concurrent idems do not interleave within a line; any
+    // failure (EPIPE, ENOSPC, EBADF) is dropped: a notice never kills idem.
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
