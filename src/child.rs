@@ -14,7 +14,7 @@
 #![allow(unsafe_code)]
 
 use crate::owner::{group_alive, start_time, ChildId};
-use crate::store::Captured;
+use crate::store::{Captured, Chunk, Stream};
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -84,6 +84,8 @@ pub trait Supervisor {
     fn started(&mut self, child: ChildId) -> Result<()>;
     /// Called every `tick_every` while the child runs (lease renewal).
     fn tick(&mut self);
+    /// Output to store, in the order it was read, already cut at the cap.
+    fn journal(&mut self, chunks: &[Chunk<'_>]) -> Result<()>;
     fn tick_every(&self) -> Option<Duration>;
 }
 
@@ -176,8 +178,8 @@ fn supervise(
         }));
     }
 
-    let mut out = Tee::new(out_r, 1, spec.max_output);
-    let mut err = Tee::new(err_r, 2, spec.max_output);
+    let mut out = Tee::new(out_r, Stream::Stdout, spec.max_output);
+    let mut err = Tee::new(err_r, Stream::Stderr, spec.max_output);
     let started = Instant::now();
     let timeout_at = spec.timeout.map(|t| started + t);
     let mut kill_at = None;
@@ -249,11 +251,18 @@ fn supervise(
         let (sig_ready, out_ready, err_ready) = (ready(Some(0)), ready(out_at), ready(err_at));
         drop(fds);
 
-        if out_ready && out.pump() {
-            last_data = Instant::now();
-        }
-        if err_ready && err.pump() {
-            last_data = Instant::now();
+        for (ready, tee) in [(out_ready, &mut out), (err_ready, &mut err)] {
+            let stream = tee.stream;
+            if let Some(kept) = ready.then(|| tee.pump()).flatten() {
+                last_data = Instant::now();
+                if !kept.is_empty() {
+                    let chunk = Chunk {
+                        stream,
+                        bytes: kept,
+                    };
+                    supervisor.journal(&[chunk])?;
+                }
+            }
         }
         if sig_ready {
             while let Ok(Some(info)) = signals.read_signal() {
@@ -438,11 +447,12 @@ impl Exec {
     }
 }
 
-/// Copies one of the child's streams to idem's own and keeps up to `cap`
-/// bytes of it. A closed reader on idem's side stops the copying, never the
-/// capture, and never the child.
+/// Copies one of the child's streams to idem's own and hands up to `cap`
+/// bytes of it on for storing. A closed reader on idem's side stops the
+/// copying, never the capture, and never the child.
 struct Tee {
     pipe: Option<OwnedFd>,
+    stream: Stream,
     target: i32,
     target_open: bool,
     cap: u64,
@@ -451,10 +461,14 @@ struct Tee {
 }
 
 impl Tee {
-    fn new(pipe: OwnedFd, target: i32, cap: u64) -> Tee {
+    fn new(pipe: OwnedFd, stream: Stream, cap: u64) -> Tee {
         Tee {
             pipe: Some(pipe),
-            target,
+            stream,
+            target: match stream {
+                Stream::Stdout => 1,
+                Stream::Stderr => 2,
+            },
             target_open: true,
             cap,
             captured: Captured::default(),
@@ -470,9 +484,9 @@ impl Tee {
         self.pipe.as_ref().map(AsFd::as_fd)
     }
 
-    /// Moves one chunk; true when data arrived.
-    fn pump(&mut self) -> bool {
-        let Some(pipe) = &self.pipe else { return false };
+    /// Moves one chunk; when data arrived, returns the part to store.
+    fn pump(&mut self) -> Option<&[u8]> {
+        let Some(pipe) = &self.pipe else { return None };
         let n = loop {
             match nix::unistd::read(pipe.as_raw_fd(), &mut self.buf) {
                 Ok(n) => break n,
@@ -482,20 +496,20 @@ impl Tee {
         };
         if n == 0 {
             self.pipe = None;
-            return false;
+            return None;
         }
         let chunk = &self.buf[..n];
         if self.target_open {
             self.target_open = write_all_fd(self.target, chunk);
         }
-        let room = self.cap.saturating_sub(self.captured.bytes.len() as u64) as usize;
+        let room =
+            usize::try_from(self.cap.saturating_sub(self.captured.len)).unwrap_or(usize::MAX);
         if chunk.len() > room {
             self.captured.truncated = true;
         }
-        self.captured
-            .bytes
-            .extend_from_slice(&chunk[..chunk.len().min(room)]);
-        true
+        let kept = &chunk[..chunk.len().min(room)];
+        self.captured.len += kept.len() as u64;
+        Some(kept)
     }
 
     fn captured(self) -> Captured {

@@ -110,7 +110,13 @@ fn one(args: &Args, key: &str, store: &mut dyn Store, out: &mut dyn Write) -> Re
         _ => None,
     };
     if let Some(stream) = stream {
-        if !store.copy_output(key, record.token, stream, out)? {
+        let read = store.read_journal(key, record.token, 0, &mut |s, bytes| {
+            if s == stream {
+                out.write_all(bytes)?;
+            }
+            Ok(())
+        })?;
+        if read.is_none() {
             return no_record(key);
         }
     } else if args.json {

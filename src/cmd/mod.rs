@@ -1,8 +1,10 @@
 //! The command line: global flags, subcommands, and the value parsers they
 //! share. Each subcommand lives in its own module with its own `Args`.
 
+mod follow;
 pub mod inspect;
 mod json;
+pub mod logs;
 pub mod purge;
 pub mod run;
 mod show;
@@ -64,6 +66,7 @@ Exit status: COMMAND's own status when it ran or was replayed (128+N: signal N),
 pub enum Command {
     Run(run::Args),
     Inspect(inspect::Args),
+    Logs(logs::Args),
     Purge(purge::Args),
 }
 
@@ -85,6 +88,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Run(args) => run::run(&args, &global),
         Command::Inspect(args) => inspect::run(&args, &global),
+        Command::Logs(args) => logs::run(&args, &global),
         Command::Purge(args) => purge::run(&args, &global),
     }
 }

@@ -3,7 +3,8 @@
 //! The loop reads the record without a lock and asks `policy::decide`; only
 //! a verdict to run takes the store's write lock, where the decision is made
 //! again on the record as it is under the lock. A replay never writes more
-//! than a replay counter.
+//! than a replay counter; a waiter attaches to the run it waits for (see
+//! `run/join.rs`).
 
 use super::{byte_size, positive_duration, Global};
 use crate::child::{self, Finished, SpawnError};
@@ -11,22 +12,21 @@ use crate::exit::{child_status, fail, Code};
 use crate::key::{self, Fingerprint};
 use crate::owner::Here;
 use crate::policy::{decide, owner_alive, OnCrash, OnDuplicate, OnFailure, Policy, Verdict};
-use crate::store::{self, Captured, Claim, Millis, Mode, Outcome, Record, Status, Store, Stream};
+use crate::store::{self, Captured, Claim, Millis, Mode, Outcome, Record, Status, Store};
 use crate::text::{command_line, escape};
 use anyhow::{Context, Result};
 use std::cell::OnceCell;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, Seek, Write};
+use std::io::{self, Seek};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
+mod join;
 mod owning;
 
+use join::Joined;
 use owning::{pause_point, Owning};
-
-/// How often a waiter looks at the record again.
-const WAIT_POLL: Duration = Duration::from_millis(50);
 
 /// Run COMMAND at most once per key
 ///
@@ -205,13 +205,18 @@ enum Next {
 impl Call<'_> {
     fn run(&self, store: &mut dyn Store, stdin: Option<File>) -> Result<u8> {
         let wait_until = self.args.wait_timeout.map(|t| Instant::now() + t);
-        let mut waiting_noted = false;
+        // The attempt this waiter was attached to when it ended without an
+        // outcome (its owner crashed).
+        let mut left: Option<i64> = None;
         loop {
             let (now, record) = store.get(&self.key)?;
             let next = self.act(store, record.as_ref(), now)?;
             let next = match next {
                 Next::Claim => match self.claim(store)? {
-                    Ok((token, attempt)) => return self.execute(store, token, attempt, stdin),
+                    Ok((token, attempt)) => {
+                        self.left_behind(left, "taking it over");
+                        return self.execute(store, token, attempt, stdin);
+                    }
                     Err(next) => next,
                 },
                 next => next,
@@ -220,23 +225,32 @@ impl Call<'_> {
                 Next::Done(code) => return Ok(code),
                 Next::Claim => {}
                 Next::Wait => {
-                    if wait_until.is_some_and(|t| Instant::now() >= t) {
-                        let (_, record) = store.get(&self.key)?;
-                        return fail(
-                            Code::InProgress,
-                            self.busy_message(record.as_ref(), "the wait timed out; "),
-                        );
+                    let Some(record) = record else { continue };
+                    self.left_behind(left.take(), "attaching to the new attempt");
+                    match self.attach(store, &record, wait_until)? {
+                        Joined::Done(code) => return Ok(code),
+                        Joined::Left => left = Some(record.attempt),
+                        Joined::TimedOut => {
+                            let (_, record) = store.get(&self.key)?;
+                            return fail(
+                                Code::InProgress,
+                                self.busy_message(record.as_ref(), "the wait timed out; "),
+                            );
+                        }
                     }
-                    if !waiting_noted {
-                        self.explain(format_args!(
-                            "key {} is in progress elsewhere; waiting",
-                            self.shown_key()
-                        ));
-                        waiting_noted = true;
-                    }
-                    std::thread::sleep(WAIT_POLL);
                 }
             }
+        }
+    }
+
+    /// The one line an attached waiter writes when the run it showed
+    /// ended without an outcome and it moves on.
+    fn left_behind(&self, attempt: Option<i64>, next: &str) {
+        if let Some(attempt) = attempt {
+            crate::say::notice(format_args!(
+                "key {}: attempt {attempt} crashed; its output so far is shown above; {next}",
+                self.shown_key()
+            ));
         }
     }
 
@@ -327,42 +341,6 @@ impl Call<'_> {
         }
     }
 
-    /// Streams the stored output; `None` when the record vanished meanwhile.
-    fn replay(&self, store: &mut dyn Store, record: &Record) -> Result<Option<u8>> {
-        self.explain(format_args!(
-            "key {} completed earlier (attempt {}); replaying its output and status {}",
-            self.shown_key(),
-            record.attempt,
-            record_status(record)
-        ));
-        // An empty stream needs no second look at the store.
-        let mut stdout = ClosedOk(io::stdout().lock());
-        if record.stdout_bytes > 0
-            && !store.copy_output(&self.key, record.token, Stream::Stdout, &mut stdout)?
-        {
-            return Ok(None);
-        }
-        let _ = stdout.0.flush();
-        let mut stderr = ClosedOk(io::stderr().lock());
-        if record.stderr_bytes > 0
-            && !store.copy_output(&self.key, record.token, Stream::Stderr, &mut stderr)?
-        {
-            return Ok(None);
-        }
-        if (record.stdout_truncated || record.stderr_truncated) && !self.global.quiet {
-            crate::say::notice(format_args!(
-                "the replayed output of key {} was cut at --max-output when it was stored",
-                self.shown_key()
-            ));
-        }
-        store.count_replay(&self.key, record.token)?;
-        Ok(Some(if record.timed_out {
-            u8::from(Code::Timeout)
-        } else {
-            child_status(record.exit_code, record.signal)
-        }))
-    }
-
     fn execute(
         &self,
         store: &mut dyn Store,
@@ -396,11 +374,13 @@ impl Call<'_> {
             lease: self.args.lease,
             renewed: Instant::now(),
             lost: false,
+            output_lost: false,
         };
         let ran = child::run(&spec, &mut owner)?;
         let lost_lease = owner.lost;
+        let output_lost = owner.output_lost;
         pause_point("before-finish");
-        let (finished, exit) = match ran {
+        let (mut finished, exit) = match ran {
             Ok(finished) => {
                 let exit = if finished.timed_out {
                     u8::from(Code::Timeout)
@@ -432,6 +412,10 @@ impl Call<'_> {
                 return fail(code, message);
             }
         };
+        if output_lost {
+            finished.stdout.truncated = true;
+            finished.stderr.truncated = true;
+        }
         let status = if finished.succeeded() || self.args.on_failure == OnFailure::Lock {
             Status::Completed
         } else {
@@ -452,8 +436,6 @@ impl Call<'_> {
         &self,
         store: &mut dyn Store,
         token: i64,
-        // Taken, not borrowed: the captured output can be the size of
-        // --max-output and is not worth a copy.
         finished: Finished,
         status: Status,
         lost_lease: bool,
@@ -535,25 +517,6 @@ impl Call<'_> {
 
 fn millis(d: Duration) -> Millis {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
-}
-
-/// A writer for replay that treats a closed reader as the end of interest.
-struct ClosedOk<W>(W);
-
-impl<W: Write> Write for ClosedOk<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.0.write(buf) {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(buf.len()),
-            other => other,
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self.0.flush() {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-            other => other,
-        }
-    }
 }
 
 fn record_status(record: &Record) -> String {

@@ -1,18 +1,19 @@
 //! The store: where records live, behind one trait.
 //!
 //! A backend offers atomic primitives only — read, claim under a lock,
-//! record the child, renew, finish, stream output, list, delete. What to do
+//! record the child, renew, append to and read the output journal, finish,
+//! list, delete. What to do
 //! with a record (run, replay, wait, refuse, take over) is decided by
 //! `crate::policy`, which every backend shares. `open` picks the backend from
 //! the `--db` value.
 
+pub mod journal;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;
 
 use crate::owner::{ChildId, Owner};
 use anyhow::Result;
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,7 @@ impl Status {
     }
 }
 
-/// One key's record, as stored (output bytes are streamed separately).
+/// One key's record, as stored (its output is in its journal).
 #[derive(Debug, Clone)]
 pub struct Record {
     pub key: String,
@@ -67,6 +68,7 @@ pub struct Record {
     pub timed_out: bool,
     pub replays: i64,
     pub owner: Owner,
+    /// Bytes of each stream in the journal so far.
     pub stdout_bytes: i64,
     pub stderr_bytes: i64,
     pub stdout_truncated: bool,
@@ -95,7 +97,8 @@ pub struct Claim {
     pub lease_ms: Millis,
 }
 
-/// A finished run as `finish` stores it.
+/// A finished run as `finish` stores it (its output is in the journal
+/// already).
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub status: Status,
@@ -107,10 +110,10 @@ pub struct Outcome {
     pub stderr: Captured,
 }
 
-/// A stream's stored copy: at most `--max-output` bytes.
-#[derive(Debug, Clone, Default)]
+/// What a stream's stored copy came to: at most `--max-output` bytes.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Captured {
-    pub bytes: Vec<u8>,
+    pub len: u64,
     pub truncated: bool,
 }
 
@@ -119,6 +122,17 @@ pub enum Stream {
     Stdout,
     Stderr,
 }
+
+/// Bytes idem read from one of the child's streams, in one go.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    pub stream: Stream,
+    pub bytes: &'a [u8],
+}
+
+/// How often a follower looks at a local store again (a shared store
+/// wakes it up instead).
+pub const LOCAL_POLL: Duration = Duration::from_millis(50);
 
 /// How many records one purge transaction deletes: big enough to amortise
 /// a commit, small enough that a waiting `idem run` hardly notices
@@ -162,18 +176,41 @@ pub trait Store {
     /// Extends the lease of a running claim. False if it is no longer ours.
     fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool>;
 
-    /// Stores the outcome durably. False if the claim is no longer ours.
+    /// Stores the outcome durably, and with it the journal written so far.
+    /// False if the claim is no longer ours.
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool>;
 
-    /// Writes a stream's stored bytes to `out`. False if the record with
-    /// `token` is gone.
-    fn copy_output(
+    /// Appends `chunks` (one batch) to the journal of the running claim as
+    /// one frame. Not durable by itself: `finish` makes the whole journal
+    /// durable. False if the claim is no longer ours.
+    fn append_journal(&mut self, key: &str, token: i64, chunks: &[Chunk<'_>]) -> Result<bool>;
+
+    /// Passes the journal of the record with `token`, from position `from`
+    /// (0: the start), to `each`, a piece at a time, in order, in bounded
+    /// memory. A record written before journals existed yields its stdout,
+    /// then its stderr. Returns the position after what was read, to resume
+    /// from; `None` if the record with `token` is gone.
+    fn read_journal(
         &mut self,
         key: &str,
         token: i64,
-        stream: Stream,
-        out: &mut dyn Write,
-    ) -> Result<bool>;
+        from: u64,
+        each: &mut dyn FnMut(Stream, &[u8]) -> Result<()>,
+    ) -> Result<Option<u64>>;
+
+    /// Returns once the journal of `key` may have grown past `from`, or its
+    /// record may have changed, or `timeout` has passed. This default
+    /// sleeps a little; a shared store waits for the server to wake it.
+    fn await_journal(
+        &mut self,
+        _key: &str,
+        _token: i64,
+        _from: u64,
+        timeout: Duration,
+    ) -> Result<()> {
+        std::thread::sleep(timeout.min(LOCAL_POLL));
+        Ok(())
+    }
 
     /// Counts one replay (cheaply: not worth an fsync).
     fn count_replay(&mut self, key: &str, token: i64) -> Result<()>;

@@ -9,24 +9,25 @@
 //! to another application, or has a newer schema is refused untouched.
 
 mod file;
+mod journal;
 mod purge;
 
 use file::{check_identity, create_file, read_header, Header};
 
-use super::{Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream};
+use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream};
 use crate::exit::{Code, Exit};
 use crate::owner::{ChildId, Owner};
 use anyhow::{Context, Result};
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, ToSql};
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// `PRAGMA application_id`: "idem" in ASCII.
 const APPLICATION_ID: i32 = 0x6964_656d;
 /// `PRAGMA user_version`: the schema this build writes.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 /// How many expired records a claim deletes on its way.
 const CLEANUP_BATCH: i64 = 16;
 /// How long contention on the write lock may last before idem gives up.
@@ -86,6 +87,10 @@ const MIGRATIONS: &[&str] = &[
         count INTEGER NOT NULL
     ) STRICT;
 ",
+    // The output journal (see sqlite/journal.rs). Like replay counts, a
+    // journal belongs to one claim (key, token), and whoever deletes or
+    // replaces records deletes their journals.
+    journal::SCHEMA,
 ];
 
 const RECORD_COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, token, started_at, \
@@ -93,7 +98,8 @@ const RECORD_COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, t
     replays + coalesce((SELECT count FROM replay_counts AS c \
         WHERE c.key = records.key AND c.token = records.token), 0), \
     owner_host, owner_boot, \
-    owner_pid, owner_start, child_pid, child_pgid, child_start, length(stdout), length(stderr), \
+    owner_pid, owner_start, child_pid, child_pgid, child_start, \
+    coalesce(stdout_bytes, length(stdout)), coalesce(stderr_bytes, length(stderr)), \
     stdout_truncated, stderr_truncated";
 /// How many columns `RECORD_COLUMNS` names; a query may add more after them.
 const RECORD_COLUMN_COUNT: usize = 25;
@@ -321,16 +327,20 @@ impl SqliteStore {
         token: i64,
         now: Millis,
     ) -> rusqlite::Result<()> {
+        // A takeover or re-run starts a new journal.
+        tx.prepare_cached("DELETE FROM journal WHERE key = ?1")?
+            .execute([key])?;
         tx.prepare_cached(
             "INSERT INTO records (key, status, fingerprint, command, cwd, attempt, token, started_at,
-                owner_host, owner_boot, owner_pid, owner_start)
-             VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                owner_host, owner_boot, owner_pid, owner_start, stdout_bytes, stderr_bytes)
+             VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, 0)
              ON CONFLICT (key) DO UPDATE SET status = 'in_progress', fingerprint = ?2, command = ?3,
                 cwd = ?4, attempt = ?5, token = ?6, started_at = ?7, finished_at = NULL,
                 expires_at = NULL, exit_code = NULL, signal = NULL, timed_out = 0, replays = 0,
                 owner_host = ?8, owner_boot = ?9, owner_pid = ?10, owner_start = ?11,
                 child_pid = NULL, child_pgid = NULL, child_start = NULL,
-                stdout_truncated = 0, stderr_truncated = 0, stdout = x'', stderr = x''",
+                stdout_truncated = 0, stderr_truncated = 0, stdout = x'', stderr = x'',
+                stdout_bytes = 0, stderr_bytes = 0",
         )?
         .execute(params![
             key,
@@ -355,13 +365,17 @@ impl SqliteStore {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         if !gone.is_empty() {
             let mut counts = tx.prepare_cached("DELETE FROM replay_counts WHERE key = ?1")?;
+            let mut journals = tx.prepare_cached("DELETE FROM journal WHERE key = ?1")?;
             for key in gone {
-                counts.execute([key])?;
+                counts.execute([&key])?;
+                journals.execute([&key])?;
             }
         }
         Ok(())
     }
 
+    /// `with_output` false drops the journal (the outcome matters more
+    /// than its output: a full disk) and flags what it held as cut.
     fn write_outcome(
         &mut self,
         key: &str,
@@ -370,19 +384,23 @@ impl SqliteStore {
         with_output: bool,
     ) -> rusqlite::Result<bool> {
         let now = now_millis();
-        let (out, err): (&[u8], &[u8]) = if with_output {
-            (&outcome.stdout.bytes, &outcome.stderr.bytes)
-        } else {
-            (&[], &[])
-        };
         self.sync(Sync::Full)?;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if !with_output {
+            tx.execute(
+                "DELETE FROM journal WHERE key = ?1 AND token = ?2",
+                params![key, token],
+            )?;
+        }
         let changed = tx.execute(
             "UPDATE records SET status = ?3, finished_at = ?4, expires_at = ?4 + ?5, exit_code = ?6,
-                signal = ?7, timed_out = ?8, stdout = ?9, stderr = ?10,
-                stdout_truncated = ?11, stderr_truncated = ?12
+                signal = ?7, timed_out = ?8,
+                stdout_truncated = ?9 OR (NOT ?11 AND stdout_bytes > 0),
+                stderr_truncated = ?10 OR (NOT ?11 AND stderr_bytes > 0),
+                stdout_bytes = CASE WHEN ?11 THEN stdout_bytes ELSE 0 END,
+                stderr_bytes = CASE WHEN ?11 THEN stderr_bytes ELSE 0 END
              WHERE key = ?1 AND token = ?2 AND status = 'in_progress'",
             params![
                 key,
@@ -393,10 +411,9 @@ impl SqliteStore {
                 outcome.exit_code,
                 outcome.signal,
                 outcome.timed_out,
-                out,
-                err,
-                outcome.stdout.truncated || (!with_output && !outcome.stdout.bytes.is_empty()),
-                outcome.stderr.truncated || (!with_output && !outcome.stderr.bytes.is_empty()),
+                outcome.stdout.truncated,
+                outcome.stderr.truncated,
+                with_output,
             ],
         )?;
         tx.commit()?;
@@ -481,44 +498,18 @@ impl Store for SqliteStore {
         }
     }
 
-    fn copy_output(
+    fn append_journal(&mut self, key: &str, token: i64, chunks: &[Chunk<'_>]) -> Result<bool> {
+        self.append(key, token, chunks)
+    }
+
+    fn read_journal(
         &mut self,
         key: &str,
         token: i64,
-        stream: Stream,
-        out: &mut dyn Write,
-    ) -> Result<bool> {
-        let column = match stream {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        };
-        let tx = self.conn.unchecked_transaction();
-        let tx = self.sql(tx, "cannot read the output")?;
-        let rowid = tx
-            .prepare_cached("SELECT rowid FROM records WHERE key = ?1 AND token = ?2")
-            .and_then(|mut s| {
-                s.query_row(params![key, token], |r| r.get::<_, i64>(0))
-                    .optional()
-            });
-        let Some(rowid) = self.sql(rowid, "cannot read the output")? else {
-            return Ok(false);
-        };
-        let blob = tx.blob_open(rusqlite::DatabaseName::Main, "records", column, rowid, true);
-        let mut blob = self.sql(blob, "cannot read the output")?;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = blob
-                .read(&mut buf)
-                .or_else(|e| self.fail(&format!("cannot read the output: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            out.write_all(&buf[..n])?;
-        }
-        drop(blob);
-        let done = tx.commit();
-        self.sql(done, "cannot read the output")?;
-        Ok(true)
+        from: u64,
+        each: &mut dyn FnMut(Stream, &[u8]) -> Result<()>,
+    ) -> Result<Option<u64>> {
+        self.read(key, token, from, each)
     }
 
     fn count_replay(&mut self, key: &str, token: i64) -> Result<()> {
@@ -572,9 +563,15 @@ impl Store for SqliteStore {
                     tx.prepare_cached("DELETE FROM records WHERE key = ?1 AND token = ?2")?;
                 let mut counts =
                     tx.prepare_cached("DELETE FROM replay_counts WHERE key = ?1 AND token = ?2")?;
+                let mut journals =
+                    tx.prepare_cached("DELETE FROM journal WHERE key = ?1 AND token = ?2")?;
                 for (key, token) in records {
-                    gone += stmt.execute(params![key, token])? as u64;
-                    counts.execute(params![key, token])?;
+                    let went = stmt.execute(params![key, token])?;
+                    if went > 0 {
+                        counts.execute(params![key, token])?;
+                        journals.execute(params![key, token])?;
+                    }
+                    gone += went as u64;
                 }
             }
             tx.commit()?;

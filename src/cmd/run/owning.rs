@@ -1,12 +1,13 @@
 //! Holding a claim while the child runs: record the child before it may
-//! exec, and renew a shared store's lease; plus the debug-build pause points
+//! exec, append its output to the record's journal, and renew a shared
+//! store's lease; plus the debug-build pause points
 //! the crash tests use to SIGKILL idem at exact moments.
 
 use super::millis;
 use crate::child::Supervisor;
 use crate::exit::{fail, Code};
 use crate::owner::ChildId;
-use crate::store::Store;
+use crate::store::{Chunk, Store};
 use crate::text::escape;
 use anyhow::Result;
 use std::fs::File;
@@ -20,6 +21,8 @@ pub(super) struct Owning<'a> {
     pub(super) lease: Duration,
     pub(super) renewed: Instant,
     pub(super) lost: bool,
+    /// The journal could not be written: what it holds is cut short.
+    pub(super) output_lost: bool,
 }
 
 impl Supervisor for Owning<'_> {
@@ -65,9 +68,41 @@ impl Supervisor for Owning<'_> {
     fn tick_every(&self) -> Option<Duration> {
         (self.store.is_shared() && !self.lost).then(|| self.lease / 3)
     }
+
+    fn journal(&mut self, chunks: &[Chunk<'_>]) -> Result<()> {
+        Owning::journal(self, chunks)
+    }
 }
 
 impl Owning<'_> {
+    /// Appends a batch of output to the journal. A store that fails to
+    /// take it never stops the run: the journal is then cut there (and
+    /// flagged so at the end); a claim found lost is reported like a lost
+    /// lease.
+    pub(super) fn journal(&mut self, chunks: &[Chunk<'_>]) -> Result<()> {
+        if self.lost || self.output_lost {
+            return Ok(());
+        }
+        match self.store.append_journal(self.key, self.token, chunks) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.lost = true;
+                crate::say::error(format_args!(
+                    "lost the claim on key {} while the command runs; its outcome will not be recorded",
+                    self.lease_key()
+                ));
+            }
+            Err(e) => {
+                self.output_lost = true;
+                crate::say::notice(format_args!(
+                    "could not store the output of key {} ({e:#}); the stored copy is cut here",
+                    self.lease_key()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn lease_key(&self) -> String {
         format!("'{}'", escape(self.key.as_bytes()))
     }

@@ -5,15 +5,17 @@
 //! — connecting included — runs under a time limit, so a dead or stalled
 //! server never hangs idem: the run loop renews leases from the same thread
 //! that forwards signals to the child. After a limit runs out or the
-//! connection drops, the next call connects afresh.
+//! connection drops, the next call connects afresh. Notifications (`LISTEN`)
+//! are passed from the connection's task to `wait_note`.
 
 use super::target::Target;
 use crate::exit::{fail, Code};
 use anyhow::{Context, Result};
 use std::time::Duration;
 use tokio::runtime::Runtime;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Error, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Error, NoTls};
 
 /// How long one call may take by default: a little more than the server's
 /// own `statement_timeout`, so the server's message usually wins.
@@ -23,6 +25,10 @@ pub struct Conn {
     rt: Runtime,
     client: Option<Client>,
     pub target: Target,
+    /// Payloads of the notifications the current connection received.
+    notes: Option<UnboundedReceiver<String>>,
+    /// Whether the current connection has run `LISTEN`.
+    listening: bool,
 }
 
 /// Why a call failed.
@@ -52,6 +58,8 @@ impl Conn {
             rt,
             client: None,
             target,
+            notes: None,
+            listening: false,
         })
     }
 
@@ -73,7 +81,13 @@ impl Conn {
         limit: Duration,
         op: impl AsyncFnOnce(&mut Client) -> Result<T, Error>,
     ) -> Result<T, Failure> {
-        let Conn { rt, client, target } = self;
+        let Conn {
+            rt,
+            client,
+            target,
+            notes,
+            listening,
+        } = self;
         let result = rt.block_on(async {
             let started = tokio::time::Instant::now();
             if client.as_ref().is_none_or(Client::is_closed) {
@@ -84,8 +98,20 @@ impl Conn {
                     Err(_) => return Err(Failure::Lost(over_limit("connect", limit))),
                 };
                 // Polled whenever a later call waits on the runtime.
-                tokio::spawn(connection);
+                let (send, receive) = unbounded_channel();
+                let mut connection = connection;
+                tokio::spawn(async move {
+                    while let Some(Ok(message)) =
+                        std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                    {
+                        if let AsyncMessage::Notification(note) = message {
+                            let _ = send.send(note.payload().to_owned());
+                        }
+                    }
+                });
                 *client = Some(new);
+                *notes = Some(receive);
+                *listening = false;
             }
             let Some(active) = client.as_mut() else {
                 unreachable!("connected just above")
@@ -109,6 +135,30 @@ impl Conn {
             Failure::Server(text) => Failure::Server(target.scrub(&text)),
             Failure::Lost(text) => Failure::Lost(target.scrub(&text)),
         })
+    }
+
+    /// Whether this connection listens for notifications.
+    pub fn listening(&self) -> bool {
+        self.listening && self.client.as_ref().is_some_and(|c| !c.is_closed())
+    }
+
+    pub fn set_listening(&mut self) {
+        self.listening = true;
+    }
+
+    /// Waits up to `limit` for a notification with this payload; the
+    /// connection is driven meanwhile.
+    pub fn wait_note(&mut self, payload: &str, limit: Duration) {
+        let Some(notes) = self.notes.as_mut() else {
+            return;
+        };
+        let _ = self.rt.block_on(tokio::time::timeout(limit, async {
+            while let Some(note) = notes.recv().await {
+                if note == payload {
+                    return;
+                }
+            }
+        }));
     }
 
     /// Exit 125 with the store's (password-free) name.

@@ -9,20 +9,20 @@
 //! lease can never overwrite the record of the run that took over.
 
 mod conn;
+mod journal;
 mod records;
 mod schema;
 mod target;
 #[cfg(test)]
 mod tests;
 
-use super::{Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
+use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
 use crate::owner::ChildId;
 use crate::store::{finish_patiently, FinishFailure};
 use anyhow::Result;
 use conn::{Conn, Failure, CALL_LIMIT};
-use records::{record_from_row, COLUMNS};
+use records::{columns, record_from_row};
 use schema::{Found, Names, SCHEMA_VERSION};
-use std::io::Write;
 use std::time::Duration;
 use target::Target;
 use tokio_postgres::types::{ToSql, Type};
@@ -31,8 +31,6 @@ use tokio_postgres::types::{ToSql, Type};
 const NOW: &str = "(extract(epoch FROM now()) * 1000)::bigint";
 /// How many expired records a claim deletes on its way.
 const CLEANUP_BATCH: i64 = 16;
-/// How much stored output one round trip carries during replay.
-const CHUNK: i32 = 1024 * 1024;
 /// How long `finish` keeps trying to reach the server once COMMAND has run.
 /// How many times a claim re-reads after losing a race before giving up.
 const CLAIM_ROUNDS: usize = 100;
@@ -44,6 +42,9 @@ type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 pub struct PgStore {
     conn: Conn,
     names: Names,
+    /// Whether the store has the journal (schema 2): an older store opened
+    /// read-only is read as it is.
+    journal: bool,
 }
 
 pub fn open(url: &str, mode: Mode) -> Result<Option<Box<dyn Store>>> {
@@ -64,11 +65,17 @@ impl PgStore {
                     schema::create(c, &names).await
                 })?
             }
+            (Found::Older(_), Mode::Create | Mode::Existing) => {
+                conn.call("cannot upgrade the store", CALL_LIMIT, async |c| {
+                    schema::create(c, &names).await
+                })?
+            }
             (Found::Missing, Mode::Existing | Mode::ReadOnly) => return Ok(None),
             (found, _) => found,
         };
         match found {
-        Found::Ready => Ok(Some(PgStore { conn, names })),
+        Found::Ready => Ok(Some(PgStore { conn, names, journal: true })),
+        Found::Older(_) => Ok(Some(PgStore { conn, names, journal: false })),
         Found::Missing => conn.fail("it vanished while it was being created; try again"),
         Found::Newer(version) => conn.fail(&format!(
             "it has schema version {version}, newer than this idem understands ({SCHEMA_VERSION}); upgrade idem"
@@ -85,64 +92,11 @@ impl PgStore {
     fn read_sql(&self, lock: bool) -> String {
         format!(
             "SELECT {NOW}, r.* FROM (SELECT 1) AS one LEFT JOIN LATERAL \
-             (SELECT {COLUMNS} FROM {} WHERE key = $1{}) AS r ON true",
+             (SELECT {} FROM {} WHERE key = $1{}) AS r ON true",
+            columns(self.journal),
             self.names.records,
             if lock { " FOR UPDATE" } else { "" }
         )
-    }
-
-    fn output_column(stream: Stream) -> &'static str {
-        match stream {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        }
-    }
-
-    /// One attempt to store the outcome; `with_output` false stores it
-    /// without the captured bytes (flagged as truncated).
-    fn write_outcome(
-        &mut self,
-        key: &str,
-        token: i64,
-        outcome: &Outcome,
-        with_output: bool,
-        limit: Duration,
-    ) -> Result<bool, Failure> {
-        let sql = format!(
-            "UPDATE {} SET status = $3, finished_at = {NOW}, expires_at = {NOW} + $4, \
-                exit_code = $5, signal = $6, timed_out = $7, stdout = $8, stderr = $9, \
-                stdout_truncated = $10, stderr_truncated = $11, lease_until = NULL \
-             WHERE key = $1 AND token = $2",
-            self.names.records
-        );
-        let (out, err): (&[u8], &[u8]) = if with_output {
-            (&outcome.stdout.bytes, &outcome.stderr.bytes)
-        } else {
-            (&[], &[])
-        };
-        let cut = |c: &super::Captured| c.truncated || (!with_output && !c.bytes.is_empty());
-        let (out_cut, err_cut) = (cut(&outcome.stdout), cut(&outcome.stderr));
-        self.conn.try_call(limit, async |c| {
-            let changed = c
-                .execute_typed(
-                    &sql,
-                    &[
-                        (&key, Type::TEXT),
-                        (&token, Type::INT8),
-                        (&outcome.status.as_str(), Type::TEXT),
-                        (&outcome.ttl_ms, Type::INT8),
-                        (&outcome.exit_code, Type::INT4),
-                        (&outcome.signal, Type::INT4),
-                        (&outcome.timed_out, Type::BOOL),
-                        (&out, Type::BYTEA),
-                        (&err, Type::BYTEA),
-                        (&out_cut, Type::BOOL),
-                        (&err_cut, Type::BOOL),
-                    ],
-                )
-                .await?;
-            Ok(changed == 1)
-        })
     }
 
     /// Runs an `UPDATE … WHERE key = $1 AND token = $2 …` and says whether
@@ -193,14 +147,18 @@ impl Store for PgStore {
                 lease_until = {NOW} + $10, finished_at = NULL, expires_at = NULL, \
                 exit_code = NULL, signal = NULL, timed_out = false, replays = 0, \
                 child_pid = NULL, child_pgid = NULL, child_start = NULL, \
-                stdout = '', stderr = '', stdout_truncated = false, stderr_truncated = false \
+                stdout = '', stderr = '', stdout_truncated = false, stderr_truncated = false, \
+                stdout_bytes = 0, stderr_bytes = 0 \
              WHERE key = $1 AND token = $11 RETURNING token"
         );
+        // A takeover or re-run starts a new journal.
+        let forget = format!("DELETE FROM {} WHERE key = $1", self.names.journal);
         let insert = format!(
             "INSERT INTO {records} (key, status, fingerprint, command, cwd, attempt, owner_host, \
-                owner_boot, owner_pid, owner_start, token, started_at, lease_until) \
+                owner_boot, owner_pid, owner_start, token, started_at, lease_until, \
+                stdout_bytes, stderr_bytes) \
              VALUES ($1, 'in_progress', $2, $3, $4, $5, $6, $7, $8, $9, nextval('{sequence}'), \
-                {NOW}, {NOW} + $10) \
+                {NOW}, {NOW} + $10, 0, 0) \
              ON CONFLICT (key) DO NOTHING RETURNING token"
         );
         let cleanup = format!(
@@ -241,6 +199,7 @@ impl Store for PgStore {
                     let observed = existing.as_ref().map(|r| r.token);
                     let written = match &observed {
                         Some(token) => {
+                            tx.execute_typed(&forget, &[(&key, Type::TEXT)]).await?;
                             params.push((token, Type::INT8));
                             tx.query_typed(&replace, &params).await?
                         }
@@ -315,52 +274,28 @@ impl Store for PgStore {
         })
     }
 
-    fn copy_output(
+    fn append_journal(&mut self, key: &str, token: i64, chunks: &[Chunk<'_>]) -> Result<bool> {
+        self.append(key, token, chunks)
+    }
+
+    fn read_journal(
         &mut self,
         key: &str,
         token: i64,
-        stream: Stream,
-        out: &mut dyn Write,
-    ) -> Result<bool> {
-        // Chunk by chunk, each naming the token: the stored bytes of a
-        // finished claim never change, and a purge or takeover shows up as
-        // a missing row.
-        let sql = format!(
-            "SELECT octet_length({column})::bigint, substring({column} FROM $3 FOR $4) \
-             FROM {} WHERE key = $1 AND token = $2",
-            self.names.records,
-            column = Self::output_column(stream)
-        );
-        let mut from: i32 = 1;
-        loop {
-            let chunk = self
-                .conn
-                .call("cannot read the output", CALL_LIMIT, async |c| {
-                    let params: [Param; 4] = [
-                        (&key, Type::TEXT),
-                        (&token, Type::INT8),
-                        (&from, Type::INT4),
-                        (&CHUNK, Type::INT4),
-                    ];
-                    let rows = c.query_typed(&sql, &params).await?;
-                    Ok(rows
-                        .first()
-                        .map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1))))
-                })?;
-            let Some((total, bytes)) = chunk else {
-                if from == 1 {
-                    return Ok(false);
-                }
-                return self
-                    .conn
-                    .fail("the record was purged or taken over during its replay");
-            };
-            out.write_all(&bytes)?;
-            from = from.saturating_add(CHUNK);
-            if i64::from(from) > total || bytes.is_empty() {
-                return Ok(true);
-            }
-        }
+        from: u64,
+        each: &mut dyn FnMut(Stream, &[u8]) -> Result<()>,
+    ) -> Result<Option<u64>> {
+        self.read(key, token, from, each)
+    }
+
+    fn await_journal(
+        &mut self,
+        key: &str,
+        _token: i64,
+        _from: u64,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.await_notification(key, timeout)
     }
 
     fn count_replay(&mut self, key: &str, token: i64) -> Result<()> {
@@ -375,7 +310,8 @@ impl Store for PgStore {
 
     fn list(&mut self, filter: &Filter, each: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
         let now = self.now()?;
-        records::list(&mut self.conn, &self.names.records, filter, now, each)
+        let table = &self.names.records;
+        records::list(&mut self.conn, table, self.journal, filter, now, each)
     }
 
     fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {

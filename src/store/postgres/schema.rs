@@ -1,21 +1,26 @@
 //! The tables idem keeps on a PostgreSQL server, and their version.
 //!
-//! Three objects per `?table=NAME`: the records table `NAME`, the sequence
-//! `NAME_token` that hands out fencing tokens, and `NAME_meta`, whose
-//! `schema_version` row says which layout this is. They are created on first
-//! use inside one transaction under an advisory lock, so hosts that race to
-//! create them all see one result. A newer version is refused untouched;
-//! a table of that name that idem did not create is never adopted.
+//! Four objects per `?table=NAME`: the records table `NAME`, the output
+//! journal `NAME_journal`, the sequence `NAME_token` that hands out fencing
+//! tokens, and `NAME_meta`, whose `schema_version` row says which layout
+//! this is. They are created on first use inside one transaction under an
+//! advisory lock, so hosts that race to create them all see one result; an
+//! older layout is upgraded the same way by the first `run` or `purge`
+//! (version 1 had no journal: its records keep their output in the
+//! `stdout` and `stderr` columns, which later records leave empty). A newer
+//! version is refused untouched; a table of that name that idem did not
+//! create is never adopted.
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Error, GenericClient};
 
 /// The layout this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Quoted names of one store's objects.
 pub struct Names {
     pub records: String,
+    pub journal: String,
     pub meta: String,
     pub token: String,
     /// The unquoted records table name, for `to_regclass` and the lock key.
@@ -27,6 +32,7 @@ impl Names {
     pub fn new(table: &str) -> Names {
         Names {
             records: format!("\"{table}\""),
+            journal: format!("\"{table}_journal\""),
             meta: format!("\"{table}_meta\""),
             token: format!("\"{table}_token\""),
             plain: table.to_owned(),
@@ -34,10 +40,20 @@ impl Names {
     }
 }
 
+impl Names {
+    /// The `NOTIFY` channel of this store's journals (`LISTEN` takes it as
+    /// the quoted `records`).
+    pub fn channel(&self) -> String {
+        self.plain.clone()
+    }
+}
+
 /// What the server holds under these names.
 pub enum Found {
     /// Ready at this build's version.
     Ready,
+    /// Made by an older idem: readable, upgraded before a write.
+    Older(i64),
     /// Nothing yet.
     Missing,
     /// Made by a newer idem.
@@ -88,12 +104,15 @@ async fn probe(client: &impl GenericClient, names: &Names) -> Result<Found, Erro
 fn classify(version: i64) -> Found {
     if version > SCHEMA_VERSION {
         Found::Newer(version)
+    } else if version < SCHEMA_VERSION {
+        Found::Older(version)
     } else {
         Found::Ready
     }
 }
 
-/// Creates the store if it is missing; returns what is there afterwards.
+/// Creates the store if it is missing, or upgrades an older one; returns
+/// what is there afterwards.
 ///
 /// The lock is taken before the transaction starts: a transaction that
 /// began before a racing creator committed could still see the old catalog.
@@ -111,6 +130,19 @@ async fn create_locked(client: &mut Client, names: &Names) -> Result<Found, Erro
     let tx = client.transaction().await?;
     match probe(&tx, names).await? {
         Found::Missing => {}
+        Found::Older(1) => {
+            tx.batch_execute(&journal_sql(names)).await?;
+            tx.execute(
+                &format!(
+                    "UPDATE {} SET value = {SCHEMA_VERSION} WHERE name = 'schema_version'",
+                    names.meta
+                ),
+                &[],
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(Found::Ready);
+        }
         other => return Ok(other),
     }
     let Names {
@@ -154,9 +186,28 @@ async fn create_locked(client: &mut Client, names: &Names) -> Result<Found, Erro
              stderr_truncated boolean NOT NULL DEFAULT false
          );
          CREATE INDEX {by_started} ON {records} (started_at DESC, key);
-         CREATE INDEX {by_expiry} ON {records} (expires_at) WHERE expires_at IS NOT NULL;"
+         CREATE INDEX {by_expiry} ON {records} (expires_at) WHERE expires_at IS NOT NULL;
+         {}",
+        journal_sql(names)
     ))
     .await?;
     tx.commit().await?;
     Ok(Found::Ready)
+}
+
+/// Schema 2: the journal table, and per-stream byte counts on the record.
+fn journal_sql(names: &Names) -> String {
+    let Names {
+        records, journal, ..
+    } = names;
+    format!(
+        "ALTER TABLE {records} ADD COLUMN stdout_bytes bigint, ADD COLUMN stderr_bytes bigint;
+         CREATE TABLE {journal} (
+             key text NOT NULL REFERENCES {records} (key) ON DELETE CASCADE,
+             token bigint NOT NULL,
+             seq bigint NOT NULL,
+             frame bytea NOT NULL,
+             PRIMARY KEY (key, token, seq)
+         );"
+    )
 }

@@ -3,7 +3,7 @@
 //!
 //! Keys under the prefix P (`?prefix=P`, default `idem:`): `P schema` holds
 //! the schema version, `P token` the fencing counter, `P rec:KEY` each
-//! record. A claim reads the record with the server's `TIME`, lets the
+//! record and `P log:KEY` its output journal (see journal.rs). A claim reads the record with the server's `TIME`, lets the
 //! shared policy decide, and writes only if the record is still the one it
 //! read (same token and revision; every write bumps the revision), else it
 //! reads again. All times are the server's. Redis deletes records itself:
@@ -11,6 +11,7 @@
 //! which their owner renews. See docs/many-hosts-redis.md.
 
 mod conn;
+mod journal;
 mod list;
 mod record;
 mod target;
@@ -22,16 +23,18 @@ use self::conn::{describe, is_connection_error, Failure, TIME_LIMIT};
 use self::record::{parse_record, FIELDS};
 use self::target::Target;
 pub use self::warning::persistence_warning;
-use super::{Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
+use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
 use crate::owner::ChildId;
 use crate::store::{finish_patiently, FinishFailure};
 use anyhow::Result;
 use redis::{Client, Connection, Script};
-use std::io::Write;
 use std::time::Duration;
 
-/// The layout of keys and fields this build writes.
-const SCHEMA_VERSION: i64 = 1;
+/// The layout of keys and fields this build writes. Version 1 had no
+/// journals: its records keep their output in `stdout` and `stderr` fields,
+/// which later records do not have; a store at 1 is read as it is and
+/// stamped 2 by the first `run` or `purge`.
+const SCHEMA_VERSION: i64 = 2;
 /// How long idem keeps trying to record an outcome once COMMAND has run.
 /// How long an in-progress record outlives its lease in Redis: a crashed
 /// run stays visible this long (for `--on-crash block` and an operator),
@@ -47,6 +50,8 @@ struct Scripts {
     renew: Script,
     set_child: Script,
     finish: Script,
+    append: Script,
+    journal: Script,
     output: Script,
     count_replay: Script,
     delete: Script,
@@ -59,6 +64,8 @@ impl Scripts {
             renew: Script::new(include_str!("lua/renew.lua")),
             set_child: Script::new(include_str!("lua/set_child.lua")),
             finish: Script::new(include_str!("lua/finish.lua")),
+            append: Script::new(include_str!("lua/append.lua")),
+            journal: Script::new(include_str!("lua/journal.lua")),
             output: Script::new(include_str!("lua/output.lua")),
             count_replay: Script::new(include_str!("lua/count_replay.lua")),
             delete: Script::new(include_str!("lua/delete.lua")),
@@ -110,6 +117,11 @@ impl RedisStore {
         format!("{}rec:{key}", self.target.prefix)
     }
 
+    /// The record's output journal: keep it in the record's hash slot.
+    fn journal_key(&self, key: &str) -> String {
+        format!("{}log:{key}", self.target.prefix)
+    }
+
     /// Checks (or, for `run`, writes) the schema version under the prefix.
     /// False when there is no store and `mode` may not create one.
     fn check_schema(&mut self, mode: Mode) -> Result<bool> {
@@ -128,6 +140,13 @@ impl RedisStore {
             };
             match version.as_deref().map(str::parse::<i64>) {
                 Some(Ok(SCHEMA_VERSION)) => return Ok(true),
+                Some(Ok(1)) if mode == Mode::ReadOnly => return Ok(true),
+                Some(Ok(1)) => self.exec("cannot upgrade the schema version", true, |c, _| {
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(SCHEMA_VERSION)
+                        .query::<()>(c)
+                })?,
                 Some(Ok(newer)) if newer > SCHEMA_VERSION => {
                     return self.target.fail(&format!(
                         "it has schema version {newer}, newer than this idem understands ({SCHEMA_VERSION}); upgrade idem"
@@ -165,6 +184,7 @@ impl RedisStore {
         Ok((millis_from_time(time), parse_record(key, &values)))
     }
 
+    /// One try; `with_output` false drops the journal (flagged as cut).
     fn write_outcome(
         &mut self,
         key: &str,
@@ -172,21 +192,15 @@ impl RedisStore {
         outcome: &Outcome,
         with_output: bool,
     ) -> std::result::Result<bool, Failure> {
-        let rkey = self.record_key(key);
-        let (out, err): (&[u8], &[u8]) = if with_output {
-            (&outcome.stdout.bytes, &outcome.stderr.bytes)
-        } else {
-            (&[], &[])
-        };
-        // Output that could not be stored counts as cut.
-        let out_cut = outcome.stdout.truncated || out.len() < outcome.stdout.bytes.len();
-        let err_cut = outcome.stderr.truncated || err.len() < outcome.stderr.bytes.len();
+        let (rkey, jkey) = (self.record_key(key), self.journal_key(key));
         self.call(&mut |c, s| {
             let mut script = s.finish.key(&rkey);
             script
+                .key(&jkey)
                 .arg(token)
                 .arg(outcome.ttl_ms.clamp(0, MAX_TTL_MS))
-                .arg(outcome.status.as_str());
+                .arg(outcome.status.as_str())
+                .arg(i64::from(with_output));
             if let Some(code) = outcome.exit_code {
                 script.arg("exit_code").arg(code);
             }
@@ -196,18 +210,10 @@ impl RedisStore {
             script
                 .arg("timed_out")
                 .arg(i64::from(outcome.timed_out))
-                .arg("stdout")
-                .arg(out)
-                .arg("stderr")
-                .arg(err)
-                .arg("stdout_bytes")
-                .arg(out.len())
-                .arg("stderr_bytes")
-                .arg(err.len())
                 .arg("stdout_truncated")
-                .arg(i64::from(out_cut))
+                .arg(i64::from(outcome.stdout.truncated))
                 .arg("stderr_truncated")
-                .arg(i64::from(err_cut));
+                .arg(i64::from(outcome.stderr.truncated));
             script.invoke::<i64>(c).map(|ours| ours == 1)
         })
     }
@@ -231,7 +237,7 @@ impl Store for RedisStore {
         key: &str,
         decide: &mut dyn FnMut(Option<&Record>, Millis) -> Option<Claim>,
     ) -> Result<Option<i64>> {
-        let rkey = self.record_key(key);
+        let (rkey, jkey) = (self.record_key(key), self.journal_key(key));
         let counter = format!("{}token", self.target.prefix);
         let mut conflicted = None;
         loop {
@@ -245,6 +251,7 @@ impl Store for RedisStore {
                 s.claim
                     .key(&rkey)
                     .key(&counter)
+                    .key(&jkey)
                     .arg(token)
                     .arg(&rev)
                     .arg(claim.lease_ms)
@@ -303,13 +310,14 @@ impl Store for RedisStore {
     /// Within a third of the lease (at most `TIME_LIMIT`) and without a
     /// retry: the run loop waits meanwhile and tries again at its next tick.
     fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool> {
-        let rkey = self.record_key(key);
+        let (rkey, jkey) = (self.record_key(key), self.journal_key(key));
         let limit = Duration::from_millis(u64::try_from(lease_ms / 3).unwrap_or(0))
             .clamp(Duration::from_millis(100), TIME_LIMIT);
         self.within(limit, |store| {
             store.exec("cannot renew the lease", false, |c, s| {
                 s.renew
                     .key(&rkey)
+                    .key(&jkey)
                     .arg(token)
                     .arg(lease_ms)
                     .arg(GRACE_MS)
@@ -336,28 +344,28 @@ impl Store for RedisStore {
         })
     }
 
-    fn copy_output(
+    fn append_journal(&mut self, key: &str, token: i64, chunks: &[Chunk<'_>]) -> Result<bool> {
+        self.append(key, token, chunks)
+    }
+
+    fn read_journal(
         &mut self,
         key: &str,
         token: i64,
-        stream: Stream,
-        out: &mut dyn Write,
-    ) -> Result<bool> {
-        let rkey = self.record_key(key);
-        let field = match stream {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        };
-        let bytes: Option<Vec<u8>> = self.exec("cannot read the output", true, |c, s| {
-            s.output.key(&rkey).arg(token).arg(field).invoke(c)
-        })?;
-        match bytes {
-            Some(bytes) => {
-                out.write_all(&bytes)?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        from: u64,
+        each: &mut dyn FnMut(Stream, &[u8]) -> Result<()>,
+    ) -> Result<Option<u64>> {
+        self.read(key, token, from, each)
+    }
+
+    fn await_journal(
+        &mut self,
+        key: &str,
+        _token: i64,
+        from: u64,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.await_entry(key, from, timeout)
     }
 
     fn count_replay(&mut self, key: &str, token: i64) -> Result<()> {
@@ -375,7 +383,11 @@ impl Store for RedisStore {
     fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
         let mut gone = 0;
         for chunk in records.chunks(list::PAGE) {
-            let keys: Vec<String> = chunk.iter().map(|(k, _)| self.record_key(k)).collect();
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|(k, _)| self.record_key(k))
+                .chain(chunk.iter().map(|(k, _)| self.journal_key(k)))
+                .collect();
             let tokens: Vec<i64> = chunk.iter().map(|(_, t)| *t).collect();
             gone += self.exec("cannot delete records", true, |c, s| {
                 s.delete.key(&keys).arg(&tokens).invoke::<u64>(c)

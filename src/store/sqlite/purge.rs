@@ -53,6 +53,9 @@ impl SqliteStore {
             [],
         );
         self.sql(counts, "cannot delete replay counts")?;
+        // Journals likewise, a bounded batch per transaction.
+        let journals = self.purge_journals();
+        self.sql(journals, "cannot delete the output of purged records")?;
         let freed = self.reclaim_space();
         self.sql(freed, "cannot free the space of purged records")?;
         let durable = self.sync(Sync::Full);
@@ -160,6 +163,23 @@ impl SqliteStore {
             match end {
                 Some(end) => after = end,
                 None => return Ok(gone),
+            }
+        }
+    }
+
+    /// Deletes journal rows whose claim is gone.
+    fn purge_journals(&mut self) -> rusqlite::Result<()> {
+        loop {
+            let gone = self.conn.execute(
+                &format!(
+                    "DELETE FROM journal WHERE rowid IN (SELECT rowid FROM journal AS j \
+                     WHERE NOT EXISTS (SELECT 1 FROM records AS r \
+                       WHERE r.key = j.key AND r.token = j.token) LIMIT {PURGE_BATCH})"
+                ),
+                [],
+            )?;
+            if gone < PURGE_BATCH {
+                return Ok(());
             }
         }
     }

@@ -1,6 +1,7 @@
 -- Writes a new claim on KEYS[1] if the record is still the one the caller
 -- decided on: absent when ARGV[1] is '0', else carrying token ARGV[1] at
--- revision ARGV[2]. KEYS[2] is the token counter. ARGV[3] is the lease and
+-- revision ARGV[2]. KEYS[2] is the token counter, KEYS[3] the record's
+-- journal (a new claim starts a new one). ARGV[3] is the lease and
 -- ARGV[4] the grace after it (ms); the rest are the claim's field/value pairs.
 -- Returns the new fencing token, or 0 when the record is not as seen.
 local seen = redis.call('HMGET', KEYS[1], 'token', 'rev')
@@ -17,7 +18,7 @@ end
 local token = redis.call('INCR', KEYS[2])
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local lease_until = now + tonumber(ARGV[3])
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('HSET', KEYS[1], 'status', 'in_progress', 'token', string.format('%d', token),
   'rev', '1', 'started_at', string.format('%d', now),
   'lease_until', string.format('%d', lease_until), unpack(ARGV, 5))

@@ -1,0 +1,125 @@
+//! Writing a record's output journal to idem's own stdout and stderr: once
+//! (a replay, `idem logs`), or following a run in progress until it ends
+//! (a waiter attached with `--on-duplicate wait`, `idem logs --follow`).
+//!
+//! Each piece goes straight to file descriptor 1 or 2 in journal order,
+//! unbuffered, so `2>&1` shows the interleaving the run had. A follower
+//! reads the record, then the journal past what it wrote, and then waits
+//! for the store to say there may be more (a local store is looked at
+//! again every 50 ms; a shared one wakes the follower up).
+
+use crate::exit::{child_status, Code};
+use crate::store::{Millis, Record, Status, Store, Stream};
+use anyhow::{Context, Result};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+/// How long a follower waits for a wake-up before it looks at the record
+/// again (its owner may have died without a word).
+const ROUND: Duration = Duration::from_secs(1);
+
+/// idem's stdout and stderr, written unbuffered.
+pub struct Sink {
+    out: Option<File>,
+    err: Option<File>,
+}
+
+impl Sink {
+    pub fn new() -> Sink {
+        let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().ok().map(File::from);
+        Sink {
+            out: dup(io::stdout().as_fd()),
+            err: dup(io::stderr().as_fd()),
+        }
+    }
+
+    /// Writes a piece of the journal to its stream. A reader that went
+    /// away (EPIPE) ends the interest in that stream, not the replay.
+    pub fn write(&mut self, stream: Stream, bytes: &[u8]) -> Result<()> {
+        let slot = match stream {
+            Stream::Stdout => &mut self.out,
+            Stream::Stderr => &mut self.err,
+        };
+        if let Some(file) = slot {
+            match file.write_all(bytes) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => *slot = None,
+                Err(e) => return Err(e).context("cannot write the output"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a followed run ended, as far as the follower could tell.
+pub enum End {
+    /// It finished: this is its record, outcome included.
+    Finished(Record),
+    /// Its owner died; this is its record, still `in_progress`.
+    Crashed(Record),
+    /// The record was purged or taken over meanwhile.
+    Gone,
+    /// `until` came first.
+    TimedOut,
+}
+
+/// Writes the journal of `record` (a run in progress) from its start, then
+/// live as the run produces more, until it ends. `alive` judges the owner
+/// at the store's time.
+pub fn follow(
+    store: &mut dyn Store,
+    record: &Record,
+    sink: &mut Sink,
+    alive: &dyn Fn(&Record, Millis) -> bool,
+    until: Option<Instant>,
+) -> Result<End> {
+    let (key, token) = (record.key.as_str(), record.token);
+    let mut at = 0;
+    loop {
+        // The record first: once it is finished, the journal read after it
+        // is complete.
+        let (now, current) = store.get(key)?;
+        let Some(current) = current.filter(|r| r.token == token) else {
+            return Ok(End::Gone);
+        };
+        match store.read_journal(key, token, at, &mut |s, b| sink.write(s, b))? {
+            Some(next) => at = next,
+            None => return Ok(End::Gone),
+        }
+        if current.status != Status::InProgress {
+            return Ok(End::Finished(current));
+        }
+        if !alive(&current, now) {
+            return Ok(End::Crashed(current));
+        }
+        let mut wait = ROUND;
+        if let Some(until) = until {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(End::TimedOut);
+            }
+            wait = wait.min(left);
+        }
+        store.await_journal(key, token, at, wait)?;
+    }
+}
+
+/// The exit status a finished record stands for.
+pub fn run_status(record: &Record) -> u8 {
+    if record.timed_out {
+        u8::from(Code::Timeout)
+    } else {
+        child_status(record.exit_code, record.signal)
+    }
+}
+
+/// The one-line warning after output that was cut when it was stored.
+pub fn warn_if_cut(record: &Record, shown_key: &str) {
+    if record.stdout_truncated || record.stderr_truncated {
+        crate::say::notice(format_args!(
+            "the output of key {shown_key} was cut at --max-output when it was stored"
+        ));
+    }
+}

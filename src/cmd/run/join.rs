@@ -1,0 +1,78 @@
+//! A duplicate call that does not run COMMAND: it replays a finished run's
+//! journal, or attaches to a run in progress (`--on-duplicate wait`) and
+//! shares its result.
+
+use super::{record_status, Call};
+use crate::cmd::follow::{follow, run_status, warn_if_cut, End, Sink};
+use crate::store::{Record, Store};
+use crate::text::escape;
+use anyhow::Result;
+use std::time::Instant;
+
+/// How an attached waiter came away.
+pub(super) enum Joined {
+    /// The run finished: exit with this status.
+    Done(u8),
+    /// The run ended without an outcome (its owner crashed, or the record
+    /// was purged or taken over): look at the key again.
+    Left,
+    /// `--wait-timeout` ran out first.
+    TimedOut,
+}
+
+impl Call<'_> {
+    /// Writes the stored journal; `None` when the record vanished meanwhile.
+    pub(super) fn replay(&self, store: &mut dyn Store, record: &Record) -> Result<Option<u8>> {
+        self.explain(format_args!(
+            "key {} completed earlier (attempt {}); replaying its output and status {}",
+            self.shown_key(),
+            record.attempt,
+            record_status(record)
+        ));
+        // An empty journal needs no second look at the store.
+        if record.stdout_bytes > 0 || record.stderr_bytes > 0 {
+            let mut sink = Sink::new();
+            let read =
+                store.read_journal(&self.key, record.token, 0, &mut |s, b| sink.write(s, b))?;
+            if read.is_none() {
+                return Ok(None);
+            }
+        }
+        warn_if_cut(record, &self.shown_key());
+        store.count_replay(&self.key, record.token)?;
+        Ok(Some(run_status(record)))
+    }
+
+    /// Joins the run of `record`: writes its output from the start and live,
+    /// and shares its result, a failure included.
+    pub(super) fn attach(
+        &self,
+        store: &mut dyn Store,
+        record: &Record,
+        until: Option<Instant>,
+    ) -> Result<Joined> {
+        self.explain(format_args!(
+            "key {} is in progress (attempt {}, pid {} on {}); attaching to its output",
+            self.shown_key(),
+            record.attempt,
+            record.owner.pid,
+            escape(record.owner.host.as_bytes())
+        ));
+        let shared = store.is_shared();
+        let mut sink = Sink::new();
+        let alive = |r: &Record, now| self.alive(r, now, shared);
+        Ok(match follow(store, record, &mut sink, &alive, until)? {
+            End::Finished(done) => {
+                self.explain(format_args!(
+                    "key {}: the run finished with status {}",
+                    self.shown_key(),
+                    record_status(&done)
+                ));
+                warn_if_cut(&done, &self.shown_key());
+                Joined::Done(run_status(&done))
+            }
+            End::Crashed(_) | End::Gone => Joined::Left,
+            End::TimedOut => Joined::TimedOut,
+        })
+    }
+}

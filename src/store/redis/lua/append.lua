@@ -1,0 +1,15 @@
+-- Appends frame ARGV[4] to the journal KEYS[2] of the running claim with
+-- token ARGV[1] on KEYS[1], as entry N-0 (the Nth), and adds ARGV[2] and
+-- ARGV[3] to its stdout and stderr byte counts. The journal expires with
+-- the record. Returns 1, or 0 when the claim is no longer ours.
+local seen = redis.call('HMGET', KEYS[1], 'token', 'status')
+if seen[1] ~= ARGV[1] or seen[2] ~= 'in_progress' then return 0 end
+redis.call('HINCRBY', KEYS[1], 'stdout_bytes', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'stderr_bytes', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'rev', 1)
+if #ARGV[4] > 0 then
+  redis.call('XADD', KEYS[2], string.format('%d-0', redis.call('XLEN', KEYS[2]) + 1), 'f', ARGV[4])
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+end
+return 1
