@@ -77,6 +77,7 @@ pub fn follow(
 ) -> Result<End> {
     let (key, token) = (record.key.as_str(), record.token);
     let mut at = 0;
+    let mut dead_once = false;
     loop {
         // The record first: once it is finished, the journal read after it
         // is complete.
@@ -92,8 +93,15 @@ pub fn follow(
             return Ok(End::Finished(current));
         }
         if !alive(&current, now) {
-            return Ok(End::Crashed(current));
+            // The owner may have finished and exited since `get`: only a
+            // second look that still finds the record running is a crash.
+            if dead_once {
+                return Ok(End::Crashed(current));
+            }
+            dead_once = true;
+            continue;
         }
+        dead_once = false;
         let mut wait = ROUND;
         if let Some(until) = until {
             let left = until.saturating_duration_since(Instant::now());

@@ -152,13 +152,16 @@ impl Conn {
         let Some(notes) = self.notes.as_mut() else {
             return;
         };
-        let _ = self.rt.block_on(tokio::time::timeout(limit, async {
-            while let Some(note) = notes.recv().await {
-                if note == payload {
-                    return;
+        self.rt.block_on(async {
+            let _ = tokio::time::timeout(limit, async {
+                while let Some(note) = notes.recv().await {
+                    if note == payload {
+                        return;
+                    }
                 }
-            }
-        }));
+            })
+            .await;
+        });
     }
 
     /// Exit 125 with the store's (password-free) name.
