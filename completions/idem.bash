@@ -22,6 +22,9 @@ _idem() {
             idem,inspect)
                 cmd="idem__subcmd__inspect"
                 ;;
+            idem,logs)
+                cmd="idem__subcmd__logs"
+                ;;
             idem,purge)
                 cmd="idem__subcmd__purge"
                 ;;
@@ -33,6 +36,9 @@ _idem() {
                 ;;
             idem__subcmd__help,inspect)
                 cmd="idem__subcmd__help__subcmd__inspect"
+                ;;
+            idem__subcmd__help,logs)
+                cmd="idem__subcmd__help__subcmd__logs"
                 ;;
             idem__subcmd__help,purge)
                 cmd="idem__subcmd__help__subcmd__purge"
@@ -47,7 +53,7 @@ _idem() {
 
     case "${cmd}" in
         idem)
-            opts="-q -v -h -V --db --quiet --verbose --help --version run inspect purge help"
+            opts="-q -v -h -V --db --quiet --verbose --help --version run inspect logs purge help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -76,7 +82,7 @@ _idem() {
             return 0
             ;;
         idem__subcmd__help)
-            opts="run inspect purge help"
+            opts="run inspect logs purge help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -104,6 +110,20 @@ _idem() {
             return 0
             ;;
         idem__subcmd__help__subcmd__inspect)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        idem__subcmd__help__subcmd__logs)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -164,6 +184,35 @@ _idem() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --db)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        idem__subcmd__logs)
+            opts="-f -q -v -h -V --follow --db --quiet --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --db)
                     local oldifs
                     if [ -n "${IFS+x}" ]; then

@@ -31,6 +31,7 @@ complete -c idem -n "__fish_idem_needs_command" -s h -l help -d 'Print help (see
 complete -c idem -n "__fish_idem_needs_command" -s V -l version -d 'Print version'
 complete -c idem -n "__fish_idem_needs_command" -f -a "run" -d 'Run COMMAND at most once per key'
 complete -c idem -n "__fish_idem_needs_command" -f -a "inspect" -d 'Show the records in the store: a table, one record in detail, or JSON'
+complete -c idem -n "__fish_idem_needs_command" -f -a "logs" -d 'Show the output of a key\'s run, in the order it was produced'
 complete -c idem -n "__fish_idem_needs_command" -f -a "purge" -d 'Delete records: the named keys, or those the selectors pick'
 complete -c idem -n "__fish_idem_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c idem -n "__fish_idem_using_subcommand run" -s k -l key -d 'The idempotency key (1 to 1024 bytes). Default: derived from COMMAND, `cmd:` + 32 hex digits of its fingerprint' -r
@@ -69,6 +70,12 @@ complete -c idem -n "__fish_idem_using_subcommand inspect" -s q -l quiet -d 'Sil
 complete -c idem -n "__fish_idem_using_subcommand inspect" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
 complete -c idem -n "__fish_idem_using_subcommand inspect" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c idem -n "__fish_idem_using_subcommand inspect" -s V -l version -d 'Print version'
+complete -c idem -n "__fish_idem_using_subcommand logs" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand logs" -s f -l follow -d 'Keep writing as the run produces more; exit with its status when it ends (0 at once for a finished run; 77 if its owner crashed)'
+complete -c idem -n "__fish_idem_using_subcommand logs" -s q -l quiet -d 'Silence notices (errors are still printed)'
+complete -c idem -n "__fish_idem_using_subcommand logs" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
+complete -c idem -n "__fish_idem_using_subcommand logs" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c idem -n "__fish_idem_using_subcommand logs" -s V -l version -d 'Print version'
 complete -c idem -n "__fish_idem_using_subcommand purge" -l status -d 'Select records with this status' -r -f -a "in_progress\t'Claimed; the command is running (or its owner crashed)'
 completed\t'Finished; duplicates replay it'
 failed\t'Finished with a failure and released'"
@@ -83,7 +90,8 @@ complete -c idem -n "__fish_idem_using_subcommand purge" -s q -l quiet -d 'Silen
 complete -c idem -n "__fish_idem_using_subcommand purge" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
 complete -c idem -n "__fish_idem_using_subcommand purge" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c idem -n "__fish_idem_using_subcommand purge" -s V -l version -d 'Print version'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge help" -f -a "run" -d 'Run COMMAND at most once per key'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge help" -f -a "inspect" -d 'Show the records in the store: a table, one record in detail, or JSON'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge help" -f -a "purge" -d 'Delete records: the named keys, or those the selectors pick'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge help" -f -a "run" -d 'Run COMMAND at most once per key'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge help" -f -a "inspect" -d 'Show the records in the store: a table, one record in detail, or JSON'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge help" -f -a "logs" -d 'Show the output of a key\'s run, in the order it was produced'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge help" -f -a "purge" -d 'Delete records: the named keys, or those the selectors pick'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

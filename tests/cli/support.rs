@@ -183,7 +183,7 @@ impl Drop for Env {
                 .args([
                     "-c",
                     &format!(
-                        "DROP TABLE IF EXISTS {t}, {t}_meta; DROP SEQUENCE IF EXISTS {t}_token"
+                        "DROP TABLE IF EXISTS {t}_journal, {t}, {t}_meta; DROP SEQUENCE IF EXISTS {t}_token"
                     ),
                 ])
                 .stderr(Stdio::null())

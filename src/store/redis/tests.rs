@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::owner::Owner;
-use crate::store::{Captured, Status};
+use crate::store::{Captured, Chunk, Status};
 use std::time::Instant;
 
 /// A fresh store under prefix `u<pid>_<name>:`, its keys deleted by `Drop`.
@@ -52,6 +52,9 @@ impl Scratch {
     }
 
     fn finish(&mut self, key: &str, token: i64, ttl_ms: Millis, stdout: Vec<u8>) -> bool {
+        if !append(&mut self.store, key, token, &stdout) {
+            return false;
+        }
         let outcome = Outcome {
             status: Status::Completed,
             exit_code: Some(0),
@@ -59,7 +62,7 @@ impl Scratch {
             timed_out: false,
             ttl_ms,
             stdout: Captured {
-                bytes: stdout,
+                len: stdout.len() as u64,
                 truncated: false,
             },
             stderr: Captured::default(),
@@ -196,28 +199,78 @@ fn wait_until_gone(s: &mut Scratch, key: &str) {
     }
 }
 
+/// Appends `stdout` to the journal in batches of 300,000 bytes.
+fn append(store: &mut dyn Store, key: &str, token: i64, stdout: &[u8]) -> bool {
+    stdout.chunks(300_000).all(|piece| {
+        let chunk = Chunk {
+            stream: Stream::Stdout,
+            bytes: piece,
+        };
+        store.append_journal(key, token, &[chunk]).unwrap()
+    })
+}
+
+/// Reads the whole journal back as (stream, bytes) runs.
+fn journal(store: &mut dyn Store, key: &str, token: i64) -> Option<Vec<(Stream, Vec<u8>)>> {
+    let mut runs: Vec<(Stream, Vec<u8>)> = Vec::new();
+    store
+        .read_journal(key, token, 0, &mut |stream, bytes| {
+            match runs.last_mut() {
+                Some((last, run)) if *last == stream => run.extend_from_slice(bytes),
+                _ => runs.push((stream, bytes.to_vec())),
+            }
+            Ok(())
+        })
+        .unwrap()
+        .map(|_| runs)
+}
+
 #[test]
-fn output_comes_back_byte_exact_for_its_token_only() {
-    let Some(mut s) = Scratch::new("output") else {
+fn the_journal_comes_back_in_order_byte_exact_for_its_token_only() {
+    let Some(mut s) = Scratch::new("journal") else {
         return;
     };
     for (key, len) in [("empty", 0), ("some", 1000), ("more", 3 << 20)] {
         let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
         let token = s.claim(key);
-        assert!(s.finish(key, token, 3_600_000, bytes.clone()));
-        let record = s.store.get(key).unwrap().1.unwrap();
-        assert_eq!(record.stdout_bytes, i64::from(len));
-        let mut out = Vec::new();
         assert!(s
             .store
-            .copy_output(key, token, Stream::Stdout, &mut out)
+            .append_journal(
+                key,
+                token,
+                &[Chunk {
+                    stream: Stream::Stderr,
+                    bytes: b"e1"
+                }]
+            )
             .unwrap());
-        assert!(out == bytes, "{key}: {} bytes back of {len}", out.len());
-        let mut none = Vec::new();
-        assert!(!s
-            .store
-            .copy_output(key, token + 1, Stream::Stdout, &mut none)
-            .unwrap());
+        assert!(append(&mut s.store, key, token, &bytes));
+        let tail = [
+            Chunk {
+                stream: Stream::Stderr,
+                bytes: b"e2",
+            },
+            Chunk {
+                stream: Stream::Stdout,
+                bytes: b"o2",
+            },
+        ];
+        assert!(s.store.append_journal(key, token, &tail).unwrap());
+        let record = s.store.get(key).unwrap().1.unwrap();
+        assert_eq!(record.stdout_bytes, i64::try_from(len + 2).unwrap());
+        assert_eq!(record.stderr_bytes, 4);
+        let mut expected = vec![(Stream::Stderr, b"e1".to_vec())];
+        if len > 0 {
+            expected.push((Stream::Stdout, bytes.clone()));
+        }
+        expected.push((Stream::Stderr, b"e2".to_vec()));
+        expected.push((Stream::Stdout, b"o2".to_vec()));
+        assert!(journal(&mut s.store, key, token) == Some(expected), "{key}");
+        assert!(journal(&mut s.store, key, token + 1).is_none());
+        // A new claim starts a new journal; the old token's appends are refused.
+        let next = s.claim(key);
+        assert!(!s.store.append_journal(key, token, &tail).unwrap());
+        assert_eq!(journal(&mut s.store, key, next), Some(Vec::new()));
     }
 }
 
