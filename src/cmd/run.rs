@@ -205,18 +205,12 @@ enum Next {
 impl Call<'_> {
     fn run(&self, store: &mut dyn Store, stdin: Option<File>) -> Result<u8> {
         let wait_until = self.args.wait_timeout.map(|t| Instant::now() + t);
-        // The attempt this waiter was attached to when it ended without an
-        // outcome (its owner crashed).
-        let mut left: Option<i64> = None;
         loop {
             let (now, record) = store.get(&self.key)?;
             let next = self.act(store, record.as_ref(), now)?;
             let next = match next {
                 Next::Claim => match self.claim(store)? {
-                    Ok((token, attempt)) => {
-                        self.left_behind(left, "taking it over");
-                        return self.execute(store, token, attempt, stdin);
-                    }
+                    Ok((token, attempt)) => return self.execute(store, token, attempt, stdin),
                     Err(next) => next,
                 },
                 next => next,
@@ -226,10 +220,10 @@ impl Call<'_> {
                 Next::Claim => {}
                 Next::Wait => {
                     let Some(record) = record else { continue };
-                    self.left_behind(left.take(), "attaching to the new attempt");
                     match self.attach(store, &record, wait_until)? {
                         Joined::Done(code) => return Ok(code),
-                        Joined::Left => left = Some(record.attempt),
+                        // Look again: the crash policy decides.
+                        Joined::Left => {}
                         Joined::TimedOut => {
                             let (_, record) = store.get(&self.key)?;
                             return fail(
@@ -240,17 +234,6 @@ impl Call<'_> {
                     }
                 }
             }
-        }
-    }
-
-    /// The one line an attached waiter writes when the run it showed
-    /// ended without an outcome and it moves on.
-    fn left_behind(&self, attempt: Option<i64>, next: &str) {
-        if let Some(attempt) = attempt {
-            crate::say::notice(format_args!(
-                "key {}: attempt {attempt} crashed; its output so far is shown above; {next}",
-                self.shown_key()
-            ));
         }
     }
 

@@ -6,6 +6,7 @@ mod crash;
 mod disk;
 mod hosts;
 mod inspect;
+mod journal;
 mod lint;
 mod postgres;
 mod purge;

@@ -14,7 +14,8 @@ pub(super) enum Joined {
     /// The run finished: exit with this status.
     Done(u8),
     /// The run ended without an outcome (its owner crashed, or the record
-    /// was purged or taken over): look at the key again.
+    /// was purged or taken over), which the waiter said in one line: look
+    /// at the key again.
     Left,
     /// `--wait-timeout` ran out first.
     TimedOut,
@@ -71,7 +72,24 @@ impl Call<'_> {
                 warn_if_cut(&done, &self.shown_key());
                 Joined::Done(run_status(&done))
             }
-            End::Crashed(_) | End::Gone => Joined::Left,
+            End::Crashed(dead) => {
+                crate::say::notice(format_args!(
+                    "key {}: attempt {} crashed (pid {} on {}); its output so far is shown above",
+                    self.shown_key(),
+                    dead.attempt,
+                    dead.owner.pid,
+                    escape(dead.owner.host.as_bytes())
+                ));
+                Joined::Left
+            }
+            End::Gone => {
+                crate::say::notice(format_args!(
+                    "key {}: attempt {} was purged or taken over before it finished; its output so far is shown above",
+                    self.shown_key(),
+                    record.attempt
+                ));
+                Joined::Left
+            }
             End::TimedOut => Joined::TimedOut,
         })
     }

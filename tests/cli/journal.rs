@@ -1,0 +1,287 @@
+//! The output journal: replay, attached waiters and `idem logs` keep the
+//! order in which the run wrote stdout and stderr, a waiter shares the run
+//! it attached to, and a crashed run's output can still be read.
+
+use crate::support::{bin, wait_for, wait_until, Env};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// `idem ARGS` with stdout and stderr both into `out` (`> out 2>&1`), as a
+/// webhook server or a CI log reads them.
+fn merged(env: &Env, out: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("sh");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("IDEM_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("IDEM_DB", &env.db)
+        .arg("-c")
+        .arg("out=$1; shift; exec \"$@\" > \"$out\" 2>&1")
+        .arg("sh")
+        .arg(out)
+        .arg(bin())
+        .args(args)
+        .current_dir(env.dir.path())
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `idem ARGS` merged; returns (status, what it wrote).
+fn run_merged(env: &Env, args: &[&str]) -> (i32, String) {
+    let out = env.path("merged.out");
+    let status = merged(env, &out, args).status().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        std::fs::read_to_string(out).unwrap(),
+    )
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// stderr, stdout, stderr with pauses, then `ready`, then waits for
+/// `release` and writes once more; exits 3. Counts its runs in `n`.
+fn script(env: &Env) -> String {
+    format!(
+        "{}; echo e1 >&2; sleep 0.05; echo o1; sleep 0.05; echo e2 >&2; touch ready; \
+         while [ ! -e release ]; do sleep 0.01; done; echo o2; exit 3",
+        env.count_run("n")
+    )
+}
+
+#[test]
+fn replay_and_logs_keep_the_interleaving_through_2_and_1() {
+    let env = Env::new();
+    let script = "echo e1 >&2; sleep 0.05; echo o1; sleep 0.05; echo e2 >&2";
+    let run = ["-q", "run", "-k", "hook", "--", "sh", "-c", script];
+    let expected = "e1\no1\ne2\n";
+    assert_eq!(run_merged(&env, &run), (0, expected.into()));
+    assert_eq!(run_merged(&env, &run), (0, expected.into()));
+    assert_eq!(run_merged(&env, &["logs", "hook"]), (0, expected.into()));
+    assert_eq!(
+        run_merged(&env, &["logs", "--follow", "hook"]),
+        (0, expected.into())
+    );
+}
+
+#[test]
+fn a_cap_hit_mid_journal_keeps_the_order_of_what_was_stored() {
+    let env = Env::new();
+    let script = "printf abc; sleep 0.05; printf def >&2; sleep 0.05; printf ghi; sleep 0.05; printf jkl >&2";
+    let run = |extra: &[&str]| {
+        let mut args = vec!["-q", "run", "-k", "cap"];
+        args.extend_from_slice(extra);
+        args.extend(["--", "sh", "-c", script]);
+        run_merged(&env, &args)
+    };
+    assert_eq!(run(&["--max-output", "5"]), (0, "abcdefghijkl".into()));
+    assert_eq!(run(&[]), (0, "abcdefghjk".into()));
+    let (code, out) = run_merged(&env, &["logs", "cap"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("abcdefghjk") && out.contains("idem: "),
+        "{out}"
+    );
+}
+
+#[test]
+fn twenty_waiters_attach_live_and_share_the_output_and_failure() {
+    let env = Env::new();
+    let script = script(&env);
+    let run = [
+        "run",
+        "-k",
+        "w",
+        "--on-duplicate",
+        "wait",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ];
+    let mut owner = merged(&env, &env.path("owner.out"), &run).spawn().unwrap();
+    wait_for(&env.path("ready"));
+    let waiters: Vec<Child> = (0..20)
+        .map(|i| {
+            merged(&env, &env.path(&format!("w{i}.out")), &run)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Attached: each shows the output so far while the run goes on.
+    for i in 0..20 {
+        let out = env.path(&format!("w{i}.out"));
+        wait_until("a waiter to show the output so far", || {
+            read(&out) == "e1\no1\ne2\n"
+        });
+    }
+    std::fs::write(env.path("release"), "").unwrap();
+    assert_eq!(owner.wait().unwrap().code(), Some(3));
+    let expected = "e1\no1\ne2\no2\n";
+    assert_eq!(read(&env.path("owner.out")), expected);
+    for (i, mut waiter) in waiters.into_iter().enumerate() {
+        assert_eq!(waiter.wait().unwrap().code(), Some(3), "waiter {i}");
+        assert_eq!(read(&env.path(&format!("w{i}.out"))), expected);
+    }
+    assert_eq!(env.count("n"), 1, "one execution for all");
+    // A call after the failure runs again.
+    std::fs::remove_file(env.path("ready")).unwrap();
+    assert_eq!(run_merged(&env, &run).0, 3);
+    assert_eq!(env.count("n"), 2);
+}
+
+#[test]
+fn logs_follow_ends_with_the_run_and_its_status() {
+    let env = Env::new();
+    let script = script(&env);
+    let mut owner = env
+        .idem_std()
+        .args(["run", "-k", "f", "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&env.path("ready"));
+    assert_eq!(
+        run_merged(&env, &["logs", "f"]),
+        (0, "e1\no1\ne2\n".into()),
+        "logs of a run in progress"
+    );
+    let out = env.path("follow.out");
+    let mut follower = merged(&env, &out, &["logs", "-f", "f"]).spawn().unwrap();
+    wait_until("logs -f to show the output so far", || {
+        read(&out) == "e1\no1\ne2\n"
+    });
+    std::fs::write(env.path("release"), "").unwrap();
+    assert_eq!(owner.wait().unwrap().code(), Some(3));
+    assert_eq!(follower.wait().unwrap().code(), Some(3));
+    assert_eq!(read(&out), "e1\no1\ne2\no2\n");
+    // A finished record: -f exits 0 at once; no record: exit 1.
+    assert_eq!(run_merged(&env, &["logs", "-f", "f"]).0, 0);
+    let (code, said) = run_merged(&env, &["logs", "nope"]);
+    assert_eq!(code, 1);
+    assert!(
+        said.starts_with("idem: ") && said.contains("no record"),
+        "{said}"
+    );
+}
+
+/// Starts an owner whose first attempt prints, writes `ready` and its
+/// group id to `pgid`, then hangs; later attempts print `again`.
+fn start_crashing_owner(env: &Env, key: &str) -> (Child, String) {
+    let script = format!(
+        "if [ \"$IDEM_ATTEMPT\" = 1 ]; then echo e1 >&2; sleep 0.05; echo o1; echo $$ > pgid; \
+         touch ready; \
+         sleep 60; else {}; echo again; fi",
+        env.count_run("again")
+    );
+    let owner = env
+        .idem_std()
+        .args(["run", "-k", key, "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&env.path("ready"));
+    wait_until("the pgid file", || {
+        !read(&env.path("pgid")).trim().is_empty()
+    });
+    (owner, script)
+}
+
+/// SIGKILLs idem, then its child's group: the owner is dead.
+fn crash(env: &Env, owner: &mut Child) {
+    kill(Pid::from_raw(owner.id() as i32), Signal::SIGKILL).unwrap();
+    owner.wait().unwrap();
+    let pgid: i32 = read(&env.path("pgid")).trim().parse().unwrap();
+    let _ = kill(Pid::from_raw(-pgid), Signal::SIGKILL);
+}
+
+#[test]
+fn logs_of_a_crashed_run_show_what_it_printed() {
+    let env = Env::new();
+    let (mut owner, _) = start_crashing_owner(&env, "c");
+    crash(&env, &mut owner);
+    assert_eq!(run_merged(&env, &["logs", "c"]), (0, "e1\no1\n".into()));
+    let (code, out) = run_merged(&env, &["logs", "-f", "c"]);
+    assert_eq!(code, 77);
+    assert!(
+        out.starts_with("e1\no1\nidem: ") && out.contains("crashed"),
+        "{out}"
+    );
+}
+
+#[test]
+fn waiters_of_a_crashed_run_rerun_it_once_and_attach_to_the_new_attempt() {
+    let env = Env::new();
+    let (mut owner, script) = start_crashing_owner(&env, "r");
+    let run = [
+        "run",
+        "-k",
+        "r",
+        "--on-duplicate",
+        "wait",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ];
+    let waiters: Vec<Child> = (0..3)
+        .map(|i| {
+            merged(&env, &env.path(&format!("w{i}.out")), &run)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for i in 0..3 {
+        let out = env.path(&format!("w{i}.out"));
+        wait_until("a waiter to attach", || read(&out) == "e1\no1\n");
+    }
+    crash(&env, &mut owner);
+    for (i, mut waiter) in waiters.into_iter().enumerate() {
+        assert_eq!(waiter.wait().unwrap().code(), Some(0), "waiter {i}");
+        let out = read(&env.path(&format!("w{i}.out")));
+        let notice: Vec<&str> = out.lines().filter(|l| l.starts_with("idem: ")).collect();
+        assert_eq!(notice.len(), 1, "waiter {i}: {out}");
+        assert!(notice[0].contains("attempt 1 crashed"), "{out}");
+        assert_eq!(
+            out.replace(&format!("{}\n", notice[0]), ""),
+            "e1\no1\nagain\n"
+        );
+    }
+    assert_eq!(env.count("again"), 1, "one waiter took over");
+}
+
+#[test]
+fn a_waiter_of_a_crashed_run_under_block_exits_77_after_its_output() {
+    let env = Env::new();
+    let (mut owner, script) = start_crashing_owner(&env, "b");
+    let out = env.path("w.out");
+    let args = [
+        "run",
+        "-k",
+        "b",
+        "--on-duplicate",
+        "wait",
+        "--on-crash",
+        "block",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ];
+    let mut waiter = merged(&env, &out, &args).spawn().unwrap();
+    wait_until("the waiter to attach", || read(&out) == "e1\no1\n");
+    crash(&env, &mut owner);
+    assert_eq!(waiter.wait().unwrap().code(), Some(77));
+    let said = read(&out);
+    assert!(
+        said.starts_with("e1\no1\nidem: ") && said.contains("crashed"),
+        "{said}"
+    );
+    assert_eq!(env.count("again"), 0);
+}
