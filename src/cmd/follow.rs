@@ -78,11 +78,16 @@ pub fn follow(
     let (key, token) = (record.key.as_str(), record.token);
     let mut at = 0;
     let mut dead_once = false;
+    let mut last = record.clone();
     loop {
         // The record first: once it is finished, the journal read after it
         // is complete.
         let (now, current) = store.get(key)?;
         let Some(current) = current.filter(|r| r.token == token) else {
+            // Taken over after a crash that another caller noticed first?
+            if !alive(&last, now) {
+                return Ok(End::Crashed(last));
+            }
             return Ok(End::Gone);
         };
         match store.read_journal(key, token, at, &mut |s, b| sink.write(s, b))? {
@@ -102,6 +107,7 @@ pub fn follow(
             continue;
         }
         dead_once = false;
+        last = current;
         let mut wait = ROUND;
         if let Some(until) = until {
             let left = until.saturating_duration_since(Instant::now());
