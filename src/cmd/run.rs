@@ -391,7 +391,7 @@ impl Call<'_> {
                     stdout: Captured::default(),
                     stderr: Captured::default(),
                 };
-                self.finish(store, token, failed, Status::Failed, lost_lease)?;
+                self.finish(store, token, &failed, Status::Failed, lost_lease)?;
                 return fail(code, message);
             }
         };
@@ -411,7 +411,7 @@ impl Call<'_> {
                 humantime::format_duration(self.args.timeout.unwrap_or_default())
             ));
         }
-        self.finish(store, token, finished, status, lost_lease)?;
+        self.finish(store, token, &finished, status, lost_lease)?;
         Ok(exit)
     }
 
@@ -419,7 +419,7 @@ impl Call<'_> {
         &self,
         store: &mut dyn Store,
         token: i64,
-        finished: Finished,
+        finished: &Finished,
         status: Status,
         lost_lease: bool,
     ) -> Result<()> {

@@ -48,8 +48,8 @@ impl Scratch {
             .unwrap()
     }
 
-    fn finish(&mut self, key: &str, token: i64, status: Status, ttl_ms: Millis, stdout: Vec<u8>) {
-        assert!(append(&mut self.store, key, token, &stdout));
+    fn finish(&mut self, key: &str, token: i64, status: Status, ttl_ms: Millis, stdout: &[u8]) {
+        assert!(append(&mut self.store, key, token, stdout));
         let outcome = Outcome {
             status,
             exit_code: Some(0),
@@ -114,9 +114,9 @@ fn list_filters_and_pages_newest_first() {
 
     let token = s.claim("live");
     let done = s.claim("done");
-    s.finish("done", done, Status::Completed, 3_600_000, Vec::new());
+    s.finish("done", done, Status::Completed, 3_600_000, &[]);
     let gone = s.claim("gone");
-    s.finish("gone", gone, Status::Failed, 1, Vec::new());
+    s.finish("gone", gone, Status::Failed, 1, &[]);
     std::thread::sleep(Duration::from_millis(20));
 
     let limited = s.keys(&Filter {
@@ -221,7 +221,7 @@ fn the_journal_comes_back_in_order_byte_exact_for_its_token_only() {
         ];
         assert!(s.store.append_journal(key, token, &tail).unwrap());
         let record = s.store.get(key).unwrap().1.unwrap();
-        assert_eq!(record.stdout_bytes, i64::try_from(len + 2).unwrap());
+        assert_eq!(record.stdout_bytes, i64::from(len + 2));
         assert_eq!(record.stderr_bytes, 4);
         let mut expected = vec![(Stream::Stderr, b"e1".to_vec())];
         if len > 0 {

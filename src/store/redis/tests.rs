@@ -51,8 +51,8 @@ impl Scratch {
             .unwrap()
     }
 
-    fn finish(&mut self, key: &str, token: i64, ttl_ms: Millis, stdout: Vec<u8>) -> bool {
-        if !append(&mut self.store, key, token, &stdout) {
+    fn finish(&mut self, key: &str, token: i64, ttl_ms: Millis, stdout: &[u8]) -> bool {
+        if !append(&mut self.store, key, token, stdout) {
             return false;
         }
         let outcome = Outcome {
@@ -145,9 +145,9 @@ fn list_filters_and_pages_newest_first() {
 
     let live = s.claim("live");
     let done = s.claim("done");
-    assert!(s.finish("done", done, 3_600_000, Vec::new()));
+    assert!(s.finish("done", done, 3_600_000, &[]));
     let gone = s.claim("gone");
-    assert!(s.finish("gone", gone, 1, Vec::new()));
+    assert!(s.finish("gone", gone, 1, &[]));
     let record = s.store.record_key("gone");
     wait_until_gone(&mut s, &record);
 
@@ -257,7 +257,7 @@ fn the_journal_comes_back_in_order_byte_exact_for_its_token_only() {
         ];
         assert!(s.store.append_journal(key, token, &tail).unwrap());
         let record = s.store.get(key).unwrap().1.unwrap();
-        assert_eq!(record.stdout_bytes, i64::try_from(len + 2).unwrap());
+        assert_eq!(record.stdout_bytes, i64::from(len + 2));
         assert_eq!(record.stderr_bytes, 4);
         let mut expected = vec![(Stream::Stderr, b"e1".to_vec())];
         if len > 0 {
@@ -297,14 +297,14 @@ fn fencing_refuses_every_write_of_an_old_token() {
         (0..=1000).contains(&lease),
         "lease ends {lease} ms from now"
     );
-    assert!(!s.finish("k", old, 1000, Vec::new()));
+    assert!(!s.finish("k", old, 1000, &[]));
     assert_eq!(
         s.store.get("k").unwrap().1.unwrap().status,
         Status::InProgress
     );
-    assert!(s.finish("k", new, 1000, Vec::new()));
+    assert!(s.finish("k", new, 1000, &[]));
     // A retried finish whose first reply was lost still counts as ours.
-    assert!(s.finish("k", new, 1000, Vec::new()));
+    assert!(s.finish("k", new, 1000, &[]));
     let record = s.store.get("k").unwrap().1.unwrap();
     assert_eq!(record.expires_at, record.finished_at.map(|f| f + 1000));
     assert_eq!(record.lease_until, None);
