@@ -223,12 +223,19 @@ fn the_journal_comes_back_in_order_byte_exact_for_its_token_only() {
         let record = s.store.get(key).unwrap().1.unwrap();
         assert_eq!(record.stdout_bytes, i64::from(len + 2));
         assert_eq!(record.stderr_bytes, 4);
-        let mut expected = vec![(Stream::Stderr, b"e1".to_vec())];
-        if len > 0 {
-            expected.push((Stream::Stdout, bytes.clone()));
-        }
-        expected.push((Stream::Stderr, b"e2".to_vec()));
-        expected.push((Stream::Stdout, b"o2".to_vec()));
+        let expected = if len > 0 {
+            vec![
+                (Stream::Stderr, b"e1".to_vec()),
+                (Stream::Stdout, bytes.clone()),
+                (Stream::Stderr, b"e2".to_vec()),
+                (Stream::Stdout, b"o2".to_vec()),
+            ]
+        } else {
+            vec![
+                (Stream::Stderr, b"e1e2".to_vec()),
+                (Stream::Stdout, b"o2".to_vec()),
+            ]
+        };
         assert!(journal(&mut s.store, key, token) == Some(expected), "{key}");
         assert!(journal(&mut s.store, key, token + 1).is_none());
         // A new claim starts a new journal; the old token's appends are refused.
