@@ -29,7 +29,9 @@ static DIVERTED: Mutex<Option<SyncSender<Vec<u8>>>> = Mutex::new(None);
 /// Sends every later line to `queue` (dropped when it is full), or, with
 /// `None`, straight to stderr again.
 pub fn divert(queue: Option<SyncSender<Vec<u8>>>) {
-    *DIVERTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = queue;
+    *DIVERTED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = queue;
 }
 
 /// Sets the level from `-q` / `-v`, once, before anything is printed.

@@ -186,7 +186,11 @@ impl Exec {
             self.env_ptrs.as_ptr(),
         );
         if *libc::__errno_location() == libc::ENOEXEC {
-            libc::execve(SHELL.as_ptr(), self.shell_argv.as_ptr(), self.env_ptrs.as_ptr());
+            libc::execve(
+                SHELL.as_ptr(),
+                self.shell_argv.as_ptr(),
+                self.env_ptrs.as_ptr(),
+            );
         }
         let errno = (*libc::__errno_location()).to_ne_bytes();
         libc::write(fds.status, errno.as_ptr().cast(), 4);

@@ -91,7 +91,11 @@ impl Output {
 
 impl Drop for Output {
     fn drop(&mut self) {
-        let deferred = std::mem::take(self.deferred.get_mut().unwrap_or_else(PoisonError::into_inner));
+        let deferred = std::mem::take(
+            self.deferred
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         for (fd, chunk) in deferred {
             let writer = if fd == 1 { &self.stdout } else { &self.stderr };
             if let Some(writer) = writer {
@@ -99,7 +103,10 @@ impl Drop for Output {
             }
         }
         say::divert(None);
-        for writer in [self.stdout.take(), self.stderr.take()].into_iter().flatten() {
+        for writer in [self.stdout.take(), self.stderr.take()]
+            .into_iter()
+            .flatten()
+        {
             drop(writer.queue);
             let _ = writer.thread.join();
         }

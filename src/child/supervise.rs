@@ -348,7 +348,10 @@ impl Watch<'_> {
     fn drain(&mut self) {
         for pipe in &mut self.streams {
             if let Some(fd) = &pipe.pipe {
-                let _ = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+                let _ = nix::fcntl::fcntl(
+                    fd.as_raw_fd(),
+                    nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+                );
             }
         }
         // A daemon that left the group may write for ever: take what is

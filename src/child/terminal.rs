@@ -29,7 +29,8 @@ impl Terminal {
     pub fn hand_to(child: Pid, stdin_inherited: bool) -> Terminal {
         let stdin = std::io::stdin();
         let fd = stdin.as_fd();
-        let interactive = stdin_inherited && isatty(fd.as_raw_fd()).unwrap_or(false) && tcgetpgrp(fd).is_ok();
+        let interactive =
+            stdin_inherited && isatty(fd.as_raw_fd()).unwrap_or(false) && tcgetpgrp(fd).is_ok();
         let mut terminal = Terminal {
             ours: interactive.then(getpgrp),
             handed: false,
@@ -43,7 +44,8 @@ impl Terminal {
     fn give(&mut self, child: Pid) {
         let Some(ours) = self.ours else { return };
         let stdin = std::io::stdin();
-        if tcgetpgrp(stdin.as_fd()).is_ok_and(|fg| fg == ours) && tcsetpgrp(stdin.as_fd(), child).is_ok()
+        if tcgetpgrp(stdin.as_fd()).is_ok_and(|fg| fg == ours)
+            && tcsetpgrp(stdin.as_fd(), child).is_ok()
         {
             self.handed = true;
         }
