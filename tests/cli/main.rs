@@ -7,6 +7,7 @@ mod disk;
 mod hostile;
 mod hosts;
 mod inspect;
+mod jobs;
 mod lint;
 mod postgres;
 mod purge;
