@@ -4,6 +4,7 @@ mod support;
 
 mod crash;
 mod disk;
+mod guarantees;
 mod hostile;
 mod hosts;
 mod inspect;
