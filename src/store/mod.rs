@@ -110,10 +110,12 @@ pub struct Outcome {
     pub stderr: Captured,
 }
 
-/// What a stream's stored copy came to: at most `--max-output` bytes.
+/// What became of a stream's stored copy (its bytes are in the journal,
+/// and the record counts them as they are appended).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Captured {
-    pub len: u64,
+    /// More than `--max-output` arrived, or the journal could not take it
+    /// all: the stored copy is cut.
     pub truncated: bool,
 }
 
@@ -123,7 +125,8 @@ pub enum Stream {
     Stderr,
 }
 
-/// Bytes idem read from one of the child's streams, in one go.
+/// One piece of the output journal: what idem read from one of the child's
+/// pipes, in order.
 #[derive(Debug, Clone, Copy)]
 pub struct Chunk<'a> {
     pub stream: Stream,
@@ -152,8 +155,9 @@ pub struct Filter {
     pub limit: Option<u64>,
 }
 
-/// The atomic primitives a backend provides.
-pub trait Store {
+/// The atomic primitives a backend provides. A store moves to the keeper
+/// thread while the child runs (`child::Supervisor`), hence `Send`.
+pub trait Store: Send {
     /// The store's clock (the server's, for shared stores).
     fn now(&mut self) -> Result<Millis>;
 

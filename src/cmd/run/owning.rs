@@ -1,7 +1,6 @@
 //! Holding a claim while the child runs: record the child before it may
-//! exec, append its output to the record's journal, and renew a shared
-//! store's lease; plus the debug-build pause points
-//! the crash tests use to SIGKILL idem at exact moments.
+//! exec, renew the lease, append the output to the record's journal; plus the debug-build pause
+//! points the crash tests use to SIGKILL idem at exact moments.
 
 use super::millis;
 use crate::child::Supervisor;
@@ -40,7 +39,7 @@ impl Supervisor for Owning<'_> {
 
     /// Renews the lease; a refusal, or failures until the lease has run
     /// out, mean another owner may have taken over.
-    fn tick(&mut self) {
+    fn renew(&mut self) {
         if self.lost {
             return;
         }
@@ -65,21 +64,15 @@ impl Supervisor for Owning<'_> {
     }
 
     /// A third of the lease: two renewals can fail before it runs out.
-    fn tick_every(&self) -> Option<Duration> {
-        (self.store.is_shared() && !self.lost).then(|| self.lease / 3)
+    fn renew_every(&self) -> Option<Duration> {
+        (!self.lost).then(|| self.lease / 3)
     }
 
+    /// Appends a batch (each stream already cut at `--max-output` by the
+    /// supervisor) to the journal. A store that fails to take it never
+    /// stops the run: the journal is then cut there, and flagged so at the
+    /// end; a claim found lost is reported like a lost lease.
     fn journal(&mut self, chunks: &[Chunk<'_>]) -> Result<()> {
-        Owning::journal(self, chunks)
-    }
-}
-
-impl Owning<'_> {
-    /// Appends a batch of output to the journal. A store that fails to
-    /// take it never stops the run: the journal is then cut there (and
-    /// flagged so at the end); a claim found lost is reported like a lost
-    /// lease.
-    pub(super) fn journal(&mut self, chunks: &[Chunk<'_>]) -> Result<()> {
         if self.lost || self.output_lost {
             return Ok(());
         }
@@ -102,7 +95,9 @@ impl Owning<'_> {
         }
         Ok(())
     }
+}
 
+impl Owning<'_> {
     fn lease_key(&self) -> String {
         format!("'{}'", escape(self.key.as_bytes()))
     }
