@@ -146,11 +146,10 @@ fn logs_follow_ends_with_the_run_and_its_status() {
         .spawn()
         .unwrap();
     wait_for(&env.path("ready"));
-    assert_eq!(
-        run_merged(&env, &["logs", "f"]),
-        (0, "e1\no1\ne2\n".into()),
-        "logs of a run in progress"
-    );
+    // The journal is at most about a second behind the run.
+    wait_until("logs of a run in progress", || {
+        run_merged(&env, &["logs", "f"]) == (0, "e1\no1\ne2\n".into())
+    });
     let out = env.path("follow.out");
     let mut follower = merged(&env, &out, &["logs", "-f", "f"]).spawn().unwrap();
     wait_until("logs -f to show the output so far", || {
@@ -189,6 +188,10 @@ fn start_crashing_owner(env: &Env, key: &str) -> (Child, String) {
     wait_for(&env.path("ready"));
     wait_until("the pgid file", || {
         !read(&env.path("pgid")).trim().is_empty()
+    });
+    // What it printed is in the journal (at most about a second behind).
+    wait_until("the journal", || {
+        run_merged(env, &["logs", key]) == (0, "e1\no1\n".into())
     });
     (owner, script)
 }
