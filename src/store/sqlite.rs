@@ -101,6 +101,15 @@ const RECORD_COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, t
     owner_pid, owner_start, child_pid, child_pgid, child_start, \
     coalesce(stdout_bytes, length(stdout)), coalesce(stderr_bytes, length(stderr)), \
     stdout_truncated, stderr_truncated";
+/// `RECORD_COLUMNS` on a schema 2 store, which `inspect` and `logs` read as
+/// it is (they never write): its output is in the `stdout` and `stderr`
+/// blobs.
+const RECORD_COLUMNS_V2: &str = "key, status, fingerprint, command, cwd, attempt, token, \
+    started_at, finished_at, expires_at, exit_code, signal, timed_out, \
+    replays + coalesce((SELECT count FROM replay_counts AS c \
+        WHERE c.key = records.key AND c.token = records.token), 0), \
+    owner_host, owner_boot, owner_pid, owner_start, child_pid, child_pgid, child_start, \
+    length(stdout), length(stderr), stdout_truncated, stderr_truncated";
 /// How many columns `RECORD_COLUMNS` names; a query may add more after them.
 const RECORD_COLUMN_COUNT: usize = 25;
 
@@ -114,6 +123,8 @@ pub struct SqliteStore {
     shrunk: bool,
     /// The `synchronous` level the connection is at, once idem has set it.
     sync: Option<Sync>,
+    /// Whether the store has the journal (schema 3); see `RECORD_COLUMNS_V2`.
+    journal: bool,
 }
 
 /// How a write reaches the disk. Claims and outcomes are fsynced before
@@ -188,6 +199,7 @@ impl SqliteStore {
             wrote: false,
             shrunk: false,
             sync: None,
+            journal: true,
         };
         if mode == Mode::ReadOnly {
             store.pragma("query_only", "1")?;
@@ -226,6 +238,10 @@ impl SqliteStore {
             return Ok(());
         }
         check_identity(&self.path, app, version, tables)?;
+        if mode == Mode::ReadOnly && app == APPLICATION_ID && version == 2 {
+            self.journal = false;
+            return Ok(());
+        }
         if mode == Mode::ReadOnly {
             return self.fail("it was never initialised (run `idem run` once to create it)");
         }
@@ -303,10 +319,20 @@ impl SqliteStore {
         result.or_else(|e| self.fail(&format!("{doing}: {}", describe(&e))))
     }
 
+    /// The record columns this store has.
+    fn columns(&self) -> &'static str {
+        if self.journal {
+            RECORD_COLUMNS
+        } else {
+            RECORD_COLUMNS_V2
+        }
+    }
+
     fn read_record(&self, key: &str) -> rusqlite::Result<Option<Record>> {
         self.conn
             .prepare_cached(&format!(
-                "SELECT {RECORD_COLUMNS} FROM records WHERE key = ?1"
+                "SELECT {} FROM records WHERE key = ?1",
+                self.columns()
             ))?
             .query_row([key], record_from_row)
             .optional()
@@ -530,7 +556,8 @@ impl Store for SqliteStore {
     fn list(&mut self, filter: &Filter, each: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
         let (clause, args) = filter_sql(filter, now_millis());
         let mut sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE {clause} ORDER BY started_at DESC, key"
+            "SELECT {} FROM records WHERE {clause} ORDER BY started_at DESC, key",
+            self.columns()
         );
         if let Some(limit) = filter.limit {
             sql.push_str(&format!(" LIMIT {limit}"));

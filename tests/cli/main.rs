@@ -11,6 +11,7 @@ mod inspect;
 mod jobs;
 mod journal;
 mod lint;
+mod migration;
 mod postgres;
 mod purge;
 mod redis;
