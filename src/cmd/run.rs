@@ -370,8 +370,10 @@ impl Call<'_> {
             renewed: Instant::now(),
             lost: false,
             output_lost: false,
+            pending: Vec::new(),
         };
         let ran = child::run(&spec, signals, &output, &mut owner)?;
+        owner.flush();
         let lost_lease = owner.lost;
         let output_lost = owner.output_lost;
         pause_point("before-finish");

@@ -6,7 +6,7 @@ use super::millis;
 use crate::child::Supervisor;
 use crate::exit::{fail, Code};
 use crate::owner::ChildId;
-use crate::store::{Chunk, Store};
+use crate::store::{Chunk, Store, Stream, FINISH_PATIENCE};
 use crate::text::escape;
 use anyhow::Result;
 use std::fs::File;
@@ -22,7 +22,14 @@ pub(super) struct Owning<'a> {
     pub(super) lost: bool,
     /// The journal could not be written: what it holds is cut short.
     pub(super) output_lost: bool,
+    /// Batches a failing store did not take yet, in order, to try again
+    /// (a dropped connection, a restarting server).
+    pub(super) pending: Vec<(Stream, Vec<u8>)>,
 }
+
+/// How much output waits for a store that fails, before the journal is
+/// given up as cut.
+const PENDING_LIMIT: usize = 16 << 20;
 
 impl Supervisor for Owning<'_> {
     fn started(&mut self, child: ChildId) -> Result<()> {
@@ -70,27 +77,19 @@ impl Supervisor for Owning<'_> {
 
     /// Appends a batch (each stream already cut at `--max-output` by the
     /// supervisor) to the journal. A store that fails to take it never
-    /// stops the run: the journal is then cut there, and flagged so at the
-    /// end; a claim found lost is reported like a lost lease.
+    /// stops the run: the batch waits (up to `PENDING_LIMIT`) and goes with
+    /// the next one, or before the outcome (`flush`); past that the journal
+    /// is cut there, and flagged so at the end. A claim found lost is
+    /// reported like a lost lease.
     fn journal(&mut self, chunks: &[Chunk<'_>]) -> Result<()> {
         if self.lost || self.output_lost {
             return Ok(());
         }
-        match self.store.append_journal(self.key, self.token, chunks) {
-            Ok(true) => {}
-            Ok(false) => {
-                self.lost = true;
-                crate::say::error(format_args!(
-                    "lost the claim on key {} while the command runs; its outcome will not be recorded",
-                    self.lease_key()
-                ));
-            }
-            Err(e) => {
-                self.output_lost = true;
-                crate::say::notice(format_args!(
-                    "could not store the output of key {} ({e:#}); the stored copy is cut here",
-                    self.lease_key()
-                ));
+        self.pending
+            .extend(chunks.iter().map(|c| (c.stream, c.bytes.to_vec())));
+        if let Err(e) = self.try_flush() {
+            if self.pending.iter().map(|(_, b)| b.len()).sum::<usize>() > PENDING_LIMIT {
+                self.give_up(&e);
             }
         }
         Ok(())
@@ -98,6 +97,66 @@ impl Supervisor for Owning<'_> {
 }
 
 impl Owning<'_> {
+    /// Writes what waits; an error leaves it waiting.
+    fn try_flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunks: Vec<Chunk<'_>> = self
+            .pending
+            .iter()
+            .map(|(stream, bytes)| Chunk {
+                stream: *stream,
+                bytes,
+            })
+            .collect();
+        let ours = self.store.append_journal(self.key, self.token, &chunks)?;
+        self.pending.clear();
+        if !ours && !self.lost {
+            self.lost = true;
+            crate::say::error(format_args!(
+                "lost the claim on key {} while the command runs; its outcome will not be recorded",
+                self.lease_key()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Before the outcome: writes what still waits, trying on a shared
+    /// store for as long as the outcome itself would.
+    pub(super) fn flush(&mut self) {
+        let deadline = std::time::Instant::now() + FINISH_PATIENCE;
+        let mut pause = Duration::from_millis(100);
+        let mut warned = false;
+        while !self.lost && !self.output_lost {
+            let Err(e) = self.try_flush() else { return };
+            // A local store that fails (a full disk) will not get better.
+            if !self.store.is_shared() || std::time::Instant::now() + pause >= deadline {
+                self.give_up(&e);
+                return;
+            }
+            if !warned {
+                crate::say::notice(format_args!(
+                    "cannot store the output of key {} yet ({e:#}); retrying for up to {}",
+                    self.lease_key(),
+                    humantime::format_duration(FINISH_PATIENCE)
+                ));
+                warned = true;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    fn give_up(&mut self, e: &anyhow::Error) {
+        self.output_lost = true;
+        self.pending = Vec::new();
+        crate::say::notice(format_args!(
+            "could not store the output of key {} ({e:#}); the stored copy is cut here",
+            self.lease_key()
+        ));
+    }
+
     fn lease_key(&self) -> String {
         format!("'{}'", escape(self.key.as_bytes()))
     }
