@@ -78,6 +78,8 @@ fn every_key_lives_under_the_prefix_and_prefixes_keep_stores_apart() {
     let mut keys: Vec<String> = query(&mut con, &["KEYS", &format!("{prefix}*")]);
     keys.sort();
     let want = [
+        "log:k",
+        "other:log:k",
         "other:rec:k",
         "other:schema",
         "other:token",
@@ -97,7 +99,10 @@ fn every_key_lives_under_the_prefix_and_prefixes_keep_stores_apart() {
         .success();
     let mut keys: Vec<String> = query(&mut connect(&server.url("")), &["KEYS", "*"]);
     keys.sort();
-    assert_eq!(keys, ["idem:rec:k", "idem:schema", "idem:token"]);
+    assert_eq!(
+        keys,
+        ["idem:log:k", "idem:rec:k", "idem:schema", "idem:token"]
+    );
 }
 
 #[test]
