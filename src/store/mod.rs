@@ -218,6 +218,11 @@ pub trait Store {
 
     /// Shared stores span hosts and use leases; a local one does not.
     fn is_shared(&self) -> bool;
+
+    /// How many bytes the store takes, where it can say (`idem stats`).
+    fn size(&mut self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// How long a shared store keeps trying to record an outcome once COMMAND

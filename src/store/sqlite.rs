@@ -603,6 +603,14 @@ impl Store for SqliteStore {
     fn is_shared(&self) -> bool {
         false
     }
+
+    /// The file and its WAL.
+    fn size(&mut self) -> Result<Option<u64>> {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let len = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        Ok(Some(len(&self.path) + len(Path::new(&wal))))
+    }
 }
 
 /// The WHERE clause (without `WHERE`) and its arguments for `filter`.

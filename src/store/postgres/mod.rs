@@ -410,4 +410,18 @@ impl Store for PgStore {
     fn is_shared(&self) -> bool {
         true
     }
+
+    /// The records table with its indexes and TOAST (stored output).
+    fn size(&mut self) -> Result<Option<u64>> {
+        let sql = "SELECT pg_total_relation_size(to_regclass($1))";
+        let table = self.names.records.clone();
+        let size: Option<i64> =
+            self.conn
+                .call("cannot read the store's size", CALL_LIMIT, async |c| {
+                    Ok(c.query_typed_one(sql, &[(&table, Type::TEXT)])
+                        .await?
+                        .get(0))
+                })?;
+        Ok(size.and_then(|s| u64::try_from(s).ok()))
+    }
 }

@@ -8,7 +8,7 @@
 //! read (same token and revision; every write bumps the revision), else it
 //! reads again. All times are the server's. Redis deletes records itself:
 //! finished ones at `expires_at`, running ones `GRACE_MS` after their lease,
-//! which their owner renews. See docs/many-hosts-redis.md.
+//! which their owner renews (see the README, "Many hosts").
 
 mod conn;
 mod list;
