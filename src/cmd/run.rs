@@ -333,7 +333,7 @@ impl Call<'_> {
                         return fail(
                             Code::InProgress,
                             format!(
-                                "gave up waiting after --wait-timeout {}: {}; retry later, or allow a longer --wait-timeout",
+                                "the wait timed out after --wait-timeout {}: {}; retry later, or allow a longer --wait-timeout",
                                 humantime::format_duration(self.args.wait_timeout.unwrap_or_default()),
                                 self.busy(record.as_ref(), now)
                             ),

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod callers;
 mod crash;
 mod disk;
 mod hosts;
