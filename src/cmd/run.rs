@@ -703,6 +703,16 @@ impl Call<'_> {
     }
 
     fn mismatch_message(&self, record: &Record) -> String {
+        let stored = command_line(record.argv());
+        if stored == self.shown_command() {
+            return format!(
+                "key {} was used for the same command with other fingerprint inputs \
+                 (stdin, --fingerprint-file, --env or --cwd): `{stored}`; use another key, \
+                 or --allow-mismatch, or run `idem purge {}` to forget the stored run",
+                self.shown_key(),
+                shell_word(&self.key)
+            );
+        }
         format!(
             "key {} was used for a different command: stored `{}`, now `{}`; use another key, \
              or --allow-mismatch, or run `idem purge {}` to forget the stored run",

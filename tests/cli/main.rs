@@ -5,6 +5,7 @@ mod support;
 mod callers;
 mod crash;
 mod disk;
+mod examples;
 mod hosts;
 mod inspect;
 mod lint;
