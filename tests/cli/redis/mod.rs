@@ -122,7 +122,10 @@ fn passwords_never_appear_in_errors() {
         let (said, error) = err.trim_end().split_once('\n').unwrap_or(("", &err));
         assert!(said.contains("store: Redis redis://127.0.0.1"), "{err}");
         assert!(error.starts_with(&shown), "{err}");
-        assert!(error.contains(expect) && error.contains("password"), "{err}");
+        assert!(
+            error.contains(expect) && error.contains("password"),
+            "{err}"
+        );
         assert!(!err.contains("Secret"), "the password leaked: {err}");
         assert_eq!(err.lines().count(), 2, "{err}");
     }
