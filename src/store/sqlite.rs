@@ -189,11 +189,11 @@ impl SqliteStore {
             shrunk: false,
             sync: None,
         };
-        if mode == Mode::ReadOnly {
-            store.pragma("query_only", "1")?;
-        }
         if !header.is_ready() {
             store.prepare(mode)?;
+        }
+        if mode == Mode::ReadOnly {
+            store.pragma("query_only", "1")?;
         }
         Ok(Some(store))
     }
@@ -226,7 +226,10 @@ impl SqliteStore {
             return Ok(());
         }
         check_identity(&self.path, app, version, tables)?;
-        if mode == Mode::ReadOnly {
+        // An older store is upgraded whoever opens it (inspect included: the
+        // upgrades only add to it, under the write lock for a moment); an
+        // empty file is left for `run` to make a store of.
+        if mode == Mode::ReadOnly && tables == 0 {
             return self.fail("it was never initialised (run `idem run` once to create it)");
         }
         if tables == 0 {

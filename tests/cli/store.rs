@@ -279,6 +279,12 @@ fn a_version_2_store_is_upgraded_and_keeps_its_records() {
     conn.execute_batch("ALTER TABLE records DROP COLUMN label; PRAGMA user_version = 2;")
         .unwrap();
     drop(conn);
+    // Read-only inspect upgrades it too (an operator may look first).
+    env.idem()
+        .args(["inspect", "old", "--stdout"])
+        .assert()
+        .success()
+        .stdout("hi\n");
     env.idem()
         .args(["run", "-k", "old", "--", "echo", "hi"])
         .assert()
