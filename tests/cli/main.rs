@@ -6,6 +6,7 @@ mod callers;
 mod crash;
 mod disk;
 mod examples;
+mod guarantees;
 mod hostile;
 mod hosts;
 mod inspect;
