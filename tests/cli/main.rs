@@ -2,8 +2,10 @@
 
 mod support;
 
+mod callers;
 mod crash;
 mod disk;
+mod examples;
 mod guarantees;
 mod hostile;
 mod hosts;
