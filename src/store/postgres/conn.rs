@@ -93,7 +93,10 @@ impl Conn {
             let left = limit.saturating_sub(started.elapsed());
             match tokio::time::timeout(left, op(active)).await {
                 Ok(Ok(value)) => Ok(value),
-                Ok(Err(e)) if e.as_db_error().is_some() && !active.is_closed() => {
+                Ok(Err(e))
+                    if e.as_db_error().is_some_and(|db| !ends_session(db))
+                        && !active.is_closed() =>
+                {
                     Err(Failure::Server(describe(&e)))
                 }
                 Ok(Err(e)) => Err(Failure::Lost(describe(&e))),
@@ -150,4 +153,13 @@ fn describe(e: &Error) -> String {
         _ => "",
     };
     format!("{}{hint}", db.message())
+}
+
+/// Whether a server error ends the session (FATAL, or an operator's
+/// `pg_terminate_backend`, SQLSTATE class 57 or 08): the connection is
+/// gone even if the client has not seen it close yet, so the call is to be
+/// retried on a new one, not taken as a refusal of what it sent.
+fn ends_session(db: &tokio_postgres::error::DbError) -> bool {
+    let code = db.code().code();
+    matches!(db.severity(), "FATAL" | "PANIC") || code.starts_with("57") || code.starts_with("08")
 }
