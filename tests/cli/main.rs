@@ -8,6 +8,7 @@ mod hosts;
 mod inspect;
 mod lint;
 mod postgres;
+mod postgres_tls;
 mod purge;
 mod redis;
 mod run;

@@ -9,11 +9,13 @@
 //! lease can never overwrite the record of the run that took over.
 
 mod conn;
+mod libpq;
 mod records;
 mod schema;
 mod target;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use super::{Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
 use crate::owner::ChildId;
