@@ -8,6 +8,7 @@
 //! file, its first 100 bytes are checked: a file that is not SQLite, belongs
 //! to another application, or has a newer schema is refused untouched.
 
+mod check;
 mod file;
 mod purge;
 
@@ -595,6 +596,10 @@ impl Store for SqliteStore {
 
     fn is_shared(&self) -> bool {
         false
+    }
+
+    fn check(&mut self) -> Result<Vec<super::Finding>> {
+        self.run_checks()
     }
 }
 

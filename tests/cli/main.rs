@@ -2,6 +2,7 @@
 
 mod support;
 
+mod check;
 mod crash;
 mod disk;
 mod hosts;

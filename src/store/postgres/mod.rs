@@ -8,6 +8,7 @@
 //! counting and deletion all name that token, so an owner that lost its
 //! lease can never overwrite the record of the run that took over.
 
+mod check;
 mod conn;
 mod libpq;
 mod records;
@@ -396,5 +397,9 @@ impl Store for PgStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn check(&mut self) -> Result<Vec<super::Finding>> {
+        self.run_checks()
     }
 }

@@ -99,26 +99,63 @@ impl RedisStore {
     /// Exit 125; a failed connection says so rather than what it was for.
     pub(super) fn failed<T>(&self, doing: &str, failure: &Failure) -> Result<T> {
         match failure {
-            Failure::Connect(_) => self.target.fail(&describe(failure)),
-            Failure::Call(_) => self.target.fail(&format!("{doing}: {}", describe(failure))),
+            Failure::Connect(_) => self.target.fail(&describe(failure, &self.target.endpoint)),
+            Failure::Call(_) => self.target.fail(&format!(
+                "{doing}: {}",
+                describe(failure, &self.target.endpoint)
+            )),
         }
     }
 }
 
-pub(super) fn describe(failure: &Failure) -> String {
+pub(super) fn describe(failure: &Failure, endpoint: &str) -> String {
     match failure {
-        Failure::Connect(e) => format!("cannot connect: {}", explain(e)),
+        Failure::Connect(e) => format!("cannot connect to {endpoint}: {}", why_not_connected(e)),
         Failure::Call(e) => explain(e),
     }
+}
+
+/// Why a connection failed: refused, timed out, TLS, or authentication.
+pub(super) fn why_not_connected(e: &RedisError) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(cause) = source {
+        let tls = cause.downcast_ref::<rustls::Error>().or_else(|| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(tls) = tls {
+            return match tls {
+                rustls::Error::InvalidCertificate(why) => format!(
+                    "TLS: the server's certificate was rejected ({why}); trust its CA \
+                     (SSL_CERT_FILE or the system's store)"
+                ),
+                other => format!("TLS handshake failed: {other}"),
+            };
+        }
+        source = cause.source();
+    }
+    if e.is_connection_refusal() && e.kind() != redis::ErrorKind::AuthenticationFailed {
+        return "connection refused (is the server running and reachable?)".into();
+    }
+    if e.is_timeout() {
+        return "timed out (is the host reachable?)".into();
+    }
+    explain(e)
 }
 
 /// A server error with a hint where the fix is known.
 fn explain(e: &RedisError) -> String {
     if e.kind() == redis::ErrorKind::AuthenticationFailed {
-        return "the server refused the user or password in the URL".into();
+        return "authentication failed: the server refused the user or password \
+                (from the URL or REDISCLI_AUTH)"
+            .into();
     }
     let hint = match e.code() {
-        Some("NOAUTH" | "WRONGPASS") => " (check the user and password in the URL)",
+        Some("NOAUTH" | "WRONGPASS") => {
+            " (authentication: check the user and password in the URL or REDISCLI_AUTH)"
+        }
         Some("OOM") => " (the server is out of memory: raise maxmemory or purge records)",
         Some("READONLY") => " (this is a replica: point --db at the primary)",
         _ if e.is_connection_refusal() => " (is the server running and reachable?)",

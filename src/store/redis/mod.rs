@@ -8,7 +8,7 @@
 //! read (same token and revision; every write bumps the revision), else it
 //! reads again. All times are the server's. Redis deletes records itself:
 //! finished ones at `expires_at`, running ones `GRACE_MS` after their lease,
-//! which their owner renews. See docs/many-hosts-redis.md.
+//! which their owner renews.
 
 mod conn;
 mod list;
@@ -327,7 +327,9 @@ impl Store for RedisStore {
         finish_patiently(&shown, |with_output, _left| {
             self.write_outcome(key, token, outcome, with_output)
                 .map_err(|failure| {
-                    let why = self.target.scrub(&describe(&failure));
+                    let why = self
+                        .target
+                        .scrub(&describe(&failure, &self.target.endpoint));
                     match &failure {
                         Failure::Call(e) if !is_connection_error(e) => FinishFailure::Output(why),
                         _ => FinishFailure::Retry(why),
@@ -386,5 +388,19 @@ impl Store for RedisStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn check(&mut self) -> Result<Vec<super::Finding>> {
+        let mut found = vec![super::Finding::new(
+            super::Level::Ok,
+            "store",
+            format!("{}, schema {SCHEMA_VERSION}", self.target.shown),
+        )];
+        found.extend(
+            self.exec("cannot read the server's settings", true, |c, _| {
+                warning::settings(c, "")
+            })?,
+        );
+        Ok(found)
     }
 }

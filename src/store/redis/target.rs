@@ -18,6 +18,8 @@ pub struct Target {
     pub shown: String,
     /// Every key idem writes starts with this.
     pub prefix: String,
+    /// `host:port`, for messages.
+    pub endpoint: String,
     /// The password as written and decoded, to scrub from messages.
     secrets: Vec<String>,
 }
@@ -46,6 +48,11 @@ impl Target {
             client_url: client.to_string(),
             shown: shown(&url, prefix.as_deref()),
             prefix: prefix.clone().unwrap_or_else(|| DEFAULT_PREFIX.into()),
+            endpoint: format!(
+                "{}:{}",
+                url.host_str().unwrap_or(""),
+                url.port().unwrap_or(6379)
+            ),
             secrets: url
                 .password()
                 .map(|p| {
