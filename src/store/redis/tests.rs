@@ -33,7 +33,9 @@ impl Scratch {
     }
 
     fn redis<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> T {
-        self.store.exec("test", false, |c, _| cmd.query(c)).unwrap()
+        self.store
+            .exec("test", false, |c, _| cmd.query(c.like()))
+            .unwrap()
     }
 
     fn wipe(&mut self) {
@@ -86,16 +88,7 @@ impl Drop for Scratch {
 }
 
 fn open_store(url: &str) -> RedisStore {
-    let target = Target::parse(url).unwrap();
-    let mut store = RedisStore {
-        client: Client::open(target.client_url.as_str()).unwrap(),
-        target,
-        con: None,
-        limit: TIME_LIMIT,
-        scripts: Scripts::new(),
-    };
-    assert!(store.check_schema(Mode::Create).unwrap());
-    store
+    super::open_store(url, Mode::Create).unwrap().unwrap()
 }
 
 fn claim() -> Claim {
@@ -129,7 +122,7 @@ fn list_filters_and_pages_newest_first() {
             .ignore();
     }
     s.store
-        .exec("test", false, |c, _| pipe.query::<()>(c))
+        .exec("test", false, |c, _| pipe.query::<()>(c.like()))
         .unwrap();
     let all = s.keys(&Filter::default());
     assert_eq!(all.len(), 1200);
