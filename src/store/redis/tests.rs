@@ -111,18 +111,19 @@ fn list_filters_and_pages_newest_first() {
         return;
     };
     // More records than a page, with ties on started_at.
-    let mut pipe = redis::pipe();
-    for i in 1..=1200 {
-        pipe.cmd("HSET")
-            .arg(s.store.record_key(&format!("bulk{i:04}")))
-            .arg(&["status", "completed", "token"])
-            .arg(i)
-            .arg("started_at")
-            .arg(1000 + i / 3)
-            .ignore();
-    }
+    let writes: Vec<redis::Cmd> = (1..=1200)
+        .map(|i| {
+            redis::cmd("HSET")
+                .arg(s.store.record_key(&format!("bulk{i:04}")))
+                .arg(&["status", "completed", "token"])
+                .arg(i)
+                .arg("started_at")
+                .arg(1000 + i / 3)
+                .clone()
+        })
+        .collect();
     s.store
-        .exec("test", false, |c, _| pipe.query::<()>(c.like()))
+        .exec("test", false, |c, _| c.each::<i64>(writes.clone()))
         .unwrap();
     let all = s.keys(&Filter::default());
     assert_eq!(all.len(), 1200);

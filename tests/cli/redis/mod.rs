@@ -5,6 +5,7 @@
 //! persistence warning. Runs with `IDEM_TEST_BACKEND=redis`; some tests
 //! start a private `redis-server` on a free loopback port.
 
+mod cluster;
 pub mod server;
 
 use self::server::{make_certificates, Server};
