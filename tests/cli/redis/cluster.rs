@@ -89,7 +89,7 @@ fn a_key_whose_slot_moves_mid_run_runs_once() {
             )));
         idem
     };
-    let mut owner = run(0).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let owner = run(0).stdout(std::process::Stdio::piped()).spawn().unwrap();
     wait_for(&env.path("ready"));
 
     let slot: i64 = query(&mut cluster.node(0), &["CLUSTER", "KEYSLOT", &record]);
