@@ -93,6 +93,7 @@ fn probe(store: &mut dyn Store) -> Finding {
             attempt: 1,
             owner: here.me(),
             lease_ms: 60_000,
+            label: None,
         })
     };
     let written = store.claim(&key, &mut claim).and_then(|token| match token {

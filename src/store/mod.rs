@@ -67,6 +67,8 @@ pub struct Record {
     pub timed_out: bool,
     pub replays: i64,
     pub owner: Owner,
+    /// `--label`: what the caller said this run is, for operators.
+    pub label: Option<String>,
     pub stdout_bytes: i64,
     pub stderr_bytes: i64,
     pub stdout_truncated: bool,
@@ -93,6 +95,7 @@ pub struct Claim {
     pub attempt: i64,
     pub owner: Owner,
     pub lease_ms: Millis,
+    pub label: Option<String>,
 }
 
 /// A finished run as `finish` stores it.
@@ -120,6 +123,14 @@ pub enum Stream {
     Stderr,
 }
 
+/// One piece of the output journal: what idem read from one of the child's
+/// pipes, in order.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    pub stream: Stream,
+    pub bytes: &'a [u8],
+}
+
 /// How many records one purge transaction deletes: big enough to amortise
 /// a commit, small enough that a waiting `idem run` hardly notices
 /// (measured on SQLite: 1M purged in ~3 s while concurrent runs took at
@@ -138,8 +149,9 @@ pub struct Filter {
     pub limit: Option<u64>,
 }
 
-/// The atomic primitives a backend provides.
-pub trait Store {
+/// The atomic primitives a backend provides. A store moves to the keeper
+/// thread while the child runs (`child::Supervisor`), hence `Send`.
+pub trait Store: Send {
     /// The store's clock (the server's, for shared stores).
     fn now(&mut self) -> Result<Millis>;
 
@@ -215,6 +227,11 @@ pub trait Store {
 
     /// Shared stores span hosts and use leases; a local one does not.
     fn is_shared(&self) -> bool;
+
+    /// How many bytes the store takes, where it can say (`idem stats`).
+    fn size(&mut self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 
     /// The checks only this backend can make, for `idem check`: the file's
     /// integrity, the server's settings. Never changes a record.
@@ -343,6 +360,27 @@ impl Location {
             },
         };
         Ok(Location::File(state.join("idem").join("idem.db")))
+    }
+}
+
+impl Location {
+    /// The kind of store, as reports and `stats` name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Location::File(_) => "sqlite",
+            Location::Postgres(_) => "postgres",
+            Location::Redis(_) => "redis",
+        }
+    }
+
+    /// The store as it may be shown to the user: a path, or a URL without
+    /// its password.
+    pub fn shown(&self) -> String {
+        match self {
+            Location::File(path) => format!("SQLite file {}", path.display()),
+            Location::Postgres(url) => format!("PostgreSQL {}", postgres::shown(url)),
+            Location::Redis(url) => format!("Redis {}", redis::shown(url)),
+        }
     }
 }
 

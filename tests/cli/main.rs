@@ -2,11 +2,16 @@
 
 mod support;
 
+mod callers;
 mod check;
 mod crash;
 mod disk;
+mod examples;
+mod guarantees;
+mod hostile;
 mod hosts;
 mod inspect;
+mod jobs;
 mod lint;
 mod postgres;
 mod postgres_tls;

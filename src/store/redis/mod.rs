@@ -86,6 +86,11 @@ pub struct RedisStore {
 
 /// Opens the store at a `redis://` or `rediss://` URL; `None` when no idem
 /// store lives under the prefix and `mode` forbids creating one.
+/// The URL as it may be shown: without its password.
+pub fn shown(url: &str) -> String {
+    Target::parse(url).map_or_else(|_| "(a URL idem cannot read)".into(), |t| t.shown)
+}
+
 pub fn open(url: &str, mode: Mode) -> Result<Option<Box<dyn Store>>> {
     Ok(open_store(url, mode)?.map(|store| Box::new(store) as Box<dyn Store>))
 }
@@ -298,12 +303,11 @@ impl Store for RedisStore {
             let (token, rev) = seen.map_or((0, String::new()), |(r, rev)| (r.token, rev));
             // Not retried: a claim whose reply was lost may have been written.
             let new = self.exec("cannot claim the key", false, |c, s| {
-                let mut script = s.claim.key(&rkey);
+                let mut call = s.claim.key(&rkey);
                 if let Some(counter) = &counter {
-                    script.key(counter);
+                    call.key(counter);
                 }
-                script
-                    .arg(token)
+                call.arg(token)
                     .arg(&rev)
                     .arg(claim.lease_ms)
                     .arg(GRACE_MS)
@@ -324,8 +328,11 @@ impl Store for RedisStore {
                     .arg("owner_pid")
                     .arg(claim.owner.pid)
                     .arg("owner_start")
-                    .arg(claim.owner.start)
-                    .invoke::<i64>(c.like())
+                    .arg(claim.owner.start);
+                if let Some(label) = &claim.label {
+                    call.arg("label").arg(label);
+                }
+                call.invoke::<i64>(c.like())
             })?;
             if new != 0 {
                 return Ok(Some(new));
