@@ -8,6 +8,7 @@
 //! file, its first 100 bytes are checked: a file that is not SQLite, belongs
 //! to another application, or has a newer schema is refused untouched.
 
+mod check;
 mod file;
 mod journal;
 mod purge;
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// `PRAGMA application_id`: "idem" in ASCII.
 const APPLICATION_ID: i32 = 0x6964_656d;
 /// `PRAGMA user_version`: the schema this build writes.
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 /// How many expired records a claim deletes on its way.
 const CLEANUP_BATCH: i64 = 16;
 /// How long contention on the write lock may last before idem gives up.
@@ -87,9 +88,15 @@ const MIGRATIONS: &[&str] = &[
         count INTEGER NOT NULL
     ) STRICT;
 ",
-    // The output journal (see sqlite/journal.rs). Like replay counts, a
-    // journal belongs to one claim (key, token), and whoever deletes or
-    // replaces records deletes their journals.
+    "
+    -- Version 3, the label (issue 14): `--label TEXT`, what the caller says
+    -- a run is, so an operator can tell which event a derived `cmd:` key
+    -- belongs to. NULL for records written before it existed.
+    ALTER TABLE records ADD COLUMN label TEXT;
+",
+    // Version 4, the output journal (issue 13, see sqlite/journal.rs). Like
+    // replay counts, a journal belongs to one claim (key, token), and
+    // whoever deletes or replaces records deletes their journals.
     journal::SCHEMA,
 ];
 
@@ -100,18 +107,9 @@ const RECORD_COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, t
     owner_host, owner_boot, \
     owner_pid, owner_start, child_pid, child_pgid, child_start, \
     coalesce(stdout_bytes, length(stdout)), coalesce(stderr_bytes, length(stderr)), \
-    stdout_truncated, stderr_truncated";
-/// `RECORD_COLUMNS` on a schema 2 store, which `inspect` and `logs` read as
-/// it is (they never write): its output is in the `stdout` and `stderr`
-/// blobs.
-const RECORD_COLUMNS_V2: &str = "key, status, fingerprint, command, cwd, attempt, token, \
-    started_at, finished_at, expires_at, exit_code, signal, timed_out, \
-    replays + coalesce((SELECT count FROM replay_counts AS c \
-        WHERE c.key = records.key AND c.token = records.token), 0), \
-    owner_host, owner_boot, owner_pid, owner_start, child_pid, child_pgid, child_start, \
-    length(stdout), length(stderr), stdout_truncated, stderr_truncated";
+    stdout_truncated, stderr_truncated, label";
 /// How many columns `RECORD_COLUMNS` names; a query may add more after them.
-const RECORD_COLUMN_COUNT: usize = 25;
+const RECORD_COLUMN_COUNT: usize = 26;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -123,8 +121,6 @@ pub struct SqliteStore {
     shrunk: bool,
     /// The `synchronous` level the connection is at, once idem has set it.
     sync: Option<Sync>,
-    /// Whether the store has the journal (schema 3); see `RECORD_COLUMNS_V2`.
-    journal: bool,
 }
 
 /// How a write reaches the disk. Claims and outcomes are fsynced before
@@ -199,13 +195,12 @@ impl SqliteStore {
             wrote: false,
             shrunk: false,
             sync: None,
-            journal: true,
         };
-        if mode == Mode::ReadOnly {
-            store.pragma("query_only", "1")?;
-        }
         if !header.is_ready() {
             store.prepare(mode)?;
+        }
+        if mode == Mode::ReadOnly {
+            store.pragma("query_only", "1")?;
         }
         Ok(Some(store))
     }
@@ -238,11 +233,10 @@ impl SqliteStore {
             return Ok(());
         }
         check_identity(&self.path, app, version, tables)?;
-        if mode == Mode::ReadOnly && app == APPLICATION_ID && version == 2 {
-            self.journal = false;
-            return Ok(());
-        }
-        if mode == Mode::ReadOnly {
+        // An older store is upgraded whoever opens it (inspect included: the
+        // upgrades only add to it, under the write lock for a moment); an
+        // empty file is left for `run` to make a store of.
+        if mode == Mode::ReadOnly && tables == 0 {
             return self.fail("it was never initialised (run `idem run` once to create it)");
         }
         if tables == 0 {
@@ -319,20 +313,10 @@ impl SqliteStore {
         result.or_else(|e| self.fail(&format!("{doing}: {}", describe(&e))))
     }
 
-    /// The record columns this store has.
-    fn columns(&self) -> &'static str {
-        if self.journal {
-            RECORD_COLUMNS
-        } else {
-            RECORD_COLUMNS_V2
-        }
-    }
-
     fn read_record(&self, key: &str) -> rusqlite::Result<Option<Record>> {
         self.conn
             .prepare_cached(&format!(
-                "SELECT {} FROM records WHERE key = ?1",
-                self.columns()
+                "SELECT {RECORD_COLUMNS} FROM records WHERE key = ?1"
             ))?
             .query_row([key], record_from_row)
             .optional()
@@ -358,14 +342,14 @@ impl SqliteStore {
             .execute([key])?;
         tx.prepare_cached(
             "INSERT INTO records (key, status, fingerprint, command, cwd, attempt, token, started_at,
-                owner_host, owner_boot, owner_pid, owner_start, stdout_bytes, stderr_bytes)
-             VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, 0)
+                owner_host, owner_boot, owner_pid, owner_start, label, stdout_bytes, stderr_bytes)
+             VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 0)
              ON CONFLICT (key) DO UPDATE SET status = 'in_progress', fingerprint = ?2, command = ?3,
                 cwd = ?4, attempt = ?5, token = ?6, started_at = ?7, finished_at = NULL,
                 expires_at = NULL, exit_code = NULL, signal = NULL, timed_out = 0, replays = 0,
                 owner_host = ?8, owner_boot = ?9, owner_pid = ?10, owner_start = ?11,
                 child_pid = NULL, child_pgid = NULL, child_start = NULL,
-                stdout_truncated = 0, stderr_truncated = 0, stdout = x'', stderr = x'',
+                stdout_truncated = 0, stderr_truncated = 0, stdout = x'', stderr = x'', label = ?12,
                 stdout_bytes = 0, stderr_bytes = 0",
         )?
         .execute(params![
@@ -380,6 +364,7 @@ impl SqliteStore {
             claim.owner.boot_id,
             claim.owner.pid,
             claim.owner.start,
+            claim.label,
         ])?;
         let mut cleanup = tx.prepare_cached(
             "DELETE FROM records WHERE rowid IN
@@ -556,8 +541,7 @@ impl Store for SqliteStore {
     fn list(&mut self, filter: &Filter, each: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
         let (clause, args) = filter_sql(filter, now_millis());
         let mut sql = format!(
-            "SELECT {} FROM records WHERE {clause} ORDER BY started_at DESC, key",
-            self.columns()
+            "SELECT {RECORD_COLUMNS} FROM records WHERE {clause} ORDER BY started_at DESC, key"
         );
         if let Some(limit) = filter.limit {
             sql.push_str(&format!(" LIMIT {limit}"));
@@ -619,6 +603,18 @@ impl Store for SqliteStore {
 
     fn is_shared(&self) -> bool {
         false
+    }
+
+    /// The file and its WAL.
+    fn size(&mut self) -> Result<Option<u64>> {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let len = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        Ok(Some(len(&self.path) + len(Path::new(&wal))))
+    }
+
+    fn check(&mut self) -> Result<Vec<super::Finding>> {
+        self.run_checks()
     }
 }
 
@@ -690,6 +686,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
         stderr_bytes: row.get(22)?,
         stdout_truncated: row.get(23)?,
         stderr_truncated: row.get(24)?,
+        label: row.get(25)?,
     })
 }
 

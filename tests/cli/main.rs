@@ -2,8 +2,11 @@
 
 mod support;
 
+mod callers;
+mod check;
 mod crash;
 mod disk;
+mod examples;
 mod guarantees;
 mod hostile;
 mod hosts;
@@ -13,6 +16,7 @@ mod journal;
 mod lint;
 mod migration;
 mod postgres;
+mod postgres_tls;
 mod purge;
 mod redis;
 mod run;

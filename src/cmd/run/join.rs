@@ -3,7 +3,8 @@
 //! shares its result.
 
 use super::{record_status, Call};
-use crate::cmd::follow::{follow, run_status, warn_if_cut, End, Sink};
+pub(super) use crate::cmd::follow::run_status;
+use crate::cmd::follow::{follow, warn_if_cut, End, Sink};
 use crate::store::{Record, Store};
 use crate::text::escape;
 use anyhow::Result;
@@ -11,8 +12,8 @@ use std::time::Instant;
 
 /// How an attached waiter came away.
 pub(super) enum Joined {
-    /// The run finished: exit with this status.
-    Done(u8),
+    /// The run finished: this is its record, outcome included.
+    Done(Box<Record>),
     /// The run ended without an outcome (its owner crashed, or the record
     /// was purged or taken over), which the waiter said in one line: look
     /// at the key again.
@@ -70,7 +71,7 @@ impl Call<'_> {
                     record_status(&done)
                 ));
                 warn_if_cut(&done, &self.shown_key());
-                Joined::Done(run_status(&done))
+                Joined::Done(Box::new(done))
             }
             End::Crashed(dead) => {
                 crate::say::notice(format_args!(

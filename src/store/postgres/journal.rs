@@ -110,18 +110,13 @@ impl PgStore {
     ) -> Result<Option<u64>> {
         let (records, table) = (&self.names.records, &self.names.journal);
         // Frames from $3 on, up to about PAGE_BYTES, and how many there are
-        // in all; an old store (read-only, not migrated) has none.
-        let frames = if self.journal {
-            format!(
-                "SELECT seq, frame, total FROM (SELECT seq, frame, count(*) OVER () AS total, \
-                   sum(octet_length(frame)) OVER (ORDER BY seq) - octet_length(frame) AS before \
-                   FROM {table} WHERE key = r.key AND token = r.token AND seq >= $3 \
-                   ORDER BY seq LIMIT 256) AS w WHERE before < $4"
-            )
-        } else {
-            "SELECT NULL::bigint AS seq, NULL::bytea AS frame, 0::bigint AS total WHERE $3 < $4"
-                .into()
-        };
+        // in all.
+        let frames = format!(
+            "SELECT seq, frame, total FROM (SELECT seq, frame, count(*) OVER () AS total, \
+               sum(octet_length(frame)) OVER (ORDER BY seq) - octet_length(frame) AS before \
+               FROM {table} WHERE key = r.key AND token = r.token AND seq >= $3 \
+               ORDER BY seq LIMIT 256) AS w WHERE before < $4"
+        );
         let sql = format!(
             "SELECT octet_length(r.stdout)::bigint, octet_length(r.stderr)::bigint, \
                 j.seq, j.frame, j.total \

@@ -8,20 +8,23 @@
 //! counting and deletion all name that token, so an owner that lost its
 //! lease can never overwrite the record of the run that took over.
 
+mod check;
 mod conn;
 mod journal;
+mod libpq;
 mod records;
 mod schema;
 mod target;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
 use crate::owner::ChildId;
 use crate::store::{finish_patiently, FinishFailure};
 use anyhow::Result;
 use conn::{Conn, Failure, CALL_LIMIT};
-use records::{columns, record_from_row};
+use records::{record_from_row, COLUMNS};
 use schema::{Found, Names, SCHEMA_VERSION};
 use std::time::Duration;
 use target::Target;
@@ -42,13 +45,15 @@ type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 pub struct PgStore {
     conn: Conn,
     names: Names,
-    /// Whether the store has the journal (schema 2): an older store opened
-    /// read-only is read as it is.
-    journal: bool,
 }
 
 pub fn open(url: &str, mode: Mode) -> Result<Option<Box<dyn Store>>> {
     Ok(PgStore::open(url, mode)?.map(|s| Box::new(s) as Box<dyn Store>))
+}
+
+/// The URL as it may be shown: without its password.
+pub fn shown(url: &str) -> String {
+    target::redact(url)
 }
 
 impl PgStore {
@@ -65,18 +70,20 @@ impl PgStore {
                     schema::create(c, &names).await
                 })?
             }
-            (Found::Older(_), Mode::Create | Mode::Existing) => {
+            (Found::Missing, Mode::Existing | Mode::ReadOnly) => return Ok(None),
+            (Found::Older(_), _) => {
                 conn.call("cannot upgrade the store", CALL_LIMIT, async |c| {
-                    schema::create(c, &names).await
+                    schema::migrate(c, &names).await
                 })?
             }
-            (Found::Missing, Mode::Existing | Mode::ReadOnly) => return Ok(None),
             (found, _) => found,
         };
         match found {
-        Found::Ready => Ok(Some(PgStore { conn, names, journal: true })),
-        Found::Older(_) => Ok(Some(PgStore { conn, names, journal: false })),
+        Found::Ready => Ok(Some(PgStore { conn, names })),
         Found::Missing => conn.fail("it vanished while it was being created; try again"),
+        Found::Older(version) => conn.fail(&format!(
+            "it still has schema version {version} after an upgrade to {SCHEMA_VERSION}; try again"
+        )),
         Found::Newer(version) => conn.fail(&format!(
             "it has schema version {version}, newer than this idem understands ({SCHEMA_VERSION}); upgrade idem"
         )),
@@ -93,7 +100,7 @@ impl PgStore {
         format!(
             "SELECT {NOW}, r.* FROM (SELECT 1) AS one LEFT JOIN LATERAL \
              (SELECT {} FROM {} WHERE key = $1{}) AS r ON true",
-            columns(self.journal),
+            COLUMNS,
             self.names.records,
             if lock { " FOR UPDATE" } else { "" }
         )
@@ -141,7 +148,7 @@ impl Store for PgStore {
         let read = self.read_sql(true);
         let (records, sequence) = (&self.names.records, &self.names.token);
         let fields = "status = 'in_progress', fingerprint = $2, command = $3, cwd = $4, \
-            attempt = $5, owner_host = $6, owner_boot = $7, owner_pid = $8, owner_start = $9";
+            attempt = $5, owner_host = $6, owner_boot = $7, owner_pid = $8, owner_start = $9, label = $11";
         let replace = format!(
             "UPDATE {records} SET {fields}, token = nextval('{sequence}'), started_at = {NOW}, \
                 lease_until = {NOW} + $10, finished_at = NULL, expires_at = NULL, \
@@ -149,16 +156,16 @@ impl Store for PgStore {
                 child_pid = NULL, child_pgid = NULL, child_start = NULL, \
                 stdout = '', stderr = '', stdout_truncated = false, stderr_truncated = false, \
                 stdout_bytes = 0, stderr_bytes = 0 \
-             WHERE key = $1 AND token = $11 RETURNING token"
+             WHERE key = $1 AND token = $12 RETURNING token"
         );
         // A takeover or re-run starts a new journal.
         let forget = format!("DELETE FROM {} WHERE key = $1", self.names.journal);
         let insert = format!(
             "INSERT INTO {records} (key, status, fingerprint, command, cwd, attempt, owner_host, \
-                owner_boot, owner_pid, owner_start, token, started_at, lease_until, \
+                owner_boot, owner_pid, owner_start, label, token, started_at, lease_until, \
                 stdout_bytes, stderr_bytes) \
-             VALUES ($1, 'in_progress', $2, $3, $4, $5, $6, $7, $8, $9, nextval('{sequence}'), \
-                {NOW}, {NOW} + $10, 0, 0) \
+             VALUES ($1, 'in_progress', $2, $3, $4, $5, $6, $7, $8, $9, $11, \
+                nextval('{sequence}'), {NOW}, {NOW} + $10, 0, 0) \
              ON CONFLICT (key) DO NOTHING RETURNING token"
         );
         let cleanup = format!(
@@ -183,6 +190,7 @@ impl Store for PgStore {
                         attempt,
                         owner,
                         lease_ms,
+                        label,
                     } = &claim;
                     let mut params: Vec<Param> = vec![
                         (&key, Type::TEXT),
@@ -195,6 +203,7 @@ impl Store for PgStore {
                         (&owner.pid, Type::INT8),
                         (&owner.start, Type::INT8),
                         (lease_ms, Type::INT8),
+                        (label, Type::TEXT),
                     ];
                     let observed = existing.as_ref().map(|r| r.token);
                     let written = match &observed {
@@ -311,7 +320,7 @@ impl Store for PgStore {
     fn list(&mut self, filter: &Filter, each: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
         let now = self.now()?;
         let table = &self.names.records;
-        records::list(&mut self.conn, table, self.journal, filter, now, each)
+        records::list(&mut self.conn, table, filter, now, each)
     }
 
     fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
@@ -330,5 +339,27 @@ impl Store for PgStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    /// The records table and the journal, with their indexes and TOAST
+    /// (stored output).
+    fn size(&mut self) -> Result<Option<u64>> {
+        let sql = "SELECT pg_total_relation_size(to_regclass($1)) \
+            + coalesce(pg_total_relation_size(to_regclass($2)), 0)";
+        let (table, journal) = (self.names.records.clone(), self.names.journal.clone());
+        let size: Option<i64> =
+            self.conn
+                .call("cannot read the store's size", CALL_LIMIT, async |c| {
+                    Ok(
+                        c.query_typed_one(sql, &[(&table, Type::TEXT), (&journal, Type::TEXT)])
+                            .await?
+                            .get(0),
+                    )
+                })?;
+        Ok(size.and_then(|s| u64::try_from(s).ok()))
+    }
+
+    fn check(&mut self) -> Result<Vec<super::Finding>> {
+        self.run_checks()
     }
 }

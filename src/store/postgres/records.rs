@@ -10,23 +10,15 @@ use anyhow::Result;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-/// Columns of a record, in the order `record_from_row` reads them; `journal`
-/// says whether the table has per-stream counts (schema 2) or only the
-/// output columns of older records.
-pub fn columns(journal: bool) -> &'static str {
-    if journal {
-        "key, status, fingerprint, command, cwd, attempt, token, started_at, \
-        finished_at, expires_at, lease_until, exit_code, signal, timed_out, replays, owner_host, \
-        owner_boot, owner_pid, owner_start, child_pid, child_pgid, child_start, \
-        coalesce(stdout_bytes, octet_length(stdout))::bigint, \
-        coalesce(stderr_bytes, octet_length(stderr))::bigint, stdout_truncated, stderr_truncated"
-    } else {
-        "key, status, fingerprint, command, cwd, attempt, token, started_at, \
-        finished_at, expires_at, lease_until, exit_code, signal, timed_out, replays, owner_host, \
-        owner_boot, owner_pid, owner_start, child_pid, child_pgid, child_start, \
-        octet_length(stdout)::bigint, octet_length(stderr)::bigint, stdout_truncated, stderr_truncated"
-    }
-}
+/// Columns of a record, in the order `record_from_row` reads them. Records
+/// written before the journal (schema 2 and older) have no per-stream
+/// counts: their output is in the `stdout` and `stderr` columns.
+pub const COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, token, started_at, \
+    finished_at, expires_at, lease_until, exit_code, signal, timed_out, replays, owner_host, \
+    owner_boot, owner_pid, owner_start, child_pid, child_pgid, child_start, \
+    coalesce(stdout_bytes, octet_length(stdout))::bigint, \
+    coalesce(stderr_bytes, octet_length(stderr))::bigint, stdout_truncated, stderr_truncated, \
+    label";
 /// How many records `list` holds in memory at once.
 const PAGE: i64 = 500;
 
@@ -35,7 +27,6 @@ const PAGE: i64 = 500;
 pub fn list(
     conn: &mut Conn,
     table: &str,
-    journal: bool,
     filter: &Filter,
     now: Millis,
     each: &mut dyn FnMut(Record) -> Result<()>,
@@ -47,7 +38,7 @@ pub fn list(
         if page <= 0 {
             return Ok(());
         }
-        let mut sql = format!("SELECT {} FROM {table} WHERE true", columns(journal));
+        let mut sql = format!("SELECT {COLUMNS} FROM {table} WHERE true");
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
         if !filter.keys.is_empty() {
             add(&mut sql, &mut params, " AND key = ANY(?)", &filter.keys);
@@ -145,5 +136,6 @@ pub fn record_from_row(row: &Row, at: usize) -> Result<Option<Record>, tokio_pos
         stderr_bytes: row.try_get(get(23))?,
         stdout_truncated: row.try_get(get(24))?,
         stderr_truncated: row.try_get(get(25))?,
+        label: row.try_get(get(26))?,
     }))
 }

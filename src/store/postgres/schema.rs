@@ -5,17 +5,39 @@
 //! tokens, and `NAME_meta`, whose `schema_version` row says which layout
 //! this is. They are created on first use inside one transaction under an
 //! advisory lock, so hosts that race to create them all see one result; an
-//! older layout is upgraded the same way by the first `run` or `purge`
-//! (version 1 had no journal: its records keep their output in the
-//! `stdout` and `stderr` columns, which later records leave empty). A newer
-//! version is refused untouched; a table of that name that idem did not
-//! create is never adopted.
+//! older layout is upgraded the same way by whoever opens it first (versions
+//! 1 and 2 had no journal: their records keep their output in the `stdout`
+//! and `stderr` columns, which later records leave empty). A newer version
+//! is refused untouched; a table of that name that idem did not create is
+//! never adopted.
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Error, GenericClient};
 
 /// The layout this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// Upgrades; entry N brings a store from version N + 1 to N + 2. `{records}`
+/// and `{journal}` stand for the quoted table names.
+const MIGRATIONS: &[&str] = &[
+    // Version 2, the label (issue 14): `--label TEXT`, shown by inspect.
+    "ALTER TABLE {records} ADD COLUMN IF NOT EXISTS label text;",
+    JOURNAL,
+];
+
+/// Version 3, the output journal (issue 13, see `journal.rs`): the journal
+/// table, and per-stream byte counts on the record (NULL on records written
+/// before: their output is in the `stdout` and `stderr` columns).
+const JOURNAL: &str = "
+    ALTER TABLE {records} ADD COLUMN IF NOT EXISTS stdout_bytes bigint,
+        ADD COLUMN IF NOT EXISTS stderr_bytes bigint;
+    CREATE TABLE IF NOT EXISTS {journal} (
+        key text NOT NULL REFERENCES {records} (key) ON DELETE CASCADE,
+        token bigint NOT NULL,
+        seq bigint NOT NULL,
+        frame bytea NOT NULL,
+        PRIMARY KEY (key, token, seq)
+    );";
 
 /// Quoted names of one store's objects.
 pub struct Names {
@@ -46,18 +68,24 @@ impl Names {
     pub fn channel(&self) -> String {
         self.plain.clone()
     }
+
+    /// A migration with the names filled in.
+    fn expand(&self, sql: &str) -> String {
+        sql.replace("{records}", &self.records)
+            .replace("{journal}", &self.journal)
+    }
 }
 
 /// What the server holds under these names.
 pub enum Found {
     /// Ready at this build's version.
     Ready,
-    /// Made by an older idem: readable, upgraded before a write.
-    Older(i64),
     /// Nothing yet.
     Missing,
     /// Made by a newer idem.
     Newer(i64),
+    /// Made by an older idem: upgrade it (`migrate`).
+    Older(i64),
     /// A table of that name exists, but idem did not make it.
     Foreign,
 }
@@ -102,47 +130,65 @@ async fn probe(client: &impl GenericClient, names: &Names) -> Result<Found, Erro
 }
 
 fn classify(version: i64) -> Found {
-    if version > SCHEMA_VERSION {
-        Found::Newer(version)
-    } else if version < SCHEMA_VERSION {
-        Found::Older(version)
-    } else {
-        Found::Ready
+    match version.cmp(&SCHEMA_VERSION) {
+        std::cmp::Ordering::Greater => Found::Newer(version),
+        std::cmp::Ordering::Less => Found::Older(version),
+        std::cmp::Ordering::Equal => Found::Ready,
     }
 }
 
-/// Creates the store if it is missing, or upgrades an older one; returns
-/// what is there afterwards.
+/// Creates the store if it is missing; returns what is there afterwards.
 ///
 /// The lock is taken before the transaction starts: a transaction that
 /// began before a racing creator committed could still see the old catalog.
 pub async fn create(client: &mut Client, names: &Names) -> Result<Found, Error> {
+    locked(client, names, async |c| create_locked(c, names).await).await
+}
+
+/// Upgrades a store of an older version under the same lock as `create`,
+/// in a read-write transaction (also for `inspect`, whose connection
+/// defaults to read-only: the upgrade only adds columns).
+pub async fn migrate(client: &mut Client, names: &Names) -> Result<Found, Error> {
+    locked(client, names, async |c| {
+        let tx = c.build_transaction().read_only(false).start().await?;
+        let version = match read_version(&tx, names).await? {
+            Found::Older(version) => version,
+            other => return Ok(other),
+        };
+        let from = usize::try_from(version - 1).unwrap_or(0);
+        for migration in MIGRATIONS.iter().skip(from) {
+            tx.batch_execute(&names.expand(migration)).await?;
+        }
+        let stamp = format!(
+            "UPDATE {} SET value = {SCHEMA_VERSION} WHERE name = 'schema_version'",
+            names.meta
+        );
+        tx.batch_execute(&stamp).await?;
+        tx.commit().await?;
+        Ok(Found::Ready)
+    })
+    .await
+}
+
+/// Runs `work` under idem's advisory lock for this store.
+async fn locked(
+    client: &mut Client,
+    names: &Names,
+    work: impl AsyncFnOnce(&mut Client) -> Result<Found, Error>,
+) -> Result<Found, Error> {
     // Two-key form: the first key marks the lock as idem's.
     let lock = "SELECT pg_advisory_lock(1768187245, hashtext($1))";
     let unlock = "SELECT pg_advisory_unlock(1768187245, hashtext($1))";
     client.execute(lock, &[&names.plain]).await?;
-    let created = create_locked(client, names).await;
+    let done = work(client).await;
     client.execute(unlock, &[&names.plain]).await?;
-    created
+    done
 }
 
 async fn create_locked(client: &mut Client, names: &Names) -> Result<Found, Error> {
     let tx = client.transaction().await?;
     match probe(&tx, names).await? {
         Found::Missing => {}
-        Found::Older(1) => {
-            tx.batch_execute(&journal_sql(names)).await?;
-            tx.execute(
-                &format!(
-                    "UPDATE {} SET value = {SCHEMA_VERSION} WHERE name = 'schema_version'",
-                    names.meta
-                ),
-                &[],
-            )
-            .await?;
-            tx.commit().await?;
-            return Ok(Found::Ready);
-        }
         other => return Ok(other),
     }
     let Names {
@@ -183,31 +229,15 @@ async fn create_locked(client: &mut Client, names: &Names) -> Result<Found, Erro
              stdout bytea NOT NULL DEFAULT '',
              stderr bytea NOT NULL DEFAULT '',
              stdout_truncated boolean NOT NULL DEFAULT false,
-             stderr_truncated boolean NOT NULL DEFAULT false
+             stderr_truncated boolean NOT NULL DEFAULT false,
+             label text
          );
          CREATE INDEX {by_started} ON {records} (started_at DESC, key);
          CREATE INDEX {by_expiry} ON {records} (expires_at) WHERE expires_at IS NOT NULL;
          {}",
-        journal_sql(names)
+        names.expand(JOURNAL)
     ))
     .await?;
     tx.commit().await?;
     Ok(Found::Ready)
-}
-
-/// Schema 2: the journal table, and per-stream byte counts on the record.
-fn journal_sql(names: &Names) -> String {
-    let Names {
-        records, journal, ..
-    } = names;
-    format!(
-        "ALTER TABLE {records} ADD COLUMN stdout_bytes bigint, ADD COLUMN stderr_bytes bigint;
-         CREATE TABLE {journal} (
-             key text NOT NULL REFERENCES {records} (key) ON DELETE CASCADE,
-             token bigint NOT NULL,
-             seq bigint NOT NULL,
-             frame bytea NOT NULL,
-             PRIMARY KEY (key, token, seq)
-         );"
-    )
 }

@@ -33,7 +33,7 @@ impl RedisStore {
                 .arg(out)
                 .arg(err)
                 .arg(&frame)
-                .invoke::<i64>(c)
+                .invoke::<i64>(c.like())
         })
         .map(|ours| ours == 1)
     }
@@ -56,7 +56,7 @@ impl RedisStore {
                     .arg(token)
                     .arg(at)
                     .arg(PAGE_BYTES)
-                    .invoke(c)
+                    .invoke(c.like())
             })?;
             let Some(reply) = reply else {
                 if first {
@@ -103,7 +103,7 @@ impl RedisStore {
             Stream::Stderr => "stderr",
         };
         let bytes: Option<Vec<u8>> = self.exec("cannot read the output", true, |c, s| {
-            s.output.key(rkey).arg(token).arg(field).invoke(c)
+            s.output.key(rkey).arg(token).arg(field).invoke(c.like())
         })?;
         match bytes {
             Some(bytes) => each(stream, &bytes),
@@ -128,7 +128,7 @@ impl RedisStore {
                     .arg("STREAMS")
                     .arg(&jkey)
                     .arg(format!("{from}-0"))
-                    .query::<Value>(c)
+                    .query::<Value>(c.like())
             })
         })?;
         Ok(())

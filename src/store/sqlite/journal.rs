@@ -122,9 +122,6 @@ impl SqliteStore {
             }
         }
         let mut next = from;
-        if !self.journal {
-            return Ok(Some(next));
-        }
         let mut stmt = tx
             .prepare_cached(
                 "SELECT rowid, seq FROM journal WHERE key = ?1 AND token = ?2 AND seq >= ?3 ORDER BY seq",
