@@ -16,6 +16,7 @@ use crate::store::{self, Captured, Claim, Millis, Mode, Outcome, Record, Status,
 use crate::text::{command_line, escape};
 use anyhow::{Context, Result};
 use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, IsTerminal, Seek};
@@ -538,7 +539,8 @@ impl Call<'_> {
             renewed: Instant::now(),
             lost: false,
             output_lost: false,
-            pending: Vec::new(),
+            pending: VecDeque::new(),
+            seq: 0,
         };
         let ran = child::run(&spec, signals, &output, &mut owner)?;
         owner.flush();

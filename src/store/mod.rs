@@ -188,9 +188,18 @@ pub trait Store: Send {
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool>;
 
     /// Appends `chunks` (one batch) to the journal of the running claim as
-    /// one frame. Not durable by itself: `finish` makes the whole journal
-    /// durable. False if the claim is no longer ours.
-    fn append_journal(&mut self, key: &str, token: i64, chunks: &[Chunk<'_>]) -> Result<bool>;
+    /// its frame number `seq` (0, 1, 2, … in order; a number may be skipped).
+    /// A frame whose number is there already is not written again: a retry
+    /// of an append whose reply was lost writes nothing twice. Not durable
+    /// by itself: `finish` makes the whole journal durable. False if the
+    /// claim is no longer ours.
+    fn append_journal(
+        &mut self,
+        key: &str,
+        token: i64,
+        seq: u64,
+        chunks: &[Chunk<'_>],
+    ) -> Result<bool>;
 
     /// Passes the journal of the record with `token`, from position `from`
     /// (0: the start), to `each`, a piece at a time, in order, in bounded

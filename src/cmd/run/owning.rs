@@ -9,6 +9,7 @@ use crate::owner::ChildId;
 use crate::store::{Chunk, Store, Stream, FINISH_PATIENCE};
 use crate::text::escape;
 use anyhow::Result;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::time::{Duration, Instant};
 
@@ -23,8 +24,12 @@ pub(super) struct Owning<'a> {
     /// The journal could not be written: what it holds is cut short.
     pub(super) output_lost: bool,
     /// Batches a failing store did not take yet, in order, to try again
-    /// (a dropped connection, a restarting server).
-    pub(super) pending: Vec<(Stream, Vec<u8>)>,
+    /// (a dropped connection, a restarting server), each as it was first
+    /// sent: a batch whose append did reach the store is found there by
+    /// its number and not written twice.
+    pub(super) pending: VecDeque<Vec<(Stream, Vec<u8>)>>,
+    /// The number of the first pending batch (the next one, when none is).
+    pub(super) seq: u64,
 }
 
 /// How much output waits for a store that fails, before the journal is
@@ -85,10 +90,15 @@ impl Supervisor for Owning<'_> {
         if self.lost || self.output_lost {
             return Ok(());
         }
-        self.pending
-            .extend(chunks.iter().map(|c| (c.stream, c.bytes.to_vec())));
+        self.pending.push_back(
+            chunks
+                .iter()
+                .map(|c| (c.stream, c.bytes.to_vec()))
+                .collect(),
+        );
         if let Err(e) = self.try_flush() {
-            if self.pending.iter().map(|(_, b)| b.len()).sum::<usize>() > PENDING_LIMIT {
+            let waiting: usize = self.pending.iter().flatten().map(|(_, b)| b.len()).sum();
+            if waiting > PENDING_LIMIT {
                 self.give_up(&e);
             }
         }
@@ -97,27 +107,32 @@ impl Supervisor for Owning<'_> {
 }
 
 impl Owning<'_> {
-    /// Writes what waits; an error leaves it waiting.
+    /// Writes what waits, a batch at a time in order; an error leaves the
+    /// rest waiting.
     fn try_flush(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let chunks: Vec<Chunk<'_>> = self
-            .pending
-            .iter()
-            .map(|(stream, bytes)| Chunk {
-                stream: *stream,
-                bytes,
-            })
-            .collect();
-        let ours = self.store.append_journal(self.key, self.token, &chunks)?;
-        self.pending.clear();
-        if !ours && !self.lost {
-            self.lost = true;
-            crate::say::error(format_args!(
-                "lost the claim on key {} while the command runs; its outcome will not be recorded",
-                self.lease_key()
-            ));
+        while let Some(batch) = self.pending.front() {
+            let chunks: Vec<Chunk<'_>> = batch
+                .iter()
+                .map(|(stream, bytes)| Chunk {
+                    stream: *stream,
+                    bytes,
+                })
+                .collect();
+            let ours = self
+                .store
+                .append_journal(self.key, self.token, self.seq, &chunks)?;
+            self.pending.pop_front();
+            self.seq += 1;
+            if !ours {
+                self.pending.clear();
+                if !self.lost {
+                    self.lost = true;
+                    crate::say::error(format_args!(
+                        "lost the claim on key {} while the command runs; its outcome will not be recorded",
+                        self.lease_key()
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -150,7 +165,7 @@ impl Owning<'_> {
 
     fn give_up(&mut self, e: &anyhow::Error) {
         self.output_lost = true;
-        self.pending = Vec::new();
+        self.pending = VecDeque::new();
         crate::say::notice(format_args!(
             "could not store the output of key {} ({e:#}); the stored copy is cut here",
             self.lease_key()

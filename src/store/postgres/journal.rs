@@ -1,5 +1,7 @@
 //! The output journal on PostgreSQL: one `NAME_journal` row per frame,
-//! keyed by the record's key, its claim's token and a sequence number, and
+//! keyed by the record's key, its claim's token and the frame's number
+//! (`seq`, given by the owner: a retried append finds its frame there and
+//! writes nothing), and
 //! deleted with its record (a foreign key with `ON DELETE CASCADE`; a new
 //! claim deletes the old claim's rows itself).
 //!
@@ -26,30 +28,46 @@ const PAGE_BYTES: i64 = 1024 * 1024;
 const LEGACY_CHUNK: i32 = 1024 * 1024;
 
 impl PgStore {
-    pub(super) fn append(&mut self, key: &str, token: i64, chunks: &[Chunk<'_>]) -> Result<bool> {
+    pub(super) fn append(
+        &mut self,
+        key: &str,
+        token: i64,
+        seq: u64,
+        chunks: &[Chunk<'_>],
+    ) -> Result<bool> {
         let (records, table) = (&self.names.records, &self.names.journal);
+        // The counts grow only with a frame that is not there yet; should a
+        // lost try still be running, the primary key refuses the second
+        // insert (and with it this statement, which is tried again later).
+        // One row back means ours: written now, or by an earlier try.
         let sql = format!(
             "WITH r AS (UPDATE {records} SET stdout_bytes = coalesce(stdout_bytes, 0) + $3, \
                  stderr_bytes = coalesce(stderr_bytes, 0) + $4 \
-               WHERE key = $1 AND token = $2 AND status = 'in_progress' RETURNING key), \
+               WHERE key = $1 AND token = $2 AND status = 'in_progress' \
+                 AND NOT EXISTS (SELECT 1 FROM {table} WHERE key = $1 AND token = $2 AND seq = $7) \
+               RETURNING key), \
              j AS (INSERT INTO {table} (key, token, seq, frame) \
-               SELECT $1, $2, (SELECT coalesce(max(seq) + 1, 0) FROM {table} \
-                 WHERE key = $1 AND token = $2), $5 FROM r WHERE octet_length($5) > 0) \
-             SELECT pg_notify($6, $1) FROM r"
+               SELECT $1, $2, $7, $5 FROM r WHERE octet_length($5) > 0) \
+             SELECT 1 FROM (SELECT pg_notify($6, $1) FROM r) AS woken \
+             UNION ALL SELECT 1 FROM {records} \
+               WHERE key = $1 AND token = $2 AND status = 'in_progress' \
+                 AND EXISTS (SELECT 1 FROM {table} WHERE key = $1 AND token = $2 AND seq = $7)"
         );
         let (out, err) = journal::stream_lens(chunks);
         let frame = journal::frame(chunks);
         let channel = self.names.channel();
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         let rows = self
             .conn
             .call("cannot store the output", CALL_LIMIT, async |c| {
-                let params: [Param; 6] = [
+                let params: [Param; 7] = [
                     (&key, Type::TEXT),
                     (&token, Type::INT8),
                     (&out, Type::INT8),
                     (&err, Type::INT8),
                     (&frame, Type::BYTEA),
                     (&channel, Type::TEXT),
+                    (&seq, Type::INT8),
                 ];
                 c.query_typed(&sql, &params).await
             })?;

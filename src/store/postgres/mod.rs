@@ -283,8 +283,14 @@ impl Store for PgStore {
         })
     }
 
-    fn append_journal(&mut self, key: &str, token: i64, chunks: &[Chunk<'_>]) -> Result<bool> {
-        self.append(key, token, chunks)
+    fn append_journal(
+        &mut self,
+        key: &str,
+        token: i64,
+        seq: u64,
+        chunks: &[Chunk<'_>],
+    ) -> Result<bool> {
+        self.append(key, token, seq, chunks)
     }
 
     fn read_journal(

@@ -1,7 +1,8 @@
-//! The output journal on Redis: a stream next to each record (`P log:KEY`,
+//! The output journal on Redis: a stream next to each record (`P{KEY}:log`,
 //! named by `journal_key`, so it shares the record's hash slot), one entry
-//! per frame with the explicit id N-0 for the Nth, and an `end` entry added
-//! with the outcome. The stream expires, and is deleted, with its record.
+//! per frame with the explicit id N-0 for frame number N - 1 (a retried
+//! append finds its entry there and writes nothing), and an `end` entry
+//! added with the outcome. The stream expires, and is deleted, with its record.
 //!
 //! A follower blocks in `XREAD BLOCK` on the stream until an entry past its
 //! position arrives (the run's output, or its end), at most a second at a
@@ -20,12 +21,19 @@ use std::time::Duration;
 const PAGE_BYTES: usize = 1024 * 1024;
 
 impl RedisStore {
-    pub(super) fn append(&mut self, key: &str, token: i64, chunks: &[Chunk<'_>]) -> Result<bool> {
+    pub(super) fn append(
+        &mut self,
+        key: &str,
+        token: i64,
+        seq: u64,
+        chunks: &[Chunk<'_>],
+    ) -> Result<bool> {
         let (rkey, jkey) = (self.record_key(key), self.journal_key(key));
         let (out, err) = journal::stream_lens(chunks);
         let frame = journal::frame(chunks);
-        // Not retried: an append whose reply was lost may have been written.
-        self.exec("cannot store the output", false, |c, s| {
+        // Retried once on a new connection: a try whose reply was lost left
+        // its entry, which the next one finds.
+        self.exec("cannot store the output", true, |c, s| {
             s.append
                 .key(&rkey)
                 .key(&jkey)
@@ -33,6 +41,7 @@ impl RedisStore {
                 .arg(out)
                 .arg(err)
                 .arg(&frame)
+                .arg(seq)
                 .invoke::<i64>(c.like())
         })
         .map(|ours| ours == 1)

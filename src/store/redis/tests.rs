@@ -54,7 +54,7 @@ impl Scratch {
     }
 
     fn finish(&mut self, key: &str, token: i64, ttl_ms: Millis, stdout: &[u8]) -> bool {
-        if !append(&mut self.store, key, token, stdout) {
+        if !append(&mut self.store, key, token, 0, stdout) {
             return false;
         }
         let outcome = Outcome {
@@ -191,14 +191,15 @@ fn wait_until_gone(s: &mut Scratch, key: &str) {
     }
 }
 
-/// Appends `stdout` to the journal in batches of 300,000 bytes.
-fn append(store: &mut dyn Store, key: &str, token: i64, stdout: &[u8]) -> bool {
-    stdout.chunks(300_000).all(|piece| {
+/// Appends `stdout` to the journal in batches of 300,000 bytes, numbered
+/// from `first`.
+fn append(store: &mut dyn Store, key: &str, token: i64, first: u64, stdout: &[u8]) -> bool {
+    (first..).zip(stdout.chunks(300_000)).all(|(seq, piece)| {
         let chunk = Chunk {
             stream: Stream::Stdout,
             bytes: piece,
         };
-        store.append_journal(key, token, &[chunk]).unwrap()
+        store.append_journal(key, token, seq, &[chunk]).unwrap()
     })
 }
 
@@ -230,13 +231,15 @@ fn the_journal_comes_back_in_order_byte_exact_for_its_token_only() {
             .append_journal(
                 key,
                 token,
+                0,
                 &[Chunk {
                     stream: Stream::Stderr,
                     bytes: b"e1"
                 }]
             )
             .unwrap());
-        assert!(append(&mut s.store, key, token, &bytes));
+        assert!(append(&mut s.store, key, token, 1, &bytes));
+        let next_seq = 1 + bytes.len().div_ceil(300_000) as u64;
         let tail = [
             Chunk {
                 stream: Stream::Stderr,
@@ -247,7 +250,9 @@ fn the_journal_comes_back_in_order_byte_exact_for_its_token_only() {
                 bytes: b"o2",
             },
         ];
-        assert!(s.store.append_journal(key, token, &tail).unwrap());
+        assert!(s.store.append_journal(key, token, next_seq, &tail).unwrap());
+        // A retry of an append whose reply was lost writes nothing twice.
+        assert!(s.store.append_journal(key, token, next_seq, &tail).unwrap());
         let record = s.store.get(key).unwrap().1.unwrap();
         assert_eq!(record.stdout_bytes, i64::from(len + 2));
         assert_eq!(record.stderr_bytes, 4);
@@ -268,7 +273,7 @@ fn the_journal_comes_back_in_order_byte_exact_for_its_token_only() {
         assert!(journal(&mut s.store, key, token + 1).is_none());
         // A new claim starts a new journal; the old token's appends are refused.
         let next = s.claim(key);
-        assert!(!s.store.append_journal(key, token, &tail).unwrap());
+        assert!(!s.store.append_journal(key, token, 0, &tail).unwrap());
         assert_eq!(journal(&mut s.store, key, next), Some(Vec::new()));
     }
 }

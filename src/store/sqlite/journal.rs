@@ -1,5 +1,6 @@
 //! The output journal on SQLite: one `journal` row per frame, keyed by the
-//! record's key, its claim's token and a sequence number.
+//! record's key, its claim's token and the frame's number (`seq`, given by
+//! the owner: a frame already there is not written again).
 //!
 //! Frames go in and come out through SQLite's incremental blob I/O: an
 //! append reserves a zero blob of the frame's size and writes the chunks
@@ -35,8 +36,15 @@ pub(super) const SCHEMA: &str = "
 ";
 
 impl SqliteStore {
-    pub(super) fn append(&mut self, key: &str, token: i64, chunks: &[Chunk<'_>]) -> Result<bool> {
+    pub(super) fn append(
+        &mut self,
+        key: &str,
+        token: i64,
+        seq: u64,
+        chunks: &[Chunk<'_>],
+    ) -> Result<bool> {
         self.wrote = true;
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         let result = (|| {
             self.sync(Sync::Normal)?;
             let (out, err) = journal::stream_lens(chunks);
@@ -44,6 +52,17 @@ impl SqliteStore {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let written = tx
+                .prepare_cached("SELECT 1 FROM journal WHERE key = ?1 AND token = ?2 AND seq = ?3")?
+                .exists(params![key, token, seq])?;
+            if written {
+                let ours = tx
+                    .prepare_cached(
+                        "SELECT 1 FROM records WHERE key = ?1 AND token = ?2 AND status = 'in_progress'",
+                    )?
+                    .exists(params![key, token])?;
+                return Ok(ours);
+            }
             let ours = tx
                 .prepare_cached(
                     "UPDATE records SET stdout_bytes = coalesce(stdout_bytes, 0) + ?3,
@@ -57,11 +76,9 @@ impl SqliteStore {
             }
             if len > 0 {
                 tx.prepare_cached(
-                    "INSERT INTO journal (key, token, seq, frame) VALUES (?1, ?2,
-                       (SELECT coalesce(max(seq) + 1, 0) FROM journal WHERE key = ?1 AND token = ?2),
-                       zeroblob(?3))",
+                    "INSERT INTO journal (key, token, seq, frame) VALUES (?1, ?2, ?3, zeroblob(?4))",
                 )?
-                .execute(params![key, token, len])?;
+                .execute(params![key, token, seq, len])?;
                 let rowid = tx.last_insert_rowid();
                 let mut blob =
                     tx.blob_open(DatabaseName::Main, "journal", "frame", rowid, false)?;
@@ -164,4 +181,72 @@ fn stream_blob(
         at += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::owner::Owner;
+    use crate::store::{Claim, Mode, Store};
+
+    /// The pieces of the journal, joined per run of one stream.
+    fn runs(store: &mut SqliteStore, key: &str, token: i64) -> Vec<(Stream, Vec<u8>)> {
+        let mut runs: Vec<(Stream, Vec<u8>)> = Vec::new();
+        store
+            .read_journal(key, token, 0, &mut |stream, bytes| {
+                match runs.last_mut() {
+                    Some((last, run)) if *last == stream => run.extend_from_slice(bytes),
+                    _ => runs.push((stream, bytes.to_vec())),
+                }
+                Ok(())
+            })
+            .unwrap()
+            .unwrap();
+        runs
+    }
+
+    #[test]
+    fn a_retried_append_writes_nothing_twice() {
+        let dir = std::env::temp_dir().join(format!("idem-journal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store = SqliteStore::open(&dir.join("idem.db"), Mode::Create)
+            .unwrap()
+            .unwrap();
+        let claim = Claim {
+            fingerprint: vec![1],
+            command: b"true".to_vec(),
+            cwd: b"/".to_vec(),
+            attempt: 1,
+            owner: Owner::default(),
+            lease_ms: 30_000,
+            label: None,
+        };
+        let token = store
+            .claim("k", &mut |_, _| Some(claim.clone()))
+            .unwrap()
+            .unwrap();
+        let (out, err) = (
+            Chunk {
+                stream: Stream::Stdout,
+                bytes: b"o1",
+            },
+            Chunk {
+                stream: Stream::Stderr,
+                bytes: b"e1",
+            },
+        );
+        for (seq, chunks) in [(0, [err, out]), (0, [err, out]), (1, [out, err])] {
+            assert!(store.append_journal("k", token, seq, &chunks).unwrap());
+        }
+        let want = [
+            (Stream::Stderr, b"e1".to_vec()),
+            (Stream::Stdout, b"o1o1".to_vec()),
+            (Stream::Stderr, b"e1".to_vec()),
+        ];
+        assert_eq!(runs(&mut store, "k", token), want);
+        let record = store.get("k").unwrap().1.unwrap();
+        assert_eq!((record.stdout_bytes, record.stderr_bytes), (4, 4));
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

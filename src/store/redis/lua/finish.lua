@@ -23,7 +23,9 @@ if ARGV[4] == '0' then
     end
   end
 end
-redis.call('XADD', KEYS[2], string.format('%d-0', redis.call('XLEN', KEYS[2]) + 1), 'end', '1')
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+local n = last and tonumber(string.match(last[1], '^(%d+)')) or 0
+redis.call('XADD', KEYS[2], string.format('%d-0', n + 1), 'end', '1')
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
 redis.call('PEXPIREAT', KEYS[1], expires_at)
 redis.call('PEXPIREAT', KEYS[2], expires_at)
