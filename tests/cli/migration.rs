@@ -1,8 +1,10 @@
 //! Stores written before the output journal keep working: their records
 //! replay as before (stdout, then stderr), `logs` and `inspect` read them,
-//! and the first write upgrades the store without losing one. Each store
-//! is laid out here exactly as the previous release wrote it (SQLite schema
-//! 2, PostgreSQL schema 1, Redis schema 1), with one finished record.
+//! and the store is upgraded without losing one. Each store is laid out
+//! here exactly as earlier releases wrote it, with one finished record: at
+//! each schema before the journal (SQLite 2 and 3, PostgreSQL 1 and 2,
+//! Redis 1 and 2: the latter of each pair added labels, or Redis's cluster
+//! layout).
 
 use crate::support::{backend, psql, Backend, Env};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -61,8 +63,9 @@ fn now_ms() -> i64 {
 }
 
 /// Writes the old store with record `old`: stdout `o1\no2\n`, stderr
-/// `e1\n`, exit status 3, completed (`--on-failure lock`).
-fn write_old_store(env: &Env) {
+/// `e1\n`, exit status 3, completed (`--on-failure lock`). `labelled`: at
+/// the later of the two schemas before the journal.
+fn write_old_store(env: &Env, labelled: bool) {
     let (now, day) = (now_ms(), 86_400_000);
     match backend() {
         Backend::Sqlite => {
@@ -70,6 +73,12 @@ fn write_old_store(env: &Env) {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             let conn = rusqlite::Connection::open(&path).unwrap();
             conn.execute_batch(SQLITE_V2).unwrap();
+            if labelled {
+                conn.execute_batch(
+                    "ALTER TABLE records ADD COLUMN label TEXT; PRAGMA user_version = 3;",
+                )
+                .unwrap();
+            }
             let _: String = conn
                 .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
                 .unwrap();
@@ -86,6 +95,11 @@ fn write_old_store(env: &Env) {
         Backend::Postgres => {
             let t = env.unique();
             psql(&POSTGRES_V1.replace("@T", t));
+            if labelled {
+                psql(&format!(
+                    "ALTER TABLE {t} ADD COLUMN label text; UPDATE {t}_meta SET value = 2"
+                ));
+            }
             psql(&format!(
                 "SELECT setval('{t}_token', 1); INSERT INTO {t} (key, status, fingerprint, command,
                    cwd, attempt, token, started_at, finished_at, expires_at, exit_code,
@@ -102,7 +116,7 @@ fn write_old_store(env: &Env) {
                 .unwrap();
             let _: () = redis::cmd("SET")
                 .arg(format!("{prefix}schema"))
-                .arg(1)
+                .arg(if labelled { 2 } else { 1 })
                 .query(&mut con)
                 .unwrap();
             let (now, until) = (now.to_string(), (now + day).to_string());
@@ -129,7 +143,11 @@ fn write_old_store(env: &Env) {
                 ("stdout_bytes", b"6"),
             ];
             let mut hset = redis::cmd("HSET");
-            hset.arg(format!("{prefix}rec:old"));
+            hset.arg(if labelled {
+                crate::redis::record_key(prefix, "old")
+            } else {
+                format!("{prefix}rec:old")
+            });
             for (field, value) in fields {
                 hset.arg(field).arg(value);
             }
@@ -167,8 +185,14 @@ fn version(env: &Env) -> i64 {
 
 #[test]
 fn records_written_before_the_journal_replay_stdout_then_stderr() {
+    for labelled in [false, true] {
+        replay_an_old_store(labelled);
+    }
+}
+
+fn replay_an_old_store(labelled: bool) {
     let env = Env::new();
-    write_old_store(&env);
+    write_old_store(&env, labelled);
     let old = version(&env);
     let check = || {
         env.idem()
@@ -189,7 +213,8 @@ fn records_written_before_the_journal_replay_stdout_then_stderr() {
             .stdout("o1\no2\n")
             .stderr("e1\n");
     };
-    // Read as it is (inspect and logs never write) ...
+    // Read as it is (or upgraded in place by inspect and logs, which never
+    // change a record) ...
     check();
     env.idem()
         .args(["inspect", "--json", "old"])
