@@ -5,7 +5,7 @@
 //! again on the record as it is under the lock. A replay never writes more
 //! than a replay counter.
 
-use super::{byte_size, positive_duration, Global};
+use super::{byte_size, env_name, positive_duration, Global};
 use crate::child::{self, Finished, SpawnError};
 use crate::exit::{child_status, fail, Code};
 use crate::key::{self, Fingerprint};
@@ -79,7 +79,7 @@ pub struct Args {
     pub cwd: bool,
 
     /// Add an environment variable to the fingerprint (repeatable; unset differs from empty)
-    #[arg(long = "env", value_name = "NAME")]
+    #[arg(long = "env", value_name = "NAME", value_parser = env_name)]
     pub env: Vec<OsString>,
 
     /// Read all of stdin, add its SHA-256 to the fingerprint, feed it to COMMAND unchanged
@@ -137,6 +137,7 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
     if args.command.first().is_none_or(|c| c.is_empty()) {
         return fail(Code::Usage, "COMMAND is empty (see idem run --help)");
     }
+    let location = store::Location::resolve(global.db.as_deref())?;
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
 
     let mut fingerprint = Fingerprint::new();
@@ -165,7 +166,6 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
         .clone()
         .unwrap_or_else(|| key::derived_key(&fingerprint));
 
-    let location = store::Location::resolve(global.db.as_deref())?;
     let mut store =
         store::open(&location, Mode::Create)?.context("the store could not be created")?;
     if let (true, store::Location::Redis(url)) = (global.verbose, &location) {
@@ -204,7 +204,11 @@ enum Next {
 
 impl Call<'_> {
     fn run(&self, store: &mut dyn Store, stdin: Option<File>) -> Result<u8> {
-        let wait_until = self.args.wait_timeout.map(|t| Instant::now() + t);
+        // None: no bound (a bound past what the clock can hold is none).
+        let wait_until = self
+            .args
+            .wait_timeout
+            .and_then(|t| Instant::now().checked_add(t));
         let mut waiting_noted = false;
         loop {
             let (now, record) = store.get(&self.key)?;
@@ -264,23 +268,23 @@ impl Call<'_> {
             Verdict::AlreadyDone(record) => fail(
                 Code::Completed,
                 format!(
-                    "key {} already completed {} (exit status {}); it expires {}; run `idem purge {}` to allow a re-run",
+                    "key {} already completed {} (exit status {}); it expires {}; run `{}` to allow a re-run",
                     self.shown_key(),
                     ago(record.finished_at.unwrap_or(record.started_at), now),
                     record_status(record),
                     until(record.expires_at, now),
-                    shell_word(&self.key),
+                    purge_command(&self.key),
                 ),
             ),
             Verdict::Blocked(record) => fail(
                 Code::Crashed,
                 format!(
-                    "key {}: an earlier run crashed (host {}, pid {}, started {}); check its side effects, then run `idem purge {}`",
+                    "key {}: an earlier run crashed (host {}, pid {}, started {}); check its side effects, then run `{}`",
                     self.shown_key(),
                     escape(record.owner.host.as_bytes()),
                     record.owner.pid,
                     ago(record.started_at, now),
-                    shell_word(&self.key),
+                    purge_command(&self.key),
                 ),
             ),
         }
@@ -336,18 +340,21 @@ impl Call<'_> {
             record_status(record)
         ));
         // An empty stream needs no second look at the store.
-        let mut stdout = ClosedOk(io::stdout().lock());
-        if record.stdout_bytes > 0
-            && !store.copy_output(&self.key, record.token, Stream::Stdout, &mut stdout)?
-        {
-            return Ok(None);
+        let mut stdout = ClosedOk::new(io::stdout().lock());
+        if record.stdout_bytes > 0 {
+            let copied = store.copy_output(&self.key, record.token, Stream::Stdout, &mut stdout);
+            if !stdout.check(copied, "stdout")? {
+                return Ok(None);
+            }
         }
-        let _ = stdout.0.flush();
-        let mut stderr = ClosedOk(io::stderr().lock());
-        if record.stderr_bytes > 0
-            && !store.copy_output(&self.key, record.token, Stream::Stderr, &mut stderr)?
-        {
-            return Ok(None);
+        let flushed = stdout.flush();
+        stdout.check(flushed.map_err(Into::into), "stdout")?;
+        let mut stderr = ClosedOk::new(io::stderr().lock());
+        if record.stderr_bytes > 0 {
+            let copied = store.copy_output(&self.key, record.token, Stream::Stderr, &mut stderr);
+            if !stderr.check(copied, "stderr")? {
+                return Ok(None);
+            }
         }
         if (record.stdout_truncated || record.stderr_truncated) && !self.global.quiet {
             crate::say::notice(format_args!(
@@ -355,7 +362,10 @@ impl Call<'_> {
                 self.shown_key()
             ));
         }
-        store.count_replay(&self.key, record.token)?;
+        // A statistic: a store that has become read-only still replays.
+        if let Err(e) = store.count_replay(&self.key, record.token) {
+            self.explain(format_args!("the replay was not counted: {e:#}"));
+        }
         Ok(Some(if record.timed_out {
             u8::from(Code::Timeout)
         } else {
@@ -537,22 +547,67 @@ fn millis(d: Duration) -> Millis {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
-/// A writer for replay that treats a closed reader as the end of interest.
-struct ClosedOk<W>(W);
+/// A writer for replay that treats a closed reader as the end of interest
+/// and remembers any other failure, to say which stream it was.
+struct ClosedOk<W> {
+    out: W,
+    failed: Option<io::Error>,
+}
 
-impl<W: Write> Write for ClosedOk<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.0.write(buf) {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(buf.len()),
-            other => other,
+impl<W: Write> ClosedOk<W> {
+    fn new(out: W) -> Self {
+        ClosedOk { out, failed: None }
+    }
+
+    /// `result`, or exit 125 naming `stream` when writing to it failed (a
+    /// full disk under `> file`, `/dev/full`).
+    fn check<T>(&mut self, result: Result<T>, stream: &str) -> Result<T> {
+        match self.failed.take() {
+            Some(e) => fail(
+                Code::Internal,
+                format!(
+                    "cannot write the replayed output to {stream}: {}",
+                    write_problem(&e)
+                ),
+            ),
+            None => result,
         }
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        match self.0.flush() {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-            other => other,
+    fn keep<T>(&mut self, result: io::Result<T>, closed: T) -> io::Result<T> {
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(closed),
+            Err(e) => {
+                let again = io::Error::new(e.kind(), e.to_string());
+                self.failed = Some(e);
+                Err(again)
+            }
+            ok => ok,
         }
+    }
+}
+
+impl<W: Write> Write for ClosedOk<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let result = self.out.write(buf);
+        self.keep(result, buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let result = self.out.flush();
+        self.keep(result, ())
+    }
+}
+
+/// An output error in words, with what to do about it.
+fn write_problem(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) => {
+            "no space left on device (free some space, or write elsewhere)".into()
+        }
+        Some(libc::EDQUOT) => "disk quota exceeded (free some space, or write elsewhere)".into(),
+        Some(libc::EIO) => "input/output error (check the device)".into(),
+        _ => e.to_string(),
     }
 }
 
@@ -589,15 +644,64 @@ fn until(at: Option<Millis>, now: Millis) -> String {
     }
 }
 
-/// A key quoted for copy-pasting into a shell command.
+/// The command that purges `key`, ready to paste.
+fn purge_command(key: &str) -> String {
+    let end_of_options = if key.starts_with('-') { "-- " } else { "" };
+    format!("idem purge {end_of_options}{}", shell_word(key))
+}
+
+/// A key quoted for copy-pasting into a shell command: as is when it is
+/// plain, in single quotes when it holds nothing a terminal would act on,
+/// else in bash's `$'…'` with every such character as an escape (so the
+/// line stays safe to print and still means the key when pasted).
 fn shell_word(key: &str) -> String {
-    let shown = escape(key.as_bytes());
-    if shown
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.:/@+=,".contains(c))
+    if !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/@+=,%".contains(c))
     {
-        shown
-    } else {
-        format!("'{}'", shown.replace('\'', "'\\''"))
+        return key.to_owned();
+    }
+    if escape(key.as_bytes()) == key.replace('\\', "\\\\") {
+        return format!("'{}'", key.replace('\'', "'\\''"));
+    }
+    let mut word = String::from("$'");
+    for c in key.chars() {
+        match c {
+            '\\' | '\'' => {
+                word.push('\\');
+                word.push(c);
+            }
+            c => {
+                let mut utf8 = [0; 4];
+                let utf8 = c.encode_utf8(&mut utf8);
+                if escape(utf8.as_bytes()) == *utf8 {
+                    word.push(c);
+                } else {
+                    // Byte by byte: `\u` would depend on the shell's locale.
+                    for b in utf8.bytes() {
+                        word.push_str(&format!("\\x{b:02x}"));
+                    }
+                }
+            }
+        }
+    }
+    word.push('\'');
+    word
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn shell_words_are_plain_quoted_or_escaped() {
+        assert_eq!(shell_word("invoice-42"), "invoice-42");
+        assert_eq!(shell_word("it's a\\b"), "'it'\\''s a\\b'");
+        assert_eq!(
+            shell_word("a\tb\x1b'\\é\u{202e}"),
+            "$'a\\x09b\\x1b\\'\\\\é\\xe2\\x80\\xae'"
+        );
+        assert!(!shell_word("\x07\u{9b}").chars().any(char::is_control));
     }
 }

@@ -80,7 +80,7 @@ impl Conn {
                 let connecting = tokio::time::timeout(limit, target.config.connect(NoTls));
                 let (new, connection) = match connecting.await {
                     Ok(Ok(pair)) => pair,
-                    Ok(Err(e)) => return Err(Failure::Lost(describe(&e))),
+                    Ok(Err(e)) => return Err(Failure::Lost(connect_failure(&e, &target.config))),
                     Err(_) => return Err(Failure::Lost(over_limit("connect", limit))),
                 };
                 // Polled whenever a later call waits on the runtime.
@@ -125,6 +125,42 @@ fn over_limit(what: &str, limit: Duration) -> String {
         "the server did not {what} within {}",
         humantime::format_duration(limit)
     )
+}
+
+/// Why connecting failed, naming the server's host and port: the client's
+/// own text ("error connecting to server") leaves out both and the reason.
+fn connect_failure(e: &Error, config: &tokio_postgres::Config) -> String {
+    use std::io::ErrorKind;
+    let cause = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    let (Some(cause), None) = (cause, e.as_db_error()) else {
+        return describe(e);
+    };
+    let ports = config.get_ports();
+    let servers: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                tokio_postgres::config::Host::Unix(dir) => {
+                    format!("{}/.s.PGSQL.{port}", dir.display())
+                }
+            }
+        })
+        .collect();
+    let server = servers.join(", ");
+    match cause.kind() {
+        ErrorKind::ConnectionRefused => format!(
+            "cannot connect to {server}: connection refused (is the server running, and on that host and port?)"
+        ),
+        ErrorKind::TimedOut => format!(
+            "cannot connect to {server}: timed out (is the host reachable, or a firewall in the way?)"
+        ),
+        ErrorKind::NotFound => format!("cannot connect to {server}: no such socket (is the server running?)"),
+        _ => format!("cannot connect to {server}: {cause}"),
+    }
 }
 
 /// A client error as one line that tells what to do.
