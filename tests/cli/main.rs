@@ -4,8 +4,10 @@ mod support;
 
 mod crash;
 mod disk;
+mod hostile;
 mod hosts;
 mod inspect;
+mod jobs;
 mod lint;
 mod postgres;
 mod purge;
