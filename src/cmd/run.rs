@@ -12,7 +12,7 @@ use crate::key::{self, Fingerprint};
 use crate::owner::Here;
 use crate::policy::{decide, owner_alive, OnCrash, OnDuplicate, OnFailure, Policy, Verdict};
 use crate::store::{self, Captured, Claim, Millis, Mode, Outcome, Record, Status, Store, Stream};
-use crate::text::{command_line, escape};
+use crate::text::{command_line, escape, shell_word};
 use anyhow::{Context, Result};
 use std::cell::OnceCell;
 use std::ffi::OsString;
@@ -22,8 +22,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
 mod owning;
+mod replay;
 
 use owning::{pause_point, Owning};
+use replay::ClosedOk;
 
 /// How often a waiter looks at the record again.
 const WAIT_POLL: Duration = Duration::from_millis(50);
@@ -564,70 +566,6 @@ fn millis(d: Duration) -> Millis {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
-/// A writer for replay that treats a closed reader as the end of interest
-/// and remembers any other failure, to say which stream it was.
-struct ClosedOk<W> {
-    out: W,
-    failed: Option<io::Error>,
-}
-
-impl<W: Write> ClosedOk<W> {
-    fn new(out: W) -> Self {
-        ClosedOk { out, failed: None }
-    }
-
-    /// `result`, or exit 125 naming `stream` when writing to it failed (a
-    /// full disk under `> file`, `/dev/full`).
-    fn check<T>(&mut self, result: Result<T>, stream: &str) -> Result<T> {
-        match self.failed.take() {
-            Some(e) => fail(
-                Code::Internal,
-                format!(
-                    "cannot write the replayed output to {stream}: {}",
-                    write_problem(&e)
-                ),
-            ),
-            None => result,
-        }
-    }
-
-    fn keep<T>(&mut self, result: io::Result<T>, closed: T) -> io::Result<T> {
-        match result {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(closed),
-            Err(e) => {
-                let again = io::Error::new(e.kind(), e.to_string());
-                self.failed = Some(e);
-                Err(again)
-            }
-            ok => ok,
-        }
-    }
-}
-
-impl<W: Write> Write for ClosedOk<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let result = self.out.write(buf);
-        self.keep(result, buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        let result = self.out.flush();
-        self.keep(result, ())
-    }
-}
-
-/// An output error in words, with what to do about it.
-fn write_problem(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC) => {
-            "no space left on device (free some space, or write elsewhere)".into()
-        }
-        Some(libc::EDQUOT) => "disk quota exceeded (free some space, or write elsewhere)".into(),
-        Some(libc::EIO) => "input/output error (check the device)".into(),
-        _ => e.to_string(),
-    }
-}
-
 fn record_status(record: &Record) -> String {
     if record.timed_out {
         "124 (timed out)".into()
@@ -665,60 +603,4 @@ fn until(at: Option<Millis>, now: Millis) -> String {
 fn purge_command(key: &str) -> String {
     let end_of_options = if key.starts_with('-') { "-- " } else { "" };
     format!("idem purge {end_of_options}{}", shell_word(key))
-}
-
-/// A key quoted for copy-pasting into a shell command: as is when it is
-/// plain, in single quotes when it holds nothing a terminal would act on,
-/// else in bash's `$'…'` with every such character as an escape (so the
-/// line stays safe to print and still means the key when pasted).
-fn shell_word(key: &str) -> String {
-    if !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:/@+=,%".contains(c))
-    {
-        return key.to_owned();
-    }
-    if escape(key.as_bytes()) == key.replace('\\', "\\\\") {
-        return format!("'{}'", key.replace('\'', "'\\''"));
-    }
-    let mut word = String::from("$'");
-    for c in key.chars() {
-        match c {
-            '\\' | '\'' => {
-                word.push('\\');
-                word.push(c);
-            }
-            c => {
-                let mut utf8 = [0; 4];
-                let utf8 = c.encode_utf8(&mut utf8);
-                if escape(utf8.as_bytes()) == *utf8 {
-                    word.push(c);
-                } else {
-                    // Byte by byte: `\u` would depend on the shell's locale.
-                    for b in utf8.bytes() {
-                        word.push_str(&format!("\\x{b:02x}"));
-                    }
-                }
-            }
-        }
-    }
-    word.push('\'');
-    word
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shell_word;
-
-    #[test]
-    fn shell_words_are_plain_quoted_or_escaped() {
-        assert_eq!(shell_word("invoice-42"), "invoice-42");
-        assert_eq!(shell_word("it's a\\b"), "'it'\\''s a\\b'");
-        assert_eq!(
-            shell_word("a\tb\x1b'\\é\u{202e}"),
-            "$'a\\x09b\\x1b\\'\\\\é\\xe2\\x80\\xae'"
-        );
-        assert!(!shell_word("\x07\u{9b}").chars().any(char::is_control));
-    }
 }

@@ -8,14 +8,15 @@
 //! file, its first 100 bytes are checked: a file that is not SQLite, belongs
 //! to another application, or has a newer schema is refused untouched.
 
+mod errors;
 mod file;
 mod purge;
 mod upkeep;
 
+use errors::{describe, describe_at, store_error, store_failure};
 use file::{check_identity, create_file, identify, Found};
 
 use super::{Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream};
-use crate::exit::{Code, Exit};
 use crate::owner::{ChildId, Owner};
 use anyhow::{Context, Result};
 use rusqlite::config::DbConfig;
@@ -676,41 +677,6 @@ fn is_busy(e: &rusqlite::Error) -> bool {
         e.sqlite_error_code(),
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
     )
-}
-
-fn describe(e: &rusqlite::Error) -> String {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
-            "the file is corrupt (restore it from a backup, or move it away to start afresh)".into()
-        }
-        Some(ErrorCode::DiskFull) => "the disk is full".into(),
-        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
-            format!("it cannot be written ({e}); check the permissions and free space of the file and its directory")
-        }
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            "it stayed locked by other processes for too long".into()
-        }
-        _ => e.to_string(),
-    }
-}
-
-/// `describe`, naming the file this user may not use when that is the cause.
-fn describe_at(path: &Path, e: &rusqlite::Error) -> String {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
-            file::permission_problem(path).unwrap_or_else(|| describe(e))
-        }
-        _ => describe(e),
-    }
-}
-
-fn store_error<T>(path: &Path, what: &str) -> Result<T> {
-    Err(store_failure(path, what))
-}
-
-/// Exit 125 naming the store.
-fn store_failure(path: &Path, what: &str) -> anyhow::Error {
-    Exit::new(Code::Internal, format!("store {}: {what}", path.display())).into()
 }
 
 pub fn now_millis() -> Millis {

@@ -32,20 +32,21 @@ pub(super) enum Found {
 /// Looks at the file without letting SQLite near it: exit 125 for
 /// anything that is not (or not yet) an idem store this build can use.
 pub(super) fn identify(path: &Path) -> Result<Found> {
-    let file =
-        match open_regular(path) {
-            Ok(Some(file)) => file,
-            Ok(None) => return Ok(Found::Missing),
-            Err(Refusal::Special(kind)) => return store_error(
+    let file = match open_regular(path) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Ok(Found::Missing),
+        Err(Refusal::Special(kind)) => {
+            return store_error(
                 path,
                 &format!(
                     "it is {kind}, not a store file; it was left untouched (give --db a file path)"
                 ),
-            ),
-            Err(Refusal::Io(e)) => {
-                return store_error(path, &format!("cannot read it: {}", io_problem(path, &e)))
-            }
-        };
+            )
+        }
+        Err(Refusal::Io(e)) => {
+            return store_error(path, &format!("cannot read it: {}", io_problem(path, &e)))
+        }
+    };
     let Some(header) =
         read_header(file).or_else(|e| store_error(path, &format!("cannot read it: {e}")))?
     else {
