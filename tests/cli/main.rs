@@ -4,10 +4,13 @@ mod support;
 
 mod crash;
 mod disk;
+mod foreign;
 mod hostile;
+mod hints;
 mod hosts;
 mod inspect;
 mod jobs;
+mod limits;
 mod lint;
 mod postgres;
 mod purge;
