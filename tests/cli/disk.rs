@@ -130,7 +130,10 @@ fn a_replay_from_a_read_only_store_exits_with_the_stored_status() {
     };
     let db = env.path("disk/idem.db");
     let db = db.to_str().unwrap();
-    let script = format!("{}; echo stored; echo warned >&2; exit 3", env.count_run("n"));
+    let script = format!(
+        "{}; echo stored; echo warned >&2; exit 3",
+        env.count_run("n")
+    );
     let args = [
         "--db",
         db,

@@ -57,7 +57,15 @@ fn within_deadline(cmd: &mut Command) -> Output {
 fn every_command(env: &Env) -> Vec<Vec<String>> {
     let run = env.count_run("ran");
     vec![
-        vec!["run".into(), "-k".into(), "k".into(), "--".into(), "sh".into(), "-c".into(), run],
+        vec![
+            "run".into(),
+            "-k".into(),
+            "k".into(),
+            "--".into(),
+            "sh".into(),
+            "-c".into(),
+            run,
+        ],
         vec!["inspect".into()],
         vec!["inspect".into(), "k".into()],
         vec!["purge".into()],
@@ -75,7 +83,10 @@ fn refused_untouched(env: &Env, db: &Path, expect: &str) {
         let out = within_deadline(env.idem_std().arg("--db").arg(db).args(&args));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
-        assert!(err.starts_with("idem: ") && err.lines().count() == 1, "{err}");
+        assert!(
+            err.starts_with("idem: ") && err.lines().count() == 1,
+            "{err}"
+        );
         assert!(err.contains(expect), "{args:?}: {err}");
         assert_eq!(snapshot(dir), before, "{args:?} changed {}", dir.display());
     }
@@ -102,7 +113,10 @@ fn fifos_sockets_and_devices_are_refused_at_once() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("character device"));
     }
     for suffix in ["-journal", "-wal", "-shm"] {
-        assert!(!Path::new(&format!("/dev/null{suffix}")).exists(), "/dev/null{suffix}");
+        assert!(
+            !Path::new(&format!("/dev/null{suffix}")).exists(),
+            "/dev/null{suffix}"
+        );
     }
 }
 
@@ -158,10 +172,14 @@ fn copy_mid_transaction(db: &Path, copy: &Path, journal_mode: &str, suffix: &str
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0; UPDATE t SET x = randomblob(2000);")
             .unwrap();
     } else {
-        conn.execute_batch("BEGIN; UPDATE t SET x = randomblob(2000);").unwrap();
+        conn.execute_batch("BEGIN; UPDATE t SET x = randomblob(2000);")
+            .unwrap();
     }
     let side = |p: &Path| format!("{}{suffix}", p.display());
-    assert!(std::fs::metadata(side(db)).unwrap().len() > 0, "no {suffix}");
+    assert!(
+        std::fs::metadata(side(db)).unwrap().len() > 0,
+        "no {suffix}"
+    );
     std::fs::copy(db, copy).unwrap();
     std::fs::copy(side(db), side(copy)).unwrap();
     drop(conn);
@@ -187,19 +205,30 @@ fn a_foreign_hot_journal_or_wal_is_never_recovered() {
 fn store_with_wal(env: &Env) -> std::path::PathBuf {
     for i in 0..60 {
         env.idem()
-            .args(["run", "-k", &format!("old-{i}"), "--", "echo", "some output"])
+            .args([
+                "run",
+                "-k",
+                &format!("old-{i}"),
+                "--",
+                "echo",
+                "some output",
+            ])
             .assert()
             .success();
     }
     let conn = Connection::open(env.db_path()).unwrap();
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
     drop(conn);
     env.idem()
         .args(["run", "-k", "new", "--", "echo", "newer"])
         .assert()
         .success();
     let wal = std::path::PathBuf::from(format!("{}-wal", env.db));
-    assert!(std::fs::metadata(&wal).unwrap().len() > 0, "the WAL holds the newest run");
+    assert!(
+        std::fs::metadata(&wal).unwrap().len() > 0,
+        "the WAL holds the newest run"
+    );
     wal
 }
 
@@ -221,8 +250,14 @@ fn purge_writes_nothing_to_a_store_that_failed_its_checks() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
         assert!(err.contains("corrupt"), "{err}");
-        assert!(std::fs::read(env.db_path()).unwrap() == bytes, "{args:?} wrote to the main file");
-        assert!(std::fs::read(&wal).unwrap() == wal_bytes, "{args:?} wrote to the WAL");
+        assert!(
+            std::fs::read(env.db_path()).unwrap() == bytes,
+            "{args:?} wrote to the main file"
+        );
+        assert!(
+            std::fs::read(&wal).unwrap() == wal_bytes,
+            "{args:?} wrote to the WAL"
+        );
     }
 }
 
@@ -239,10 +274,24 @@ fn a_fresh_store_keeps_its_records_in_the_main_file() {
     // An operator copies idem.db alone (or deletes the -wal as a temp file).
     std::fs::copy(env.db_path(), env.path("copy.db")).unwrap();
     env.idem()
-        .args(["--db", "copy.db", "run", "-k", "first", "--", "sh", "-c", &env.count_run("n")])
+        .args([
+            "--db",
+            "copy.db",
+            "run",
+            "-k",
+            "first",
+            "--",
+            "sh",
+            "-c",
+            &env.count_run("n"),
+        ])
         .assert()
         .success();
-    assert_eq!(env.count("n"), 1, "the copy must hold the record: no second run");
+    assert_eq!(
+        env.count("n"),
+        1,
+        "the copy must hold the record: no second run"
+    );
 }
 
 #[test]
@@ -275,17 +324,22 @@ fn a_store_stamped_in_its_wal_only_is_still_idem_s() {
         .assert()
         .success();
     let conn = Connection::open(env.db_path()).unwrap();
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
     drop(conn);
     let mut bytes = std::fs::read(env.db_path()).unwrap();
     let stamp: Vec<u8> = bytes[68..72].to_vec();
     bytes[68..72].copy_from_slice(&[0; 4]);
     std::fs::write(env.db_path(), &bytes).unwrap();
     let conn = Connection::open(env.db_path()).unwrap();
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-        .unwrap();
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .unwrap();
     let id = i32::from_be_bytes(stamp.try_into().unwrap());
-    conn.execute_batch(&format!("PRAGMA application_id = {id};")).unwrap();
+    conn.execute_batch(&format!("PRAGMA application_id = {id};"))
+        .unwrap();
     drop(conn);
     assert_eq!(std::fs::read(env.db_path()).unwrap()[68..72], [0; 4]);
     env.idem()

@@ -80,7 +80,10 @@ fn a_replay_to_a_full_disk_says_so() {
         .args(["run", "-k", "k", "--", "echo", "stored"])
         .assert()
         .success();
-    let full = std::fs::File::options().write(true).open("/dev/full").unwrap();
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
     let out = env
         .idem_std()
         .args(["run", "-k", "k", "--", "echo", "stored"])
@@ -101,7 +104,10 @@ fn a_store_this_user_may_not_write_names_the_file() {
         return;
     }
     if !nix::unistd::getuid().is_root() {
-        assert!(std::env::var_os("CI").is_none(), "CI runs the tests as root");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the tests as root"
+        );
         eprintln!("skipped: needs root to run idem as another user");
         return;
     }

@@ -20,7 +20,10 @@ fn idem(env: &Env, args: &[&str]) -> (Option<i32>, String, String) {
 fn usage_error(result: (Option<i32>, String, String), expect: &str) {
     let (code, _, err) = result;
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.starts_with("idem: ") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.starts_with("idem: ") && err.lines().count() == 1,
+        "{err}"
+    );
     assert!(err.contains(expect), "{err}");
 }
 
@@ -72,10 +75,7 @@ fn huge_durations_are_usage_errors_before_anything_runs() {
 #[test]
 fn expiry_dates_past_year_9999_are_shown() {
     let env = Env::new();
-    let (code, _, err) = idem(
-        &env,
-        &["run", "-k", "far", "--ttl", "10000y", "--", "true"],
-    );
+    let (code, _, err) = idem(&env, &["run", "-k", "far", "--ttl", "10000y", "--", "true"]);
     assert_eq!(code, Some(0), "{err}");
     let (code, out, err) = idem(&env, &["inspect", "far"]);
     assert_eq!(code, Some(0), "{err}");
@@ -86,7 +86,10 @@ fn expiry_dates_past_year_9999_are_shown() {
     let record: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let at = record["expires_at"].as_str().unwrap();
     // ISO 8601's expanded year: a sign and six digits.
-    assert!(at.starts_with("+012") && at.ends_with('Z') && at.len() == 27, "{at}");
+    assert!(
+        at.starts_with("+012") && at.ends_with('Z') && at.len() == 27,
+        "{at}"
+    );
     let (code, out, err) = idem(&env, &["inspect"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("far"), "{out}");
@@ -150,7 +153,10 @@ fn an_empty_db_is_a_usage_error_not_the_default_store() {
             assert!(err.contains("empty"), "{err}");
         }
     }
-    assert!(!env.path("xdg").exists(), "the default store must not be created");
+    assert!(
+        !env.path("xdg").exists(),
+        "the default store must not be created"
+    );
 }
 
 #[test]
@@ -166,14 +172,22 @@ fn db_schemes_are_case_insensitive_and_unknown_ones_refused() {
         "Redis:/x",
         "REDISS:x",
     ] {
-        for args in [&["run", "-k", "k", "--", "true"][..], &["inspect"], &["purge"]] {
+        for args in [
+            &["run", "-k", "k", "--", "true"][..],
+            &["inspect"],
+            &["purge"],
+        ] {
             let mut all = vec!["--db", db];
             all.extend_from_slice(args);
             usage_error(idem(&env, &all), "--db");
         }
     }
     // Ours in any case: a connection attempt (refused on port 1), not a file.
-    for db in ["POSTGRES://127.0.0.1:1/x", "PostgreSQL://127.0.0.1:1/x", "Redis://127.0.0.1:1"] {
+    for db in [
+        "POSTGRES://127.0.0.1:1/x",
+        "PostgreSQL://127.0.0.1:1/x",
+        "Redis://127.0.0.1:1",
+    ] {
         let (code, _, err) = idem(&env, &["--db", db, "inspect"]);
         assert_eq!(code, Some(125), "{db}: {err}");
         assert!(err.to_lowercase().contains("refused"), "{db}: {err}");

@@ -56,7 +56,7 @@ impl SqliteStore {
         let problems = (|| {
             let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            rows.filter(|r| r.as_deref().map_or(true, |line| line != "ok"))
+            rows.filter(|r| r.as_deref() != Ok("ok"))
                 .collect::<rusqlite::Result<Vec<_>>>()
         })();
         self.sql(problems, "cannot check it")
