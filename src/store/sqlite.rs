@@ -14,7 +14,7 @@ mod purge;
 mod upkeep;
 
 use errors::{describe, describe_at, store_error, store_failure};
-use file::{check_identity, create_file, identify, Found};
+use file::{check_identity, create_file, identify, Creating, Found};
 
 use super::{Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream};
 use crate::owner::{ChildId, Owner};
@@ -124,15 +124,15 @@ enum Sync {
 
 impl SqliteStore {
     pub fn open(path: &Path, mode: Mode) -> Result<Option<SqliteStore>> {
-        let ready = match identify(path)? {
-            Found::Idem { ready } => ready,
+        let (ready, creating) = match identify(path)? {
+            Found::Idem { ready } => (ready, None),
             Found::Missing if mode != Mode::Create => return Ok(None),
             Found::Missing => {
                 create_file(path)?;
-                false
+                (false, Some(Creating::lock(path)?))
             }
             Found::Empty if mode == Mode::ReadOnly => return store_error(path, NEVER_INITIALISED),
-            Found::Empty => false,
+            Found::Empty => (false, Some(Creating::lock(path)?)),
         };
 
         // Never SQLITE_OPEN_CREATE: the file exists by now, and a vanished one
@@ -163,6 +163,7 @@ impl SqliteStore {
         if !ready {
             store.prepare(mode)?;
         }
+        drop(creating);
         Ok(Some(store))
     }
 

@@ -14,8 +14,11 @@ use super::{store_error, APPLICATION_ID, SCHEMA_VERSION};
 use anyhow::Result;
 use std::fs::{DirBuilder, File, Metadata, OpenOptions};
 use std::io::{self, BufReader, Read};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use std::os::unix::fs::{DirBuilderExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// What the file at the store's path is.
 pub(super) enum Found {
@@ -47,11 +50,22 @@ pub(super) fn identify(path: &Path) -> Result<Found> {
             return store_error(path, &format!("cannot read it: {}", io_problem(path, &e)))
         }
     };
-    let Some(header) =
-        read_header(file).or_else(|e| store_error(path, &format!("cannot read it: {e}")))?
-    else {
+    let read = |file: &File| {
+        read_header(file).or_else(|e| store_error(path, &format!("cannot read it: {e}")))
+    };
+    let Some(mut header) = read(&file)? else {
         return Ok(Found::Empty);
     };
+    if is_blank(&header) {
+        // Maybe another idem between its first write and its stamp (see
+        // `Creating`): once it is done, the header says whose file it is.
+        let file = creation_lock(file, FlockArg::LockSharedNonblock)
+            .or_else(|e| store_error(path, &format!("cannot read it: {e}")))?;
+        match read(&file)? {
+            Some(now) => header = now,
+            None => return Ok(Found::Empty),
+        }
+    }
     if &header[..16] != b"SQLite format 3\0" {
         return store_error(
             path,
@@ -148,13 +162,54 @@ fn kind(meta: &Metadata) -> &'static str {
     }
 }
 
+/// Held while idem makes a new file its store: SQLite writes the header
+/// (`auto_vacuum`, which must come first) a moment before idem's stamp,
+/// and another idem reading the header in between would take the file for
+/// another application's. `flock` is apart from SQLite's own locks.
+pub(super) struct Creating(#[allow(dead_code)] Flock<File>);
+
+impl Creating {
+    pub(super) fn lock(path: &Path) -> Result<Creating> {
+        let file =
+            File::open(path).or_else(|e| store_error(path, &format!("cannot open it: {e}")))?;
+        creation_lock(file, FlockArg::LockExclusiveNonblock)
+            .map(Creating)
+            .or_else(|e| store_error(path, &format!("cannot lock it: {e}")))
+    }
+}
+
+/// Takes `how` on `file`, waiting up to 10 s for whoever holds it.
+fn creation_lock(mut file: File, how: FlockArg) -> io::Result<Flock<File>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Flock::lock(file, how) {
+            Ok(lock) => return Ok(lock),
+            Err((back, Errno::EWOULDBLOCK | Errno::EINTR)) if Instant::now() < deadline => {
+                file = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((_, errno)) => return Err(errno.into()),
+        }
+    }
+}
+
+/// An SQLite header of a database that holds nothing yet: no id, no
+/// version, one page, rollback journal.
+fn is_blank(header: &[u8; 100]) -> bool {
+    header[..16] == *b"SQLite format 3\0"
+        && header[18] == 1
+        && be32(&header[28..]) <= 1
+        && be32(&header[60..]) == 0
+        && be32(&header[68..]) == 0
+}
+
 /// The first 100 bytes (the database header); `None` for an empty file.
 /// A shorter file is returned zero-padded, so it fails the magic check.
-fn read_header(mut file: File) -> io::Result<Option<[u8; 100]>> {
+fn read_header(file: &File) -> io::Result<Option<[u8; 100]>> {
     let mut bytes = [0u8; 100];
     let mut filled = 0;
     while filled < bytes.len() {
-        match file.read(&mut bytes[filled..])? {
+        match file.read_at(&mut bytes[filled..], filled as u64)? {
             0 => break,
             n => filled += n,
         }
