@@ -12,10 +12,10 @@
 
 use super::{store_error, APPLICATION_ID, SCHEMA_VERSION};
 use anyhow::Result;
-use std::fs::{DirBuilder, File, Metadata, OpenOptions};
-use std::io::{self, BufReader, Read};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
+use std::fs::{DirBuilder, File, Metadata, OpenOptions};
+use std::io::{self, BufReader, Read};
 use std::os::unix::fs::{DirBuilderExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
