@@ -192,11 +192,7 @@ impl SqliteStore {
     fn prepare(&mut self, mode: Mode) -> Result<()> {
         let (app, version, tables) = self.identity()?;
         if app == APPLICATION_ID && version == SCHEMA_VERSION {
-            // A copy made by `VACUUM INTO` is in rollback-journal mode.
-            return match mode {
-                Mode::ReadOnly => Ok(()),
-                Mode::Create | Mode::Existing => self.switch_to_wal(),
-            };
+            return Ok(());
         }
         check_identity(&self.path, app, version, tables)?;
         match mode {
