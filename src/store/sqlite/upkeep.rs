@@ -62,3 +62,18 @@ impl SqliteStore {
         self.sql(problems, "cannot check it")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::SqliteStore;
+    use crate::store::Mode;
+
+    #[test]
+    fn a_new_store_passes_the_integrity_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("idem.db"), Mode::Create)
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+    }
+}
