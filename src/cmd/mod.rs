@@ -6,6 +6,7 @@ mod json;
 pub mod purge;
 pub mod run;
 mod show;
+pub mod stats;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueHint};
@@ -65,6 +66,7 @@ pub enum Command {
     Run(run::Args),
     Inspect(inspect::Args),
     Purge(purge::Args),
+    Stats(stats::Args),
 }
 
 /// What every subcommand gets besides its own arguments.
@@ -86,6 +88,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Run(args) => run::run(&args, &global),
         Command::Inspect(args) => inspect::run(&args, &global),
         Command::Purge(args) => purge::run(&args, &global),
+        Command::Stats(args) => stats::run(&args, &global),
     }
 }
 
@@ -99,12 +102,16 @@ pub enum StatusArg {
     Completed,
     /// Finished with a failure and released
     Failed,
+    /// In progress, but its owner is gone
+    Crashed,
 }
 
 impl From<StatusArg> for crate::store::Status {
+    /// The stored status to select by; `crashed` records are `in_progress`
+    /// ones, told apart by their owner afterwards.
     fn from(status: StatusArg) -> Self {
         match status {
-            StatusArg::InProgress => crate::store::Status::InProgress,
+            StatusArg::InProgress | StatusArg::Crashed => crate::store::Status::InProgress,
             StatusArg::Completed => crate::store::Status::Completed,
             StatusArg::Failed => crate::store::Status::Failed,
         }

@@ -67,6 +67,8 @@ pub struct Record {
     pub timed_out: bool,
     pub replays: i64,
     pub owner: Owner,
+    /// `--label`: what the caller said this run is, for operators.
+    pub label: Option<String>,
     pub stdout_bytes: i64,
     pub stderr_bytes: i64,
     pub stdout_truncated: bool,
@@ -93,6 +95,7 @@ pub struct Claim {
     pub attempt: i64,
     pub owner: Owner,
     pub lease_ms: Millis,
+    pub label: Option<String>,
 }
 
 /// A finished run as `finish` stores it.
@@ -226,6 +229,11 @@ pub trait Store: Send {
 
     /// Shared stores span hosts and use leases; a local one does not.
     fn is_shared(&self) -> bool;
+
+    /// How many bytes the store takes, where it can say (`idem stats`).
+    fn size(&mut self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// How long a shared store keeps trying to record an outcome once COMMAND
@@ -362,6 +370,27 @@ impl Location {
                 crate::text::escape(scheme.as_bytes())
             )),
             (None, false) => Ok(Location::File(PathBuf::from(db))),
+        }
+    }
+}
+
+impl Location {
+    /// The kind of store, as reports and `stats` name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Location::File(_) => "sqlite",
+            Location::Postgres(_) => "postgres",
+            Location::Redis(_) => "redis",
+        }
+    }
+
+    /// The store as it may be shown to the user: a path, or a URL without
+    /// its password.
+    pub fn shown(&self) -> String {
+        match self {
+            Location::File(path) => format!("SQLite file {}", path.display()),
+            Location::Postgres(url) => format!("PostgreSQL {}", postgres::shown(url)),
+            Location::Redis(url) => format!("Redis {}", redis::shown(url)),
         }
     }
 }

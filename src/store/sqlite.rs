@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// `PRAGMA application_id`: "idem" in ASCII.
 const APPLICATION_ID: i32 = 0x6964_656d;
 /// `PRAGMA user_version`: the schema this build writes.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 /// How many expired records a claim deletes on its way.
 const CLEANUP_BATCH: i64 = 16;
 /// How long contention on the write lock may last before idem gives up.
@@ -85,6 +85,12 @@ const MIGRATIONS: &[&str] = &[
         count INTEGER NOT NULL
     ) STRICT;
 ",
+    "
+    -- Version 3, the label (issue 14): `--label TEXT`, what the caller says
+    -- a run is, so an operator can tell which event a derived `cmd:` key
+    -- belongs to. NULL for records written before it existed.
+    ALTER TABLE records ADD COLUMN label TEXT;
+",
 ];
 
 const RECORD_COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, token, started_at, \
@@ -93,9 +99,9 @@ const RECORD_COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, t
         WHERE c.key = records.key AND c.token = records.token), 0), \
     owner_host, owner_boot, \
     owner_pid, owner_start, child_pid, child_pgid, child_start, length(stdout), length(stderr), \
-    stdout_truncated, stderr_truncated";
+    stdout_truncated, stderr_truncated, label";
 /// How many columns `RECORD_COLUMNS` names; a query may add more after them.
-const RECORD_COLUMN_COUNT: usize = 25;
+const RECORD_COLUMN_COUNT: usize = 26;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -157,13 +163,13 @@ impl SqliteStore {
             broken: Cell::new(false),
             sync: None,
         };
-        if mode == Mode::ReadOnly {
-            store.pragma("query_only", "1")?;
-        }
         if !ready {
             store.prepare(mode)?;
         }
         drop(creating);
+        if mode == Mode::ReadOnly {
+            store.pragma("query_only", "1")?;
+        }
         Ok(Some(store))
     }
 
@@ -195,14 +201,11 @@ impl SqliteStore {
             return Ok(());
         }
         check_identity(&self.path, app, version, tables)?;
-        match mode {
-            Mode::ReadOnly if app == 0 => return self.fail(NEVER_INITIALISED),
-            Mode::ReadOnly => {
-                return self.fail(&format!(
-                    "it has schema version {version}; run `idem purge --dry-run` once to upgrade it"
-                ))
-            }
-            Mode::Create | Mode::Existing => {}
+        // An older store is upgraded whoever opens it (inspect included: the
+        // upgrades only add to it, under the write lock for a moment); an
+        // empty file is left for `run` to make a store of.
+        if mode == Mode::ReadOnly && tables == 0 {
+            return self.fail(NEVER_INITIALISED);
         }
         if tables == 0 {
             // auto_vacuum must be chosen before the first table exists.
@@ -315,14 +318,14 @@ impl SqliteStore {
     ) -> rusqlite::Result<()> {
         tx.prepare_cached(
             "INSERT INTO records (key, status, fingerprint, command, cwd, attempt, token, started_at,
-                owner_host, owner_boot, owner_pid, owner_start)
-             VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                owner_host, owner_boot, owner_pid, owner_start, label)
+             VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
              ON CONFLICT (key) DO UPDATE SET status = 'in_progress', fingerprint = ?2, command = ?3,
                 cwd = ?4, attempt = ?5, token = ?6, started_at = ?7, finished_at = NULL,
                 expires_at = NULL, exit_code = NULL, signal = NULL, timed_out = 0, replays = 0,
                 owner_host = ?8, owner_boot = ?9, owner_pid = ?10, owner_start = ?11,
                 child_pid = NULL, child_pgid = NULL, child_start = NULL,
-                stdout_truncated = 0, stderr_truncated = 0, stdout = x'', stderr = x''",
+                stdout_truncated = 0, stderr_truncated = 0, stdout = x'', stderr = x'', label = ?12",
         )?
         .execute(params![
             key,
@@ -336,6 +339,7 @@ impl SqliteStore {
             claim.owner.boot_id,
             claim.owner.pid,
             claim.owner.start,
+            claim.label,
         ])?;
         let mut cleanup = tx.prepare_cached(
             "DELETE FROM records WHERE rowid IN
@@ -587,6 +591,14 @@ impl Store for SqliteStore {
     fn is_shared(&self) -> bool {
         false
     }
+
+    /// The file and its WAL.
+    fn size(&mut self) -> Result<Option<u64>> {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let len = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        Ok(Some(len(&self.path) + len(Path::new(&wal))))
+    }
 }
 
 /// The WHERE clause (without `WHERE`) and its arguments for `filter`.
@@ -657,6 +669,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
         stderr_bytes: row.get(22)?,
         stdout_truncated: row.get(23)?,
         stderr_truncated: row.get(24)?,
+        label: row.get(25)?,
     })
 }
 

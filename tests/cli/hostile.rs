@@ -309,9 +309,10 @@ fn every_catchable_signal_is_forwarded_or_held_until_the_record() {
 fn the_timeout_kills_the_whole_group_even_after_its_leader_left() {
     let env = Env::new();
     let pid_file = env.path("stubborn");
-    // The leader dies on SIGTERM; a member of its group ignores it.
+    // The leader dies on SIGTERM; a member of its group ignores it, and
+    // holds none of the output pipes that would keep idem reading.
     let script = format!(
-        "sh -c 'trap \"\" TERM; echo $$ > {}; while :; do sleep 0.05; done' & exec sleep 30",
+        "sh -c 'trap \"\" TERM; echo $$ > {}; while :; do sleep 0.05; done' >/dev/null 2>&1 & exec sleep 30",
         pid_file.display()
     );
     let mut idem = env

@@ -2,9 +2,12 @@
 
 mod support;
 
+mod callers;
 mod crash;
 mod disk;
+mod examples;
 mod foreign;
+mod guarantees;
 mod hints;
 mod hostile;
 mod hosts;

@@ -35,7 +35,7 @@ fn the_table_parameter_names_the_tables_and_defaults_to_idem_records() {
         psql(&format!(
             "SELECT count(*) FROM {t}; SELECT value FROM {t}_meta WHERE name = 'schema_version'"
         )),
-        "1\n1"
+        "1\n2"
     );
 
     // No ?table=: idem_records, here inside a schema of this test's own
@@ -114,15 +114,54 @@ fn a_newer_schema_is_refused_untouched() {
         .args(["run", "-k", "k", "--", "true"])
         .assert()
         .success();
-    psql(&format!("UPDATE {t}_meta SET value = 2"));
+    psql(&format!("UPDATE {t}_meta SET value = 99"));
     env.idem()
         .args(["run", "-k", "other", "--"])
         .args(sh(&env.count_run("n")))
         .assert()
         .code(125)
-        .stderr(predicates::str::contains("schema version 2, newer"));
+        .stderr(predicates::str::contains("schema version 99, newer"));
     assert_eq!(env.count("n"), 0);
     assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "1");
+}
+
+/// A store written before labels (schema 1) is upgraded in place, by any
+/// command, read-only `inspect` included, and keeps its records.
+#[test]
+fn a_version_1_store_is_upgraded_in_place() {
+    if !postgres() {
+        return;
+    }
+    let env = Env::new();
+    let t = env.unique();
+    env.idem()
+        .args(["run", "-k", "old", "--", "echo", "hi"])
+        .assert()
+        .success();
+    psql(&format!(
+        "ALTER TABLE {t} DROP COLUMN label; UPDATE {t}_meta SET value = 1"
+    ));
+    env.idem()
+        .args(["inspect", "old", "--stdout"])
+        .assert()
+        .success()
+        .stdout("hi\n");
+    assert_eq!(
+        psql(&format!(
+            "SELECT value FROM {t}_meta WHERE name = 'schema_version'"
+        )),
+        "2"
+    );
+    env.idem()
+        .args(["run", "-k", "new", "--label", "L", "--", "true"])
+        .assert()
+        .success();
+    assert_eq!(
+        psql(&format!(
+            "SELECT coalesce(label, '-') FROM {t} ORDER BY key"
+        )),
+        "L\n-"
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! read (same token and revision; every write bumps the revision), else it
 //! reads again. All times are the server's. Redis deletes records itself:
 //! finished ones at `expires_at`, running ones `GRACE_MS` after their lease,
-//! which their owner renews. See docs/many-hosts-redis.md.
+//! which their owner renews (see the README, "Many hosts").
 
 mod conn;
 mod list;
@@ -78,6 +78,11 @@ pub struct RedisStore {
 
 /// Opens the store at a `redis://` or `rediss://` URL; `None` when no idem
 /// store lives under the prefix and `mode` forbids creating one.
+/// The URL as it may be shown: without its password.
+pub fn shown(url: &str) -> String {
+    Target::parse(url).map_or_else(|_| "(a URL idem cannot read)".into(), |t| t.shown)
+}
+
 pub fn open(url: &str, mode: Mode) -> Result<Option<Box<dyn Store>>> {
     let target = Target::parse(url)?;
     if target.client_url.starts_with("rediss:") {
@@ -242,9 +247,8 @@ impl Store for RedisStore {
             let (token, rev) = seen.map_or((0, String::new()), |(r, rev)| (r.token, rev));
             // Not retried: a claim whose reply was lost may have been written.
             let new = self.exec("cannot claim the key", false, |c, s| {
-                s.claim
-                    .key(&rkey)
-                    .key(&counter)
+                let mut call = s.claim.key(&rkey);
+                call.key(&counter)
                     .arg(token)
                     .arg(&rev)
                     .arg(claim.lease_ms)
@@ -266,8 +270,11 @@ impl Store for RedisStore {
                     .arg("owner_pid")
                     .arg(claim.owner.pid)
                     .arg("owner_start")
-                    .arg(claim.owner.start)
-                    .invoke::<i64>(c)
+                    .arg(claim.owner.start);
+                if let Some(label) = &claim.label {
+                    call.arg("label").arg(label);
+                }
+                call.invoke::<i64>(c)
             })?;
             if new != 0 {
                 return Ok(Some(new));

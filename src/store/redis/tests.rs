@@ -109,6 +109,7 @@ fn claim() -> Claim {
             ..Owner::default()
         },
         lease_ms: 30_000,
+        label: None,
     }
 }
 

@@ -24,7 +24,7 @@ pub fn persistence_warning(url: &str) -> Option<String> {
     if !aof && rdb == Some(false) {
         problems.push(
             "the server keeps no AOF and no RDB snapshots, so a restart forgets every record \
-             and keys that already ran may run again"
+             and keys that already ran may run again (set appendonly yes, or a save schedule)"
                 .to_owned(),
         );
     }
@@ -36,13 +36,7 @@ pub fn persistence_warning(url: &str) -> Option<String> {
         )),
         _ => {}
     }
-    (!problems.is_empty()).then(|| {
-        format!(
-            "store {}: {} (see docs/many-hosts-redis.md)",
-            target.shown,
-            problems.join("; ")
-        )
-    })
+    (!problems.is_empty()).then(|| format!("store {}: {}", target.shown, problems.join("; ")))
 }
 
 fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
