@@ -3,6 +3,7 @@
 mod support;
 
 mod callers;
+mod check;
 mod crash;
 mod disk;
 mod examples;
@@ -16,6 +17,7 @@ mod jobs;
 mod limits;
 mod lint;
 mod postgres;
+mod postgres_tls;
 mod purge;
 mod redis;
 mod run;

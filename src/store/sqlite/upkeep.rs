@@ -1,5 +1,4 @@
-//! Keeping the store file whole: when the WAL is emptied into the main
-//! file, and SQLite's own integrity check.
+//! Keeping the store's records in its main file: when the WAL is emptied.
 //!
 //! idem keeps the WAL between calls (a checkpoint on every close cost every
 //! call two fsyncs), but not for long: a store whose records live only in
@@ -43,37 +42,5 @@ impl Drop for SqliteStore {
         let _ = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-    }
-}
-
-impl SqliteStore {
-    /// SQLite's `PRAGMA integrity_check` over the whole store (for `idem
-    /// check`): the problems it reports, none when the store is sound. It
-    /// reads every page, so it takes about as long as copying the file.
-    // Called by `idem check` (issue 11, item 24), which lands separately.
-    #[allow(dead_code)]
-    pub fn integrity_problems(&mut self) -> anyhow::Result<Vec<String>> {
-        let problems = (|| {
-            let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            rows.filter(|r| r.as_deref() != Ok("ok"))
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })();
-        self.sql(problems, "cannot check it")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::SqliteStore;
-    use crate::store::Mode;
-
-    #[test]
-    fn a_new_store_passes_the_integrity_check() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteStore::open(&dir.path().join("idem.db"), Mode::Create)
-            .unwrap()
-            .unwrap();
-        assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
     }
 }
