@@ -3,14 +3,18 @@
 //! (a waiter attached with `--on-duplicate wait`, `idem logs --follow`).
 //!
 //! Each piece goes straight to file descriptor 1 or 2 in journal order,
-//! unbuffered, so `2>&1` shows the interleaving the run had. A follower
+//! unbuffered, so `2>&1` shows the interleaving the run had. A reader that
+//! went away (`| head -1`) ends the interest in that stream, not the
+//! replay: the exit status is still the run's. Any other failure (a full
+//! disk under `> file`, `/dev/full`) is exit 125 naming the stream, since
+//! the caller did not get what it asked for. A follower
 //! reads the record, then the journal past what it wrote, and then waits
 //! for the store to say there may be more (a local store is looked at
 //! again every 50 ms; a shared one wakes the follower up).
 
-use crate::exit::{child_status, Code};
+use crate::exit::{child_status, fail, Code};
 use crate::store::{Millis, Record, Status, Store, Stream};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
@@ -24,32 +28,56 @@ const ROUND: Duration = Duration::from_secs(1);
 pub struct Sink {
     out: Option<File>,
     err: Option<File>,
+    /// What is written, for messages: "replayed output", "output".
+    what: &'static str,
 }
 
 impl Sink {
-    pub fn new() -> Sink {
+    pub fn new(what: &'static str) -> Sink {
         let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().ok().map(File::from);
         Sink {
             out: dup(io::stdout().as_fd()),
             err: dup(io::stderr().as_fd()),
+            what,
         }
     }
 
     /// Writes a piece of the journal to its stream. A reader that went
     /// away (EPIPE) ends the interest in that stream, not the replay.
     pub fn write(&mut self, stream: Stream, bytes: &[u8]) -> Result<()> {
-        let slot = match stream {
-            Stream::Stdout => &mut self.out,
-            Stream::Stderr => &mut self.err,
+        let (slot, name) = match stream {
+            Stream::Stdout => (&mut self.out, "stdout"),
+            Stream::Stderr => (&mut self.err, "stderr"),
         };
         if let Some(file) = slot {
             match file.write_all(bytes) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => *slot = None,
-                Err(e) => return Err(e).context("cannot write the output"),
+                Err(e) => {
+                    return fail(
+                        Code::Internal,
+                        format!(
+                            "cannot write the {} to {name}: {}",
+                            self.what,
+                            write_problem(&e)
+                        ),
+                    )
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// An output error in words, with what to do about it.
+fn write_problem(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) => {
+            "no space left on device (free some space, or write elsewhere)".into()
+        }
+        Some(libc::EDQUOT) => "disk quota exceeded (free some space, or write elsewhere)".into(),
+        Some(libc::EIO) => "input/output error (check the device)".into(),
+        _ => e.to_string(),
     }
 }
 

@@ -51,7 +51,7 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
     let Some(record) = record else {
         return no_record(&shown);
     };
-    let mut sink = Sink::new();
+    let mut sink = Sink::new("output");
     if !args.follow || record.status != Status::InProgress {
         let read = store.read_journal(key, record.token, 0, &mut |s, b| sink.write(s, b))?;
         if read.is_none() {

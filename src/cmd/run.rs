@@ -6,14 +6,14 @@
 //! than a replay counter; a waiter attaches to the run it waits for (see
 //! `run/join.rs`).
 
-use super::{byte_size, positive_duration, Global};
+use super::{byte_size, env_name, positive_duration, Global};
 use crate::child::{self, Finished, SpawnError};
 use crate::exit::{child_status, fail, Code};
 use crate::key::{self, Fingerprint};
 use crate::owner::Here;
 use crate::policy::{decide, owner_alive, OnCrash, OnDuplicate, OnFailure, Policy, Verdict};
 use crate::store::{self, Captured, Claim, Millis, Mode, Outcome, Record, Status, Store};
-use crate::text::{command_line, escape};
+use crate::text::{command_line, escape, shell_word};
 use anyhow::{Context, Result};
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
@@ -83,7 +83,7 @@ pub struct Args {
     pub cwd: bool,
 
     /// Add an environment variable to the fingerprint (repeatable; unset differs from empty)
-    #[arg(long = "env", value_name = "NAME")]
+    #[arg(long = "env", value_name = "NAME", value_parser = env_name)]
     pub env: Vec<OsString>,
 
     /// Read all of stdin, add its SHA-256 to the fingerprint, feed it to COMMAND unchanged
@@ -309,7 +309,11 @@ enum Next {
 
 impl Call<'_> {
     fn run(&self, store: &mut dyn Store, stdin: Option<File>) -> Result<u8> {
-        let wait_until = self.args.wait_timeout.map(|t| Instant::now() + t);
+        // None: no bound (a bound past what the clock can hold is none).
+        let wait_until = self
+            .args
+            .wait_timeout
+            .and_then(|t| Instant::now().checked_add(t));
         loop {
             let (now, record) = store.get(&self.key)?;
             let next = self.act(store, record.as_ref(), now)?;
@@ -427,12 +431,12 @@ impl Call<'_> {
                 fail(
                 Code::Completed,
                 format!(
-                    "key {} already completed {} (exit status {}); it expires {}; run `idem purge {}` to allow a re-run",
+                    "key {} already completed {} (exit status {}); it expires {}; run `{}` to allow a re-run",
                     self.shown_key(),
                     ago(record.finished_at.unwrap_or(record.started_at), now),
                     record_status(record),
                     until(record.expires_at, now),
-                    shell_word(&self.key),
+                    purge_command(&self.key),
                 ),
             )
             }
@@ -441,12 +445,12 @@ impl Call<'_> {
                 fail(
                 Code::Crashed,
                 format!(
-                    "key {}: an earlier run crashed (host {}, pid {}, started {}); check its side effects, then run `idem purge {}`",
+                    "key {}: an earlier run crashed (host {}, pid {}, started {}); check its side effects, then run `{}`",
                     self.shown_key(),
                     escape(record.owner.host.as_bytes()),
                     record.owner.pid,
                     ago(record.started_at, now),
-                    shell_word(&self.key),
+                    purge_command(&self.key),
                 ),
             )
             }
@@ -745,15 +749,8 @@ fn until(at: Option<Millis>, now: Millis) -> String {
     }
 }
 
-/// A key quoted for copy-pasting into a shell command.
-fn shell_word(key: &str) -> String {
-    let shown = escape(key.as_bytes());
-    if shown
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.:/@+=,".contains(c))
-    {
-        shown
-    } else {
-        format!("'{}'", shown.replace('\'', "'\\''"))
-    }
+/// The command that purges `key`, ready to paste.
+fn purge_command(key: &str) -> String {
+    let end_of_options = if key.starts_with('-') { "-- " } else { "" };
+    format!("idem purge {end_of_options}{}", shell_word(key))
 }

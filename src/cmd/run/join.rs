@@ -33,7 +33,7 @@ impl Call<'_> {
         ));
         // An empty journal needs no second look at the store.
         if record.stdout_bytes > 0 || record.stderr_bytes > 0 {
-            let mut sink = Sink::new();
+            let mut sink = Sink::new("replayed output");
             let read =
                 store.read_journal(&self.key, record.token, 0, &mut |s, b| sink.write(s, b))?;
             if read.is_none() {
@@ -41,7 +41,10 @@ impl Call<'_> {
             }
         }
         warn_if_cut(record, &self.shown_key());
-        store.count_replay(&self.key, record.token)?;
+        // A statistic: a store that has become read-only still replays.
+        if let Err(e) = store.count_replay(&self.key, record.token) {
+            self.explain(format_args!("the replay was not counted: {e:#}"));
+        }
         Ok(Some(run_status(record)))
     }
 
@@ -61,7 +64,7 @@ impl Call<'_> {
             escape(record.owner.host.as_bytes())
         ));
         let shared = store.is_shared();
-        let mut sink = Sink::new();
+        let mut sink = Sink::new("output");
         let alive = |r: &Record, now| self.alive(r, now, shared);
         Ok(match follow(store, record, &mut sink, &alive, until)? {
             End::Finished(done) => {
