@@ -1,6 +1,7 @@
 //! The command line: global flags, subcommands, and the value parsers they
 //! share. Each subcommand lives in its own module with its own `Args`.
 
+pub mod fast;
 pub mod inspect;
 mod json;
 pub mod purge;

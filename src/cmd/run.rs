@@ -46,7 +46,7 @@ pub struct Args {
     pub key: Option<String>,
 
     /// How long a finished run suppresses re-runs, counted from its end (90s, 5m, 1h 30m, 7d)
-    #[arg(long, env = "IDEM_TTL", hide_env_values = true, default_value = "24h")]
+    #[arg(long, env = "IDEM_TTL", hide_env_values = true, default_value = DEFAULT_TTL)]
     #[arg(value_name = "DURATION", value_parser = positive_duration)]
     pub ttl: Duration,
 
@@ -67,7 +67,7 @@ pub struct Args {
     pub on_crash: OnCrash,
 
     /// Store at most this much of each stream for replay (0 stores nothing)
-    #[arg(long, default_value = "16MiB", value_name = "SIZE", value_parser = byte_size)]
+    #[arg(long, default_value = DEFAULT_MAX_OUTPUT, value_name = "SIZE", value_parser = byte_size)]
     pub max_output: u64,
 
     /// Stop COMMAND after this long: SIGTERM, SIGKILL 5s later, exit 124. Default: no limit
@@ -87,7 +87,7 @@ pub struct Args {
     pub fingerprint_stdin: bool,
 
     /// Shared stores: how long a claim lives without renewal (the owner renews it while COMMAND runs)
-    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = positive_duration)]
+    #[arg(long, default_value = DEFAULT_LEASE, value_name = "DURATION", value_parser = positive_duration)]
     pub lease: Duration,
 
     /// Treat a key reused with a different fingerprint as a plain duplicate instead of exit 65
@@ -99,6 +99,11 @@ pub struct Args {
     #[arg(value_hint = clap::ValueHint::CommandWithArguments)]
     pub command: Vec<OsString>,
 }
+
+/// Defaults of `--ttl`, `--max-output` and `--lease` (shared with `cmd::fast`).
+pub const DEFAULT_TTL: &str = "24h";
+pub const DEFAULT_MAX_OUTPUT: &str = "16MiB";
+pub const DEFAULT_LEASE: &str = "30s";
 
 const EXAMPLES: &str = "\
 Examples:

@@ -258,6 +258,13 @@ impl SqliteStore {
         if let Err(e) = tx.execute_batch(&stamp).and_then(|()| tx.commit()) {
             return fail("cannot initialise it", e);
         }
+        // Copy the new schema into the database file now (once per store),
+        // so the header `open` reads says "ready": until the first
+        // checkpoint, every call would check the schema with SQL again.
+        // Passive: best effort, never waits for other processes.
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         Ok(())
     }
 
