@@ -9,14 +9,15 @@
 //! glued to their value. Those go to clap, so every message stays clap's.
 //! A test checks that wherever the fast path answers, clap answers the same.
 
-use super::run::{Args, DEFAULT_LEASE, DEFAULT_MAX_OUTPUT, DEFAULT_TTL};
-use super::{byte_size, positive_duration, Cli, Command};
+use super::run::{self, Args, DEFAULT_LEASE, DEFAULT_MAX_OUTPUT, DEFAULT_TTL};
+use super::{byte_size, env_name, positive_duration, Cli, Command};
 use clap::ValueEnum;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 
 /// The parsed command line, or `None` when clap should parse it.
-/// `env` reads an environment variable (`IDEM_DB`, `IDEM_TTL`).
+/// `env` reads an environment variable (`IDEM_DB`, `IDEM_TTL`, `IDEM_REPORT`).
 pub fn parse(argv: &[OsString], env: &dyn Fn(&str) -> Option<OsString>) -> Option<Cli> {
     let mut words = argv.iter().skip(1);
     let mut line = Line::default();
@@ -59,13 +60,10 @@ pub fn parse(argv: &[OsString], env: &dyn Fn(&str) -> Option<OsString>) -> Optio
             "--max-output" => set(&mut line.max_output, utf8(value()?)?)?,
             "--timeout" => set(&mut line.timeout, utf8(value()?)?)?,
             "--lease" => set(&mut line.lease, utf8(value()?)?)?,
-            "--env" => {
-                let name = value()?;
-                if !is_env_name(&name) {
-                    return None;
-                }
-                line.env.push(name);
-            }
+            "--env" => line.env.push(env_name(&utf8(value()?)?).ok()?),
+            "--fingerprint-file" => line.fingerprint_file.push(PathBuf::from(value()?)),
+            "--label" => set(&mut line.label, run::label(&utf8(value()?)?).ok()?)?,
+            "--report" => set(&mut line.report, value()?)?,
             "--cwd" if alone => set(&mut line.cwd, true)?,
             "--fingerprint-stdin" if alone => set(&mut line.fingerprint_stdin, true)?,
             "--allow-mismatch" if alone => set(&mut line.allow_mismatch, true)?,
@@ -81,6 +79,13 @@ pub fn parse(argv: &[OsString], env: &dyn Fn(&str) -> Option<OsString>) -> Optio
         None => match env("IDEM_DB") {
             Some(db) if db.is_empty() => return None,
             db => db,
+        },
+    };
+    let report = match line.report {
+        Some(report) => Some(report),
+        None => match env("IDEM_REPORT") {
+            Some(report) if report.is_empty() => return None,
+            report => report,
         },
     };
     let ttl = match line.ttl {
@@ -106,6 +111,9 @@ pub fn parse(argv: &[OsString], env: &dyn Fn(&str) -> Option<OsString>) -> Optio
         cwd: line.cwd.unwrap_or(false),
         env: line.env,
         fingerprint_stdin: line.fingerprint_stdin.unwrap_or(false),
+        fingerprint_file: line.fingerprint_file,
+        label: line.label,
+        report: report.map(PathBuf::from),
         lease: positive_duration(line.lease.as_deref().unwrap_or(DEFAULT_LEASE)).ok()?,
         allow_mismatch: line.allow_mismatch.unwrap_or(false),
         command,
@@ -134,6 +142,9 @@ struct Line {
     timeout: Option<String>,
     lease: Option<String>,
     env: Vec<OsString>,
+    fingerprint_file: Vec<PathBuf>,
+    label: Option<String>,
+    report: Option<OsString>,
     cwd: Option<bool>,
     fingerprint_stdin: Option<bool>,
     allow_mismatch: Option<bool>,
@@ -173,16 +184,6 @@ fn choice<T: ValueEnum + Default>(text: Option<String>) -> Option<T> {
         Some(text) => T::from_str(&text, false).ok(),
         None => Some(T::default()),
     }
-}
-
-fn is_env_name(name: &OsStr) -> bool {
-    let bytes = name.as_bytes();
-    bytes
-        .first()
-        .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
 }
 
 #[cfg(test)]
@@ -255,6 +256,24 @@ mod tests {
             &["run", "--wait-timeout=2m", "--lease", "10s", "--", "x"],
             &["run", "--cwd", "--env", "HOME", "--env=PATH", "--", "x"],
             &["run", "--fingerprint-stdin", "--allow-mismatch", "--", "x"],
+            &[
+                "run",
+                "--on-duplicate",
+                "skip",
+                "--label",
+                "nightly report",
+                "--",
+                "x",
+            ],
+            &[
+                "run",
+                "--fingerprint-file",
+                "a.json",
+                "--fingerprint-file=b",
+                "--",
+                "x",
+            ],
+            &["run", "--report", "/dev/fd/3", "-k", "k", "--", "x"],
             &["run", "--key", "ünïcode key", "--", "x", "-v", "--db", "y"],
             &["run", "--", "--key"],
         ];
@@ -289,6 +308,9 @@ mod tests {
             &["run", "--on-duplicate", "maybe", "--", "x"],
             &["run", "--env", "A=1", "--", "x"],
             &["run", "--env", "1A", "--", "x"],
+            &["run", "--label", "a", "--label", "b", "--", "x"],
+            &["run", "--report", "a", "--report=b", "--", "x"],
+            &["run", "--ttl", "20000y", "--", "x"],
             &["run", "--unknown", "--", "x"],
             &["run", "extra", "--", "x"],
             &["run", "run", "--", "x"],
@@ -308,6 +330,7 @@ mod tests {
             move |name: &str| match name {
                 "IDEM_DB" => db.clone(),
                 "IDEM_TTL" => ttl.clone(),
+                "IDEM_REPORT" => Some(OsString::from("r.json")),
                 _ => None,
             }
         };
@@ -318,6 +341,7 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(args.ttl, std::time::Duration::from_secs(7 * 86_400));
+        assert_eq!(args.report, Some(PathBuf::from("r.json")));
         // The command line wins over the environment.
         let line = argv(&["--db", "a.db", "run", "--ttl", "1s", "--", "x"]);
         let cli = parse(&line, &vars(Some("e.db"), Some("7d"))).expect("fast path");

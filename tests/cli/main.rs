@@ -2,15 +2,22 @@
 
 mod support;
 
+mod callers;
+mod check;
 mod crash;
 mod disk;
+mod examples;
+mod foreign;
 mod guarantees;
+mod hints;
 mod hostile;
 mod hosts;
 mod inspect;
 mod jobs;
+mod limits;
 mod lint;
 mod postgres;
+mod postgres_tls;
 mod purge;
 mod redis;
 mod run;

@@ -8,12 +8,15 @@
 //! counting and deletion all name that token, so an owner that lost its
 //! lease can never overwrite the record of the run that took over.
 
+mod check;
 mod conn;
+mod libpq;
 mod records;
 mod schema;
 mod target;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use super::{Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
 use crate::owner::ChildId;
@@ -50,6 +53,11 @@ pub fn open(url: &str, mode: Mode) -> Result<Option<Box<dyn Store>>> {
     Ok(PgStore::open(url, mode)?.map(|s| Box::new(s) as Box<dyn Store>))
 }
 
+/// The URL as it may be shown: without its password.
+pub fn shown(url: &str) -> String {
+    target::redact(url)
+}
+
 impl PgStore {
     fn open(url: &str, mode: Mode) -> Result<Option<PgStore>> {
         let target = Target::parse(url, mode == Mode::ReadOnly)?;
@@ -65,11 +73,19 @@ impl PgStore {
                 })?
             }
             (Found::Missing, Mode::Existing | Mode::ReadOnly) => return Ok(None),
+            (Found::Older(_), _) => {
+                conn.call("cannot upgrade the store", CALL_LIMIT, async |c| {
+                    schema::migrate(c, &names).await
+                })?
+            }
             (found, _) => found,
         };
         match found {
         Found::Ready => Ok(Some(PgStore { conn, names })),
         Found::Missing => conn.fail("it vanished while it was being created; try again"),
+        Found::Older(version) => conn.fail(&format!(
+            "it still has schema version {version} after an upgrade to {SCHEMA_VERSION}; try again"
+        )),
         Found::Newer(version) => conn.fail(&format!(
             "it has schema version {version}, newer than this idem understands ({SCHEMA_VERSION}); upgrade idem"
         )),
@@ -187,20 +203,20 @@ impl Store for PgStore {
         let read = self.read_sql(true);
         let (records, sequence) = (&self.names.records, &self.names.token);
         let fields = "status = 'in_progress', fingerprint = $2, command = $3, cwd = $4, \
-            attempt = $5, owner_host = $6, owner_boot = $7, owner_pid = $8, owner_start = $9";
+            attempt = $5, owner_host = $6, owner_boot = $7, owner_pid = $8, owner_start = $9, label = $11";
         let replace = format!(
             "UPDATE {records} SET {fields}, token = nextval('{sequence}'), started_at = {NOW}, \
                 lease_until = {NOW} + $10, finished_at = NULL, expires_at = NULL, \
                 exit_code = NULL, signal = NULL, timed_out = false, replays = 0, \
                 child_pid = NULL, child_pgid = NULL, child_start = NULL, \
                 stdout = '', stderr = '', stdout_truncated = false, stderr_truncated = false \
-             WHERE key = $1 AND token = $11 RETURNING token"
+             WHERE key = $1 AND token = $12 RETURNING token"
         );
         let insert = format!(
             "INSERT INTO {records} (key, status, fingerprint, command, cwd, attempt, owner_host, \
-                owner_boot, owner_pid, owner_start, token, started_at, lease_until) \
-             VALUES ($1, 'in_progress', $2, $3, $4, $5, $6, $7, $8, $9, nextval('{sequence}'), \
-                {NOW}, {NOW} + $10) \
+                owner_boot, owner_pid, owner_start, label, token, started_at, lease_until) \
+             VALUES ($1, 'in_progress', $2, $3, $4, $5, $6, $7, $8, $9, $11, \
+                nextval('{sequence}'), {NOW}, {NOW} + $10) \
              ON CONFLICT (key) DO NOTHING RETURNING token"
         );
         let cleanup = format!(
@@ -225,6 +241,7 @@ impl Store for PgStore {
                         attempt,
                         owner,
                         lease_ms,
+                        label,
                     } = &claim;
                     let mut params: Vec<Param> = vec![
                         (&key, Type::TEXT),
@@ -237,6 +254,7 @@ impl Store for PgStore {
                         (&owner.pid, Type::INT8),
                         (&owner.start, Type::INT8),
                         (lease_ms, Type::INT8),
+                        (label, Type::TEXT),
                     ];
                     let observed = existing.as_ref().map(|r| r.token);
                     let written = match &observed {
@@ -394,5 +412,23 @@ impl Store for PgStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    /// The records table with its indexes and TOAST (stored output).
+    fn size(&mut self) -> Result<Option<u64>> {
+        let sql = "SELECT pg_total_relation_size(to_regclass($1))";
+        let table = self.names.records.clone();
+        let size: Option<i64> =
+            self.conn
+                .call("cannot read the store's size", CALL_LIMIT, async |c| {
+                    Ok(c.query_typed_one(sql, &[(&table, Type::TEXT)])
+                        .await?
+                        .get(0))
+                })?;
+        Ok(size.and_then(|s| u64::try_from(s).ok()))
+    }
+
+    fn check(&mut self) -> Result<Vec<super::Finding>> {
+        self.run_checks()
     }
 }

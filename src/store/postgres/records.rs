@@ -14,7 +14,8 @@ use tokio_postgres::Row;
 pub const COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, token, started_at, \
     finished_at, expires_at, lease_until, exit_code, signal, timed_out, replays, owner_host, \
     owner_boot, owner_pid, owner_start, child_pid, child_pgid, child_start, \
-    octet_length(stdout)::bigint, octet_length(stderr)::bigint, stdout_truncated, stderr_truncated";
+    octet_length(stdout)::bigint, octet_length(stderr)::bigint, stdout_truncated, stderr_truncated, \
+    label";
 /// How many records `list` holds in memory at once.
 const PAGE: i64 = 500;
 
@@ -132,5 +133,6 @@ pub fn record_from_row(row: &Row, at: usize) -> Result<Option<Record>, tokio_pos
         stderr_bytes: row.try_get(get(23))?,
         stdout_truncated: row.try_get(get(24))?,
         stderr_truncated: row.try_get(get(25))?,
+        label: row.try_get(get(26))?,
     }))
 }

@@ -11,7 +11,14 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Error, GenericClient};
 
 /// The layout this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Upgrades; entry N brings a store from version N + 1 to N + 2. `{records}`
+/// stands for the quoted records table.
+const MIGRATIONS: &[&str] = &[
+    // Version 2, the label (issue 14): `--label TEXT`, shown by inspect.
+    "ALTER TABLE {records} ADD COLUMN IF NOT EXISTS label text;",
+];
 
 /// Quoted names of one store's objects.
 pub struct Names {
@@ -42,6 +49,8 @@ pub enum Found {
     Missing,
     /// Made by a newer idem.
     Newer(i64),
+    /// Made by an older idem: upgrade it (`migrate`).
+    Older(i64),
     /// A table of that name exists, but idem did not make it.
     Foreign,
 }
@@ -86,10 +95,10 @@ async fn probe(client: &impl GenericClient, names: &Names) -> Result<Found, Erro
 }
 
 fn classify(version: i64) -> Found {
-    if version > SCHEMA_VERSION {
-        Found::Newer(version)
-    } else {
-        Found::Ready
+    match version.cmp(&SCHEMA_VERSION) {
+        std::cmp::Ordering::Greater => Found::Newer(version),
+        std::cmp::Ordering::Less => Found::Older(version),
+        std::cmp::Ordering::Equal => Found::Ready,
     }
 }
 
@@ -98,13 +107,48 @@ fn classify(version: i64) -> Found {
 /// The lock is taken before the transaction starts: a transaction that
 /// began before a racing creator committed could still see the old catalog.
 pub async fn create(client: &mut Client, names: &Names) -> Result<Found, Error> {
+    locked(client, names, async |c| create_locked(c, names).await).await
+}
+
+/// Upgrades a store of an older version under the same lock as `create`,
+/// in a read-write transaction (also for `inspect`, whose connection
+/// defaults to read-only: the upgrade only adds columns).
+pub async fn migrate(client: &mut Client, names: &Names) -> Result<Found, Error> {
+    locked(client, names, async |c| {
+        let tx = c.build_transaction().read_only(false).start().await?;
+        let version = match read_version(&tx, names).await? {
+            Found::Older(version) => version,
+            other => return Ok(other),
+        };
+        let from = usize::try_from(version - 1).unwrap_or(0);
+        for migration in MIGRATIONS.iter().skip(from) {
+            tx.batch_execute(&migration.replace("{records}", &names.records))
+                .await?;
+        }
+        let stamp = format!(
+            "UPDATE {} SET value = {SCHEMA_VERSION} WHERE name = 'schema_version'",
+            names.meta
+        );
+        tx.batch_execute(&stamp).await?;
+        tx.commit().await?;
+        Ok(Found::Ready)
+    })
+    .await
+}
+
+/// Runs `work` under idem's advisory lock for this store.
+async fn locked(
+    client: &mut Client,
+    names: &Names,
+    work: impl AsyncFnOnce(&mut Client) -> Result<Found, Error>,
+) -> Result<Found, Error> {
     // Two-key form: the first key marks the lock as idem's.
     let lock = "SELECT pg_advisory_lock(1768187245, hashtext($1))";
     let unlock = "SELECT pg_advisory_unlock(1768187245, hashtext($1))";
     client.execute(lock, &[&names.plain]).await?;
-    let created = create_locked(client, names).await;
+    let done = work(client).await;
     client.execute(unlock, &[&names.plain]).await?;
-    created
+    done
 }
 
 async fn create_locked(client: &mut Client, names: &Names) -> Result<Found, Error> {
@@ -151,7 +195,8 @@ async fn create_locked(client: &mut Client, names: &Names) -> Result<Found, Erro
              stdout bytea NOT NULL DEFAULT '',
              stderr bytea NOT NULL DEFAULT '',
              stdout_truncated boolean NOT NULL DEFAULT false,
-             stderr_truncated boolean NOT NULL DEFAULT false
+             stderr_truncated boolean NOT NULL DEFAULT false,
+             label text
          );
          CREATE INDEX {by_started} ON {records} (started_at DESC, key);
          CREATE INDEX {by_expiry} ON {records} (expires_at) WHERE expires_at IS NOT NULL;"
