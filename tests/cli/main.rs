@@ -6,6 +6,7 @@ mod crash;
 mod disk;
 mod hosts;
 mod inspect;
+mod liveness;
 mod lint;
 mod postgres;
 mod purge;

@@ -114,6 +114,18 @@ impl Env {
         self.host_command(host, &wait)
     }
 
+    /// `idem` as PID 1 of a new PID namespace with its own /proc, as in a
+    /// container on this machine (same host name and boot id; needs root),
+    /// sharing this test's store. SIGKILL of the spawned `unshare` ends the
+    /// whole namespace (`--kill-child`), as stopping a container would.
+    pub fn idem_in_pid_namespace(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(bin());
+        self.prepare(&mut cmd);
+        cmd
+    }
+
     fn host_command(&self, host: &str, before: &str) -> std::process::Command {
         let mut cmd = std::process::Command::new("unshare");
         let script = format!("hostname \"$0\" && {before}exec \"$@\"");

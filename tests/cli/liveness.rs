@@ -1,0 +1,170 @@
+//! Who may call an owner dead: process checks only where they mean
+//! something (same host name, boot id and PID namespace), the lease
+//! everywhere else, on every store. Containers are played by `unshare`
+//! (new PID namespace, needs root); another machine with the same host name
+//! by rewriting the owner's boot id in the store.
+
+use crate::support::{backend, psql, sh, wait_for, wait_until, Backend, Env};
+use std::process::{Child, Output, Stdio};
+use std::time::Duration;
+
+/// Holds the key until killed when it is the first run (no `started` yet):
+/// takes a lock on `lock` that its `sleep` keeps, so the test can tell
+/// when every process of the owner is gone. Later runs print the attempt.
+fn script(env: &Env) -> String {
+    format!(
+        "{}; if [ ! -e started ]; then exec 9>lock && flock 9 && touch started && exec sleep 600; fi; \
+         echo \"attempt $IDEM_ATTEMPT\"",
+        env.count_run("n")
+    )
+}
+
+fn run_in_namespace(env: &Env, args: &[&str]) -> Output {
+    env.idem_in_pid_namespace()
+        .args(["run", "-k", "k"])
+        .args(args)
+        .arg("--")
+        .args(sh(&script(env)))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// SIGKILLs a started owner and waits until none of its processes is left
+/// (its child's `sleep` held `lock` until then).
+fn kill_and_wait(mut owner: Child, env: &Env) {
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    wait_until("the owner's processes to be gone", || {
+        std::process::Command::new("flock")
+            .args(["-n", "lock", "true"])
+            .current_dir(env.dir.path())
+            .status()
+            .unwrap()
+            .success()
+    });
+}
+
+#[track_caller]
+fn assert_code(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout {:?}, stderr {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two containers on one machine share the store: each has its own PID
+/// namespace, where the other's pids mean nothing. The live owner's lease
+/// (renewed past its first term) keeps the key; once the owner is killed
+/// with its namespace, the key is taken over when the lease has run out.
+#[test]
+fn two_pid_namespaces_sharing_a_store_run_a_key_once() {
+    let env = Env::new();
+    let owner = env
+        .idem_in_pid_namespace()
+        .args(["run", "-k", "k", "--lease", "3s", "--"])
+        .args(sh(&script(&env)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&env.path("started"));
+    // More than a lease: only renewals keep the owner alive now.
+    std::thread::sleep(Duration::from_millis(4000));
+    let second = run_in_namespace(&env, &[]);
+    let ran = env.count("n");
+    kill_and_wait(owner, &env);
+    assert_code(&second, 75);
+    assert_eq!(ran, 1, "the second namespace ran the command too");
+
+    // Killed, but its lease still runs: nobody can tell it from a live one.
+    let third = run_in_namespace(&env, &[]);
+    assert_code(&third, 75);
+    assert_eq!(env.count("n"), 1);
+
+    // Once the lease has run out, a waiter takes over.
+    let waiter = run_in_namespace(&env, &["--on-duplicate", "wait"]);
+    assert_code(&waiter, 0);
+    assert_eq!(waiter.stdout, b"attempt 2\n");
+    assert_eq!(env.count("n"), 2);
+}
+
+/// Rewrites the boot id of `key`'s owner in the store itself: the owner
+/// then looks like one on another machine that has this host name.
+fn set_owner_boot(env: &Env, key: &str, boot: &str) {
+    match backend() {
+        Backend::Sqlite => {
+            let conn = rusqlite::Connection::open(env.db_path()).unwrap();
+            conn.execute(
+                "UPDATE records SET owner_boot = ?1 WHERE key = ?2",
+                (boot, key),
+            )
+            .unwrap();
+        }
+        Backend::Postgres => {
+            psql(&format!(
+                "UPDATE {} SET owner_boot = '{boot}' WHERE key = '{key}'",
+                env.unique()
+            ));
+        }
+        Backend::Redis => {
+            let (url, prefix) = env.db.split_once("?prefix=").unwrap();
+            let mut con = redis::Client::open(url)
+                .and_then(|c| c.get_connection())
+                .unwrap();
+            redis::cmd("HSET")
+                .arg(format!("{prefix}rec:{key}"))
+                .arg("owner_boot")
+                .arg(boot)
+                .query::<i64>(&mut con)
+                .unwrap();
+        }
+    }
+}
+
+/// Two machines (cloned VMs, containers with the same `--hostname`) share a
+/// PostgreSQL or Redis store: a different boot id does not mean that the
+/// owner rebooted, so its lease decides, not the boot id.
+#[test]
+fn same_host_name_other_boot_on_a_shared_store_is_judged_by_the_lease() {
+    if backend() == Backend::Sqlite {
+        return;
+    }
+    let env = Env::new();
+    let owner = env
+        .idem_std()
+        .args(["run", "-k", "k", "--lease", "3s", "--"])
+        .args(sh(&script(&env)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&env.path("started"));
+    set_owner_boot(&env, "k", "the-other-machine");
+    let second = env
+        .idem()
+        .args(["run", "-k", "k", "--"])
+        .args(sh(&script(&env)))
+        .output()
+        .unwrap();
+    let ran = env.count("n");
+    kill_and_wait(owner, &env);
+    assert_code(&second, 75);
+    assert_eq!(ran, 1, "the owner's live lease was ignored");
+
+    // The lease, not the process checks, decides: the takeover waits for it.
+    let waiter = env
+        .idem()
+        .args(["run", "-k", "k", "--on-duplicate", "wait", "--"])
+        .args(sh(&script(&env)))
+        .output()
+        .unwrap();
+    assert_code(&waiter, 0);
+    assert_eq!(waiter.stdout, b"attempt 2\n");
+    assert_eq!(env.count("n"), 2);
+}
