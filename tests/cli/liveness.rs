@@ -5,15 +5,20 @@
 //! by rewriting the owner's boot id in the store.
 
 use crate::support::{backend, psql, sh, wait_for, wait_until, Backend, Env};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
 /// Holds the key until killed when it is the first run (no `started` yet):
 /// takes a lock on `lock` that its `sleep` keeps, so the test can tell
-/// when every process of the owner is gone. Later runs print the attempt.
+/// when every process of the owner is gone, and writes its pid (its
+/// group's id, in its own PID namespace) to `childpid`. Later runs print
+/// the attempt.
 fn script(env: &Env) -> String {
     format!(
-        "{}; if [ ! -e started ]; then exec 9>lock && flock 9 && touch started && exec sleep 600; fi; \
+        "{}; if [ ! -e started ]; then exec 9>lock && flock 9 && echo $$ > childpid && touch started \
+         && exec sleep 600; fi; \
          echo \"attempt $IDEM_ATTEMPT\"",
         env.count_run("n")
     )
@@ -153,6 +158,13 @@ fn same_host_name_other_boot_on_a_shared_store_is_judged_by_the_lease() {
         .output()
         .unwrap();
     let ran = env.count("n");
+    // idem and its child's group, as a crash of the whole machine would.
+    let child: i32 = std::fs::read_to_string(env.path("childpid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kill(Pid::from_raw(-child), Signal::SIGKILL).unwrap();
     kill_and_wait(owner, &env);
     assert_code(&second, 75);
     assert_eq!(ran, 1, "the owner's live lease was ignored");
