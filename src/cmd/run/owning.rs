@@ -63,7 +63,7 @@ impl Supervisor for Owning<'_> {
 
     /// A third of the lease: two renewals can fail before it runs out.
     fn tick_every(&self) -> Option<Duration> {
-        (self.store.is_shared() && !self.lost).then(|| self.lease / 3)
+        (!self.lost).then(|| self.lease / 3)
     }
 }
 

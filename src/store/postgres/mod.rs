@@ -20,7 +20,7 @@ use crate::owner::ChildId;
 use crate::store::{finish_patiently, FinishFailure};
 use anyhow::Result;
 use conn::{Conn, Failure, CALL_LIMIT};
-use records::{record_from_row, COLUMNS};
+use records::record_from_row;
 use schema::{Found, Names, SCHEMA_VERSION};
 use std::io::Write;
 use std::time::Duration;
@@ -44,6 +44,8 @@ type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 pub struct PgStore {
     conn: Conn,
     names: Names,
+    /// What a record is read from (`records::columns`).
+    columns: String,
 }
 
 pub fn open(url: &str, mode: Mode) -> Result<Option<Box<dyn Store>>> {
@@ -65,10 +67,20 @@ impl PgStore {
                 })?
             }
             (Found::Missing, Mode::Existing | Mode::ReadOnly) => return Ok(None),
+            (Found::Ready(version), Mode::Create | Mode::Existing) if version < SCHEMA_VERSION => {
+                conn.call("cannot upgrade the store", CALL_LIMIT, async |c| {
+                    schema::migrate(c, &names).await
+                })?
+            }
             (found, _) => found,
         };
         match found {
-        Found::Ready => Ok(Some(PgStore { conn, names })),
+        // `inspect` reads an older layout as it is.
+        Found::Ready(version) => Ok(Some(PgStore {
+            conn,
+            names,
+            columns: records::columns(version),
+        })),
         Found::Missing => conn.fail("it vanished while it was being created; try again"),
         Found::Newer(version) => conn.fail(&format!(
             "it has schema version {version}, newer than this idem understands ({SCHEMA_VERSION}); upgrade idem"
@@ -85,7 +97,8 @@ impl PgStore {
     fn read_sql(&self, lock: bool) -> String {
         format!(
             "SELECT {NOW}, r.* FROM (SELECT 1) AS one LEFT JOIN LATERAL \
-             (SELECT {COLUMNS} FROM {} WHERE key = $1{}) AS r ON true",
+             (SELECT {} FROM {} WHERE key = $1{}) AS r ON true",
+            self.columns,
             self.names.records,
             if lock { " FOR UPDATE" } else { "" }
         )
@@ -187,7 +200,8 @@ impl Store for PgStore {
         let read = self.read_sql(true);
         let (records, sequence) = (&self.names.records, &self.names.token);
         let fields = "status = 'in_progress', fingerprint = $2, command = $3, cwd = $4, \
-            attempt = $5, owner_host = $6, owner_boot = $7, owner_pid = $8, owner_start = $9";
+            attempt = $5, owner_host = $6, owner_boot = $7, owner_pid = $8, owner_start = $9, \
+            owner_pid_ns = $12";
         let replace = format!(
             "UPDATE {records} SET {fields}, token = nextval('{sequence}'), started_at = {NOW}, \
                 lease_until = {NOW} + $10, finished_at = NULL, expires_at = NULL, \
@@ -198,9 +212,9 @@ impl Store for PgStore {
         );
         let insert = format!(
             "INSERT INTO {records} (key, status, fingerprint, command, cwd, attempt, owner_host, \
-                owner_boot, owner_pid, owner_start, token, started_at, lease_until) \
+                owner_boot, owner_pid, owner_start, token, started_at, lease_until, owner_pid_ns) \
              VALUES ($1, 'in_progress', $2, $3, $4, $5, $6, $7, $8, $9, nextval('{sequence}'), \
-                {NOW}, {NOW} + $10) \
+                {NOW}, {NOW} + $10, $11) \
              ON CONFLICT (key) DO NOTHING RETURNING token"
         );
         let cleanup = format!(
@@ -242,9 +256,13 @@ impl Store for PgStore {
                     let written = match &observed {
                         Some(token) => {
                             params.push((token, Type::INT8));
+                            params.push((&owner.pid_ns, Type::INT8));
                             tx.query_typed(&replace, &params).await?
                         }
-                        None => tx.query_typed(&insert, &params).await?,
+                        None => {
+                            params.push((&owner.pid_ns, Type::INT8));
+                            tx.query_typed(&insert, &params).await?
+                        }
                     };
                     let Some(written) = written.first() else {
                         return Ok(None);
@@ -375,7 +393,8 @@ impl Store for PgStore {
 
     fn list(&mut self, filter: &Filter, each: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
         let now = self.now()?;
-        records::list(&mut self.conn, &self.names.records, filter, now, each)
+        let table = &self.names.records;
+        records::list(&mut self.conn, table, &self.columns, filter, now, each)
     }
 
     fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {

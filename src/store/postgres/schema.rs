@@ -5,13 +5,23 @@
 //! `schema_version` row says which layout this is. They are created on first
 //! use inside one transaction under an advisory lock, so hosts that race to
 //! create them all see one result. A newer version is refused untouched;
-//! a table of that name that idem did not create is never adopted.
+//! a table of that name that idem did not create is never adopted. An older
+//! one is brought up to date (`MIGRATIONS`) by the first call that may write.
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Error, GenericClient};
 
 /// The layout this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Entry N brings a store from version N + 1 to N + 2; `{records}` stands
+/// for the records table.
+const MIGRATIONS: &[&str] = &[
+    // 1 -> 2: the owner's PID namespace (inode of /proc/self/ns/pid), so that
+    // containers on one machine are judged by the lease, not by pids that
+    // mean nothing to each other. NULL on older records: unknown.
+    "ALTER TABLE {records} ADD COLUMN IF NOT EXISTS owner_pid_ns bigint",
+];
 
 /// Quoted names of one store's objects.
 pub struct Names {
@@ -36,8 +46,8 @@ impl Names {
 
 /// What the server holds under these names.
 pub enum Found {
-    /// Ready at this build's version.
-    Ready,
+    /// Ready at this version (this build's, or older: see `migrate`).
+    Ready(i64),
     /// Nothing yet.
     Missing,
     /// Made by a newer idem.
@@ -89,8 +99,33 @@ fn classify(version: i64) -> Found {
     if version > SCHEMA_VERSION {
         Found::Newer(version)
     } else {
-        Found::Ready
+        Found::Ready(version)
     }
+}
+
+/// Brings an older store to this build's version, under the same lock as
+/// `create`; returns what is there afterwards.
+pub async fn migrate(client: &mut Client, names: &Names) -> Result<Found, Error> {
+    locked(client, names, async |client| {
+        let tx = client.transaction().await?;
+        let version = match read_version(&tx, names).await? {
+            Found::Ready(version) if version < SCHEMA_VERSION => version,
+            other => return Ok(other),
+        };
+        let from = usize::try_from(version - 1).unwrap_or(0);
+        for migration in MIGRATIONS.iter().skip(from) {
+            tx.batch_execute(&migration.replace("{records}", &names.records))
+                .await?;
+        }
+        let stamp = format!(
+            "UPDATE {} SET value = {SCHEMA_VERSION} WHERE name = 'schema_version'",
+            names.meta
+        );
+        tx.batch_execute(&stamp).await?;
+        tx.commit().await?;
+        Ok(Found::Ready(SCHEMA_VERSION))
+    })
+    .await
 }
 
 /// Creates the store if it is missing; returns what is there afterwards.
@@ -98,13 +133,25 @@ fn classify(version: i64) -> Found {
 /// The lock is taken before the transaction starts: a transaction that
 /// began before a racing creator committed could still see the old catalog.
 pub async fn create(client: &mut Client, names: &Names) -> Result<Found, Error> {
+    locked(client, names, async |client| {
+        create_locked(client, names).await
+    })
+    .await
+}
+
+/// Runs `work` under the advisory lock of this store's set-up.
+async fn locked(
+    client: &mut Client,
+    names: &Names,
+    work: impl AsyncFnOnce(&mut Client) -> Result<Found, Error>,
+) -> Result<Found, Error> {
     // Two-key form: the first key marks the lock as idem's.
     let lock = "SELECT pg_advisory_lock(1768187245, hashtext($1))";
     let unlock = "SELECT pg_advisory_unlock(1768187245, hashtext($1))";
     client.execute(lock, &[&names.plain]).await?;
-    let created = create_locked(client, names).await;
+    let done = work(client).await;
     client.execute(unlock, &[&names.plain]).await?;
-    created
+    done
 }
 
 async fn create_locked(client: &mut Client, names: &Names) -> Result<Found, Error> {
@@ -145,6 +192,7 @@ async fn create_locked(client: &mut Client, names: &Names) -> Result<Found, Erro
              owner_boot text NOT NULL,
              owner_pid bigint NOT NULL,
              owner_start bigint NOT NULL,
+             owner_pid_ns bigint,
              child_pid bigint,
              child_pgid bigint,
              child_start bigint,
@@ -158,5 +206,5 @@ async fn create_locked(client: &mut Client, names: &Names) -> Result<Found, Erro
     ))
     .await?;
     tx.commit().await?;
-    Ok(Found::Ready)
+    Ok(Found::Ready(SCHEMA_VERSION))
 }
