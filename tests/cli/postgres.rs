@@ -35,7 +35,7 @@ fn the_table_parameter_names_the_tables_and_defaults_to_idem_records() {
         psql(&format!(
             "SELECT count(*) FROM {t}; SELECT value FROM {t}_meta WHERE name = 'schema_version'"
         )),
-        "1\n1"
+        "1\n2"
     );
 
     // No ?table=: idem_records, here inside a schema of this test's own
@@ -114,13 +114,13 @@ fn a_newer_schema_is_refused_untouched() {
         .args(["run", "-k", "k", "--", "true"])
         .assert()
         .success();
-    psql(&format!("UPDATE {t}_meta SET value = 2"));
+    psql(&format!("UPDATE {t}_meta SET value = 3"));
     env.idem()
         .args(["run", "-k", "other", "--"])
         .args(sh(&env.count_run("n")))
         .assert()
         .code(125)
-        .stderr(predicates::str::contains("schema version 2, newer"));
+        .stderr(predicates::str::contains("schema version 3, newer"));
     assert_eq!(env.count("n"), 0);
     assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "1");
 }
