@@ -9,7 +9,7 @@
 //! `release` file. The child marks itself running with `mkdir`, so two
 //! concurrent executions leave a line in `violations`.
 
-use crate::support::{backend, race, wait_for, wait_until, Backend, Env};
+use crate::support::{backend, race, start_time, wait_for, wait_until, Backend, Env};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use predicates::prelude::*;
@@ -187,17 +187,6 @@ fn waiters_that_find_the_owner_dead_block_under_on_crash_block() {
     let codes = waiters_after_a_crash(&env, 4, &["--on-crash", "block"]);
     assert!(codes.iter().all(|c| *c == Some(77)), "{codes:?}");
     assert_eq!(env.count("n"), 1);
-}
-
-/// The start time (field 22 of /proc/PID/stat) of a process.
-fn start_time(pid: u32) -> i64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat[stat.rfind(')').unwrap() + 2..]
-        .split(' ')
-        .nth(19)
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[test]

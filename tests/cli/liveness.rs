@@ -4,7 +4,7 @@
 //! (new PID namespace, needs root); another machine with the same host name
 //! by rewriting the owner's boot id in the store.
 
-use crate::support::{backend, psql, sh, wait_for, wait_until, Backend, Env};
+use crate::support::{backend, psql, sh, start_time, wait_for, wait_until, Backend, Env};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::process::{Child, Output, Stdio};
@@ -179,4 +179,115 @@ fn same_host_name_other_boot_on_a_shared_store_is_judged_by_the_lease() {
     assert_code(&waiter, 0);
     assert_eq!(waiter.stdout, b"attempt 2\n");
     assert_eq!(env.count("n"), 2);
+}
+
+/// Runs `sql` on this test's SQLite file or PostgreSQL table (`{t}`).
+fn sql(env: &Env, sql: &str) -> String {
+    match backend() {
+        Backend::Sqlite => {
+            let conn = rusqlite::Connection::open(env.db_path()).unwrap();
+            conn.execute_batch(sql).unwrap();
+            conn.query_row("PRAGMA user_version", (), |r| r.get::<_, i64>(0))
+                .unwrap()
+                .to_string()
+        }
+        _ => psql(&sql.replace("{t}", env.unique())),
+    }
+}
+
+/// A store as the previous idem left it (SQLite schema 2, PostgreSQL
+/// schema 1: no PID namespace, and no lease on SQLite) keeps its records
+/// when upgraded, and judges their owners as that idem did: a live process
+/// of ours is alive, a dead one is dead once no lease says otherwise.
+#[test]
+fn a_store_of_the_previous_schema_keeps_its_records_and_their_owners() {
+    if backend() == Backend::Redis {
+        return;
+    }
+    let env = Env::new();
+    env.idem()
+        .args(["run", "-k", "done", "--", "echo", "hi"])
+        .assert()
+        .success();
+    let mut paused = env
+        .idem_std()
+        .args(["run", "-k", "p", "--"])
+        .args(sh(&env.count_run("n")))
+        .env("IDEM_TEST_PAUSE", "after-claim")
+        .env("IDEM_TEST_PAUSE_FILE", env.path("paused"))
+        .spawn()
+        .unwrap();
+    wait_for(&env.path("paused"));
+    paused.kill().unwrap();
+    paused.wait().unwrap();
+    // The owner of `p` is now this test's own process: alive.
+    let me = std::process::id();
+    let owner = format!(
+        "UPDATE {{t}} SET owner_pid = {me}, owner_start = {} WHERE key = 'p';",
+        start_time(me)
+    );
+    let version = |env: &Env| match backend() {
+        Backend::Sqlite => sql(env, ""),
+        _ => psql(&format!(
+            "SELECT value FROM {}_meta WHERE name = 'schema_version'",
+            env.unique()
+        )),
+    };
+    if backend() == Backend::Sqlite {
+        sql(
+            &env,
+            &format!(
+                "{} ALTER TABLE records DROP COLUMN owner_pid_ns; \
+                 ALTER TABLE records DROP COLUMN lease_until; PRAGMA user_version = 2;",
+                owner.replace("{t}", "records")
+            ),
+        );
+        assert_eq!(version(&env), "2");
+    } else {
+        sql(
+            &env,
+            &format!(
+                "{owner} ALTER TABLE {{t}} DROP COLUMN owner_pid_ns; \
+                 UPDATE {{t}}_meta SET value = 1"
+            ),
+        );
+        // `inspect` reads the older layout as it is, and leaves it so.
+        env.idem()
+            .args(["inspect", "--json", "p"])
+            .assert()
+            .success()
+            .stdout(predicates::str::contains(r#""alive":true"#));
+        assert_eq!(version(&env), "1");
+    }
+
+    env.idem()
+        .args(["run", "-k", "done", "--", "echo", "hi"])
+        .assert()
+        .success()
+        .stdout("hi\n");
+    let current = if backend() == Backend::Sqlite {
+        "3"
+    } else {
+        "2"
+    };
+    assert_eq!(version(&env), current);
+    let again = || {
+        env.idem()
+            .args(["run", "-k", "p", "--"])
+            .args(sh(&env.count_run("n")))
+            .output()
+            .unwrap()
+    };
+    assert_code(&again(), 75);
+    // Its process is gone (another start time), and so is any lease.
+    sql(
+        &env,
+        &if backend() == Backend::Sqlite {
+            "UPDATE records SET owner_start = owner_start + 1".to_owned()
+        } else {
+            "UPDATE {t} SET owner_start = owner_start + 1, lease_until = 1".to_owned()
+        },
+    );
+    assert_code(&again(), 0);
+    assert_eq!(env.count("n"), 1);
 }

@@ -238,6 +238,17 @@ pub fn start_reading(env: &Env, args: &[&str]) -> (std::process::Child, std::pro
     (idem, stdout)
 }
 
+/// The start time (field 22 of /proc/PID/stat) of a process.
+pub fn start_time(pid: u32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 pub fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("idem")
 }
