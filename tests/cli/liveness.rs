@@ -82,9 +82,15 @@ fn two_pid_namespaces_sharing_a_store_run_a_key_once() {
     std::thread::sleep(Duration::from_millis(4000));
     let second = run_in_namespace(&env, &[]);
     let ran = env.count("n");
+    // Seen from this test's namespace too, the owner lives by its lease.
+    let seen = env.idem().args(["inspect", "k"]).output().unwrap();
     kill_and_wait(owner, &env);
     assert_code(&second, 75);
     assert_eq!(ran, 1, "the second namespace ran the command too");
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    assert!(seen.contains("in PID namespace"), "{seen}");
+    assert!(seen.contains(": alive\n"), "{seen}");
+    assert!(seen.contains("lease until:"), "{seen}");
 
     // Killed, but its lease still runs: nobody can tell it from a live one.
     let third = run_in_namespace(&env, &[]);
