@@ -46,7 +46,7 @@ block\t'Leave the record and exit 77 for an operator to check'"
 complete -c idem -n "__fish_idem_using_subcommand run" -l max-output -d 'Store at most this much of each stream for replay (0 stores nothing)' -r
 complete -c idem -n "__fish_idem_using_subcommand run" -l timeout -d 'Stop COMMAND after this long: SIGTERM, SIGKILL 5s later, exit 124. Default: no limit' -r
 complete -c idem -n "__fish_idem_using_subcommand run" -l env -d 'Add an environment variable to the fingerprint (repeatable; unset differs from empty)' -r
-complete -c idem -n "__fish_idem_using_subcommand run" -l lease -d 'Shared stores: how long a claim lives without renewal (the owner renews it while COMMAND runs)' -r
+complete -c idem -n "__fish_idem_using_subcommand run" -l lease -d 'How long a claim lives without renewal, on every store (the owner renews it every third of that while COMMAND runs); it decides where process checks cannot: other hosts, other PID namespaces (containers)' -r
 complete -c idem -n "__fish_idem_using_subcommand run" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
 complete -c idem -n "__fish_idem_using_subcommand run" -l cwd -d 'Add the working directory to the fingerprint'
 complete -c idem -n "__fish_idem_using_subcommand run" -l fingerprint-stdin -d 'Read all of stdin, add its SHA-256 to the fingerprint, feed it to COMMAND unchanged'

@@ -86,7 +86,7 @@ pub struct Args {
     #[arg(long)]
     pub fingerprint_stdin: bool,
 
-    /// Shared stores: how long a claim lives without renewal (the owner renews it while COMMAND runs)
+    /// How long a claim lives without renewal, on every store (the owner renews it every third of that while COMMAND runs); it decides where process checks cannot: other hosts, other PID namespaces (containers)
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = positive_duration)]
     pub lease: Duration,
 

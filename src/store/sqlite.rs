@@ -1,7 +1,9 @@
 //! The embedded default: one SQLite file in WAL mode.
 //!
 //! Claims run in `BEGIN IMMEDIATE` with `synchronous=FULL`, so they are on
-//! disk before the child starts; outcomes likewise before idem exits. Reads
+//! disk before the child starts; outcomes likewise before idem exits. The
+//! running owner's lease is renewed cheaply (no fsync, a short wait for the
+//! lock): it only matters to other PID namespaces sharing the file. Reads
 //! (replay, wait, inspect) never take the write lock. The WAL stays between
 //! calls (no checkpoint on close: that cost every call two fsyncs); a writer
 //! empties it on its way out once it has grown. Before SQLite touches a
