@@ -11,10 +11,20 @@ makes one last clean call. It checks:
   * never a lost record: after the last clean call the record is completed
     and replays the output of an execution that really happened.
 
+With --hostile, callers also meet what users and their systems do to
+them: a stdout nobody reads for a while (a stalled reader), a stderr closed
+before idem writes (`2>&1 | head -1`), random catchable signals at random
+moments (forwarded to the child, or held until the record is safe), and
+with --pidns each caller in its own PID namespace (containers sharing one
+store file; needs root). Then it also checks that no record is left
+`in_progress` by an iteration in which nobody was SIGKILLed.
+
 Usage: bench/torture.py [--iterations N] [--callers N] [--idem PATH] [--db URL]
+                        [--hostile] [--pidns]
 Prints one summary line; exits 1 on any violation.
 """
 import argparse
+import json
 import os
 import random
 import signal
@@ -26,7 +36,7 @@ import time
 # SIGPIPE ignored: when its idem is SIGKILLed, the child's output pipe has no
 # reader, and the child must still reach `rmdir lock`.
 CHILD = (
-    "trap '' PIPE; "
+    "trap '' PIPE; trap 'rmdir lock; exit 1' INT TERM HUP QUIT USR1 USR2 ALRM; "
     'mkdir lock 2>/dev/null || echo overlap >> violations; '
     'echo "$IDEM_ATTEMPT" >> runs; sleep 0.0$((RANDOM % 5)); '
     'echo "out $IDEM_ATTEMPT"; rmdir lock'
@@ -40,10 +50,14 @@ def main():
     parser.add_argument("--idem", default="target/release/idem")
     parser.add_argument("--db", help="store to use (default: a SQLite file in a temp dir; "
                         "a postgres:// or redis:// URL works too)")
+    parser.add_argument("--hostile", action="store_true",
+                        help="stalled readers, closed stderr, random catchable signals")
+    parser.add_argument("--pidns", action="store_true",
+                        help="each caller in its own PID namespace (unshare -p; root)")
     args = parser.parse_args()
     idem = os.path.abspath(args.idem)
     violations = []
-    kills = executions = 0
+    kills = executions = signals_sent = 0
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="idem-torture-") as root:
         for i in range(args.iterations):
@@ -52,27 +66,53 @@ def main():
             env = dict(os.environ, IDEM_DB=args.db or os.path.join(root, "store.db"))
             key = f"torture-{os.getpid()}-{i}"
 
+            prefix = ["unshare", "-p", "-f", "--mount-proc"] if args.pidns else []
+
             def call(policy):
-                return subprocess.Popen(
-                    [idem, "run", "-k", key, "--on-duplicate", policy, "--",
-                     "bash", "-c", CHILD],
+                closed_stderr = args.hostile and random.random() < 0.3
+                proc = subprocess.Popen(
+                    prefix + [idem, "run", "-k", key, "--on-duplicate", policy, "--",
+                              "bash", "-c", CHILD],
                     cwd=work, env=env, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE)
+                if closed_stderr:
+                    proc.stderr.close()
+                    proc.stderr = None
+                return proc
 
             procs = [call(random.choice(["replay", "fail", "wait"]))
                      for _ in range(args.callers)]
             victims = random.sample(procs, random.randint(0, 2))
+            signalled = set()
             time.sleep(random.random() * 0.05)
             for victim in victims:
                 victim.send_signal(signal.SIGKILL)
+            if args.hostile:
+                for proc in random.sample(procs, random.randint(0, 3)):
+                    if proc in victims:
+                        continue
+                    time.sleep(random.random() * 0.02)
+                    proc.send_signal(random.choice(CATCHABLE))
+                    signalled.add(proc)
+                    signals_sent += 1
             killed = 0
             for proc in procs:
+                if args.hostile and random.random() < 0.3:
+                    time.sleep(random.random() * 0.05)  # a reader that stalls a while
                 out, err = proc.communicate()
+                err = (err or b"").decode(errors="replace").strip()
                 if proc in victims and proc.returncode == -signal.SIGKILL:
                     killed += 1
-                elif proc.returncode not in (0, 75, 76):
-                    violations.append(f"{key}: exit {proc.returncode}: {err.decode(errors='replace').strip()}")
+                elif proc in signalled and (proc.returncode < 0 or proc.returncode > 128):
+                    pass  # ended by the signal, after its record was safe
+                elif proc.returncode not in (0, 1, 75, 76):
+                    violations.append(f"{key}: exit {proc.returncode}: {err}")
             kills += killed
+            if killed == 0:
+                shown = subprocess.run([idem, "inspect", "--json", key], env=env,
+                                       capture_output=True)
+                if shown.returncode == 0 and json.loads(shown.stdout)["status"] == "in_progress":
+                    violations.append(f"{key}: left in_progress without any SIGKILL")
             # Orphaned children may still run: the last call waits for them.
             final = subprocess.run(
                 [idem, "run", "-k", key, "--on-duplicate", "wait", "--", "bash", "-c", CHILD],
@@ -85,14 +125,22 @@ def main():
                 violations.append(f"{key}: final call exit {final.returncode}: {final.stderr.decode(errors='replace').strip()}")
             elif final.stdout.decode().strip() not in {f"out {a}" for a in runs}:
                 violations.append(f"{key}: record replays {final.stdout!r}, runs were {runs}")
-            if killed == 0 and len(runs) != 1:
+            if killed == 0 and not signalled and len(runs) != 1:
                 violations.append(f"{key}: {len(runs)} executions without any crash")
     elapsed = time.time() - started
     print(f"{args.iterations} iterations, {args.callers} callers each, {kills} SIGKILLs, "
-          f"{executions} executions, {len(violations)} violations ({elapsed:.0f}s)")
+          f"{signals_sent} other signals, {executions} executions, "
+          f"{len(violations)} violations ({elapsed:.0f}s)")
     for v in violations[:20]:
         print("  " + v)
     sys.exit(1 if violations else 0)
+
+
+# Signals a supervisor or a user may send; idem forwards the first seven
+# and holds the others until its record is safe.
+CATCHABLE = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1,
+             signal.SIGUSR2, signal.SIGALRM, signal.SIGQUIT, signal.SIGWINCH,
+             signal.SIGPROF, signal.SIGXCPU]
 
 
 def read_lines(path):

@@ -12,12 +12,27 @@
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Mutex;
 
 const NORMAL: u8 = 1;
 const QUIET: u8 = 0;
 const VERBOSE: u8 = 2;
 
 static LEVEL: AtomicU8 = AtomicU8::new(NORMAL);
+
+/// While a child runs, lines go to the stderr writer thread instead (see
+/// `child::output`): a stalled reader of stderr must not block the thread
+/// that renews the lease or forwards signals.
+static DIVERTED: Mutex<Option<SyncSender<Vec<u8>>>> = Mutex::new(None);
+
+/// Sends every later line to `queue` (dropped when it is full), or, with
+/// `None`, straight to stderr again.
+pub fn divert(queue: Option<SyncSender<Vec<u8>>>) {
+    *DIVERTED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = queue;
+}
 
 /// Sets the level from `-q` / `-v`, once, before anything is printed.
 pub fn configure(quiet: bool, verbose: bool) {
@@ -57,6 +72,14 @@ pub fn explain(what: fmt::Arguments<'_>) {
 
 fn write_line(what: fmt::Arguments<'_>) {
     let line = format!("idem: {what}\n");
+    if let Some(queue) = DIVERTED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+    {
+        let _ = queue.try_send(line.into_bytes());
+        return;
+    }
     // One write, so concurrent idems do not interleave within a line; any
     // failure (EPIPE, ENOSPC, EBADF) is dropped: a notice never kills idem.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());

@@ -210,10 +210,18 @@ impl Call<'_> {
             let (now, record) = store.get(&self.key)?;
             let next = self.act(store, record.as_ref(), now)?;
             let next = match next {
-                Next::Claim => match self.claim(store)? {
-                    Ok((token, attempt)) => return self.execute(store, token, attempt, stdin),
-                    Err(next) => next,
-                },
+                Next::Claim => {
+                    // From before the claim until the outcome is recorded,
+                    // no signal may end idem (one that arrives meanwhile is
+                    // forwarded to the child, or held until the record is safe).
+                    let signals = child::Signals::block()?;
+                    match self.claim(store)? {
+                        Ok((token, attempt)) => {
+                            return self.execute(store, token, attempt, stdin, &signals)
+                        }
+                        Err(next) => next,
+                    }
+                }
                 next => next,
             };
             match next {
@@ -369,7 +377,11 @@ impl Call<'_> {
         token: i64,
         attempt: i64,
         stdin: Option<File>,
+        signals: &child::Signals,
     ) -> Result<u8> {
+        // Declared before the claim's holder, so dropped after the record:
+        // what the writers still hold waits for no reader before it.
+        let output = child::Output::start().context("cannot start the output threads")?;
         pause_point("after-claim");
         self.explain(format_args!(
             "key {}: running (attempt {attempt})",
@@ -396,8 +408,10 @@ impl Call<'_> {
             lease: self.args.lease,
             renewed: Instant::now(),
             lost: false,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
         };
-        let ran = child::run(&spec, &mut owner)?;
+        let ran = child::run(&spec, signals, &output, &mut owner)?;
         let lost_lease = owner.lost;
         pause_point("before-finish");
         let (finished, exit) = match ran {
@@ -423,12 +437,10 @@ impl Call<'_> {
                 // Could not start at all: never locked, whatever --on-failure says.
                 let failed = Finished {
                     exit_code: Some(i32::from(u8::from(code))),
-                    signal: None,
-                    timed_out: false,
-                    stdout: Captured::default(),
-                    stderr: Captured::default(),
+                    ..Finished::default()
                 };
-                self.finish(store, token, failed, Status::Failed, lost_lease)?;
+                let captured = (Captured::default(), Captured::default());
+                self.finish(store, token, &failed, captured, Status::Failed, lost_lease)?;
                 return fail(code, message);
             }
         };
@@ -437,14 +449,18 @@ impl Call<'_> {
         } else {
             Status::Failed
         };
-        if finished.timed_out && !self.global.quiet {
+        let captured = (
+            owner.captured(Stream::Stdout, finished.stdout.truncated),
+            owner.captured(Stream::Stderr, finished.stderr.truncated),
+        );
+        if finished.timed_out {
             crate::say::notice(format_args!(
                 "{} timed out after {}",
                 self.shown_command(),
                 humantime::format_duration(self.args.timeout.unwrap_or_default())
             ));
         }
-        self.finish(store, token, finished, status, lost_lease)?;
+        self.finish(store, token, &finished, captured, status, lost_lease)?;
         Ok(exit)
     }
 
@@ -452,9 +468,10 @@ impl Call<'_> {
         &self,
         store: &mut dyn Store,
         token: i64,
+        finished: &Finished,
         // Taken, not borrowed: the captured output can be the size of
         // --max-output and is not worth a copy.
-        finished: Finished,
+        (stdout, stderr): (Captured, Captured),
         status: Status,
         lost_lease: bool,
     ) -> Result<()> {
@@ -464,8 +481,8 @@ impl Call<'_> {
             signal: finished.signal,
             timed_out: finished.timed_out,
             ttl_ms: millis(self.args.ttl),
-            stdout: finished.stdout,
-            stderr: finished.stderr,
+            stdout,
+            stderr,
         };
         let result = if lost_lease {
             Ok(false)

@@ -122,6 +122,14 @@ pub enum Stream {
     Stderr,
 }
 
+/// One piece of the output journal: what idem read from one of the child's
+/// pipes, in order.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    pub stream: Stream,
+    pub bytes: &'a [u8],
+}
+
 /// How many records one purge transaction deletes: big enough to amortise
 /// a commit, small enough that a waiting `idem run` hardly notices
 /// (measured on SQLite: 1M purged in ~3 s while concurrent runs took at
@@ -140,8 +148,9 @@ pub struct Filter {
     pub limit: Option<u64>,
 }
 
-/// The atomic primitives a backend provides.
-pub trait Store {
+/// The atomic primitives a backend provides. A store moves to the keeper
+/// thread while the child runs (`child::Supervisor`), hence `Send`.
+pub trait Store: Send {
     /// The store's clock (the server's, for shared stores).
     fn now(&mut self) -> Result<Millis>;
 

@@ -118,3 +118,33 @@ fn a_read_only_store_refuses_before_the_command_runs() {
         .stderr(predicates::str::starts_with("idem: "));
     assert_eq!(env.count("n"), 0);
 }
+
+/// When even the bare outcome cannot be written (the command filled the
+/// disk to the last byte), idem says loudly that the record stays
+/// `in_progress` and exits 125.
+#[test]
+fn an_outcome_that_cannot_be_written_exits_125_and_says_so() {
+    if backend() != Backend::Sqlite {
+        return;
+    }
+    let env = Env::new();
+    let Some(_disk) = Tmpfs::mount(&env.path("disk"), "512k") else {
+        return;
+    };
+    let db = env.path("disk/idem.db");
+    let db = db.to_str().unwrap();
+    env.idem()
+        .args(["--db", db, "run", "-k", "warm", "--", "true"])
+        .assert()
+        .success();
+    let script = "head -c 10M /dev/zero > disk/fill 2>/dev/null; echo done";
+    let out = env
+        .idem()
+        .args(["--db", db, "run", "-k", "full", "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("could NOT be written"), "{stderr}");
+    assert_eq!(out.stdout, b"done\n");
+}

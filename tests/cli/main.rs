@@ -4,8 +4,11 @@ mod support;
 
 mod crash;
 mod disk;
+mod guarantees;
+mod hostile;
 mod hosts;
 mod inspect;
+mod jobs;
 mod lint;
 mod liveness;
 mod postgres;

@@ -1,12 +1,12 @@
 //! Holding a claim while the child runs: record the child before it may
-//! exec, and renew a shared store's lease; plus the debug-build pause points
-//! the crash tests use to SIGKILL idem at exact moments.
+//! exec, renew the lease, keep the output; plus the debug-build pause
+//! points the crash tests use to SIGKILL idem at exact moments.
 
 use super::millis;
 use crate::child::Supervisor;
 use crate::exit::{fail, Code};
 use crate::owner::ChildId;
-use crate::store::Store;
+use crate::store::{Captured, Chunk, Store, Stream};
 use crate::text::escape;
 use anyhow::Result;
 use std::fs::File;
@@ -20,6 +20,10 @@ pub(super) struct Owning<'a> {
     pub(super) lease: Duration,
     pub(super) renewed: Instant,
     pub(super) lost: bool,
+    /// The output kept for the record, each stream already cut at
+    /// `--max-output` by the supervisor.
+    pub(super) stdout: Vec<u8>,
+    pub(super) stderr: Vec<u8>,
 }
 
 impl Supervisor for Owning<'_> {
@@ -37,7 +41,7 @@ impl Supervisor for Owning<'_> {
 
     /// Renews the lease; a refusal, or failures until the lease has run
     /// out, mean another owner may have taken over.
-    fn tick(&mut self) {
+    fn renew(&mut self) {
         if self.lost {
             return;
         }
@@ -62,12 +66,31 @@ impl Supervisor for Owning<'_> {
     }
 
     /// A third of the lease: two renewals can fail before it runs out.
-    fn tick_every(&self) -> Option<Duration> {
+    fn renew_every(&self) -> Option<Duration> {
         (!self.lost).then(|| self.lease / 3)
+    }
+
+    fn journal(&mut self, chunks: &[Chunk<'_>]) -> Result<()> {
+        for chunk in chunks {
+            match chunk.stream {
+                Stream::Stdout => self.stdout.extend_from_slice(chunk.bytes),
+                Stream::Stderr => self.stderr.extend_from_slice(chunk.bytes),
+            }
+        }
+        Ok(())
     }
 }
 
 impl Owning<'_> {
+    /// What was kept of one stream, and whether more arrived.
+    pub(super) fn captured(&mut self, stream: Stream, truncated: bool) -> Captured {
+        let bytes = match stream {
+            Stream::Stdout => std::mem::take(&mut self.stdout),
+            Stream::Stderr => std::mem::take(&mut self.stderr),
+        };
+        Captured { bytes, truncated }
+    }
+
     fn lease_key(&self) -> String {
         format!("'{}'", escape(self.key.as_bytes()))
     }

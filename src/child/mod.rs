@@ -1,0 +1,164 @@
+//! Running the child: spawn it, tee and capture its output, forward
+//! signals, enforce `--timeout`, keep the lease — and let nothing one of
+//! these does hold up another.
+//!
+//! The child gets its own process group, so idem can signal everything it
+//! started and tell later whether any of it still runs. Three kinds of
+//! thread share the work (see `supervise`): the supervisor polls the
+//! child's pipes, a signalfd and the timeout; the writers (`output`) copy
+//! the output to idem's stdout and stderr, however slowly those are read;
+//! the keeper holds the store, renews the lease on its own clock and
+//! appends the output journal. Signals stay blocked from before the claim
+//! until the outcome is recorded (`Signals`), so no signal can end idem in
+//! between. Linux is the supported platform (signalfd, /proc).
+
+mod exec;
+mod output;
+mod supervise;
+mod terminal;
+
+pub use self::exec::SpawnError;
+pub use self::output::Output;
+use crate::owner::ChildId;
+use crate::store::Chunk;
+use anyhow::{Context, Result};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::ffi::OsString;
+use std::fs::File;
+use std::time::Duration;
+
+/// What to run and how.
+pub struct Spec<'a> {
+    pub argv: &'a [OsString],
+    pub env: Vec<(&'a str, String)>,
+    /// Replaces the inherited stdin (the spool of `--fingerprint-stdin`).
+    pub stdin: Option<File>,
+    pub max_output: u64,
+    pub timeout: Option<Duration>,
+}
+
+/// How the child ended.
+#[derive(Debug, Default)]
+pub struct Finished {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub stdout: Tally,
+    pub stderr: Tally,
+}
+
+/// How much of one stream was captured.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub bytes: u64,
+    /// More than `--max-output` arrived; the rest was not kept.
+    pub truncated: bool,
+}
+
+impl Finished {
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0) && self.signal.is_none() && !self.timed_out
+    }
+}
+
+/// What the caller does while the child lives. `started` runs on the
+/// supervising thread before COMMAND may exec; the rest on the keeper
+/// thread, which owns the supervisor meanwhile.
+pub trait Supervisor: Send {
+    /// The child exists but has not exec'd yet: record it. An error kills
+    /// the child before COMMAND starts.
+    fn started(&mut self, child: ChildId) -> Result<()>;
+    /// Called every `renew_every` while the child runs.
+    fn renew(&mut self);
+    fn renew_every(&self) -> Option<Duration>;
+    /// Appends captured output, in the order it was read. An error is
+    /// reported once; the run goes on.
+    fn journal(&mut self, chunks: &[Chunk<'_>]) -> Result<()>;
+}
+
+/// Signals that end a process by default and that a user or a supervisor
+/// may send: idem passes these on to the child's group.
+const FORWARDED: [Signal; 8] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGWINCH,
+];
+
+/// Signals are blocked while this lives: from before the claim until the
+/// outcome is recorded. Those idem forwards (and SIGCHLD, SIGCONT) are read
+/// from a signalfd; every other catchable one that would end idem stays
+/// pending, so it takes effect only once the record is safe. Stop signals,
+/// and those the CPU raises, are left alone.
+pub struct Signals {
+    fd: SignalFd,
+    old_mask: SigSet,
+}
+
+impl Signals {
+    /// Blocks them in this thread and in every thread it starts later.
+    pub fn block() -> Result<Signals> {
+        let mut read = SigSet::empty();
+        for sig in FORWARDED {
+            read.add(sig);
+        }
+        for sig in [Signal::SIGCHLD, Signal::SIGCONT, Signal::SIGTTOU] {
+            read.add(sig);
+        }
+        let mut blocked = read;
+        for sig in Signal::iterator() {
+            let leave = matches!(
+                sig,
+                Signal::SIGKILL
+                    | Signal::SIGSTOP
+                    | Signal::SIGTSTP
+                    | Signal::SIGTTIN
+                    | Signal::SIGSEGV
+                    | Signal::SIGBUS
+                    | Signal::SIGFPE
+                    | Signal::SIGILL
+                    | Signal::SIGTRAP
+                    | Signal::SIGABRT
+                    | Signal::SIGSYS
+                    | Signal::SIGPIPE
+            );
+            if !leave {
+                blocked.add(sig);
+            }
+        }
+        let mut old_mask = SigSet::empty();
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut old_mask))
+            .context("block signals")?;
+        let fd = SignalFd::with_flags(&read, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .context("signalfd")?;
+        Ok(Signals { fd, old_mask })
+    }
+}
+
+impl Drop for Signals {
+    /// Whatever arrived since the child exited is delivered now.
+    fn drop(&mut self) {
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
+    }
+}
+
+/// Runs `spec` to the end. `signals` must have been blocked before, and
+/// `output` started after, so that every thread keeps them blocked.
+pub fn run(
+    spec: &Spec<'_>,
+    signals: &Signals,
+    output: &Output,
+    supervisor: &mut dyn Supervisor,
+) -> Result<std::result::Result<Finished, SpawnError>> {
+    let program = match exec::resolve(&spec.argv[0]) {
+        Ok(path) => path,
+        Err(e) => return Ok(Err(e)),
+    };
+    let exec = exec::Exec::prepare(&program, spec.argv, &spec.env)?;
+    supervise::supervise(spec, &exec, &signals.fd, output, supervisor)
+}

@@ -1,0 +1,453 @@
+//! The supervisor loop and the keeper thread.
+//!
+//! The supervisor thread polls the child's two pipes, the signalfd and its
+//! deadlines, and never blocks on anything else: it offers each chunk it
+//! reads to a writer (`output`) and, up to `--max-output`, to the keeper;
+//! while either cannot take more, it stops reading that pipe (back-pressure
+//! on the child, like a pipe) but keeps forwarding signals and watching the
+//! clock. The keeper thread owns the store meanwhile: it renews the lease
+//! on its own clock and appends the journal in batches (at most about 1 s
+//! or 1 MiB behind), so a slow store slows neither the other.
+
+use super::exec::{ChildFds, Exec, SpawnError};
+use super::output::{Offer, Output};
+use super::terminal::Terminal;
+use super::{Finished, Spec, Supervisor, Tally, FORWARDED};
+use crate::owner::{group_alive, start_time, ChildId};
+use crate::store::{Chunk, Stream};
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{pipe2, Pid};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+/// Grace between SIGTERM and SIGKILL at `--timeout`.
+const KILL_AFTER: Duration = Duration::from_secs(5);
+/// After the child exits, how long quiet pipes held by no process of its
+/// group may stay open before idem stops reading them.
+const LINGER: Duration = Duration::from_millis(100);
+/// How often to look again at a queue that was full, or at a group that
+/// outlived its leader.
+const RECHECK: Duration = Duration::from_millis(10);
+/// The most read from a pipe at once.
+const CHUNK: usize = 64 * 1024;
+/// The journal is appended when this much is waiting, or `BATCH_AGE` after
+/// the oldest waiting chunk was read.
+const BATCH_BYTES: usize = 1024 * 1024;
+const BATCH_AGE: Duration = Duration::from_secs(1);
+/// Captured chunks in flight to the keeper before the supervisor waits.
+const KEEPER_QUEUE: usize = 16;
+
+pub(super) fn supervise(
+    spec: &Spec<'_>,
+    exec: &Exec,
+    signals: &SignalFd,
+    output: &Output,
+    supervisor: &mut dyn Supervisor,
+) -> Result<std::result::Result<Finished, SpawnError>> {
+    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+    let (gate_r, gate_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+    let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+    let pid = exec.spawn(&ChildFds {
+        stdin: spec.stdin.as_ref().map(AsRawFd::as_raw_fd),
+        stdout: out_w.as_raw_fd(),
+        stderr: err_w.as_raw_fd(),
+        gate: gate_r.as_raw_fd(),
+        gate_writer: gate_w.as_raw_fd(),
+        status: status_w.as_raw_fd(),
+    })?;
+    // Both sides set the group, so neither can run ahead of it.
+    let _ = nix::unistd::setpgid(pid, pid);
+    drop((out_w, err_w, gate_r, status_w));
+
+    let child = ChildId {
+        pid: i64::from(pid.as_raw()),
+        pgid: i64::from(pid.as_raw()),
+        start: start_time(i64::from(pid.as_raw())).unwrap_or(0),
+    };
+    if let Err(e) = supervisor.started(child) {
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        return Err(e);
+    }
+    let mut terminal = Terminal::hand_to(pid, spec.stdin.is_none());
+    std::thread::scope(|scope| {
+        let (to_keeper, chunks) = sync_channel(KEEPER_QUEUE);
+        let keeper = std::thread::Builder::new()
+            .name("idem-keeper".into())
+            .spawn_scoped(scope, move || keep(supervisor, &chunks))
+            .context("start the keeper thread")?;
+        // Open the gate: COMMAND may start now.
+        File::from(gate_w)
+            .write_all(b"x")
+            .context("open the gate")?;
+        if let Some(errno) = read_exec_status(status_r) {
+            let _ = waitpid(pid, None);
+            drop(to_keeper);
+            let _ = keeper.join();
+            let name = spec.argv[0].to_string_lossy().into_owned();
+            return Ok(Err(match Errno::from_raw(errno) {
+                Errno::ENOENT => SpawnError::NotFound(name),
+                e => SpawnError::NotExecutable(format!("{name}: {}", e.desc())),
+            }));
+        }
+        let mut watch = Watch {
+            pid,
+            streams: [
+                Pipe::new(out_r, Stream::Stdout, spec.max_output),
+                Pipe::new(err_r, Stream::Stderr, spec.max_output),
+            ],
+            held: None,
+            to_keeper,
+            output,
+        };
+        let finished = watch.run(spec.timeout, signals, &mut terminal);
+        drop(watch);
+        let _ = keeper.join();
+        finished.map(Ok)
+    })
+}
+
+/// Reads the child's exec report and closes the pipe: EOF means exec
+/// succeeded, four bytes are the errno of a failed exec.
+fn read_exec_status(status_r: OwnedFd) -> Option<i32> {
+    let mut bytes = [0u8; 4];
+    let report = File::from(status_r).read_exact(&mut bytes);
+    report.ok().map(|()| i32::from_ne_bytes(bytes))
+}
+
+/// One of the child's output pipes.
+struct Pipe {
+    pipe: Option<OwnedFd>,
+    stream: Stream,
+    /// A chunk the writer could not take yet.
+    unwritten: Option<Vec<u8>>,
+    cap: u64,
+    tally: Tally,
+}
+
+impl Pipe {
+    fn new(pipe: OwnedFd, stream: Stream, cap: u64) -> Pipe {
+        Pipe {
+            pipe: Some(pipe),
+            stream,
+            unwritten: None,
+            cap,
+            tally: Tally::default(),
+        }
+    }
+
+    fn fd(&self) -> i32 {
+        match self.stream {
+            Stream::Stdout => 1,
+            Stream::Stderr => 2,
+        }
+    }
+}
+
+/// The supervisor's state while the child runs.
+struct Watch<'a> {
+    pid: Pid,
+    streams: [Pipe; 2],
+    /// A captured chunk the keeper could not take yet: no pipe is read
+    /// until it has, so the journal keeps the order of reading.
+    held: Option<(Stream, Vec<u8>)>,
+    to_keeper: SyncSender<(Stream, Vec<u8>)>,
+    output: &'a Output,
+}
+
+impl Watch<'_> {
+    fn run(
+        &mut self,
+        timeout: Option<Duration>,
+        signals: &SignalFd,
+        terminal: &mut Terminal,
+    ) -> Result<Finished> {
+        let group = Pid::from_raw(-self.pid.as_raw());
+        // A deadline too far to represent is no deadline.
+        let timeout_at = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut kill_at = None;
+        let mut timed_out = false;
+        let mut status = None;
+        let mut reaped_at: Option<Instant> = None;
+        let mut last_data = Instant::now();
+        loop {
+            self.offer_pending();
+            let now = Instant::now();
+            if let Some(reaped) = reaped_at {
+                let drained = self.streams.iter().all(|s| s.pipe.is_none());
+                let stalled = self.streams.iter().any(|s| s.unwritten.is_some());
+                let quiet = now.duration_since(last_data.max(reaped)) >= LINGER;
+                // A timed-out group is SIGKILLed at `kill_at` whatever its
+                // leader did; a finished one is left once its pipes are
+                // closed, or once no process of it is left (a daemon that
+                // left the group may hold the pipes for ever).
+                let alive = || group_alive(i64::from(self.pid.as_raw()));
+                let killing = kill_at.is_some() && alive();
+                if !killing && (drained || ((quiet || stalled) && !alive())) {
+                    break;
+                }
+            }
+            if !timed_out && timeout_at.is_some_and(|at| now >= at) {
+                timed_out = true;
+                let _ = kill(group, Signal::SIGTERM);
+                kill_at = now.checked_add(KILL_AFTER);
+            }
+            if kill_at.is_some_and(|at| now >= at) {
+                let _ = kill(group, Signal::SIGKILL);
+                kill_at = None;
+            }
+
+            let mut wait = [
+                timeout_at.filter(|_| !timed_out),
+                kill_at,
+                reaped_at.map(|_| now + LINGER),
+            ]
+            .iter()
+            .flatten()
+            .map(|at| at.saturating_duration_since(now))
+            .min();
+            let stalled = self.held.is_some() || self.streams.iter().any(|s| s.unwritten.is_some());
+            if stalled || (reaped_at.is_some() && kill_at.is_some()) {
+                wait = Some(wait.map_or(RECHECK, |w| w.min(RECHECK)));
+            }
+            let poll_timeout = match wait {
+                Some(d) => PollTimeout::try_from(d.as_millis().min(60_000) as i32 + 1)
+                    .unwrap_or(PollTimeout::MAX),
+                None => PollTimeout::NONE,
+            };
+
+            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            let mut readable = [None, None];
+            for (i, pipe) in self.streams.iter().enumerate() {
+                if let (Some(fd), None, None) = (&pipe.pipe, &pipe.unwritten, &self.held) {
+                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                    readable[i] = Some(fds.len() - 1);
+                }
+            }
+            match poll(&mut fds, poll_timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e).context("poll"),
+            }
+            let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+            let signal_ready = ready(0);
+            let pipes_ready = readable.map(|at| at.is_some_and(ready));
+            drop(fds);
+
+            for (i, is_ready) in pipes_ready.into_iter().enumerate() {
+                if is_ready && self.pump(i) {
+                    last_data = Instant::now();
+                }
+            }
+            if signal_ready {
+                while let Ok(Some(info)) = signals.read_signal() {
+                    match Signal::try_from(info.ssi_signo as i32) {
+                        Ok(Signal::SIGCONT) => terminal.continued(self.pid),
+                        Ok(sig) if FORWARDED.contains(&sig) => {
+                            let _ = kill(group, sig);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            while status.is_none() {
+                let flags = WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED;
+                match waitpid(self.pid, Some(flags)) {
+                    Ok(WaitStatus::Exited(_, code)) => status = Some((Some(code), None)),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => status = Some((None, Some(sig as i32))),
+                    Ok(WaitStatus::Stopped(..)) => {
+                        terminal.child_stopped();
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(e).context("wait for the child"),
+                }
+                if status.is_some() {
+                    reaped_at = Some(Instant::now());
+                }
+                break;
+            }
+        }
+        self.drain();
+        let (exit_code, signal) = status.unwrap_or((None, None));
+        Ok(Finished {
+            exit_code,
+            signal,
+            timed_out,
+            stdout: self.streams[0].tally,
+            stderr: self.streams[1].tally,
+        })
+    }
+
+    /// Reads one chunk from pipe `i` and hands it on; true when data came.
+    fn pump(&mut self, i: usize) -> bool {
+        let pipe = &mut self.streams[i];
+        let Some(fd) = &pipe.pipe else { return false };
+        if self.held.is_some() || pipe.unwritten.is_some() {
+            return false;
+        }
+        let mut chunk = vec![0; CHUNK];
+        let n = loop {
+            match nix::unistd::read(fd.as_raw_fd(), &mut chunk) {
+                Ok(n) => break n,
+                Err(Errno::EINTR) => {}
+                // Drained for now (only once `drain` made the pipe non-blocking).
+                Err(Errno::EAGAIN) => return false,
+                Err(_) => break 0,
+            }
+        };
+        if n == 0 {
+            pipe.pipe = None;
+            return false;
+        }
+        chunk.truncate(n);
+        let room = pipe.cap.saturating_sub(pipe.tally.bytes);
+        let kept = chunk.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        if kept < chunk.len() {
+            pipe.tally.truncated = true;
+        }
+        if kept > 0 {
+            pipe.tally.bytes += kept as u64;
+            self.held = Some((pipe.stream, chunk[..kept].to_vec()));
+        }
+        pipe.unwritten = Some(chunk);
+        self.offer_pending();
+        true
+    }
+
+    /// Offers what is pending to the writers and the keeper, never waiting.
+    fn offer_pending(&mut self) {
+        for pipe in &mut self.streams {
+            if let Some(chunk) = pipe.unwritten.take() {
+                if let Offer::Full(chunk) = self.output.offer(pipe.fd(), chunk) {
+                    pipe.unwritten = Some(chunk);
+                }
+            }
+        }
+        if let Some(held) = self.held.take() {
+            match self.to_keeper.try_send(held) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                Err(TrySendError::Full(held)) => self.held = Some(held),
+            }
+        }
+    }
+
+    /// The child is gone: reads what is left in the pipes (no process of
+    /// its group can add more) and hands it all on: the keeper gets every
+    /// captured byte before the outcome is recorded, the writers get theirs
+    /// after it (`Output::defer`), however stalled their readers.
+    fn drain(&mut self) {
+        for pipe in &mut self.streams {
+            if let Some(fd) = &pipe.pipe {
+                let _ = nix::fcntl::fcntl(
+                    fd.as_raw_fd(),
+                    nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+                );
+            }
+        }
+        // A daemon that left the group may write for ever: take what is
+        // there now, not what comes later.
+        let until = Instant::now() + LINGER;
+        while Instant::now() < until {
+            for pipe in &mut self.streams {
+                if let Some(chunk) = pipe.unwritten.take() {
+                    self.output.defer(pipe.fd(), chunk);
+                }
+            }
+            if let Some(held) = self.held.take() {
+                let _ = self.to_keeper.send(held);
+            }
+            let mut more = false;
+            for i in 0..self.streams.len() {
+                more |= self.pump(i);
+            }
+            if !more {
+                break;
+            }
+        }
+        for pipe in &mut self.streams {
+            if let Some(chunk) = pipe.unwritten.take() {
+                self.output.defer(pipe.fd(), chunk);
+            }
+        }
+        if let Some(held) = self.held.take() {
+            let _ = self.to_keeper.send(held);
+        }
+    }
+}
+
+/// The keeper thread: appends the journal in batches and renews the lease
+/// on its own clock until the supervisor hangs up.
+fn keep(supervisor: &mut dyn Supervisor, chunks: &Receiver<(Stream, Vec<u8>)>) {
+    let mut batch: Vec<(Stream, Vec<u8>)> = Vec::new();
+    let mut batch_bytes = 0;
+    let mut batch_since = Instant::now();
+    let mut next_renewal = supervisor.renew_every().map(|every| Instant::now() + every);
+    let mut reported = false;
+    let mut append = |supervisor: &mut dyn Supervisor, batch: &mut Vec<(Stream, Vec<u8>)>| {
+        let chunks: Vec<Chunk<'_>> = batch
+            .iter()
+            .map(|(stream, bytes)| Chunk {
+                stream: *stream,
+                bytes,
+            })
+            .collect();
+        if let Err(e) = supervisor.journal(&chunks) {
+            if !std::mem::replace(&mut reported, true) {
+                crate::say::error(format_args!(
+                    "cannot append the output to the store ({e:#}); the command goes on"
+                ));
+            }
+        }
+        batch.clear();
+    };
+    loop {
+        let now = Instant::now();
+        let deadline = [
+            next_renewal,
+            (!batch.is_empty()).then(|| batch_since + BATCH_AGE),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let received = match deadline {
+            Some(at) => chunks.recv_timeout(at.saturating_duration_since(now)),
+            None => chunks.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let hung_up = match received {
+            Ok((stream, bytes)) => {
+                if batch.is_empty() {
+                    batch_since = Instant::now();
+                }
+                batch_bytes += bytes.len();
+                batch.push((stream, bytes));
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        if next_renewal.is_some_and(|at| Instant::now() >= at) {
+            supervisor.renew();
+            next_renewal = supervisor.renew_every().map(|every| Instant::now() + every);
+        }
+        let old = !batch.is_empty() && batch_since.elapsed() >= BATCH_AGE;
+        if hung_up || old || batch_bytes >= BATCH_BYTES {
+            if !batch.is_empty() {
+                append(supervisor, &mut batch);
+            }
+            batch_bytes = 0;
+        }
+        if hung_up {
+            return;
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Guarantees that one-line changes to the code used to break without a
+//! failing test (issue 12's mutation review): durability order, `-q`
+//! versus errors, a timeout is a failure, existing permissions stay, live
+//! stderr, the one-line rule, the 1024-byte key limit in bytes.
+
+use crate::support::{backend, sh, Backend, Env};
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+
+/// Runs idem under `strace -f` and returns the trace: which syscalls of
+/// interest happened in which order.
+fn traced(env: &Env, args: &[&str]) -> Vec<String> {
+    let trace = env.path("trace");
+    let status = std::process::Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync,execve,exit_group",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg(crate::support::bin())
+        .args(args)
+        .env("IDEM_DB", &env.db)
+        .current_dir(env.dir.path())
+        .stdout(Stdio::null())
+        .status()
+        .expect("strace must be installed");
+    assert!(status.success());
+    std::fs::read_to_string(trace)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// SQLite: the claim is fsynced before COMMAND is exec'd, and the outcome
+/// before idem exits (`synchronous=FULL` for both).
+#[test]
+fn the_claim_is_on_disk_before_the_command_starts_and_the_outcome_before_idem_exits() {
+    if backend() != Backend::Sqlite {
+        return;
+    }
+    let env = Env::new();
+    // A first call creates the store; the traced call is a plain claim.
+    env.idem()
+        .args(["run", "-k", "setup", "--", "true"])
+        .assert()
+        .success();
+    let trace = traced(&env, &["run", "-k", "k", "--", "/bin/echo", "hi"]);
+    let position = |what: &dyn Fn(&str) -> bool| trace.iter().position(|l| what(l));
+    let exec_child = position(&|l| l.contains("execve(\"/bin/echo\""))
+        .unwrap_or_else(|| panic!("no execve of the child in {trace:#?}"));
+    let synced = |l: &str| l.contains("fsync(") || l.contains("fdatasync(");
+    let first_sync = position(&synced).expect("no fsync at all");
+    assert!(
+        first_sync < exec_child,
+        "claim not synced before exec: {trace:#?}"
+    );
+    let child_exit = exec_child
+        + trace[exec_child..]
+            .iter()
+            .position(|l| l.contains("exit_group("))
+            .unwrap();
+    let idem_exit = trace
+        .iter()
+        .rposition(|l| l.contains("exit_group("))
+        .unwrap();
+    assert!(
+        trace[child_exit..idem_exit].iter().any(|l| synced(l)),
+        "outcome not synced before idem exits: {trace:#?}"
+    );
+}
+
+#[test]
+fn quiet_silences_notices_but_not_errors() {
+    let env = Env::new();
+    env.idem()
+        .args(["run", "-k", "k", "--", "true"])
+        .assert()
+        .success();
+    let out = env
+        .idem()
+        .args([
+            "-q",
+            "run",
+            "-k",
+            "k",
+            "--on-duplicate",
+            "fail",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(76));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("idem: key 'k' already completed"),
+        "{stderr}"
+    );
+    // A notice (the timeout's) is silenced, its exit code stays.
+    let out = env
+        .idem()
+        .args([
+            "-q",
+            "run",
+            "-k",
+            "t",
+            "--timeout",
+            "1s",
+            "--",
+            "sleep",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(124));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+#[test]
+fn a_timed_out_run_is_a_failure_and_runs_again() {
+    let env = Env::new();
+    let script = format!("{}; sleep 5", env.count_run("runs"));
+    for _ in 0..2 {
+        env.idem()
+            .args(["run", "-k", "k", "--timeout", "1s", "--"])
+            .args(sh(&script))
+            .assert()
+            .code(124);
+    }
+    assert_eq!(env.count("runs"), 2);
+}
+
+#[test]
+fn an_existing_store_directory_keeps_its_permissions() {
+    if backend() != Backend::Sqlite {
+        return;
+    }
+    let env = Env::new();
+    let dir = env.db_path().parent().unwrap().to_owned();
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.idem()
+        .args(["run", "-k", "k", "--", "true"])
+        .assert()
+        .success();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755);
+}
+
+#[test]
+fn stderr_is_streamed_live() {
+    let env = Env::new();
+    let release = env.path("release");
+    let mut idem = env
+        .idem_std()
+        .args(["run", "-k", "k", "--"])
+        .args(sh(&format!(
+            "echo first >&2; while [ ! -e {} ]; do sleep 0.01; done; echo second >&2",
+            release.display()
+        )))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(idem.stderr.take().unwrap()).lines();
+    // The first line arrives while the command still waits.
+    assert_eq!(lines.next().unwrap().unwrap(), "first");
+    assert!(idem.try_wait().unwrap().is_none());
+    std::fs::write(&release, "").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "second");
+    assert!(idem.wait().unwrap().success());
+}
+
+/// Every code idem chooses itself comes with exactly one `idem: ` line.
+#[test]
+fn every_code_idem_chooses_has_one_line() {
+    let env = Env::new();
+    std::fs::write(env.path("not-executable"), "#!/bin/sh\n").unwrap();
+    let one_line = |args: &[&str], code: i32, says: &str| {
+        let out = env.idem().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {out:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("idem: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    };
+    one_line(&["run", "-k", "", "--", "true"], 2, "empty");
+    one_line(
+        &["run", "-k", "nf", "--", "idem-no-such-command"],
+        127,
+        "not found",
+    );
+    one_line(
+        &["run", "-k", "ne", "--", "./not-executable"],
+        126,
+        "cannot run ./not-executable: permission denied",
+    );
+    env.idem()
+        .args(["run", "-k", "done", "--", "true"])
+        .assert()
+        .success();
+    one_line(
+        &["run", "-k", "done", "--", "false"],
+        65,
+        "different command",
+    );
+    one_line(
+        &["run", "-k", "done", "--on-duplicate", "fail", "--", "true"],
+        76,
+        "already completed",
+    );
+    one_line(
+        &["run", "-k", "t", "--timeout", "1s", "--", "sleep", "3"],
+        124,
+        "timed out",
+    );
+}
+
+#[test]
+fn the_key_limit_counts_bytes_not_characters() {
+    let env = Env::new();
+    // 341 three-byte characters: 1023 bytes, within the limit.
+    let fits = "€".repeat(341);
+    env.idem()
+        .args(["run", "-k", &fits, "--", "true"])
+        .assert()
+        .success();
+    let too_long = "€".repeat(342);
+    env.idem()
+        .args(["run", "-k", &too_long, "--", "true"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("1026 bytes; the limit is 1024"));
+}

@@ -1,0 +1,108 @@
+//! Job control in a real interactive shell on a pseudo-terminal: Ctrl-Z
+//! stops idem and its child together and gives the prompt back, `fg`
+//! resumes both, and a background idem whose child reads the terminal
+//! resumes after `fg`. A small Python program drives `bash -i` through
+//! `pty.fork`, as a user at a keyboard would.
+
+use crate::support::{bin, Env};
+use std::process::Command;
+
+/// Types each `(text, wait_for)` step into `bash -i` on a pty and waits
+/// (at most 20 s) until the terminal shows `wait_for`, which must not be
+/// part of `text` (the terminal may echo it); `INSPECT` as the text prints
+/// the record of key `k` instead. The prompt is `PS> `. Returns the transcript, or
+/// panics with it when a step timed out.
+fn drive(env: &Env, steps: &[(&str, &str)]) -> String {
+    const DRIVER: &str = r#"
+import os, pty, select, subprocess, sys, time
+steps = [tuple(s.split("\x1f", 1)) for s in sys.argv[1].split("\x1e")]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("bash", ["bash", "--norc", "--noprofile", "-i"])
+seen = b""
+def until(token):
+    global seen
+    deadline = time.time() + 20
+    while token.encode() not in seen:
+        if time.time() > deadline:
+            sys.stdout.write(seen.decode(errors="replace"))
+            sys.stdout.write("\nTIMEOUT waiting for %r\n" % token)
+            sys.exit(1)
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+    # Later steps wait for what comes after this point.
+    seen = seen.replace(token.encode(), b"<" + token.encode() + b">", 1)
+os.write(fd, b"stty -echo; PS1='P''S> '\n")
+until("PS> ")
+for text, token in steps:
+    if text == "INSPECT":
+        out = subprocess.run([os.environ["IDEM_BIN"], "inspect", "--json", "k"], capture_output=True)
+        seen += b"\nINSPECT " + out.stdout + b"\n"
+    else:
+        os.write(fd, text.encode())
+    until(token)
+os.write(fd, b"exit\n")
+sys.stdout.write(seen.decode(errors="replace"))
+"#;
+    let steps: Vec<String> = steps.iter().map(|(t, w)| format!("{t}\x1f{w}")).collect();
+    let out = Command::new("python3")
+        .args(["-c", DRIVER, &steps.join("\x1e")])
+        .env("IDEM_DB", &env.db)
+        .env("IDEM_BIN", bin())
+        .env("PATH", path_with_idem())
+        .current_dir(env.dir.path())
+        .output()
+        .expect("python3 must be installed");
+    let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{transcript}");
+    transcript
+}
+
+fn path_with_idem() -> std::ffi::OsString {
+    let dir = bin().parent().unwrap().to_owned();
+    let mut dirs = vec![dir];
+    dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap()));
+    std::env::join_paths(dirs).unwrap()
+}
+
+#[test]
+fn ctrl_z_stops_idem_with_its_child_and_fg_resumes_both() {
+    let env = Env::new();
+    let transcript = drive(
+        &env,
+        &[
+            (
+                "idem run --key k -- sh -c 'echo start''ed; sleep 1; echo finish''ed'\n",
+                "started",
+            ),
+            ("\x1a", "Stopped"),
+            ("INSPECT", "in_progress"),
+            ("fg\n", "finished"),
+            ("echo rc=$((6*7))$?\n", "rc=420"),
+            ("INSPECT", "completed"),
+        ],
+    );
+    assert!(transcript.contains("INSPECT {"), "{transcript}");
+}
+
+#[test]
+fn a_background_idem_whose_child_reads_the_terminal_resumes_after_fg() {
+    let env = Env::new();
+    drive(
+        &env,
+        &[
+            (
+                "idem run --key k -- sh -c 'read line; echo got $line' &\n",
+                "PS> ",
+            ),
+            ("sleep 0.5; jobs\n", "Stopped"),
+            ("fg\n", "idem run"),
+            ("hello\n", "got hello"),
+            ("echo rc=$((6*7))$?\n", "rc=420"),
+        ],
+    );
+}
