@@ -16,6 +16,9 @@ _idem() {
             ",$1")
                 cmd="idem"
                 ;;
+            idem,check)
+                cmd="idem__subcmd__check"
+                ;;
             idem,help)
                 cmd="idem__subcmd__help"
                 ;;
@@ -27,6 +30,12 @@ _idem() {
                 ;;
             idem,run)
                 cmd="idem__subcmd__run"
+                ;;
+            idem,stats)
+                cmd="idem__subcmd__stats"
+                ;;
+            idem__subcmd__help,check)
+                cmd="idem__subcmd__help__subcmd__check"
                 ;;
             idem__subcmd__help,help)
                 cmd="idem__subcmd__help__subcmd__help"
@@ -40,6 +49,9 @@ _idem() {
             idem__subcmd__help,run)
                 cmd="idem__subcmd__help__subcmd__run"
                 ;;
+            idem__subcmd__help,stats)
+                cmd="idem__subcmd__help__subcmd__stats"
+                ;;
             *)
                 ;;
         esac
@@ -47,7 +59,7 @@ _idem() {
 
     case "${cmd}" in
         idem)
-            opts="-q -v -h -V --db --quiet --verbose --help --version run inspect purge help"
+            opts="-q -v -h -V --db --quiet --verbose --help --version run inspect purge stats check help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -75,9 +87,52 @@ _idem() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        idem__subcmd__help)
-            opts="run inspect purge help"
+        idem__subcmd__check)
+            opts="-q -v -h -V --db --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --db)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        idem__subcmd__help)
+            opts="run inspect purge stats check help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        idem__subcmd__help__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -145,18 +200,36 @@ _idem() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        idem__subcmd__help__subcmd__stats)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         idem__subcmd__inspect)
-            opts="-q -v -h -V --status --expired --prefix --limit --json --stdout --stderr --db --quiet --verbose --help --version"
+            opts="-q -v -h -V --status --expired --prefix --older-than --limit --json --stdout --stderr --db --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --status)
-                    COMPREPLY=($(compgen -W "in_progress completed failed" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "in_progress completed failed crashed" -- "${cur}"))
                     return 0
                     ;;
                 --prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --older-than)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -194,7 +267,7 @@ _idem() {
             fi
             case "${prev}" in
                 --status)
-                    COMPREPLY=($(compgen -W "in_progress completed failed" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "in_progress completed failed crashed" -- "${cur}"))
                     return 0
                     ;;
                 --older-than)
@@ -224,7 +297,7 @@ _idem() {
             return 0
             ;;
         idem__subcmd__run)
-            opts="-k -q -v -h -V --key --ttl --on-duplicate --wait-timeout --on-failure --on-crash --max-output --timeout --cwd --env --fingerprint-stdin --lease --allow-mismatch --db --quiet --verbose --help --version"
+            opts="-k -q -v -h -V --key --ttl --on-duplicate --wait-timeout --on-failure --on-crash --max-output --timeout --cwd --env --fingerprint-stdin --fingerprint-file --label --report --lease --allow-mismatch --db --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -243,7 +316,7 @@ _idem() {
                     return 0
                     ;;
                 --on-duplicate)
-                    COMPREPLY=($(compgen -W "replay fail wait" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "replay fail wait skip" -- "${cur}"))
                     return 0
                     ;;
                 --wait-timeout)
@@ -270,7 +343,74 @@ _idem() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --fingerprint-file)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --label)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --report)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
                 --lease)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --db)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        idem__subcmd__stats)
+            opts="-q -v -h -V --prefix --json --prometheus --db --quiet --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --prefix)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -32,12 +32,15 @@ complete -c idem -n "__fish_idem_needs_command" -s V -l version -d 'Print versio
 complete -c idem -n "__fish_idem_needs_command" -f -a "run" -d 'Run COMMAND at most once per key'
 complete -c idem -n "__fish_idem_needs_command" -f -a "inspect" -d 'Show the records in the store: a table, one record in detail, or JSON'
 complete -c idem -n "__fish_idem_needs_command" -f -a "purge" -d 'Delete records: the named keys, or those the selectors pick'
+complete -c idem -n "__fish_idem_needs_command" -f -a "stats" -d 'Sum up the store: records by state, replays, attempts, oldest runs, size'
+complete -c idem -n "__fish_idem_needs_command" -f -a "check" -d 'Check that the store can keep the promise'
 complete -c idem -n "__fish_idem_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c idem -n "__fish_idem_using_subcommand run" -s k -l key -d 'The idempotency key (1 to 1024 bytes). Default: derived from COMMAND, `cmd:` + 32 hex digits of its fingerprint' -r
 complete -c idem -n "__fish_idem_using_subcommand run" -l ttl -d 'How long a finished run suppresses re-runs, counted from its end (90s, 5m, 1h 30m, 7d)' -r
 complete -c idem -n "__fish_idem_using_subcommand run" -l on-duplicate -d 'What a duplicate call does' -r -f -a "replay\t'Replay the stored stdout, stderr and exit status'
 fail\t'Exit 76 when the key already completed'
-wait\t'Wait for a running owner to finish, then act on its result'"
+wait\t'Wait for a running owner to finish, then act on its result'
+skip\t'Exit 0 silently when the key completed or is running (for cron)'"
 complete -c idem -n "__fish_idem_using_subcommand run" -l wait-timeout -d 'With --on-duplicate wait: give up (exit 75) after this long. Default: no bound' -r
 complete -c idem -n "__fish_idem_using_subcommand run" -l on-failure -d 'What a failed run (non-zero exit, signal, timeout) leaves behind' -r -f -a "unlock\t'A failed run is released: the next call runs COMMAND again'
 lock\t'A failed run is final like a success: duplicates replay the failure'"
@@ -46,23 +49,28 @@ block\t'Leave the record and exit 77 for an operator to check'"
 complete -c idem -n "__fish_idem_using_subcommand run" -l max-output -d 'Store at most this much of each stream for replay (0 stores nothing)' -r
 complete -c idem -n "__fish_idem_using_subcommand run" -l timeout -d 'Stop COMMAND after this long: SIGTERM, SIGKILL 5s later, exit 124. Default: no limit' -r
 complete -c idem -n "__fish_idem_using_subcommand run" -l env -d 'Add an environment variable to the fingerprint (repeatable; unset differs from empty)' -r
+complete -c idem -n "__fish_idem_using_subcommand run" -l fingerprint-file -d 'Add the SHA-256 of this file\'s contents to the fingerprint (repeatable; a payload, a config, a build input). A missing file is a usage error' -r -F
+complete -c idem -n "__fish_idem_using_subcommand run" -l label -d 'A note stored with the record and shown by inspect (up to 256 bytes; not part of the fingerprint), to tell which event a derived key belongs to' -r
+complete -c idem -n "__fish_idem_using_subcommand run" -l report -d 'When idem exits, write what happened as one JSON object to FILE (created 0600; /dev/fd/3 works): key, outcome (ran, replayed, joined, skipped, refused), reason, exit_code, attempt, took_over, record_status, started_at, finished_at, duration_ms, replays, store' -r -F
 complete -c idem -n "__fish_idem_using_subcommand run" -l lease -d 'How long a claim lives without renewal, on every store (the owner renews it every third of that while COMMAND runs); it decides where process checks cannot: other hosts, other PID namespaces (containers)' -r
 complete -c idem -n "__fish_idem_using_subcommand run" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
 complete -c idem -n "__fish_idem_using_subcommand run" -l cwd -d 'Add the working directory to the fingerprint'
-complete -c idem -n "__fish_idem_using_subcommand run" -l fingerprint-stdin -d 'Read all of stdin, add its SHA-256 to the fingerprint, feed it to COMMAND unchanged'
+complete -c idem -n "__fish_idem_using_subcommand run" -l fingerprint-stdin -d 'Read all of stdin, add its SHA-256 to the fingerprint, feed it to COMMAND unchanged (stdin on a terminal is a usage error)'
 complete -c idem -n "__fish_idem_using_subcommand run" -l allow-mismatch -d 'Treat a key reused with a different fingerprint as a plain duplicate instead of exit 65'
 complete -c idem -n "__fish_idem_using_subcommand run" -s q -l quiet -d 'Silence notices (errors are still printed)'
 complete -c idem -n "__fish_idem_using_subcommand run" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
 complete -c idem -n "__fish_idem_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c idem -n "__fish_idem_using_subcommand run" -s V -l version -d 'Print version'
-complete -c idem -n "__fish_idem_using_subcommand inspect" -l status -d 'Only records with this status' -r -f -a "in_progress\t'Claimed; the command is running (or its owner crashed)'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l status -d 'Only records with this status (crashed: in_progress, but its owner is gone)' -r -f -a "in_progress\t'Claimed; the command is running (or its owner crashed)'
 completed\t'Finished; duplicates replay it'
-failed\t'Finished with a failure and released'"
+failed\t'Finished with a failure and released'
+crashed\t'In progress, but its owner is gone'"
 complete -c idem -n "__fish_idem_using_subcommand inspect" -l prefix -d 'Only keys that start with this' -r
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l older-than -d 'Only records started longer ago than this (90s, 5m, 1h 30m, 7d)' -r
 complete -c idem -n "__fish_idem_using_subcommand inspect" -l limit -d 'At most this many records, newest first' -r
 complete -c idem -n "__fish_idem_using_subcommand inspect" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
 complete -c idem -n "__fish_idem_using_subcommand inspect" -l expired -d 'Only expired records (finished longer ago than their TTL; treated as absent)'
-complete -c idem -n "__fish_idem_using_subcommand inspect" -l json -d 'JSON Lines: one object per record, with the fields of the SPEC (owner.alive is true only for an in_progress record whose owner lives)'
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l json -d 'JSON Lines, one object per record: key, status, exit_code, signal, timed_out, command, cwd, label, fingerprint, started_at, finished_at, expires_at, lease_until, expired, crashed, duration_ms, attempts, replays, token (shared stores only, else null), owner {host, pid, alive}, child_pid, stdout_bytes, stderr_bytes, stdout_truncated, stderr_truncated. owner.alive is true only for an in_progress record whose owner lives'
 complete -c idem -n "__fish_idem_using_subcommand inspect" -l stdout -d 'Write KEY\'s stored stdout, byte for byte'
 complete -c idem -n "__fish_idem_using_subcommand inspect" -l stderr -d 'Write KEY\'s stored stderr, byte for byte'
 complete -c idem -n "__fish_idem_using_subcommand inspect" -s q -l quiet -d 'Silence notices (errors are still printed)'
@@ -71,7 +79,8 @@ complete -c idem -n "__fish_idem_using_subcommand inspect" -s h -l help -d 'Prin
 complete -c idem -n "__fish_idem_using_subcommand inspect" -s V -l version -d 'Print version'
 complete -c idem -n "__fish_idem_using_subcommand purge" -l status -d 'Select records with this status' -r -f -a "in_progress\t'Claimed; the command is running (or its owner crashed)'
 completed\t'Finished; duplicates replay it'
-failed\t'Finished with a failure and released'"
+failed\t'Finished with a failure and released'
+crashed\t'In progress, but its owner is gone'"
 complete -c idem -n "__fish_idem_using_subcommand purge" -l older-than -d 'Select records started longer ago than this (90s, 5m, 1h 30m, 7d)' -r
 complete -c idem -n "__fish_idem_using_subcommand purge" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
 complete -c idem -n "__fish_idem_using_subcommand purge" -l expired -d 'Select expired records: the default when no KEY and no selector is given'
@@ -83,7 +92,22 @@ complete -c idem -n "__fish_idem_using_subcommand purge" -s q -l quiet -d 'Silen
 complete -c idem -n "__fish_idem_using_subcommand purge" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
 complete -c idem -n "__fish_idem_using_subcommand purge" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c idem -n "__fish_idem_using_subcommand purge" -s V -l version -d 'Print version'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge help" -f -a "run" -d 'Run COMMAND at most once per key'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge help" -f -a "inspect" -d 'Show the records in the store: a table, one record in detail, or JSON'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge help" -f -a "purge" -d 'Delete records: the named keys, or those the selectors pick'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c idem -n "__fish_idem_using_subcommand stats" -l prefix -d 'Only keys that start with this' -r
+complete -c idem -n "__fish_idem_using_subcommand stats" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand stats" -l json -d 'One JSON object: store, records, running, crashed, completed, failed, expired, replays, max_attempt, oldest_running_seconds, oldest_crashed_seconds, size_bytes (null when unknown or none)'
+complete -c idem -n "__fish_idem_using_subcommand stats" -l prometheus -d 'The Prometheus text exposition format (metrics idem_...)'
+complete -c idem -n "__fish_idem_using_subcommand stats" -s q -l quiet -d 'Silence notices (errors are still printed)'
+complete -c idem -n "__fish_idem_using_subcommand stats" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
+complete -c idem -n "__fish_idem_using_subcommand stats" -s h -l help -d 'Print help'
+complete -c idem -n "__fish_idem_using_subcommand stats" -s V -l version -d 'Print version'
+complete -c idem -n "__fish_idem_using_subcommand check" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand check" -s q -l quiet -d 'Silence notices (errors are still printed)'
+complete -c idem -n "__fish_idem_using_subcommand check" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
+complete -c idem -n "__fish_idem_using_subcommand check" -s h -l help -d 'Print help'
+complete -c idem -n "__fish_idem_using_subcommand check" -s V -l version -d 'Print version'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats check help" -f -a "run" -d 'Run COMMAND at most once per key'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats check help" -f -a "inspect" -d 'Show the records in the store: a table, one record in detail, or JSON'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats check help" -f -a "purge" -d 'Delete records: the named keys, or those the selectors pick'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats check help" -f -a "stats" -d 'Sum up the store: records by state, replays, attempts, oldest runs, size'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats check help" -f -a "check" -d 'Check that the store can keep the promise'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats check help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

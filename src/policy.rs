@@ -19,6 +19,8 @@ pub enum OnDuplicate {
     Fail,
     /// Wait for a running owner to finish, then act on its result.
     Wait,
+    /// Exit 0 silently when the key completed or is running (for cron).
+    Skip,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -64,6 +66,8 @@ pub enum Verdict<'a> {
     Busy(&'a Record),
     /// Completed and `--on-duplicate fail` (exit 76).
     AlreadyDone(&'a Record),
+    /// Completed or running and `--on-duplicate skip` (exit 0, silent).
+    Skip(&'a Record),
     /// Its owner crashed and `--on-crash block` (exit 77).
     Blocked(&'a Record),
 }
@@ -94,10 +98,12 @@ pub fn decide<'a>(
         Status::Completed => match policy.on_duplicate {
             OnDuplicate::Replay | OnDuplicate::Wait => Verdict::Replay(record),
             OnDuplicate::Fail => Verdict::AlreadyDone(record),
+            OnDuplicate::Skip => Verdict::Skip(record),
         },
         Status::InProgress if alive(record) => match policy.on_duplicate {
             OnDuplicate::Wait => Verdict::Wait,
             OnDuplicate::Replay | OnDuplicate::Fail => Verdict::Busy(record),
+            OnDuplicate::Skip => Verdict::Skip(record),
         },
         Status::InProgress => match policy.on_crash {
             OnCrash::Rerun => Verdict::Run {
@@ -155,6 +161,7 @@ mod tests {
             timed_out: false,
             replays: 0,
             owner: Owner::default(),
+            label: None,
             stdout_bytes: 0,
             stderr_bytes: 0,
             stdout_truncated: false,
@@ -184,7 +191,7 @@ mod tests {
         let expired = record(Status::Completed, Some(100));
         let failed = record(Status::Failed, Some(200));
         let running = record(Status::InProgress, None);
-        for dup in [Replay, Fail, Wait] {
+        for dup in [Replay, Fail, Wait, Skip] {
             for r in [None, Some(&expired), Some(&failed)] {
                 assert_eq!(verdict(r, dup, OnCrash::Rerun, true), "Run");
             }
@@ -206,6 +213,8 @@ mod tests {
         );
         assert_eq!(verdict(Some(&running), Fail, OnCrash::Rerun, true), "Busy");
         assert_eq!(verdict(Some(&running), Wait, OnCrash::Rerun, true), "Wait");
+        assert_eq!(verdict(Some(&done), Skip, OnCrash::Rerun, true), "Skip");
+        assert_eq!(verdict(Some(&running), Skip, OnCrash::Rerun, true), "Skip");
     }
 
     #[test]

@@ -6,13 +6,14 @@
 //! takes its column widths from the first rows only for the same reason.
 
 use super::show::{self, State, Vantage};
-use super::{json, Global, StatusArg};
+use super::{json, positive_duration, Global, StatusArg};
 use crate::exit::{fail, Code};
 use crate::key::hex;
 use crate::store::{self, Filter, Mode, Record, Store, Stream};
 use crate::text::escape;
 use anyhow::Result;
 use std::io::{self, BufWriter, IsTerminal, Write};
+use std::time::Duration;
 
 /// Show the records in the store: a table, one record in detail, or JSON
 #[derive(Debug, clap::Args)]
@@ -22,7 +23,7 @@ pub struct Args {
     #[arg(value_name = "KEY")]
     pub key: Option<String>,
 
-    /// Only records with this status
+    /// Only records with this status (crashed: in_progress, but its owner is gone)
     #[arg(long, value_enum, value_name = "STATUS", conflicts_with = "key")]
     pub status: Option<StatusArg>,
 
@@ -34,12 +35,22 @@ pub struct Args {
     #[arg(long, value_name = "PREFIX", conflicts_with = "key")]
     pub prefix: Option<String>,
 
+    /// Only records started longer ago than this (90s, 5m, 1h 30m, 7d)
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    #[arg(conflicts_with = "key")]
+    pub older_than: Option<Duration>,
+
     /// At most this many records, newest first
     #[arg(long, value_name = "N", conflicts_with = "key")]
     pub limit: Option<u64>,
 
-    /// JSON Lines: one object per record, with the fields of the SPEC
-    /// (owner.alive is true only for an in_progress record whose owner lives)
+    /// JSON Lines, one object per record: key, status, exit_code, signal,
+    /// timed_out, command, cwd, label, fingerprint, started_at, finished_at,
+    /// expires_at, lease_until, expired, crashed, duration_ms, attempts,
+    /// replays, token (shared stores only, else null), owner {host, pid,
+    /// alive}, child_pid, stdout_bytes, stderr_bytes, stdout_truncated,
+    /// stderr_truncated. owner.alive is true only for an in_progress record
+    /// whose owner lives
     #[arg(long, conflicts_with_all = ["stdout", "stderr"])]
     pub json: bool,
 
@@ -57,15 +68,16 @@ Status column: in_progress (running, owner alive), crashed (in_progress but its
 owner is gone), completed, failed, expired (past its TTL; counts as absent).
 
 Examples:
-  # Stuck or crashed jobs
-  idem inspect --status in_progress
+  # Crashed jobs, and jobs running for more than an hour
+  idem inspect --status crashed
+  idem inspect --status in_progress --older-than 1h
 
   # Everything about one key, then its stored output
   idem inspect invoice-42
   idem inspect invoice-42 --stdout > out.txt
 
-  # For scripts: keys of crashed runs
-  idem inspect --json --status in_progress | jq -r 'select(.owner.alive | not) | .key'";
+  # For scripts: keys and labels of crashed runs
+  idem inspect --json --status crashed | jq -r '[.key, .label] | @tsv'";
 
 /// How many rows decide the table's column widths; later rows reuse them.
 const WIDTH_SAMPLE: usize = 200;
@@ -129,6 +141,7 @@ fn detail(record: &Record, vantage: &Vantage, out: &mut dyn Write) -> io::Result
     let when = |at: i64| format!("{} ({})", show::rfc3339(at), show::relative(at, now));
     let mut lines: Vec<(&str, String)> = vec![
         ("key", show::key(record)),
+        ("label", show::label(record)),
         ("status", status_line(record, state)),
         ("result", result_line(record)),
         ("command", show::command(record)),
@@ -151,7 +164,10 @@ fn detail(record: &Record, vantage: &Vantage, out: &mut dyn Write) -> io::Result
     if let Some(lease) = record.lease_until {
         lines.push(("lease until", when(lease)));
     }
-    lines.push(("token", record.token.to_string()));
+    // SQLite has no fencing tokens: its number is internal.
+    if vantage.shared {
+        lines.push(("token", record.token.to_string()));
+    }
     lines.push((
         "stdout",
         size_line(record.stdout_bytes, record.stdout_truncated),
@@ -215,39 +231,61 @@ fn size_line(bytes: i64, truncated: bool) -> String {
 
 /// `inspect` without KEY: a table or JSON Lines, newest first.
 fn list(args: &Args, store: &mut dyn Store, out: &mut dyn Write) -> Result<()> {
-    let vantage = Vantage::new(store.now()?, store.is_shared());
+    let now = store.now()?;
+    let vantage = Vantage::new(now, store.is_shared());
+    let crashed_only = args.status == Some(StatusArg::Crashed);
     let filter = Filter {
         status: args.status.map(Into::into),
         expired: args.expired,
         prefix: args.prefix.clone(),
-        limit: args.limit,
+        started_before: args.older_than.map(|age| before(now, age)),
+        // Crashed records are picked from the in_progress ones here, so the
+        // limit counts here too.
+        limit: args.limit.filter(|_| !crashed_only),
         ..Filter::default()
+    };
+    let mut left = args.limit.unwrap_or(u64::MAX);
+    let mut wanted = |record: &Record| {
+        let take = left > 0 && (!crashed_only || vantage.state(record) == State::Crashed);
+        left -= u64::from(take);
+        take
     };
     if args.json {
         return store.list(&filter, &mut |record| {
-            Ok(json::write_record(out, &record, &vantage)?)
+            if wanted(&record) {
+                json::write_record(out, &record, &vantage)?;
+            }
+            Ok(())
         });
     }
     let colour =
         io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut table = Table::new(colour);
-    store.list(
-        &filter,
-        &mut |record| Ok(table.row(out, &record, &vantage)?),
-    )?;
+    store.list(&filter, &mut |record| {
+        if wanted(&record) {
+            table.row(out, &record, &vantage)?;
+        }
+        Ok(())
+    })?;
     Ok(table.finish(out)?)
 }
 
-const HEADER: [&str; 9] = [
-    "KEY", "STATUS", "EXIT", "STARTED", "DURATION", "EXPIRES", "REPLAYS", "OWNER", "COMMAND",
+/// The store time `age` before `now`.
+pub fn before(now: crate::store::Millis, age: Duration) -> crate::store::Millis {
+    now.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+}
+
+const HEADER: [&str; 10] = [
+    "KEY", "STATUS", "EXIT", "STARTED", "DURATION", "EXPIRES", "REPLAYS", "OWNER", "LABEL",
+    "COMMAND",
 ];
 
 /// An aligned table that streams: the first `WIDTH_SAMPLE` rows are held to
 /// size the columns, every later row is written at once.
 struct Table {
     colour: bool,
-    widths: Option<[usize; 9]>,
-    held: Vec<(State, [String; 9])>,
+    widths: Option<[usize; 10]>,
+    held: Vec<(State, [String; 10])>,
 }
 
 impl Table {
@@ -275,6 +313,7 @@ impl Table {
             show::expires(record, now),
             record.replays.to_string(),
             show::owner(record),
+            show::label(record),
             show::command(record),
         ];
         match self.widths {
@@ -315,9 +354,9 @@ impl Table {
     fn write(
         &self,
         out: &mut dyn Write,
-        widths: &[usize; 9],
+        widths: &[usize; 10],
         state: Option<State>,
-        cells: &[String; 9],
+        cells: &[String; 10],
     ) -> io::Result<()> {
         let last = cells.len() - 1;
         for (i, cell) in cells.iter().enumerate() {

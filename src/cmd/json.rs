@@ -7,7 +7,7 @@
 //! escape more than JSON requires — also DEL, C1 controls and bidi
 //! overrides — so even `--json` piped to a terminal cannot drive it.
 
-use super::show::{rfc3339, Vantage};
+use super::show::{rfc3339, State, Vantage};
 use crate::store::Record;
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -33,18 +33,26 @@ pub fn write_record(out: &mut dyn Write, record: &Record, vantage: &Vantage) -> 
     }
     o.line.push(']');
     o.string("cwd", &String::from_utf8_lossy(&record.cwd));
+    match &record.label {
+        Some(label) => o.string("label", label),
+        None => o.int("label", None),
+    }
     o.name("fingerprint");
     quote_hex(&mut o.line, &record.fingerprint);
     o.string("started_at", &rfc3339(record.started_at));
     o.time("finished_at", record.finished_at);
     o.time("expires_at", record.expires_at);
+    o.time("lease_until", record.lease_until);
     o.bool("expired", record.is_expired(vantage.now));
+    o.bool("crashed", vantage.state(record) == State::Crashed);
     o.int(
         "duration_ms",
         record.finished_at.map(|end| end - record.started_at),
     );
     o.int("attempts", Some(record.attempt));
     o.int("replays", Some(record.replays));
+    // SQLite has no fencing tokens: its number is internal.
+    o.int("token", vantage.shared.then_some(record.token));
     o.name("owner");
     o.line.push('{');
     o.first = true;
@@ -52,6 +60,7 @@ pub fn write_record(out: &mut dyn Write, record: &Record, vantage: &Vantage) -> 
     o.int("pid", Some(record.owner.pid));
     o.bool("alive", vantage.owner_alive(record));
     o.line.push('}');
+    o.int("child_pid", record.owner.child.map(|c| c.pid));
     o.int("stdout_bytes", Some(record.stdout_bytes));
     o.int("stderr_bytes", Some(record.stderr_bytes));
     o.bool("stdout_truncated", record.stdout_truncated);

@@ -1,11 +1,13 @@
 //! The command line: global flags, subcommands, and the value parsers they
 //! share. Each subcommand lives in its own module with its own `Args`.
 
+pub mod check;
 pub mod inspect;
 mod json;
 pub mod purge;
 pub mod run;
 mod show;
+pub mod stats;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueHint};
@@ -50,13 +52,14 @@ const AFTER_HELP: &str = "\
 See 'idem help SUBCOMMAND' or 'man idem-SUBCOMMAND' for its options and examples.
 
 Exit status: COMMAND's own status when it ran or was replayed (128+N: signal N), else
+    1    idem check: a check failed
     2    usage error
     65   key reused with a different command
     75   key in progress elsewhere
     76   key already completed (--on-duplicate fail)
     77   an earlier owner crashed (--on-crash block)
     124  --timeout ran out
-    125  idem itself failed (store unreadable, corrupt, disk full)
+    125  idem itself failed (store unreadable or unreachable, corrupt, disk full)
     126  COMMAND not executable
     127  COMMAND not found";
 
@@ -65,6 +68,8 @@ pub enum Command {
     Run(run::Args),
     Inspect(inspect::Args),
     Purge(purge::Args),
+    Stats(stats::Args),
+    Check(check::Args),
 }
 
 /// What every subcommand gets besides its own arguments.
@@ -86,6 +91,8 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Run(args) => run::run(&args, &global),
         Command::Inspect(args) => inspect::run(&args, &global),
         Command::Purge(args) => purge::run(&args, &global),
+        Command::Stats(args) => stats::run(&args, &global),
+        Command::Check(args) => check::run(&args, &global),
     }
 }
 
@@ -99,12 +106,16 @@ pub enum StatusArg {
     Completed,
     /// Finished with a failure and released
     Failed,
+    /// In progress, but its owner is gone
+    Crashed,
 }
 
 impl From<StatusArg> for crate::store::Status {
+    /// The stored status to select by; `crashed` records are `in_progress`
+    /// ones, told apart by their owner afterwards.
     fn from(status: StatusArg) -> Self {
         match status {
-            StatusArg::InProgress => crate::store::Status::InProgress,
+            StatusArg::InProgress | StatusArg::Crashed => crate::store::Status::InProgress,
             StatusArg::Completed => crate::store::Status::Completed,
             StatusArg::Failed => crate::store::Status::Failed,
         }

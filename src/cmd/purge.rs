@@ -7,6 +7,7 @@
 
 use super::show::{self, Vantage};
 use super::{json, positive_duration, Global, StatusArg};
+use crate::exit::{fail, Code};
 use crate::store::{self, Filter, Mode, Record, Status};
 use crate::text::escape;
 use anyhow::Result;
@@ -57,7 +58,8 @@ pub struct Args {
 const EXAMPLES: &str = "\
 Selectors combine with AND. An in_progress record whose owner is alive is
 skipped (and reported) unless --force; one whose owner is gone (crashed) is
-purged without it.
+purged without it. When a KEY named on the command line was skipped, purge
+exits 75 after doing the rest, so `idem purge KEY && ...` is safe.
 
 Examples:
   # Clear a key blocked by --on-crash block (exit 77), after checking its side effects
@@ -76,6 +78,8 @@ Examples:
 struct Tally {
     purged: u64,
     skipped: u64,
+    /// Whether a key named on the command line was skipped (exit 75).
+    named_skipped: bool,
     /// The named keys that were found, to report the others.
     found: HashSet<String>,
 }
@@ -97,9 +101,7 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
             keys: args.keys.clone(),
             status: args.status.map(Into::into),
             expired: args.expired || !selected,
-            started_before: args
-                .older_than
-                .map(|age| now.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))),
+            started_before: args.older_than.map(|age| super::inspect::before(now, age)),
             ..Filter::default()
         };
         for key in &args.keys {
@@ -108,24 +110,35 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
             }
         }
         let (purged, skipped) = (&mut tally.purged, &mut tally.skipped);
+        let named_skipped = &mut tally.named_skipped;
+        // `--status crashed` selects the in_progress records whose owner is gone.
+        let crashed_only = args.status == Some(StatusArg::Crashed);
+        let selected = |record: &Record| !crashed_only || !vantage.owner_alive(record);
+        let mut skip = |record: &Record, out: &mut dyn Write| {
+            *skipped += 1;
+            *named_skipped |= args.keys.contains(&record.key);
+            report_skip(args, global, record, &vantage, out)
+        };
         if args.dry_run {
             store.list(&filter, &mut |record| {
-                if may_go(args, &record, &vantage) {
+                if !selected(&record) {
+                } else if may_go(args, &record, &vantage) {
                     *purged += 1;
                     report_doomed(args, &record, &vantage, &mut out)?;
                 } else {
-                    *skipped += 1;
-                    report_skip(args, global, &record, &vantage, &mut out)?;
+                    skip(&record, &mut out)?;
                 }
                 Ok(())
             })?;
         } else {
             *purged = store.purge(&filter, &mut |record| {
+                if !selected(record) {
+                    return Ok(false);
+                }
                 if may_go(args, record, &vantage) {
                     return Ok(true);
                 }
-                *skipped += 1;
-                report_skip(args, global, record, &vantage, &mut out)?;
+                skip(record, &mut out)?;
                 Ok(false)
             })?;
         }
@@ -137,6 +150,13 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
     }
     summary(args, &tally, &mut out)?;
     out.flush()?;
+    if tally.named_skipped {
+        // So that `idem purge KEY && …` goes on only once KEY is gone.
+        return fail(
+            Code::InProgress,
+            "a key named on the command line is in progress and was not purged (see above; --force purges it anyway)",
+        );
+    }
     Ok(0)
 }
 

@@ -14,16 +14,19 @@ use crate::policy::{decide, owner_alive, OnCrash, OnDuplicate, OnFailure, Policy
 use crate::store::{self, Captured, Claim, Millis, Mode, Outcome, Record, Status, Store, Stream};
 use crate::text::{command_line, escape};
 use anyhow::{Context, Result};
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell, RefCell};
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, Seek, Write};
+use std::io::{self, IsTerminal, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 mod owning;
+mod report;
 
 use owning::{pause_point, Owning};
+use report::{Outcome as Reported, Report};
 
 /// How often a waiter looks at the record again.
 const WAIT_POLL: Duration = Duration::from_millis(50);
@@ -83,8 +86,27 @@ pub struct Args {
     pub env: Vec<OsString>,
 
     /// Read all of stdin, add its SHA-256 to the fingerprint, feed it to COMMAND unchanged
+    /// (stdin on a terminal is a usage error)
     #[arg(long)]
     pub fingerprint_stdin: bool,
+
+    /// Add the SHA-256 of this file's contents to the fingerprint (repeatable; a
+    /// payload, a config, a build input). A missing file is a usage error
+    #[arg(long, value_name = "PATH", value_hint = clap::ValueHint::FilePath)]
+    pub fingerprint_file: Vec<PathBuf>,
+
+    /// A note stored with the record and shown by inspect (up to 256 bytes; not
+    /// part of the fingerprint), to tell which event a derived key belongs to
+    #[arg(long, value_name = "TEXT", value_parser = label)]
+    pub label: Option<String>,
+
+    /// When idem exits, write what happened as one JSON object to FILE (created
+    /// 0600; /dev/fd/3 works): key, outcome (ran, replayed, joined, skipped,
+    /// refused), reason, exit_code, attempt, took_over, record_status,
+    /// started_at, finished_at, duration_ms, replays, store
+    #[arg(long, env = "IDEM_REPORT", value_name = "FILE")]
+    #[arg(value_hint = clap::ValueHint::FilePath)]
+    pub report: Option<PathBuf>,
 
     /// How long a claim lives without renewal, on every store (the owner renews it every third of that while COMMAND runs); it decides where process checks cannot: other hosts, other PID namespaces (containers)
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = positive_duration)]
@@ -102,14 +124,16 @@ pub struct Args {
 
 const EXAMPLES: &str = "\
 Examples:
-  # crontab: the nightly report, at most once a day even if cron fires twice
-  0 2 * * *  idem run --key report-$(date +\\%F) -- ./nightly-report.sh
+  # crontab (cron's PATH is /usr/bin:/bin: give idem's full path): the nightly
+  # report at most once a day; an overlapping or repeated firing exits 0 quietly
+  0 2 * * *  /usr/local/bin/idem run --on-duplicate skip --key report-$(date +\\%F) -- ./nightly-report.sh
 
   # A CI step, safe to retry: a success is replayed, a failure runs again
-  idem run --key deploy-$CI_COMMIT_SHA -- ./deploy.sh
+  idem run --key \"deploy-${CI_COMMIT_SHA:?}\" -- ./deploy.sh
 
-  # A webhook handler: the payload is in the key; duplicates wait, then replay
-  idem run --fingerprint-stdin --on-duplicate wait -- ./on-event < event.json
+  # A webhook handler: the payload file is in the key; duplicates wait, then
+  # replay; the report says whether this answer is a replay
+  idem run --fingerprint-file \"$1\" --report \"$report\" --on-duplicate wait -- ./on-event \"$1\"
 
   # Payments: after a crash, never charge again until a human has checked
   idem run --key invoice-42 --on-crash block -- ./charge.sh 42";
@@ -126,9 +150,24 @@ struct Call<'a> {
     /// Host name and boot id, read only when a claim or a liveness check
     /// needs them: a replay does not.
     here: OnceCell<Here>,
+    /// Notes for `--report`.
+    report: &'a RefCell<Report>,
+    /// Whether this call waited for a run in progress (a replay is then a join).
+    waited: Cell<bool>,
+}
+
+/// `--label`: at most 256 bytes.
+fn label(text: &str) -> Result<String, String> {
+    if text.len() > 256 {
+        return Err(format!("is {} bytes; the limit is 256", text.len()));
+    }
+    Ok(text.to_owned())
 }
 
 pub fn run(args: &Args, global: &Global) -> Result<u8> {
+    // The report is this call's: a nested `idem run` inside COMMAND (a step
+    // of a job) must not write over it.
+    std::env::remove_var("IDEM_REPORT");
     if let Some(key) = &args.key {
         if let Err(problem) = key::check_key(key) {
             return fail(Code::Usage, problem);
@@ -150,49 +189,114 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
         fingerprint.env(name, std::env::var_os(name).as_deref());
     }
     let stdin = if args.fingerprint_stdin {
-        let mut spool = tempfile::tempfile().context("cannot create a spool file for stdin")?;
-        let digest =
-            key::hash_and_spool(io::stdin().lock(), &mut spool).context("cannot read stdin")?;
-        spool.rewind().context("cannot rewind the stdin spool")?;
-        fingerprint.stdin_digest(&digest);
-        Some(spool)
+        Some(spool_stdin(&mut fingerprint)?)
     } else {
         None
     };
+    for path in &args.fingerprint_file {
+        let digest = File::open(path)
+            .and_then(|file| key::hash_and_spool(file, io::sink()))
+            .or_else(|e| {
+                fail(
+                    Code::Usage,
+                    format!("--fingerprint-file {}: cannot read it: {e}", path.display()),
+                )
+            })?;
+        fingerprint.file_digest(&digest);
+    }
     let fingerprint = fingerprint.finish();
     let key = args
         .key
         .clone()
         .unwrap_or_else(|| key::derived_key(&fingerprint));
 
-    let location = store::Location::resolve(global.db.as_deref())?;
-    let mut store =
-        store::open(&location, Mode::Create)?.context("the store could not be created")?;
-    if let (true, store::Location::Redis(url)) = (global.verbose, &location) {
-        if let Some(warning) = store::redis::persistence_warning(url) {
-            crate::say::notice(format_args!("{warning}"));
+    let location = match store::Location::resolve(global.db.as_deref()) {
+        Ok(location) => location,
+        Err(e) => {
+            let result = Err(e);
+            write_report(args, &Report::new(&key, None), &result);
+            return result;
         }
-    }
-    let call = Call {
-        args,
-        global,
-        key,
-        fingerprint,
-        command: args
-            .command
-            .iter()
-            .map(|a| a.as_bytes())
-            .collect::<Vec<_>>()
-            .join(&0u8),
-        cwd: cwd.as_os_str().as_bytes().to_vec(),
-        policy: Policy {
-            on_duplicate: args.on_duplicate,
-            on_crash: args.on_crash,
-            allow_mismatch: args.allow_mismatch,
-        },
-        here: OnceCell::new(),
     };
-    call.run(store.as_mut(), stdin)
+    let report = RefCell::new(Report::new(&key, Some(location.kind())));
+    let result = (|| {
+        crate::say::explain(format_args!(
+            "key '{}'{}; store: {}",
+            escape(key.as_bytes()),
+            if args.key.is_some() {
+                ""
+            } else {
+                " (derived from the command)"
+            },
+            location.shown()
+        ));
+        let mut store =
+            store::open(&location, Mode::Create)?.context("the store could not be created")?;
+        if let (true, store::Location::Redis(url)) = (global.verbose, &location) {
+            if let Some(warning) = store::redis::persistence_warning(url) {
+                crate::say::notice(format_args!("{warning}"));
+            }
+        }
+        let call = Call {
+            args,
+            global,
+            key: key.clone(),
+            fingerprint,
+            command: args
+                .command
+                .iter()
+                .map(|a| a.as_bytes())
+                .collect::<Vec<_>>()
+                .join(&0u8),
+            cwd: cwd.as_os_str().as_bytes().to_vec(),
+            policy: Policy {
+                on_duplicate: args.on_duplicate,
+                on_crash: args.on_crash,
+                allow_mismatch: args.allow_mismatch,
+            },
+            here: OnceCell::new(),
+            report: &report,
+            waited: Cell::new(false),
+        };
+        call.run(store.as_mut(), stdin)
+    })();
+    write_report(args, &report.borrow(), &result);
+    result
+}
+
+/// Reads all of stdin into a spool file for COMMAND, hashing it on the way.
+/// A terminal is refused (a forgotten redirect would make every call the
+/// same call); an empty stdin is said, for the same reason.
+fn spool_stdin(fingerprint: &mut Fingerprint) -> Result<File> {
+    if io::stdin().is_terminal() {
+        return fail(
+            Code::Usage,
+            "--fingerprint-stdin reads the payload from stdin, but stdin is a terminal; \
+             redirect it (< payload.json), or use --fingerprint-file PATH",
+        );
+    }
+    let mut spool = tempfile::tempfile().context("cannot create a spool file for stdin")?;
+    let digest =
+        key::hash_and_spool(io::stdin().lock(), &mut spool).context("cannot read stdin")?;
+    if spool
+        .stream_position()
+        .context("cannot read the stdin spool")?
+        == 0
+    {
+        crate::say::notice(format_args!(
+            "--fingerprint-stdin read nothing: every call with an empty stdin is the same call \
+             (was the payload passed as an argument or a file? then use --fingerprint-file)"
+        ));
+    }
+    spool.rewind().context("cannot rewind the stdin spool")?;
+    fingerprint.stdin_digest(&digest);
+    Ok(spool)
+}
+
+fn write_report(args: &Args, report: &Report, result: &Result<u8>) {
+    if let Some(path) = &args.report {
+        report::write(path, report, report::exit_code(result));
+    }
 }
 
 /// What the unlocked look at the record found.
@@ -228,11 +332,19 @@ impl Call<'_> {
                 Next::Done(code) => return Ok(code),
                 Next::Claim => {}
                 Next::Wait => {
+                    self.waited.set(true);
                     if wait_until.is_some_and(|t| Instant::now() >= t) {
-                        let (_, record) = store.get(&self.key)?;
+                        let (now, record) = store.get(&self.key)?;
+                        if let Some(record) = &record {
+                            self.note(Reported::Refused, Some("wait_timeout"), record);
+                        }
                         return fail(
                             Code::InProgress,
-                            self.busy_message(record.as_ref(), "the wait timed out; "),
+                            format!(
+                                "the wait timed out after --wait-timeout {}: {}; retry later, or allow a longer --wait-timeout",
+                                humantime::format_duration(self.args.wait_timeout.unwrap_or_default()),
+                                self.busy(record.as_ref(), now)
+                            ),
                         );
                     }
                     if !waiting_noted {
@@ -259,17 +371,59 @@ impl Call<'_> {
     /// Acts on a verdict that needs no lock; `Next::Claim` when it says run.
     fn act(&self, store: &mut dyn Store, record: Option<&Record>, now: Millis) -> Result<Next> {
         let shared = store.is_shared();
-        match decide(record, now, &self.fingerprint, self.policy, |r| self.alive(r, now, shared)) {
+        match decide(record, now, &self.fingerprint, self.policy, |r| {
+            self.alive(r, now, shared)
+        }) {
             Verdict::Run { .. } => Ok(Next::Claim),
             Verdict::Wait => Ok(Next::Wait),
             Verdict::Replay(record) => match self.replay(store, record)? {
-                Some(code) => Ok(Next::Done(code)),
+                Some(code) => {
+                    let mut replayed = record.clone();
+                    replayed.replays += 1;
+                    let outcome = if self.waited.get() {
+                        Reported::Joined
+                    } else {
+                        Reported::Replayed
+                    };
+                    self.note(outcome, None, &replayed);
+                    Ok(Next::Done(code))
+                }
                 // The record changed under us (purged, expired): look again.
                 None => Ok(Next::Claim),
             },
-            Verdict::Mismatch(record) => fail(Code::Mismatch, self.mismatch_message(record)),
-            Verdict::Busy(record) => fail(Code::InProgress, self.busy_message(Some(record), "")),
-            Verdict::AlreadyDone(record) => fail(
+            Verdict::Skip(record) => {
+                self.note(Reported::Skipped, None, record);
+                self.explain(format_args!(
+                    "{}; skipping it (--on-duplicate skip), exit 0",
+                    match record.status {
+                        Status::InProgress => self.busy(Some(record), now),
+                        _ => format!(
+                            "key {} completed {} (exit status {})",
+                            self.shown_key(),
+                            ago(record.finished_at.unwrap_or(record.started_at), now),
+                            record_status(record)
+                        ),
+                    }
+                ));
+                Ok(Next::Done(0))
+            }
+            Verdict::Mismatch(record) => {
+                self.note(Reported::Refused, Some("mismatch"), record);
+                fail(Code::Mismatch, self.mismatch_message(record))
+            }
+            Verdict::Busy(record) => {
+                self.note(Reported::Refused, Some("in_progress"), record);
+                fail(
+                    Code::InProgress,
+                    format!(
+                        "{}; retry later, or use --on-duplicate wait",
+                        self.busy(Some(record), now)
+                    ),
+                )
+            }
+            Verdict::AlreadyDone(record) => {
+                self.note(Reported::Refused, Some("completed"), record);
+                fail(
                 Code::Completed,
                 format!(
                     "key {} already completed {} (exit status {}); it expires {}; run `idem purge {}` to allow a re-run",
@@ -279,8 +433,11 @@ impl Call<'_> {
                     until(record.expires_at, now),
                     shell_word(&self.key),
                 ),
-            ),
-            Verdict::Blocked(record) => fail(
+            )
+            }
+            Verdict::Blocked(record) => {
+                self.note(Reported::Refused, Some("crashed"), record);
+                fail(
                 Code::Crashed,
                 format!(
                     "key {}: an earlier run crashed (host {}, pid {}, started {}); check its side effects, then run `idem purge {}`",
@@ -290,8 +447,14 @@ impl Call<'_> {
                     ago(record.started_at, now),
                     shell_word(&self.key),
                 ),
-            ),
+            )
+            }
         }
+    }
+
+    /// Notes a decision about an existing record for `--report`.
+    fn note(&self, outcome: Reported, reason: Option<&'static str>, record: &Record) {
+        self.report.borrow_mut().decided(outcome, reason, record);
     }
 
     /// Claims the key under the store's lock. `Err(next)` when the record
@@ -317,6 +480,7 @@ impl Call<'_> {
                     ));
                 }
                 outcome = Some(attempt);
+                self.report.borrow_mut().claimed(attempt, crashed.is_some());
                 Some(Claim {
                     fingerprint: self.fingerprint.to_vec(),
                     command: self.command.clone(),
@@ -324,6 +488,7 @@ impl Call<'_> {
                     attempt,
                     owner: me.clone(),
                     lease_ms: millis(self.args.lease),
+                    label: self.args.label.clone(),
                 })
             }
             _ => None,
@@ -490,7 +655,16 @@ impl Call<'_> {
             store.finish(&self.key, token, &outcome)
         };
         match result {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                if self.args.report.is_some() {
+                    // The record as stored, by the store's clock.
+                    let record = store.get(&self.key).ok().and_then(|(_, r)| r);
+                    self.report
+                        .borrow_mut()
+                        .record(record.filter(|r| r.token == token));
+                }
+                Ok(())
+            }
             Ok(false) => fail(
                 Code::Internal,
                 format!(
@@ -525,27 +699,44 @@ impl Call<'_> {
         command_line(self.args.command.iter().map(|a| a.as_bytes()))
     }
 
-    fn busy_message(&self, record: Option<&Record>, prefix: &str) -> String {
+    /// What holds the key: its owner and, on a shared store, when its
+    /// lease runs out unless renewed.
+    fn busy(&self, record: Option<&Record>, now: Millis) -> String {
         let owner = record.map_or_else(String::new, |r| {
+            let lease = r.lease_until.map_or_else(String::new, |at| {
+                format!(
+                    "; its lease runs out {} unless its owner renews it",
+                    until(Some(at), now)
+                )
+            });
             format!(
-                " (pid {} on {}, attempt {})",
+                " (pid {} on {}, attempt {}{lease})",
                 r.owner.pid,
                 escape(r.owner.host.as_bytes()),
                 r.attempt
             )
         });
-        format!(
-            "{prefix}key {} is in progress elsewhere{owner}; retry later, or use --on-duplicate wait",
-            self.shown_key()
-        )
+        format!("key {} is in progress elsewhere{owner}", self.shown_key())
     }
 
     fn mismatch_message(&self, record: &Record) -> String {
+        let stored = command_line(record.argv());
+        if stored == self.shown_command() {
+            return format!(
+                "key {} was used for the same command with other fingerprint inputs \
+                 (stdin, --fingerprint-file, --env or --cwd): `{stored}`; use another key, \
+                 or --allow-mismatch, or run `idem purge {}` to forget the stored run",
+                self.shown_key(),
+                shell_word(&self.key)
+            );
+        }
         format!(
-            "key {} was used for a different command: stored `{}`, now `{}`; use another key, or --allow-mismatch",
+            "key {} was used for a different command: stored `{}`, now `{}`; use another key, \
+             or --allow-mismatch, or run `idem purge {}` to forget the stored run",
             self.shown_key(),
             command_line(record.argv()),
-            self.shown_command()
+            self.shown_command(),
+            shell_word(&self.key)
         )
     }
 }

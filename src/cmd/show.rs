@@ -42,7 +42,8 @@ impl State {
 pub struct Vantage {
     pub now: Millis,
     here: Here,
-    shared: bool,
+    /// A shared store (leases and fencing tokens) rather than a file.
+    pub shared: bool,
 }
 
 impl Vantage {
@@ -147,6 +148,14 @@ pub fn owner(record: &Record) -> String {
 /// The command as a shell-like line, escaped.
 pub fn command(record: &Record) -> String {
     command_line(record.argv())
+}
+
+/// The label, escaped, or `-`.
+pub fn label(record: &Record) -> String {
+    record
+        .label
+        .as_ref()
+        .map_or_else(|| "-".into(), |l| escape(l.as_bytes()))
 }
 
 /// A key, escaped.

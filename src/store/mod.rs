@@ -69,6 +69,8 @@ pub struct Record {
     pub timed_out: bool,
     pub replays: i64,
     pub owner: Owner,
+    /// `--label`: what the caller said this run is, for operators.
+    pub label: Option<String>,
     pub stdout_bytes: i64,
     pub stderr_bytes: i64,
     pub stdout_truncated: bool,
@@ -95,6 +97,7 @@ pub struct Claim {
     pub attempt: i64,
     pub owner: Owner,
     pub lease_ms: Millis,
+    pub label: Option<String>,
 }
 
 /// A finished run as `finish` stores it.
@@ -227,6 +230,41 @@ pub trait Store: Send {
     /// Shared stores span machines; a local file belongs to one machine
     /// (so there another boot id means that it rebooted).
     fn is_shared(&self) -> bool;
+
+    /// How many bytes the store takes, where it can say (`idem stats`).
+    fn size(&mut self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// The checks only this backend can make, for `idem check`: the file's
+    /// integrity, the server's settings. Never changes a record.
+    fn check(&mut self) -> Result<Vec<Finding>>;
+}
+
+/// How one of `idem check`'s checks came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One line of `idem check`: what was checked and what was found.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub level: Level,
+    pub name: &'static str,
+    pub text: String,
+}
+
+impl Finding {
+    pub fn new(level: Level, name: &'static str, text: impl Into<String>) -> Finding {
+        Finding {
+            level,
+            name,
+            text: text.into(),
+        }
+    }
 }
 
 /// How long a shared store keeps trying to record an outcome once COMMAND
@@ -325,6 +363,27 @@ impl Location {
             },
         };
         Ok(Location::File(state.join("idem").join("idem.db")))
+    }
+}
+
+impl Location {
+    /// The kind of store, as reports and `stats` name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Location::File(_) => "sqlite",
+            Location::Postgres(_) => "postgres",
+            Location::Redis(_) => "redis",
+        }
+    }
+
+    /// The store as it may be shown to the user: a path, or a URL without
+    /// its password.
+    pub fn shown(&self) -> String {
+        match self {
+            Location::File(path) => format!("SQLite file {}", path.display()),
+            Location::Postgres(url) => format!("PostgreSQL {}", postgres::shown(url)),
+            Location::Redis(url) => format!("Redis {}", redis::shown(url)),
+        }
     }
 }
 

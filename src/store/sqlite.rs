@@ -10,6 +10,7 @@
 //! file, its first 100 bytes are checked: a file that is not SQLite, belongs
 //! to another application, or has a newer schema is refused untouched.
 
+mod check;
 mod file;
 mod purge;
 
@@ -92,11 +93,17 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
 ",
     "
-    -- Owners: the PID namespace (inode of /proc/self/ns/pid), and a lease
-    -- that the running owner renews, as on the shared stores. Containers on
-    -- one machine that share the file, and other hosts, are judged by the
-    -- lease; process checks only within one PID namespace. Records of older
-    -- versions have neither (NULL: unknown, see policy::owner_alive).
+    -- Version 3, the label (issue 14): `--label TEXT`, what the caller says
+    -- a run is, so an operator can tell which event a derived `cmd:` key
+    -- belongs to. NULL for records written before it existed.
+    ALTER TABLE records ADD COLUMN label TEXT;
+
+    -- Version 3, owners (issue 11): the PID namespace (inode of
+    -- /proc/self/ns/pid), and a lease that the running owner renews, as on
+    -- the shared stores. Containers on one machine that share the file, and
+    -- other hosts, are judged by the lease; process checks only within one
+    -- PID namespace. Records written before have neither (NULL: unknown,
+    -- see policy::owner_alive).
     ALTER TABLE records ADD COLUMN owner_pid_ns INTEGER;
     ALTER TABLE records ADD COLUMN lease_until INTEGER;
 ",
@@ -108,9 +115,9 @@ const RECORD_COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, t
         WHERE c.key = records.key AND c.token = records.token), 0), \
     owner_host, owner_boot, \
     owner_pid, owner_start, child_pid, child_pgid, child_start, length(stdout), length(stderr), \
-    stdout_truncated, stderr_truncated, lease_until, owner_pid_ns";
+    stdout_truncated, stderr_truncated, label, lease_until, owner_pid_ns";
 /// How many columns `RECORD_COLUMNS` names; a query may add more after them.
-const RECORD_COLUMN_COUNT: usize = 27;
+const RECORD_COLUMN_COUNT: usize = 28;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -197,11 +204,11 @@ impl SqliteStore {
             shrunk: false,
             sync: None,
         };
-        if mode == Mode::ReadOnly {
-            store.pragma("query_only", "1")?;
-        }
         if !header.is_ready() {
             store.prepare(mode)?;
+        }
+        if mode == Mode::ReadOnly {
+            store.pragma("query_only", "1")?;
         }
         Ok(Some(store))
     }
@@ -234,7 +241,10 @@ impl SqliteStore {
             return Ok(());
         }
         check_identity(&self.path, app, version, tables)?;
-        if mode == Mode::ReadOnly {
+        // An older store is upgraded whoever opens it (inspect included: the
+        // upgrades only add to it, under the write lock for a moment); an
+        // empty file is left for `run` to make a store of.
+        if mode == Mode::ReadOnly && tables == 0 {
             return self.fail("it was never initialised (run `idem run` once to create it)");
         }
         if tables == 0 {
@@ -337,15 +347,15 @@ impl SqliteStore {
     ) -> rusqlite::Result<()> {
         tx.prepare_cached(
             "INSERT INTO records (key, status, fingerprint, command, cwd, attempt, token, started_at,
-                owner_host, owner_boot, owner_pid, owner_start, owner_pid_ns, lease_until)
-             VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                owner_host, owner_boot, owner_pid, owner_start, label, owner_pid_ns, lease_until)
+             VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
              ON CONFLICT (key) DO UPDATE SET status = 'in_progress', fingerprint = ?2, command = ?3,
                 cwd = ?4, attempt = ?5, token = ?6, started_at = ?7, finished_at = NULL,
                 expires_at = NULL, exit_code = NULL, signal = NULL, timed_out = 0, replays = 0,
                 owner_host = ?8, owner_boot = ?9, owner_pid = ?10, owner_start = ?11,
-                owner_pid_ns = ?12, lease_until = ?13,
+                owner_pid_ns = ?13, lease_until = ?14,
                 child_pid = NULL, child_pgid = NULL, child_start = NULL,
-                stdout_truncated = 0, stderr_truncated = 0, stdout = x'', stderr = x''",
+                stdout_truncated = 0, stderr_truncated = 0, stdout = x'', stderr = x'', label = ?12",
         )?
         .execute(params![
             key,
@@ -359,6 +369,7 @@ impl SqliteStore {
             claim.owner.boot_id,
             claim.owner.pid,
             claim.owner.start,
+            claim.label,
             claim.owner.pid_ns,
             now.saturating_add(claim.lease_ms),
         ])?;
@@ -632,6 +643,18 @@ impl Store for SqliteStore {
     fn is_shared(&self) -> bool {
         false
     }
+
+    /// The file and its WAL.
+    fn size(&mut self) -> Result<Option<u64>> {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let len = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        Ok(Some(len(&self.path) + len(Path::new(&wal))))
+    }
+
+    fn check(&mut self) -> Result<Vec<super::Finding>> {
+        self.run_checks()
+    }
 }
 
 /// The WHERE clause (without `WHERE`) and its arguments for `filter`.
@@ -679,7 +702,6 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
         started_at: row.get(7)?,
         finished_at: row.get(8)?,
         expires_at: row.get(9)?,
-        lease_until: row.get(25)?,
         exit_code: row.get(10)?,
         signal: row.get(11)?,
         timed_out: row.get(12)?,
@@ -687,7 +709,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
         owner: Owner {
             host: row.get(14)?,
             boot_id: row.get(15)?,
-            pid_ns: row.get(26)?,
+            pid_ns: row.get(27)?,
             pid: row.get(16)?,
             start: row.get(17)?,
             child: match child_pid {
@@ -703,6 +725,8 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
         stderr_bytes: row.get(22)?,
         stdout_truncated: row.get(23)?,
         stderr_truncated: row.get(24)?,
+        label: row.get(25)?,
+        lease_until: row.get(26)?,
     })
 }
 

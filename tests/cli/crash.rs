@@ -44,6 +44,12 @@ fn sigkill(mut idem: Child) {
     idem.wait().unwrap();
 }
 
+/// Leaves `key` in_progress with a dead owner: idem SIGKILLed just after
+/// its claim, before the command started.
+pub fn make_crashed(env: &Env, key: &str) {
+    sigkill(paused_at(env, key, "after-claim"));
+}
+
 fn attempts(env: &Env) -> String {
     std::fs::read_to_string(env.path("attempts")).unwrap_or_default()
 }

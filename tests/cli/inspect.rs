@@ -83,7 +83,7 @@ fn lists_newest_first_with_every_column() {
     assert_eq!(
         header,
         [
-            "KEY", "STATUS", "EXIT", "STARTED", "DURATION", "EXPIRES", "REPLAYS", "OWNER",
+            "KEY", "STATUS", "EXIT", "STARTED", "DURATION", "EXPIRES", "REPLAYS", "OWNER", "LABEL",
             "COMMAND"
         ]
     );
@@ -242,15 +242,28 @@ fn json_schema_is_pinned() {
             ("timed_out", "bool"),
             ("command", "array"),
             ("cwd", "string"),
+            ("label", "null"),
             ("fingerprint", "string"),
             ("started_at", "string"),
             ("finished_at", "string"),
             ("expires_at", "string"),
+            ("lease_until", "null"),
             ("expired", "bool"),
+            ("crashed", "bool"),
             ("duration_ms", "integer"),
             ("attempts", "integer"),
             ("replays", "integer"),
+            // A fencing token on a shared store only.
+            (
+                "token",
+                if backend() == Backend::Sqlite {
+                    "null"
+                } else {
+                    "integer"
+                },
+            ),
             ("owner", "object"),
+            ("child_pid", "integer"),
             ("stdout_bytes", "integer"),
             ("stderr_bytes", "integer"),
             ("stdout_truncated", "bool"),
@@ -309,6 +322,59 @@ fn json_schema_is_pinned() {
     }
     assert_eq!(running["owner"]["alive"], true);
     assert_eq!(running["expired"], false);
+    assert_eq!(running["crashed"], false);
+    assert!(running["child_pid"].as_i64().unwrap() > 1);
+    // Leases are kept on shared stores; SQLite judges its owners by process.
+    assert_eq!(
+        running["lease_until"].is_string(),
+        backend() != Backend::Sqlite,
+        "{running}"
+    );
+    std::fs::write(env.path("release"), "").unwrap();
+    assert!(holder.wait().unwrap().success());
+}
+
+#[test]
+fn labels_are_stored_and_shown_and_crashed_runs_found() {
+    let env = Env::new();
+    make(&env, "evt", &["--label", "delivery 7\x1b"], "true");
+    make(&env, "old", &[], "true");
+    let all = records(&env, &[]);
+    assert_eq!(all[1]["label"], "delivery 7\x1b");
+    assert_eq!(all[0]["label"], Value::Null);
+    let detail = stdout_of(&env, &["inspect", "evt"]);
+    assert!(detail.contains("label:       delivery 7"), "{detail}");
+    // No fencing token on SQLite, so none is shown.
+    assert_eq!(
+        detail.contains("token:"),
+        backend() != Backend::Sqlite,
+        "{detail}"
+    );
+    let table = stdout_of(&env, &["inspect"]);
+    assert!(table.contains(" delivery 7"), "{table}");
+    // --older-than: by started_at.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    make(&env, "new", &[], "true");
+    assert_eq!(keys(&env, &["--older-than", "1s"]), ["old", "evt"]);
+    // --status crashed: in_progress with a dead owner (its idem SIGKILLed
+    // with the child gone), not a running one.
+    crate::crash::make_crashed(&env, "dead");
+    let mut holder = env
+        .idem_std()
+        .args(["run", "-k", "running", "--"])
+        .args(sh(
+            "touch ready; while [ ! -e release ]; do sleep 0.01; done",
+        ))
+        .spawn()
+        .unwrap();
+    crate::support::wait_for(&env.path("ready"));
+    assert_eq!(keys(&env, &["--status", "crashed"]), ["dead"]);
+    assert_eq!(
+        keys(&env, &["--status", "crashed", "--limit", "1"]),
+        ["dead"]
+    );
+    let crashed = records(&env, &["--status", "crashed"]);
+    assert_eq!(crashed[0]["crashed"], true);
     std::fs::write(env.path("release"), "").unwrap();
     assert!(holder.wait().unwrap().success());
 }

@@ -244,7 +244,8 @@ fn a_store_of_the_previous_schema_keeps_its_records_and_their_owners() {
             &env,
             &format!(
                 "{} ALTER TABLE records DROP COLUMN owner_pid_ns; \
-                 ALTER TABLE records DROP COLUMN lease_until; PRAGMA user_version = 2;",
+                 ALTER TABLE records DROP COLUMN lease_until; \
+                 ALTER TABLE records DROP COLUMN label; PRAGMA user_version = 2;",
                 owner.replace("{t}", "records")
             ),
         );
@@ -253,30 +254,25 @@ fn a_store_of_the_previous_schema_keeps_its_records_and_their_owners() {
         sql(
             &env,
             &format!(
-                "{owner} ALTER TABLE {{t}} DROP COLUMN owner_pid_ns; \
+                "{owner} ALTER TABLE {{t}} DROP COLUMN owner_pid_ns, DROP COLUMN label; \
                  UPDATE {{t}}_meta SET value = 1"
             ),
         );
-        // `inspect` reads the older layout as it is, and leaves it so.
-        env.idem()
-            .args(["inspect", "--json", "p"])
-            .assert()
-            .success()
-            .stdout(predicates::str::contains(r#""alive":true"#));
         assert_eq!(version(&env), "1");
     }
+    // Any command upgrades it, `inspect` included, and sees the owner alive.
+    env.idem()
+        .args(["inspect", "--json", "p"])
+        .assert()
+        .success()
+        .stdout(predicates::str::contains(r#""alive":true"#));
 
     env.idem()
         .args(["run", "-k", "done", "--", "echo", "hi"])
         .assert()
         .success()
         .stdout("hi\n");
-    let current = if backend() == Backend::Sqlite {
-        "3"
-    } else {
-        "2"
-    };
-    assert_eq!(version(&env), current);
+    assert_eq!(version(&env), "3");
     let again = || {
         env.idem()
             .args(["run", "-k", "p", "--"])

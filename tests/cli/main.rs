@@ -2,8 +2,11 @@
 
 mod support;
 
+mod callers;
+mod check;
 mod crash;
 mod disk;
+mod examples;
 mod guarantees;
 mod hostile;
 mod hosts;
@@ -12,6 +15,7 @@ mod jobs;
 mod lint;
 mod liveness;
 mod postgres;
+mod postgres_tls;
 mod purge;
 mod redis;
 mod run;

@@ -35,7 +35,7 @@ fn the_table_parameter_names_the_tables_and_defaults_to_idem_records() {
         psql(&format!(
             "SELECT count(*) FROM {t}; SELECT value FROM {t}_meta WHERE name = 'schema_version'"
         )),
-        "1\n2"
+        "1\n3"
     );
 
     // No ?table=: idem_records, here inside a schema of this test's own
@@ -65,8 +65,8 @@ fn a_bad_table_name_or_tls_mode_is_a_usage_error() {
     for (url, says) in [
         (format!("{base}?table=a;drop"), "not a plain table name"),
         (
-            format!("{base}?sslmode=require"),
-            "sslmode=require needs TLS",
+            format!("{base}?sslmode=maybe"),
+            "sslmode=maybe is not one of disable, allow, prefer, require, verify-ca, verify-full",
         ),
     ] {
         env.idem()
@@ -114,15 +114,55 @@ fn a_newer_schema_is_refused_untouched() {
         .args(["run", "-k", "k", "--", "true"])
         .assert()
         .success();
-    psql(&format!("UPDATE {t}_meta SET value = 3"));
+    psql(&format!("UPDATE {t}_meta SET value = 99"));
     env.idem()
         .args(["run", "-k", "other", "--"])
         .args(sh(&env.count_run("n")))
         .assert()
         .code(125)
-        .stderr(predicates::str::contains("schema version 3, newer"));
+        .stderr(predicates::str::contains("schema version 99, newer"));
     assert_eq!(env.count("n"), 0);
     assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "1");
+}
+
+/// A store written before labels (schema 1) is upgraded in place, by any
+/// command, read-only `inspect` included, and keeps its records.
+#[test]
+fn a_version_1_store_is_upgraded_in_place() {
+    if !postgres() {
+        return;
+    }
+    let env = Env::new();
+    let t = env.unique();
+    env.idem()
+        .args(["run", "-k", "old", "--", "echo", "hi"])
+        .assert()
+        .success();
+    psql(&format!(
+        "ALTER TABLE {t} DROP COLUMN label, DROP COLUMN owner_pid_ns; \
+         UPDATE {t}_meta SET value = 1"
+    ));
+    env.idem()
+        .args(["inspect", "old", "--stdout"])
+        .assert()
+        .success()
+        .stdout("hi\n");
+    assert_eq!(
+        psql(&format!(
+            "SELECT value FROM {t}_meta WHERE name = 'schema_version'"
+        )),
+        "3"
+    );
+    env.idem()
+        .args(["run", "-k", "new", "--label", "L", "--", "true"])
+        .assert()
+        .success();
+    assert_eq!(
+        psql(&format!(
+            "SELECT coalesce(label, '-') FROM {t} ORDER BY key"
+        )),
+        "L\n-"
+    );
 }
 
 #[test]
@@ -148,6 +188,10 @@ fn an_unreachable_server_fails_before_the_command_and_hides_passwords() {
     );
     assert!(
         !err.contains("hunter2") && !err.contains("env-secret"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cannot connect to 127.0.0.1:1: connection refused"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");

@@ -150,10 +150,11 @@ fn a_live_owner_survives_without_force_and_goes_with_it() {
         .stderr(predicates::str::starts_with(
             "idem: skipped busy: in progress",
         ));
+    // A named key that had to be skipped: exit 75, so `purge KEY && ...` is safe.
     env.idem()
         .args(["purge", "busy", "--json"])
         .assert()
-        .success()
+        .code(75)
         .stdout(
             predicates::str::contains(r#""action":"skip""#).and(predicates::str::ends_with(
                 "{\"dry_run\":false,\"purged\":0,\"skipped\":1}\n",

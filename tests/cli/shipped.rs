@@ -25,7 +25,7 @@ fn man_pages() -> Vec<PathBuf> {
 /// Whether `tool` is on PATH. A check that needs a missing tool is skipped
 /// with a note, except under CI (`CI` set), where that tool is installed.
 #[track_caller]
-fn have(tool: &str) -> bool {
+pub fn have(tool: &str) -> bool {
     let found = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
     assert!(
@@ -95,7 +95,11 @@ fn bash_completes_subcommands_flags_and_values() {
     }
 
     let offered = bash_complete(&["idem", "run", "--on-duplicate", ""]);
-    assert_eq!(offered, ["replay", "fail", "wait"], "--on-duplicate <TAB>");
+    assert_eq!(
+        offered,
+        ["replay", "fail", "wait", "skip"],
+        "--on-duplicate <TAB>"
+    );
 }
 
 #[test]
@@ -137,7 +141,8 @@ fn help_shows_defaults_env_and_examples() {
         );
     }
     let examples = help.split("Examples:").nth(1).expect("ends with examples");
-    assert!(examples.contains("--fingerprint-stdin"), "{examples}");
+    assert!(examples.contains("--fingerprint-file"), "{examples}");
+    assert!(examples.contains("--on-duplicate skip"), "{examples}");
 
     let out = env.idem().arg("--help").output().expect("idem");
     let help = String::from_utf8(out.stdout).expect("UTF-8");

@@ -262,3 +262,52 @@ fn the_wal_stays_short_across_many_calls() {
         .unwrap();
     assert_eq!(replays, 157, "every replay is counted");
 }
+
+/// A store written before labels (schema 2) is upgraded by the next run
+/// and keeps its records.
+#[test]
+fn a_version_2_store_is_upgraded_and_keeps_its_records() {
+    if !sqlite_only() {
+        return;
+    }
+    let env = Env::new();
+    env.idem()
+        .args(["run", "-k", "old", "--", "echo", "hi"])
+        .assert()
+        .success();
+    let conn = rusqlite::Connection::open(env.db_path()).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE records DROP COLUMN label; ALTER TABLE records DROP COLUMN owner_pid_ns;
+         ALTER TABLE records DROP COLUMN lease_until; PRAGMA user_version = 2;",
+    )
+    .unwrap();
+    drop(conn);
+    // Read-only inspect upgrades it too (an operator may look first).
+    env.idem()
+        .args(["inspect", "old", "--stdout"])
+        .assert()
+        .success()
+        .stdout("hi\n");
+    env.idem()
+        .args(["run", "-k", "old", "--", "echo", "hi"])
+        .assert()
+        .success()
+        .stdout("hi\n");
+    env.idem()
+        .args(["run", "-k", "new", "--label", "L", "--", "true"])
+        .assert()
+        .success();
+    let conn = rusqlite::Connection::open(env.db_path()).unwrap();
+    let version: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+    let labels: Vec<Option<String>> = conn
+        .prepare("SELECT label FROM records ORDER BY key")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(labels, [Some("L".to_owned()), None]);
+}

@@ -38,9 +38,48 @@ pub struct Env {
     unique: String,
 }
 
+/// How long one test may take before the watchdog fails the whole run: a
+/// broken idem must fail the suite, never hang it.
+const WATCHDOG: Duration = Duration::from_secs(240);
+
+/// Live tests (thread name, start) the watchdog looks at.
+static LIVE: std::sync::Mutex<Vec<(String, Instant)>> = std::sync::Mutex::new(Vec::new());
+
+/// Once per test process: restores the default SIGINT and SIGQUIT that a
+/// `cargo test &` from a script inherits ignored (children would inherit
+/// that too, and a test that traps them would wait for ever), and starts
+/// the watchdog.
+fn set_up_process() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        for sig in [Signal::SIGINT, Signal::SIGQUIT] {
+            // SAFETY: SIG_DFL installs no handler, so no code runs in
+            // signal context.
+            #[allow(unsafe_code)]
+            let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+        }
+        std::thread::spawn(|| loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let live = LIVE
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((name, _)) = live.iter().find(|(_, at)| at.elapsed() > WATCHDOG) {
+                eprintln!("watchdog: test {name} ran longer than {WATCHDOG:?}; failing the run");
+                std::process::exit(101);
+            }
+        });
+    });
+}
+
 impl Env {
     #[track_caller]
     pub fn new() -> Env {
+        set_up_process();
+        let name = std::thread::current().name().unwrap_or("?").to_owned();
+        LIVE.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((name, Instant::now()));
         let dir = tempfile::Builder::new()
             .prefix("idem-test-")
             .tempdir()
@@ -183,6 +222,14 @@ impl Drop for Env {
     /// PostgreSQL objects and Redis keys go with it (its temp dir goes by
     /// itself).
     fn drop(&mut self) {
+        let name = std::thread::current().name().unwrap_or("?").to_owned();
+        let mut live = LIVE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(at) = live.iter().position(|(n, _)| *n == name) {
+            live.remove(at);
+        }
+        drop(live);
         if std::thread::panicking() {
             let _ = std::fs::write(self.path("release"), "");
             std::thread::sleep(Duration::from_millis(100));

@@ -8,19 +8,22 @@
 //! counting and deletion all name that token, so an owner that lost its
 //! lease can never overwrite the record of the run that took over.
 
+mod check;
 mod conn;
+mod libpq;
 mod records;
 mod schema;
 mod target;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use super::{Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
 use crate::owner::ChildId;
 use crate::store::{finish_patiently, FinishFailure};
 use anyhow::Result;
 use conn::{Conn, Failure, CALL_LIMIT};
-use records::record_from_row;
+use records::{record_from_row, COLUMNS};
 use schema::{Found, Names, SCHEMA_VERSION};
 use std::io::Write;
 use std::time::Duration;
@@ -44,12 +47,15 @@ type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 pub struct PgStore {
     conn: Conn,
     names: Names,
-    /// What a record is read from (`records::columns`).
-    columns: String,
 }
 
 pub fn open(url: &str, mode: Mode) -> Result<Option<Box<dyn Store>>> {
     Ok(PgStore::open(url, mode)?.map(|s| Box::new(s) as Box<dyn Store>))
+}
+
+/// The URL as it may be shown: without its password.
+pub fn shown(url: &str) -> String {
+    target::redact(url)
 }
 
 impl PgStore {
@@ -67,7 +73,7 @@ impl PgStore {
                 })?
             }
             (Found::Missing, Mode::Existing | Mode::ReadOnly) => return Ok(None),
-            (Found::Ready(version), Mode::Create | Mode::Existing) if version < SCHEMA_VERSION => {
+            (Found::Older(_), _) => {
                 conn.call("cannot upgrade the store", CALL_LIMIT, async |c| {
                     schema::migrate(c, &names).await
                 })?
@@ -75,13 +81,11 @@ impl PgStore {
             (found, _) => found,
         };
         match found {
-        // `inspect` reads an older layout as it is.
-        Found::Ready(version) => Ok(Some(PgStore {
-            conn,
-            names,
-            columns: records::columns(version),
-        })),
+        Found::Ready => Ok(Some(PgStore { conn, names })),
         Found::Missing => conn.fail("it vanished while it was being created; try again"),
+        Found::Older(version) => conn.fail(&format!(
+            "it still has schema version {version} after an upgrade to {SCHEMA_VERSION}; try again"
+        )),
         Found::Newer(version) => conn.fail(&format!(
             "it has schema version {version}, newer than this idem understands ({SCHEMA_VERSION}); upgrade idem"
         )),
@@ -97,8 +101,7 @@ impl PgStore {
     fn read_sql(&self, lock: bool) -> String {
         format!(
             "SELECT {NOW}, r.* FROM (SELECT 1) AS one LEFT JOIN LATERAL \
-             (SELECT {} FROM {} WHERE key = $1{}) AS r ON true",
-            self.columns,
+             (SELECT {COLUMNS} FROM {} WHERE key = $1{}) AS r ON true",
             self.names.records,
             if lock { " FOR UPDATE" } else { "" }
         )
@@ -200,7 +203,7 @@ impl Store for PgStore {
         let read = self.read_sql(true);
         let (records, sequence) = (&self.names.records, &self.names.token);
         let fields = "status = 'in_progress', fingerprint = $2, command = $3, cwd = $4, \
-            attempt = $5, owner_host = $6, owner_boot = $7, owner_pid = $8, owner_start = $9, \
+            attempt = $5, owner_host = $6, owner_boot = $7, owner_pid = $8, owner_start = $9, label = $11, \
             owner_pid_ns = $12";
         let replace = format!(
             "UPDATE {records} SET {fields}, token = nextval('{sequence}'), started_at = {NOW}, \
@@ -208,13 +211,14 @@ impl Store for PgStore {
                 exit_code = NULL, signal = NULL, timed_out = false, replays = 0, \
                 child_pid = NULL, child_pgid = NULL, child_start = NULL, \
                 stdout = '', stderr = '', stdout_truncated = false, stderr_truncated = false \
-             WHERE key = $1 AND token = $11 RETURNING token"
+             WHERE key = $1 AND token = $13 RETURNING token"
         );
         let insert = format!(
             "INSERT INTO {records} (key, status, fingerprint, command, cwd, attempt, owner_host, \
-                owner_boot, owner_pid, owner_start, token, started_at, lease_until, owner_pid_ns) \
-             VALUES ($1, 'in_progress', $2, $3, $4, $5, $6, $7, $8, $9, nextval('{sequence}'), \
-                {NOW}, {NOW} + $10, $11) \
+                owner_boot, owner_pid, owner_start, label, token, started_at, lease_until, \
+                owner_pid_ns) \
+             VALUES ($1, 'in_progress', $2, $3, $4, $5, $6, $7, $8, $9, $11, \
+                nextval('{sequence}'), {NOW}, {NOW} + $10, $12) \
              ON CONFLICT (key) DO NOTHING RETURNING token"
         );
         let cleanup = format!(
@@ -239,6 +243,7 @@ impl Store for PgStore {
                         attempt,
                         owner,
                         lease_ms,
+                        label,
                     } = &claim;
                     let mut params: Vec<Param> = vec![
                         (&key, Type::TEXT),
@@ -251,18 +256,16 @@ impl Store for PgStore {
                         (&owner.pid, Type::INT8),
                         (&owner.start, Type::INT8),
                         (lease_ms, Type::INT8),
+                        (label, Type::TEXT),
+                        (&owner.pid_ns, Type::INT8),
                     ];
                     let observed = existing.as_ref().map(|r| r.token);
                     let written = match &observed {
                         Some(token) => {
                             params.push((token, Type::INT8));
-                            params.push((&owner.pid_ns, Type::INT8));
                             tx.query_typed(&replace, &params).await?
                         }
-                        None => {
-                            params.push((&owner.pid_ns, Type::INT8));
-                            tx.query_typed(&insert, &params).await?
-                        }
+                        None => tx.query_typed(&insert, &params).await?,
                     };
                     let Some(written) = written.first() else {
                         return Ok(None);
@@ -393,8 +396,7 @@ impl Store for PgStore {
 
     fn list(&mut self, filter: &Filter, each: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
         let now = self.now()?;
-        let table = &self.names.records;
-        records::list(&mut self.conn, table, &self.columns, filter, now, each)
+        records::list(&mut self.conn, &self.names.records, filter, now, each)
     }
 
     fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
@@ -413,5 +415,23 @@ impl Store for PgStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    /// The records table with its indexes and TOAST (stored output).
+    fn size(&mut self) -> Result<Option<u64>> {
+        let sql = "SELECT pg_total_relation_size(to_regclass($1))";
+        let table = self.names.records.clone();
+        let size: Option<i64> =
+            self.conn
+                .call("cannot read the store's size", CALL_LIMIT, async |c| {
+                    Ok(c.query_typed_one(sql, &[(&table, Type::TEXT)])
+                        .await?
+                        .get(0))
+                })?;
+        Ok(size.and_then(|s| u64::try_from(s).ok()))
+    }
+
+    fn check(&mut self) -> Result<Vec<super::Finding>> {
+        self.run_checks()
     }
 }

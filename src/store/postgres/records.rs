@@ -11,31 +11,19 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 /// Columns of a record, in the order `record_from_row` reads them.
-const COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, token, started_at, \
+pub const COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, token, started_at, \
     finished_at, expires_at, lease_until, exit_code, signal, timed_out, replays, owner_host, \
     owner_boot, owner_pid, owner_start, child_pid, child_pgid, child_start, \
     octet_length(stdout)::bigint, octet_length(stderr)::bigint, stdout_truncated, stderr_truncated, \
-    owner_pid_ns";
-
-/// `COLUMNS` for a table at schema `version`: what an older one lacks is
-/// read as NULL (`inspect` never upgrades a store).
-pub fn columns(version: i64) -> String {
-    if version < 2 {
-        COLUMNS.replace("owner_pid_ns", "NULL::bigint")
-    } else {
-        COLUMNS.to_owned()
-    }
-}
+    label, owner_pid_ns";
 /// How many records `list` holds in memory at once.
 const PAGE: i64 = 500;
 
 /// Calls `each` for every record of `table` that `filter` selects, newest
-/// first, a page at a time, reading `columns`; `now` is the server's time
-/// for `expired`.
+/// first, a page at a time; `now` is the server's time for `expired`.
 pub fn list(
     conn: &mut Conn,
     table: &str,
-    columns: &str,
     filter: &Filter,
     now: Millis,
     each: &mut dyn FnMut(Record) -> Result<()>,
@@ -47,7 +35,7 @@ pub fn list(
         if page <= 0 {
             return Ok(());
         }
-        let mut sql = format!("SELECT {columns} FROM {table} WHERE true");
+        let mut sql = format!("SELECT {COLUMNS} FROM {table} WHERE true");
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
         if !filter.keys.is_empty() {
             add(&mut sql, &mut params, " AND key = ANY(?)", &filter.keys);
@@ -130,7 +118,7 @@ pub fn record_from_row(row: &Row, at: usize) -> Result<Option<Record>, tokio_pos
         owner: Owner {
             host: row.try_get(get(15))?,
             boot_id: row.try_get(get(16))?,
-            pid_ns: row.try_get(get(26))?,
+            pid_ns: row.try_get(get(27))?,
             pid: row.try_get(get(17))?,
             start: row.try_get(get(18))?,
             child: match child_pid {
@@ -146,5 +134,6 @@ pub fn record_from_row(row: &Row, at: usize) -> Result<Option<Record>, tokio_pos
         stderr_bytes: row.try_get(get(23))?,
         stdout_truncated: row.try_get(get(24))?,
         stderr_truncated: row.try_get(get(25))?,
+        label: row.try_get(get(26))?,
     }))
 }

@@ -5,22 +5,24 @@
 //! `schema_version` row says which layout this is. They are created on first
 //! use inside one transaction under an advisory lock, so hosts that race to
 //! create them all see one result. A newer version is refused untouched;
-//! a table of that name that idem did not create is never adopted. An older
-//! one is brought up to date (`MIGRATIONS`) by the first call that may write.
+//! a table of that name that idem did not create is never adopted.
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Error, GenericClient};
 
 /// The layout this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
-/// Entry N brings a store from version N + 1 to N + 2; `{records}` stands
-/// for the records table.
+/// Upgrades; entry N brings a store from version N + 1 to N + 2. `{records}`
+/// stands for the quoted records table.
 const MIGRATIONS: &[&str] = &[
-    // 1 -> 2: the owner's PID namespace (inode of /proc/self/ns/pid), so that
-    // containers on one machine are judged by the lease, not by pids that
-    // mean nothing to each other. NULL on older records: unknown.
-    "ALTER TABLE {records} ADD COLUMN IF NOT EXISTS owner_pid_ns bigint",
+    // Version 2, the label (issue 14): `--label TEXT`, shown by inspect.
+    "ALTER TABLE {records} ADD COLUMN IF NOT EXISTS label text;",
+    // Version 3, the owner's PID namespace (issue 11: inode of
+    // /proc/self/ns/pid), so that containers on one machine are judged by
+    // the lease, not by pids that mean nothing to each other. NULL on older
+    // records: unknown.
+    "ALTER TABLE {records} ADD COLUMN IF NOT EXISTS owner_pid_ns bigint;",
 ];
 
 /// Quoted names of one store's objects.
@@ -46,12 +48,14 @@ impl Names {
 
 /// What the server holds under these names.
 pub enum Found {
-    /// Ready at this version (this build's, or older: see `migrate`).
-    Ready(i64),
+    /// Ready at this build's version.
+    Ready,
     /// Nothing yet.
     Missing,
     /// Made by a newer idem.
     Newer(i64),
+    /// Made by an older idem: upgrade it (`migrate`).
+    Older(i64),
     /// A table of that name exists, but idem did not make it.
     Foreign,
 }
@@ -96,20 +100,29 @@ async fn probe(client: &impl GenericClient, names: &Names) -> Result<Found, Erro
 }
 
 fn classify(version: i64) -> Found {
-    if version > SCHEMA_VERSION {
-        Found::Newer(version)
-    } else {
-        Found::Ready(version)
+    match version.cmp(&SCHEMA_VERSION) {
+        std::cmp::Ordering::Greater => Found::Newer(version),
+        std::cmp::Ordering::Less => Found::Older(version),
+        std::cmp::Ordering::Equal => Found::Ready,
     }
 }
 
-/// Brings an older store to this build's version, under the same lock as
-/// `create`; returns what is there afterwards.
+/// Creates the store if it is missing; returns what is there afterwards.
+///
+/// The lock is taken before the transaction starts: a transaction that
+/// began before a racing creator committed could still see the old catalog.
+pub async fn create(client: &mut Client, names: &Names) -> Result<Found, Error> {
+    locked(client, names, async |c| create_locked(c, names).await).await
+}
+
+/// Upgrades a store of an older version under the same lock as `create`,
+/// in a read-write transaction (also for `inspect`, whose connection
+/// defaults to read-only: the upgrade only adds columns).
 pub async fn migrate(client: &mut Client, names: &Names) -> Result<Found, Error> {
-    locked(client, names, async |client| {
-        let tx = client.transaction().await?;
+    locked(client, names, async |c| {
+        let tx = c.build_transaction().read_only(false).start().await?;
         let version = match read_version(&tx, names).await? {
-            Found::Ready(version) if version < SCHEMA_VERSION => version,
+            Found::Older(version) => version,
             other => return Ok(other),
         };
         let from = usize::try_from(version - 1).unwrap_or(0);
@@ -123,23 +136,12 @@ pub async fn migrate(client: &mut Client, names: &Names) -> Result<Found, Error>
         );
         tx.batch_execute(&stamp).await?;
         tx.commit().await?;
-        Ok(Found::Ready(SCHEMA_VERSION))
+        Ok(Found::Ready)
     })
     .await
 }
 
-/// Creates the store if it is missing; returns what is there afterwards.
-///
-/// The lock is taken before the transaction starts: a transaction that
-/// began before a racing creator committed could still see the old catalog.
-pub async fn create(client: &mut Client, names: &Names) -> Result<Found, Error> {
-    locked(client, names, async |client| {
-        create_locked(client, names).await
-    })
-    .await
-}
-
-/// Runs `work` under the advisory lock of this store's set-up.
+/// Runs `work` under idem's advisory lock for this store.
 async fn locked(
     client: &mut Client,
     names: &Names,
@@ -199,12 +201,13 @@ async fn create_locked(client: &mut Client, names: &Names) -> Result<Found, Erro
              stdout bytea NOT NULL DEFAULT '',
              stderr bytea NOT NULL DEFAULT '',
              stdout_truncated boolean NOT NULL DEFAULT false,
-             stderr_truncated boolean NOT NULL DEFAULT false
+             stderr_truncated boolean NOT NULL DEFAULT false,
+             label text
          );
          CREATE INDEX {by_started} ON {records} (started_at DESC, key);
          CREATE INDEX {by_expiry} ON {records} (expires_at) WHERE expires_at IS NOT NULL;"
     ))
     .await?;
     tx.commit().await?;
-    Ok(Found::Ready(SCHEMA_VERSION))
+    Ok(Found::Ready)
 }

@@ -41,6 +41,7 @@ impl Scratch {
                 ..Owner::default()
             },
             lease_ms: 30_000,
+            label: None,
         };
         self.store
             .claim(key, &mut |_, _| Some(claim.clone()))

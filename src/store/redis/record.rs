@@ -4,7 +4,7 @@ use crate::owner::{ChildId, Owner};
 use crate::store::{Record, Status};
 
 /// Every field of a record hash except the stored output, in `HMGET` order.
-pub(super) const FIELDS: [&str; 27] = [
+pub(super) const FIELDS: [&str; 28] = [
     "status",
     "fingerprint",
     "command",
@@ -32,6 +32,7 @@ pub(super) const FIELDS: [&str; 27] = [
     "stderr_bytes",
     "stdout_truncated",
     "stderr_truncated",
+    "label",
 ];
 
 /// A record from its `HMGET` values and its revision; `None` when absent.
@@ -81,6 +82,7 @@ pub(super) fn parse_record(key: &str, values: &[Option<Vec<u8>>]) -> Option<(Rec
         stderr_bytes: int("stderr_bytes").unwrap_or(0),
         stdout_truncated: flag("stdout_truncated"),
         stderr_truncated: flag("stderr_truncated"),
+        label: field("label").map(|l| String::from_utf8_lossy(l).into_owned()),
     };
     Some((record, text("rev")))
 }
