@@ -699,8 +699,8 @@ impl Call<'_> {
         command_line(self.args.command.iter().map(|a| a.as_bytes()))
     }
 
-    /// What holds the key: its owner and, on a shared store, when its
-    /// lease runs out unless renewed.
+    /// What holds the key: its owner and when its lease runs out unless
+    /// renewed.
     fn busy(&self, record: Option<&Record>, now: Millis) -> String {
         let owner = record.map_or_else(String::new, |r| {
             let lease = r.lease_until.map_or_else(String::new, |at| {
