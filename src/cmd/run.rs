@@ -110,7 +110,7 @@ pub struct Args {
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub report: Option<PathBuf>,
 
-    /// Shared stores: how long a claim lives without renewal (the owner renews it while COMMAND runs)
+    /// How long a claim lives without renewal, on every store (the owner renews it every third of that while COMMAND runs); it decides where process checks cannot: other hosts, other PID namespaces (containers)
     #[arg(long, default_value = DEFAULT_LEASE, value_name = "DURATION", value_parser = positive_duration)]
     pub lease: Duration,
 
@@ -716,8 +716,8 @@ impl Call<'_> {
         command_line(self.args.command.iter().map(|a| a.as_bytes()))
     }
 
-    /// What holds the key: its owner and, on a shared store, when its
-    /// lease runs out unless renewed.
+    /// What holds the key: its owner and when its lease runs out unless
+    /// renewed.
     fn busy(&self, record: Option<&Record>, now: Millis) -> String {
         let owner = record.map_or_else(String::new, |r| {
             let lease = r.lease_until.map_or_else(String::new, |at| {
