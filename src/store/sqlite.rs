@@ -1,7 +1,9 @@
 //! The embedded default: one SQLite file in WAL mode.
 //!
 //! Claims run in `BEGIN IMMEDIATE` with `synchronous=FULL`, so they are on
-//! disk before the child starts; outcomes likewise before idem exits. Reads
+//! disk before the child starts; outcomes likewise before idem exits. The
+//! running owner's lease is renewed cheaply (no fsync, a short wait for the
+//! lock): it only matters to other PID namespaces sharing the file. Reads
 //! (replay, wait, inspect) never take the write lock. The WAL stays between
 //! calls (no checkpoint on close: that cost every call two fsyncs); a writer
 //! empties it on its way out once it has grown. Before SQLite touches a
@@ -35,6 +37,9 @@ const SCHEMA_VERSION: i32 = 4;
 const CLEANUP_BATCH: i64 = 16;
 /// How long contention on the write lock may last before idem gives up.
 const LOCK_PATIENCE: Duration = Duration::from_secs(120);
+/// How long a lease renewal waits for the write lock at most: the owner
+/// tries again at its next tick, two more before the lease runs out.
+const RENEW_PATIENCE: Duration = Duration::from_millis(200);
 /// Why `inspect` cannot use an empty store file.
 const NEVER_INITIALISED: &str = "it was never initialised (run `idem run` once to create it)";
 
@@ -91,6 +96,15 @@ const MIGRATIONS: &[&str] = &[
     -- a run is, so an operator can tell which event a derived `cmd:` key
     -- belongs to. NULL for records written before it existed.
     ALTER TABLE records ADD COLUMN label TEXT;
+
+    -- Version 3, owners (issue 11): the PID namespace (inode of
+    -- /proc/self/ns/pid), and a lease that the running owner renews, as on
+    -- the shared stores. Containers on one machine that share the file, and
+    -- other hosts, are judged by the lease; process checks only within one
+    -- PID namespace. Records written before have neither (NULL: unknown,
+    -- see policy::owner_alive).
+    ALTER TABLE records ADD COLUMN owner_pid_ns INTEGER;
+    ALTER TABLE records ADD COLUMN lease_until INTEGER;
 ",
     // Version 4, the output journal (issue 13, see sqlite/journal.rs). Like
     // replay counts, a journal belongs to one claim (key, token), and
@@ -105,9 +119,9 @@ const RECORD_COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, t
     owner_host, owner_boot, \
     owner_pid, owner_start, child_pid, child_pgid, child_start, \
     coalesce(stdout_bytes, length(stdout)), coalesce(stderr_bytes, length(stderr)), \
-    stdout_truncated, stderr_truncated, label";
+    stdout_truncated, stderr_truncated, label, lease_until, owner_pid_ns";
 /// How many columns `RECORD_COLUMNS` names; a query may add more after them.
-const RECORD_COLUMN_COUNT: usize = 26;
+const RECORD_COLUMN_COUNT: usize = 28;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -253,6 +267,13 @@ impl SqliteStore {
         if let Err(e) = tx.execute_batch(&stamp).and_then(|()| tx.commit()) {
             return fail("cannot initialise it", e);
         }
+        // Copy the new schema into the database file now (once per store),
+        // so the header `open` reads says "ready": until the first
+        // checkpoint, every call would check the schema with SQL again.
+        // Passive: best effort, never waits for other processes.
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         Ok(())
     }
 
@@ -327,12 +348,14 @@ impl SqliteStore {
             .execute([key])?;
         tx.prepare_cached(
             "INSERT INTO records (key, status, fingerprint, command, cwd, attempt, token, started_at,
-                owner_host, owner_boot, owner_pid, owner_start, label, stdout_bytes, stderr_bytes)
-             VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 0)
+                owner_host, owner_boot, owner_pid, owner_start, label, owner_pid_ns, lease_until,
+                stdout_bytes, stderr_bytes)
+             VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 0, 0)
              ON CONFLICT (key) DO UPDATE SET status = 'in_progress', fingerprint = ?2, command = ?3,
                 cwd = ?4, attempt = ?5, token = ?6, started_at = ?7, finished_at = NULL,
                 expires_at = NULL, exit_code = NULL, signal = NULL, timed_out = 0, replays = 0,
                 owner_host = ?8, owner_boot = ?9, owner_pid = ?10, owner_start = ?11,
+                owner_pid_ns = ?13, lease_until = ?14,
                 child_pid = NULL, child_pgid = NULL, child_start = NULL,
                 stdout_truncated = 0, stderr_truncated = 0, stdout = x'', stderr = x'', label = ?12,
                 stdout_bytes = 0, stderr_bytes = 0",
@@ -350,6 +373,8 @@ impl SqliteStore {
             claim.owner.pid,
             claim.owner.start,
             claim.label,
+            claim.owner.pid_ns,
+            now.saturating_add(claim.lease_ms),
         ])?;
         let mut cleanup = tx.prepare_cached(
             "DELETE FROM records WHERE rowid IN
@@ -396,7 +421,7 @@ impl SqliteStore {
                 stdout_truncated = ?9 OR (NOT ?11 AND stdout_bytes > 0),
                 stderr_truncated = ?10 OR (NOT ?11 AND stderr_bytes > 0),
                 stdout_bytes = CASE WHEN ?11 THEN stdout_bytes ELSE 0 END,
-                stderr_bytes = CASE WHEN ?11 THEN stderr_bytes ELSE 0 END
+                stderr_bytes = CASE WHEN ?11 THEN stderr_bytes ELSE 0 END, lease_until = NULL
              WHERE key = ?1 AND token = ?2 AND status = 'in_progress'",
             params![
                 key,
@@ -474,8 +499,27 @@ impl Store for SqliteStore {
         Ok(self.sql(result, "cannot record the child")? == 1)
     }
 
-    fn renew(&mut self, _key: &str, _token: i64, _lease_ms: Millis) -> Result<bool> {
-        Ok(true)
+    /// Cheap and short: no fsync (a renewal lost to a power loss only makes
+    /// the owner look dead sooner, and after a reboot it is dead anyway),
+    /// and at most `RENEW_PATIENCE` waiting for the write lock; a failed
+    /// renewal is tried again at the owner's next tick.
+    fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool> {
+        self.wrote = true;
+        let result = self.sync(Sync::Normal).and_then(|()| {
+            self.conn.busy_timeout(RENEW_PATIENCE)?;
+            let changed = self
+                .conn
+                .prepare_cached(
+                    "UPDATE records SET lease_until = ?3
+                     WHERE key = ?1 AND token = ?2 AND status = 'in_progress'",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![key, token, now_millis().saturating_add(lease_ms)])
+                });
+            self.conn.busy_handler(Some(wait_for_lock))?;
+            changed
+        });
+        Ok(self.sql(result, "cannot renew the lease")? == 1)
     }
 
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
@@ -518,6 +562,15 @@ impl Store for SqliteStore {
         self.wrote = true;
         let result = (|| {
             self.sync(Sync::Normal)?;
+            // A key replayed before under this claim: a one-row UPDATE,
+            // about half the parse of the general statement below.
+            let counted = self.conn.execute(
+                "UPDATE replay_counts SET count = count + 1 WHERE key = ?1 AND token = ?2",
+                params![key, token],
+            )?;
+            if counted == 1 {
+                return Ok(1);
+            }
             self.conn.execute(
                 "INSERT INTO replay_counts (key, token, count)
                    SELECT key, token, 1 FROM records WHERE key = ?1 AND token = ?2
@@ -653,7 +706,6 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
         started_at: row.get(7)?,
         finished_at: row.get(8)?,
         expires_at: row.get(9)?,
-        lease_until: None,
         exit_code: row.get(10)?,
         signal: row.get(11)?,
         timed_out: row.get(12)?,
@@ -661,6 +713,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
         owner: Owner {
             host: row.get(14)?,
             boot_id: row.get(15)?,
+            pid_ns: row.get(27)?,
             pid: row.get(16)?,
             start: row.get(17)?,
             child: match child_pid {
@@ -677,6 +730,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
         stdout_truncated: row.get(23)?,
         stderr_truncated: row.get(24)?,
         label: row.get(25)?,
+        lease_until: row.get(26)?,
     })
 }
 

@@ -17,6 +17,7 @@ mod jobs;
 mod journal;
 mod limits;
 mod lint;
+mod liveness;
 mod migration;
 mod postgres;
 mod postgres_tls;

@@ -2,9 +2,9 @@
 //! replay as before (stdout, then stderr), `logs` and `inspect` read them,
 //! and the store is upgraded without losing one. Each store is laid out
 //! here exactly as earlier releases wrote it, with one finished record: at
-//! each schema before the journal (SQLite 2 and 3, PostgreSQL 1 and 2,
-//! Redis 1 and 2: the latter of each pair added labels, or Redis's cluster
-//! layout).
+//! the first and the last schema before the journal (SQLite 2 and 3,
+//! PostgreSQL 1 and 3, Redis 1 and 2; labels, owners' PID namespaces and
+//! Redis's cluster layout came in between).
 
 use crate::support::{backend, psql, Backend, Env};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -63,9 +63,9 @@ fn now_ms() -> i64 {
 }
 
 /// Writes the old store with record `old`: stdout `o1\no2\n`, stderr
-/// `e1\n`, exit status 3, completed (`--on-failure lock`). `labelled`: at
-/// the later of the two schemas before the journal.
-fn write_old_store(env: &Env, labelled: bool) {
+/// `e1\n`, exit status 3, completed (`--on-failure lock`). `latest`: at
+/// the last schema before the journal, else at the first one.
+fn write_old_store(env: &Env, latest: bool) {
     let (now, day) = (now_ms(), 86_400_000);
     match backend() {
         Backend::Sqlite => {
@@ -73,9 +73,12 @@ fn write_old_store(env: &Env, labelled: bool) {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             let conn = rusqlite::Connection::open(&path).unwrap();
             conn.execute_batch(SQLITE_V2).unwrap();
-            if labelled {
+            if latest {
                 conn.execute_batch(
-                    "ALTER TABLE records ADD COLUMN label TEXT; PRAGMA user_version = 3;",
+                    "ALTER TABLE records ADD COLUMN label TEXT;
+                     ALTER TABLE records ADD COLUMN owner_pid_ns INTEGER;
+                     ALTER TABLE records ADD COLUMN lease_until INTEGER;
+                     PRAGMA user_version = 3;",
                 )
                 .unwrap();
             }
@@ -95,9 +98,10 @@ fn write_old_store(env: &Env, labelled: bool) {
         Backend::Postgres => {
             let t = env.unique();
             psql(&POSTGRES_V1.replace("@T", t));
-            if labelled {
+            if latest {
                 psql(&format!(
-                    "ALTER TABLE {t} ADD COLUMN label text; UPDATE {t}_meta SET value = 2"
+                    "ALTER TABLE {t} ADD COLUMN label text, ADD COLUMN owner_pid_ns bigint;
+                     UPDATE {t}_meta SET value = 3"
                 ));
             }
             psql(&format!(
@@ -116,7 +120,7 @@ fn write_old_store(env: &Env, labelled: bool) {
                 .unwrap();
             let _: () = redis::cmd("SET")
                 .arg(format!("{prefix}schema"))
-                .arg(if labelled { 2 } else { 1 })
+                .arg(if latest { 2 } else { 1 })
                 .query(&mut con)
                 .unwrap();
             let (now, until) = (now.to_string(), (now + day).to_string());
@@ -143,7 +147,7 @@ fn write_old_store(env: &Env, labelled: bool) {
                 ("stdout_bytes", b"6"),
             ];
             let mut hset = redis::cmd("HSET");
-            hset.arg(if labelled {
+            hset.arg(if latest {
                 crate::redis::record_key(prefix, "old")
             } else {
                 format!("{prefix}rec:old")
@@ -185,14 +189,14 @@ fn version(env: &Env) -> i64 {
 
 #[test]
 fn records_written_before_the_journal_replay_stdout_then_stderr() {
-    for labelled in [false, true] {
-        replay_an_old_store(labelled);
+    for latest in [false, true] {
+        replay_an_old_store(latest);
     }
 }
 
-fn replay_an_old_store(labelled: bool) {
+fn replay_an_old_store(latest: bool) {
     let env = Env::new();
-    write_old_store(&env, labelled);
+    write_old_store(&env, latest);
     let old = version(&env);
     let check = || {
         env.idem()

@@ -278,7 +278,8 @@ fn a_version_2_store_is_upgraded_and_keeps_its_records() {
     // Back to schema 2: no label, no journal (the output in the record).
     let conn = rusqlite::Connection::open(env.db_path()).unwrap();
     conn.execute_batch(
-        "ALTER TABLE records DROP COLUMN label; DROP TABLE journal;
+        "ALTER TABLE records DROP COLUMN label; ALTER TABLE records DROP COLUMN owner_pid_ns;
+         ALTER TABLE records DROP COLUMN lease_until; DROP TABLE journal;
          ALTER TABLE records DROP COLUMN stdout_bytes; ALTER TABLE records DROP COLUMN stderr_bytes;
          UPDATE records SET stdout = CAST('hi\n' AS BLOB); PRAGMA user_version = 2;",
     )

@@ -6,7 +6,7 @@
 //! this is. They are created on first use inside one transaction under an
 //! advisory lock, so hosts that race to create them all see one result; an
 //! older layout is upgraded the same way by whoever opens it first (versions
-//! 1 and 2 had no journal: their records keep their output in the `stdout`
+//! 1 to 3 had no journal: their records keep their output in the `stdout`
 //! and `stderr` columns, which later records leave empty). A newer version
 //! is refused untouched; a table of that name that idem did not create is
 //! never adopted.
@@ -15,17 +15,22 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Error, GenericClient};
 
 /// The layout this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Upgrades; entry N brings a store from version N + 1 to N + 2. `{records}`
 /// and `{journal}` stand for the quoted table names.
 const MIGRATIONS: &[&str] = &[
     // Version 2, the label (issue 14): `--label TEXT`, shown by inspect.
     "ALTER TABLE {records} ADD COLUMN IF NOT EXISTS label text;",
+    // Version 3, the owner's PID namespace (issue 11: inode of
+    // /proc/self/ns/pid), so that containers on one machine are judged by
+    // the lease, not by pids that mean nothing to each other. NULL on older
+    // records: unknown.
+    "ALTER TABLE {records} ADD COLUMN IF NOT EXISTS owner_pid_ns bigint;",
     JOURNAL,
 ];
 
-/// Version 3, the output journal (issue 13, see `journal.rs`): the journal
+/// Version 4, the output journal (issue 13, see `journal.rs`): the journal
 /// table, and per-stream byte counts on the record (NULL on records written
 /// before: their output is in the `stdout` and `stderr` columns).
 const JOURNAL: &str = "
@@ -223,6 +228,7 @@ async fn create_locked(client: &mut Client, names: &Names) -> Result<Found, Erro
              owner_boot text NOT NULL,
              owner_pid bigint NOT NULL,
              owner_start bigint NOT NULL,
+             owner_pid_ns bigint,
              child_pid bigint,
              child_pgid bigint,
              child_start bigint,
