@@ -32,6 +32,84 @@ pub enum Code {
     NotFound = 127,
 }
 
+/// The subcommands a row of [`MEANINGS`] is about, by name.
+#[derive(Debug, Clone, Copy)]
+pub enum For {
+    All,
+    Only(&'static [&'static str]),
+    AllBut(&'static [&'static str]),
+}
+
+impl For {
+    pub fn includes(self, subcommand: &str) -> bool {
+        match self {
+            For::All => true,
+            For::Only(names) => names.contains(&subcommand),
+            For::AllBut(names) => !names.contains(&subcommand),
+        }
+    }
+}
+
+/// A status as the user sees it: 0, a code idem chooses, or COMMAND's own.
+#[derive(Debug, Clone, Copy)]
+pub enum Status {
+    /// The status of COMMAND, ran or replayed (a paragraph, not a number).
+    Child,
+    Success,
+    Chosen(Code),
+}
+
+/// What one exit status means to the user of some subcommands.
+pub struct Meaning {
+    pub status: Status,
+    pub commands: For,
+    pub text: &'static str,
+}
+
+/// Every exit status of every subcommand, in the order the documentation
+/// lists them: `idem --help` and the man pages (each subcommand's page shows
+/// the rows that are about it) are written from this table. A new code or a
+/// new subcommand with codes of its own gets a row here.
+#[rustfmt::skip] // a table reads better one row a line
+pub const MEANINGS: &[Meaning] = &[
+    Meaning { status: Status::Child, commands: For::Only(&["run"]), text:
+        "idem run exits with COMMAND's own status when COMMAND ran or its stored result was \
+        replayed (128 + N when it died of signal N), and with 0 when --on-duplicate skip \
+        skipped it. Otherwise:" },
+    Meaning { status: Status::Success, commands: For::AllBut(&["run"]), text: "Success." },
+    Meaning { status: Status::Chosen(Code::NoRecord), commands: For::Only(&["inspect"]), text:
+        "KEY was given and there is no record for it." },
+    Meaning { status: Status::Chosen(Code::Usage), commands: For::All, text:
+        "Usage error: a bad flag or value, an empty --db, an empty command, a bad key; \
+        the message says which." },
+    Meaning { status: Status::Chosen(Code::Mismatch), commands: For::Only(&["run"]), text:
+        "The key was used before with a different fingerprint (see --allow-mismatch). \
+        Nothing ran." },
+    Meaning { status: Status::Chosen(Code::InProgress), commands: For::Only(&["run"]), text:
+        "The key is in progress elsewhere: no --on-duplicate wait, or --wait-timeout ran out." },
+    Meaning { status: Status::Chosen(Code::InProgress), commands: For::Only(&["purge"]), text:
+        "A KEY named on the command line was skipped: its owner is still running \
+        (see --force). The rest was done." },
+    Meaning { status: Status::Chosen(Code::Completed), commands: For::Only(&["run"]), text:
+        "The key already completed and --on-duplicate fail was given." },
+    Meaning { status: Status::Chosen(Code::Crashed), commands: For::Only(&["run"]), text:
+        "An earlier owner crashed mid-run and --on-crash block was given: \
+        check its side effects, then idem purge KEY." },
+    Meaning { status: Status::Chosen(Code::Timeout), commands: For::Only(&["run"]), text:
+        "--timeout ran out." },
+    Meaning { status: Status::Chosen(Code::Internal), commands: For::All, text:
+        "idem itself failed: the store is unreachable, unreadable, corrupt, of a newer \
+        schema, or full." },
+    Meaning { status: Status::Chosen(Code::NotExecutable), commands: For::Only(&["run"]), text:
+        "COMMAND was found but is not executable." },
+    Meaning { status: Status::Chosen(Code::NotFound), commands: For::Only(&["run"]), text:
+        "COMMAND was not found." },
+];
+
+/// What every list of statuses says first.
+pub const CHOSEN: &str = "Every status but 0 that idem chooses itself comes with one line on \
+    standard error, starting with idem:, that says what happened and what to do.";
+
 impl From<Code> for u8 {
     fn from(code: Code) -> u8 {
         code as u8
