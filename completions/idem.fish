@@ -33,6 +33,7 @@ complete -c idem -n "__fish_idem_needs_command" -f -a "run" -d 'Run COMMAND at m
 complete -c idem -n "__fish_idem_needs_command" -f -a "inspect" -d 'Show the records in the store: a table, one record in detail, or JSON'
 complete -c idem -n "__fish_idem_needs_command" -f -a "purge" -d 'Delete records: the named keys, or those the selectors pick'
 complete -c idem -n "__fish_idem_needs_command" -f -a "stats" -d 'Sum up the store: records by state, replays, attempts, oldest runs, size'
+complete -c idem -n "__fish_idem_needs_command" -f -a "check" -d 'Check that the store can keep the promise'
 complete -c idem -n "__fish_idem_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c idem -n "__fish_idem_using_subcommand run" -s k -l key -d 'The idempotency key (1 to 1024 bytes). Default: derived from COMMAND, `cmd:` + 32 hex digits of its fingerprint' -r
 complete -c idem -n "__fish_idem_using_subcommand run" -l ttl -d 'How long a finished run suppresses re-runs, counted from its end (90s, 5m, 1h 30m, 7d)' -r
@@ -99,8 +100,14 @@ complete -c idem -n "__fish_idem_using_subcommand stats" -s q -l quiet -d 'Silen
 complete -c idem -n "__fish_idem_using_subcommand stats" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
 complete -c idem -n "__fish_idem_using_subcommand stats" -s h -l help -d 'Print help'
 complete -c idem -n "__fish_idem_using_subcommand stats" -s V -l version -d 'Print version'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats help" -f -a "run" -d 'Run COMMAND at most once per key'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats help" -f -a "inspect" -d 'Show the records in the store: a table, one record in detail, or JSON'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats help" -f -a "purge" -d 'Delete records: the named keys, or those the selectors pick'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats help" -f -a "stats" -d 'Sum up the store: records by state, replays, attempts, oldest runs, size'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c idem -n "__fish_idem_using_subcommand check" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand check" -s q -l quiet -d 'Silence notices (errors are still printed)'
+complete -c idem -n "__fish_idem_using_subcommand check" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
+complete -c idem -n "__fish_idem_using_subcommand check" -s h -l help -d 'Print help'
+complete -c idem -n "__fish_idem_using_subcommand check" -s V -l version -d 'Print version'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats check help" -f -a "run" -d 'Run COMMAND at most once per key'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats check help" -f -a "inspect" -d 'Show the records in the store: a table, one record in detail, or JSON'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats check help" -f -a "purge" -d 'Delete records: the named keys, or those the selectors pick'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats check help" -f -a "stats" -d 'Sum up the store: records by state, replays, attempts, oldest runs, size'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats check help" -f -a "check" -d 'Check that the store can keep the promise'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect purge stats check help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

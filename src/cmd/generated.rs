@@ -29,7 +29,7 @@ const EXIT_INTRO: &str = "idem exits with the status of COMMAND when COMMAND ran
 /// idem.1's EXIT STATUS list, after the child's own status.
 #[rustfmt::skip] // a table reads better one row a line
 const EXIT_STATUS: &[(&str, &str)] = &[
-    ("1", "idem inspect KEY: there is no record for KEY."),
+    ("1", "idem inspect KEY: there is no record for KEY. idem check: a check failed."),
     ("2", "Usage error: a bad flag, duration or size, an empty command, a bad key."),
     ("65", "The key was used before with a different fingerprint (see --allow-mismatch). \
         Nothing ran."),
@@ -39,7 +39,7 @@ const EXIT_STATUS: &[(&str, &str)] = &[
     ("77", "An earlier owner crashed mid-run and --on-crash block was given: \
         check its side effects, then idem purge KEY."),
     ("124", "--timeout ran out."),
-    ("125", "idem itself failed: the store is unreadable, corrupt, of a newer schema, or full."),
+    ("125", "idem itself failed: the store is unreadable, corrupt, of a newer schema, or full; or the server cannot be reached."),
     ("126", "COMMAND was found but is not executable."),
     ("127", "COMMAND was not found."),
 ];

@@ -1,6 +1,7 @@
 //! The command line: global flags, subcommands, and the value parsers they
 //! share. Each subcommand lives in its own module with its own `Args`.
 
+pub mod check;
 pub mod inspect;
 mod json;
 pub mod purge;
@@ -9,7 +10,6 @@ mod show;
 pub mod stats;
 
 use anyhow::Result;
-use crate::exit::{For, Status};
 use clap::{Parser, Subcommand, ValueHint};
 use std::ffi::OsString;
 use std::time::Duration;
@@ -56,16 +56,11 @@ fn after_help() -> String {
         Exit status:\n",
     );
     for meaning in crate::exit::MEANINGS {
-        let label = match meaning.status {
-            Status::Child => String::new(),
-            Status::Success => "0".to_owned(),
-            Status::Chosen(code) => u8::from(code).to_string(),
-        };
+        let label = meaning.status.number().map_or(String::new(), |n| n.to_string());
         let text = match meaning.commands {
-            For::Only(names) if !label.is_empty() => {
-                format!("idem {}: {}", names.join(", idem "), meaning.text)
-            }
-            _ => meaning.text.to_owned(),
+            [] => meaning.text.to_owned(),
+            _ if label.is_empty() => meaning.text.to_owned(),
+            names => format!("idem {}: {}", names.join(", idem "), meaning.text),
         };
         let label = if label.is_empty() { label } else { format!("{label:<5}") };
         hanging(&mut help, &label, &text);
@@ -103,6 +98,7 @@ pub enum Command {
     Inspect(inspect::Args),
     Purge(purge::Args),
     Stats(stats::Args),
+    Check(check::Args),
 }
 
 /// What every subcommand gets besides its own arguments.
@@ -125,6 +121,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Inspect(args) => inspect::run(&args, &global),
         Command::Purge(args) => purge::run(&args, &global),
         Command::Stats(args) => stats::run(&args, &global),
+        Command::Check(args) => check::run(&args, &global),
     }
 }
 

@@ -232,6 +232,36 @@ pub trait Store: Send {
     fn size(&mut self) -> Result<Option<u64>> {
         Ok(None)
     }
+
+    /// The checks only this backend can make, for `idem check`: the file's
+    /// integrity, the server's settings. Never changes a record.
+    fn check(&mut self) -> Result<Vec<Finding>>;
+}
+
+/// How one of `idem check`'s checks came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One line of `idem check`: what was checked and what was found.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub level: Level,
+    pub name: &'static str,
+    pub text: String,
+}
+
+impl Finding {
+    pub fn new(level: Level, name: &'static str, text: impl Into<String>) -> Finding {
+        Finding {
+            level,
+            name,
+            text: text.into(),
+        }
+    }
 }
 
 /// How long a shared store keeps trying to record an outcome once COMMAND

@@ -8,6 +8,7 @@
 //! file, its first 100 bytes are checked: a file that is not SQLite, belongs
 //! to another application, or has a newer schema is refused untouched.
 
+mod check;
 mod file;
 mod purge;
 
@@ -613,6 +614,10 @@ impl Store for SqliteStore {
         wal.push("-wal");
         let len = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
         Ok(Some(len(&self.path) + len(Path::new(&wal))))
+    }
+
+    fn check(&mut self) -> Result<Vec<super::Finding>> {
+        self.run_checks()
     }
 }
 

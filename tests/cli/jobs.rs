@@ -35,7 +35,8 @@ def until(token):
             except OSError:
                 break
     # Later steps wait for what comes after this point.
-    seen = seen.replace(token.encode(), b"<" + token.encode() + b">", 1)
+    t = token.encode()
+    seen = seen.replace(t, t[:1] + b"\0" + t[1:], 1)
 os.write(fd, b"stty -echo; PS1='P''S> '\n")
 until("PS> ")
 for text, token in steps:
@@ -76,11 +77,12 @@ fn ctrl_z_stops_idem_with_its_child_and_fg_resumes_both() {
         &env,
         &[
             (
-                "idem run --key k -- sh -c 'echo start''ed; sleep 1; echo finish''ed'\n",
+                "idem run --key k -- sh -c 'echo start''ed; until [ -e go ]; do sleep 0.05; done; echo finish''ed'\n",
                 "started",
             ),
             ("\x1a", "Stopped"),
             ("INSPECT", "in_progress"),
+            ("touch go\n", "PS> "),
             ("fg\n", "finished"),
             ("echo rc=$((6*7))$?\n", "rc=420"),
             ("INSPECT", "completed"),

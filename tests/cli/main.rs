@@ -3,6 +3,7 @@
 mod support;
 
 mod callers;
+mod check;
 mod crash;
 mod disk;
 mod examples;
@@ -13,6 +14,7 @@ mod inspect;
 mod jobs;
 mod lint;
 mod postgres;
+mod postgres_tls;
 mod purge;
 mod redis;
 mod run;

@@ -65,8 +65,8 @@ fn a_bad_table_name_or_tls_mode_is_a_usage_error() {
     for (url, says) in [
         (format!("{base}?table=a;drop"), "not a plain table name"),
         (
-            format!("{base}?sslmode=require"),
-            "sslmode=require needs TLS",
+            format!("{base}?sslmode=maybe"),
+            "sslmode=maybe is not one of disable, allow, prefer, require, verify-ca, verify-full",
         ),
     ] {
         env.idem()
@@ -187,6 +187,10 @@ fn an_unreachable_server_fails_before_the_command_and_hides_passwords() {
     );
     assert!(
         !err.contains("hunter2") && !err.contains("env-secret"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cannot connect to 127.0.0.1:1: connection refused"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");

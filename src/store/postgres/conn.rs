@@ -13,7 +13,8 @@ use anyhow::{Context, Result};
 use std::time::Duration;
 use tokio::runtime::Runtime;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Error, NoTls};
+use tokio_postgres::{Client, Error};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How long one call may take by default: a little more than the server's
 /// own `statement_timeout`, so the server's message usually wins.
@@ -22,6 +23,7 @@ pub const CALL_LIMIT: Duration = Duration::from_secs(35);
 pub struct Conn {
     rt: Runtime,
     client: Option<Client>,
+    tls: MakeRustlsConnect,
     pub target: Target,
 }
 
@@ -48,9 +50,19 @@ impl Conn {
             .enable_all()
             .build()
             .context("cannot start the PostgreSQL client")?;
+        let tls = match target.tls.connector() {
+            Ok(tls) => tls,
+            Err(e) => {
+                let code = e
+                    .downcast_ref::<crate::exit::Exit>()
+                    .map_or(Code::Internal, |x| x.code);
+                return fail(code, format!("store {}: {e:#}", target.shown));
+            }
+        };
         Ok(Conn {
             rt,
             client: None,
+            tls,
             target,
         })
     }
@@ -73,15 +85,26 @@ impl Conn {
         limit: Duration,
         op: impl AsyncFnOnce(&mut Client) -> Result<T, Error>,
     ) -> Result<T, Failure> {
-        let Conn { rt, client, target } = self;
+        let Conn {
+            rt,
+            client,
+            tls,
+            target,
+        } = self;
         let result = rt.block_on(async {
             let started = tokio::time::Instant::now();
             if client.as_ref().is_none_or(Client::is_closed) {
-                let connecting = tokio::time::timeout(limit, target.config.connect(NoTls));
+                let connecting = tokio::time::timeout(limit, target.config.connect(tls.clone()));
                 let (new, connection) = match connecting.await {
                     Ok(Ok(pair)) => pair,
-                    Ok(Err(e)) => return Err(Failure::Lost(describe(&e))),
-                    Err(_) => return Err(Failure::Lost(over_limit("connect", limit))),
+                    Ok(Err(e)) => return Err(Failure::Lost(describe_connect(&e, target))),
+                    Err(_) => {
+                        return Err(Failure::Lost(format!(
+                            "cannot connect to {}: timed out after {} (is the host reachable?)",
+                            target.endpoint(),
+                            humantime::format_duration(limit)
+                        )))
+                    }
                 };
                 // Polled whenever a later call waits on the runtime.
                 tokio::spawn(connection);
@@ -93,7 +116,10 @@ impl Conn {
             let left = limit.saturating_sub(started.elapsed());
             match tokio::time::timeout(left, op(active)).await {
                 Ok(Ok(value)) => Ok(value),
-                Ok(Err(e)) if e.as_db_error().is_some() && !active.is_closed() => {
+                Ok(Err(e))
+                    if e.as_db_error().is_some_and(|db| !ends_session(db))
+                        && !active.is_closed() =>
+                {
                     Err(Failure::Server(describe(&e)))
                 }
                 Ok(Err(e)) => Err(Failure::Lost(describe(&e))),
@@ -127,6 +153,88 @@ fn over_limit(what: &str, limit: Duration) -> String {
     )
 }
 
+/// Why connecting failed, as one line naming where it tried to connect:
+/// refused, timed out, TLS handshake, certificate, or authentication.
+fn describe_connect(e: &Error, target: &Target) -> String {
+    let at = target.endpoint();
+    if e.as_db_error().is_some() {
+        return format!("cannot connect to {at}: {}", describe(e));
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return format!("cannot connect to {at}: {}", describe_tls(tls, target));
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return format!("cannot connect to {at}: {}", describe_tls(tls, target));
+            }
+            let why = match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    "connection refused (is the server running and accepting TCP connections there?)"
+                        .to_owned()
+                }
+                std::io::ErrorKind::TimedOut => "timed out (is the host reachable?)".to_owned(),
+                std::io::ErrorKind::NotFound => {
+                    "no server socket there (is the server running, and is this its socket directory?)"
+                        .to_owned()
+                }
+                _ => io.to_string(),
+            };
+            return format!("cannot connect to {at}: {why}");
+        }
+        source = cause.source();
+    }
+    let text = e.to_string();
+    if text.contains("server does not support TLS") {
+        return format!(
+            "cannot connect to {at}: the server does not offer TLS, and sslmode={} requires it",
+            mode_name(target.tls.mode)
+        );
+    }
+    format!("cannot connect to {at}: {text}")
+}
+
+fn describe_tls(e: &rustls::Error, target: &Target) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(why) => {
+            let hint = match why {
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. } => {
+                    "the certificate is not for this host name; connect by the name it was \
+                     issued for, or use sslmode=verify-ca"
+                }
+                rustls::CertificateError::UnknownIssuer => {
+                    "it is not signed by a trusted CA; give the server's CA as sslrootcert=FILE"
+                }
+                rustls::CertificateError::Expired => "it has expired",
+                _ => "check sslrootcert and the server's certificate",
+            };
+            format!("TLS: the server's certificate was rejected ({why}): {hint}")
+        }
+        rustls::Error::AlertReceived(alert) => format!(
+            "TLS handshake failed: the server sent {alert:?} (a client certificate it does not accept? \
+             check sslcert and sslkey)"
+        ),
+        _ => format!(
+            "TLS handshake failed: {e} (sslmode={})",
+            mode_name(target.tls.mode)
+        ),
+    }
+}
+
+fn mode_name(mode: super::tls::SslMode) -> &'static str {
+    use super::tls::SslMode;
+    match mode {
+        SslMode::Disable => "disable",
+        SslMode::Allow => "allow",
+        SslMode::Prefer => "prefer",
+        SslMode::Require => "require",
+        SslMode::VerifyCa => "verify-ca",
+        SslMode::VerifyFull => "verify-full",
+    }
+}
+
 /// A client error as one line that tells what to do.
 fn describe(e: &Error) -> String {
     let Some(db) = e.as_db_error() else {
@@ -140,7 +248,7 @@ fn describe(e: &Error) -> String {
         c if *c == SqlState::INVALID_PASSWORD
             || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
         {
-            " (check the user and password in the URL or PGPASSWORD)"
+            " (check the user and password in the URL, PGPASSWORD or ~/.pgpass, and the client certificate)"
         }
         c if *c == SqlState::INVALID_CATALOG_NAME => " (create the database, or fix the URL)",
         c if *c == SqlState::INSUFFICIENT_PRIVILEGE => {
@@ -150,4 +258,13 @@ fn describe(e: &Error) -> String {
         _ => "",
     };
     format!("{}{hint}", db.message())
+}
+
+/// Whether a server error ends the session (FATAL, or an operator's
+/// `pg_terminate_backend`, SQLSTATE class 57 or 08): the connection is
+/// gone even if the client has not seen it close yet, so the call is to be
+/// retried on a new one, not taken as a refusal of what it sent.
+fn ends_session(db: &tokio_postgres::error::DbError) -> bool {
+    let code = db.code().code();
+    matches!(db.severity(), "FATAL" | "PANIC") || code.starts_with("57") || code.starts_with("08")
 }

@@ -8,12 +8,15 @@
 //! counting and deletion all name that token, so an owner that lost its
 //! lease can never overwrite the record of the run that took over.
 
+mod check;
 mod conn;
+mod libpq;
 mod records;
 mod schema;
 mod target;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use super::{Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
 use crate::owner::ChildId;
@@ -423,5 +426,9 @@ impl Store for PgStore {
                         .get(0))
                 })?;
         Ok(size.and_then(|s| u64::try_from(s).ok()))
+    }
+
+    fn check(&mut self) -> Result<Vec<super::Finding>> {
+        self.run_checks()
     }
 }

@@ -1,15 +1,22 @@
 //! What a `postgres://` URL names: the server to connect to, the table
 //! idem keeps its records in, and how to show the URL without its password.
 //!
-//! idem's own query parameter (`table`) is taken out before the rest goes to
-//! the client library, which would refuse it. Credentials come from the URL
-//! or from libpq's usual environment (`PGPASSWORD`, `PGUSER`); every text
+//! idem's own query parameter (`table`) and the TLS ones the client library
+//! does not know (`sslmode`'s verify modes, `sslrootcert`, `sslcert`,
+//! `sslkey`) are taken out before the rest goes to it. What the URL leaves
+//! out comes from libpq's usual environment (`PGHOST`, `PGPORT`, `PGUSER`,
+//! `PGPASSWORD`, `PGDATABASE`, `PGSSLMODE`, `PGSSLROOTCERT`) and
+//! `~/.pgpass`; every text
 //! idem shows passes through `Target::scrub`, so a password can never reach
 //! stderr or `inspect`.
 
+use super::libpq;
+use super::tls::{SslMode, Tls};
 use crate::exit::{fail, Code};
 use anyhow::Result;
+use std::path::PathBuf;
 use std::time::Duration;
+use tokio_postgres::config::Host;
 use tokio_postgres::Config;
 
 /// The table used when the URL has no `?table=`.
@@ -24,6 +31,7 @@ pub struct Target {
     /// The URL without its password, for messages.
     pub shown: String,
     pub table: String,
+    pub tls: Tls,
     /// Passwords to blank out of any text idem shows.
     secrets: Vec<String>,
 }
@@ -48,27 +56,47 @@ impl Target {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Target> {
         let shown = redact(url);
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let url = match env("PGPORT") {
+            Some(port) => libpq::with_default_port(url, &port),
+            None => url.to_owned(),
+        };
+        let (base, query) = url.split_once('?').unwrap_or((&url, ""));
         let mut table = DEFAULT_TABLE.to_owned();
         let mut passed = Vec::new();
+        let mut ssl = [None, None, None, None];
         for param in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = param.split_once('=').unwrap_or((param, ""));
-            match name {
-                "table" => table = value.to_owned(),
-                // libpq's "try without TLS first": without TLS, just that.
-                "sslmode" if value == "allow" => passed.push("sslmode=disable"),
-                "sslmode" if value != "disable" && value != "prefer" => {
-                    return fail(
-                        Code::Usage,
-                        format!(
-                            "store {shown}: sslmode={value} needs TLS, which this build of idem does not support; \
-                             use sslmode=disable or prefer on a trusted network, or reach the server through a tunnel"
-                        ),
-                    );
-                }
+            let slot = ["sslmode", "sslrootcert", "sslcert", "sslkey"]
+                .iter()
+                .position(|n| *n == name);
+            match (name, slot) {
+                ("table", _) => table = value.to_owned(),
+                (_, Some(at)) => ssl[at] = Some(percent_decode(value)),
                 _ => passed.push(param),
             }
         }
+        let [mode, root_cert, cert, key] = ssl;
+        let mode = mode.or_else(|| env("PGSSLMODE"));
+        let mode = match mode.as_deref().map(SslMode::parse) {
+            None => SslMode::Prefer,
+            Some(Some(mode)) => mode,
+            Some(None) => {
+                return fail(
+                    Code::Usage,
+                    format!(
+                        "store {shown}: sslmode={} is not one of disable, allow, prefer, require, \
+                         verify-ca, verify-full",
+                        mode.unwrap_or_default()
+                    ),
+                )
+            }
+        };
+        let tls = Tls {
+            mode,
+            root_cert: root_cert.or_else(|| env("PGSSLROOTCERT")),
+            cert: cert.or_else(|| env("PGSSLCERT")).map(PathBuf::from),
+            key: key.or_else(|| env("PGSSLKEY")).map(PathBuf::from),
+        };
         if !is_identifier(&table) {
             return fail(
                 Code::Usage,
@@ -86,7 +114,7 @@ impl Target {
         let mut config: Config = match client_url.parse() {
             Ok(config) => config,
             Err(e) => {
-                let secrets = url_password(url).into_iter().collect::<Vec<_>>();
+                let secrets = url_password(&url).into_iter().collect::<Vec<_>>();
                 return fail(
                     Code::Usage,
                     format!(
@@ -96,16 +124,42 @@ impl Target {
                 );
             }
         };
+        if config.get_hosts().is_empty() {
+            let hosts = env("PGHOST").unwrap_or_else(libpq::default_host);
+            for host in hosts.split(',') {
+                config.host(host);
+            }
+        }
+        if config.get_ports().is_empty() {
+            if let Some(port) = env("PGPORT").and_then(|p| p.parse().ok()) {
+                config.port(port);
+            }
+        }
         if config.get_user().is_none() {
             if let Some(user) = env("PGUSER").or_else(login_name) {
                 config.user(user);
             }
         }
+        if config.get_dbname().is_none() {
+            if let Some(db) = env("PGDATABASE") {
+                config.dbname(db);
+            }
+        }
         if config.get_password().is_none() {
-            if let Some(password) = env("PGPASSWORD") {
+            if let Some(password) = env("PGPASSWORD").or_else(|| from_pgpass(&config, &env)) {
                 config.password(password);
             }
         }
+        // libpq never uses TLS on a Unix socket.
+        let all_sockets = config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, Host::Unix(_)));
+        config.ssl_mode(if all_sockets {
+            tokio_postgres::config::SslMode::Disable
+        } else {
+            tls.mode.for_client()
+        });
         let mut options = config.get_options().unwrap_or_default().to_owned();
         options.push(' ');
         options.push_str(SESSION_OPTIONS);
@@ -120,7 +174,7 @@ impl Target {
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_user_timeout(Duration::from_secs(20))
             .keepalives_idle(Duration::from_secs(10));
-        let mut secrets: Vec<String> = url_password(url).into_iter().collect();
+        let mut secrets: Vec<String> = url_password(&url).into_iter().collect();
         if let Some(password) = config.get_password() {
             secrets.push(String::from_utf8_lossy(password).into_owned());
         }
@@ -128,14 +182,51 @@ impl Target {
             config,
             shown,
             table,
+            tls,
             secrets,
         })
+    }
+
+    /// Where the connection goes, for messages: `host:port` (or the socket
+    /// path) of each host.
+    pub fn endpoint(&self) -> String {
+        let ports = self.config.get_ports();
+        let port = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        let each: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| match host {
+                Host::Tcp(name) if name.contains(':') => format!("[{name}]:{}", port(i)),
+                Host::Tcp(name) => format!("{name}:{}", port(i)),
+                Host::Unix(dir) => format!("{}/.s.PGSQL.{}", dir.display(), port(i)),
+            })
+            .collect();
+        each.join(",")
     }
 
     /// `text` with every password this target knows blanked out.
     pub fn scrub(&self, text: &str) -> String {
         scrub(text, &self.secrets)
     }
+}
+
+/// The password `~/.pgpass` holds for the first host.
+fn from_pgpass(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let host = match config.get_hosts().first()? {
+        Host::Tcp(name) => name.clone(),
+        Host::Unix(dir) => dir.to_string_lossy().into_owned(),
+    };
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    let user = config.get_user()?;
+    let db = config.get_dbname().unwrap_or(user);
+    libpq::pgpass(&libpq::password_file(env)?, &host, &port, db, user)
 }
 
 /// The user libpq picks when neither the URL nor `PGUSER` names one.
@@ -276,13 +367,55 @@ mod tests {
     }
 
     #[test]
-    fn tls_modes_are_refused_clearly() {
-        let err = Target::parse("postgres://u:pw@h/d?sslmode=require", false)
+    fn tls_settings_come_from_the_url_then_the_environment() {
+        let none = |_: &str| None;
+        let target = Target::parse_with(
+            "postgres://u:pw@h/d?sslmode=verify-full&sslrootcert=%2Fca.pem&sslcert=c.pem",
+            false,
+            none,
+        )
+        .unwrap();
+        assert_eq!(target.tls.mode, SslMode::VerifyFull);
+        assert_eq!(target.tls.root_cert.as_deref(), Some("/ca.pem"));
+        assert_eq!(target.tls.cert, Some(PathBuf::from("c.pem")));
+        let env = |name: &str| match name {
+            "PGSSLMODE" => Some("require".to_owned()),
+            "PGSSLROOTCERT" => Some("system".to_owned()),
+            _ => None,
+        };
+        let target = Target::parse_with("postgres://u@h/d", false, env).unwrap();
+        assert_eq!(target.tls.mode, SslMode::Require);
+        assert_eq!(target.tls.root_cert.as_deref(), Some("system"));
+        let err = Target::parse_with("postgres://u:pw@h/d?sslmode=maybe", false, none)
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("sslmode=require needs TLS"), "{err}");
+        assert!(err.contains("sslmode=maybe is not one of"), "{err}");
         assert!(!err.contains("pw"), "{err}");
+    }
+
+    #[test]
+    fn what_the_url_leaves_out_comes_from_the_environment() {
+        let env = |name: &str| match name {
+            "PGHOST" => Some("/run/pg".to_owned()),
+            "PGPORT" => Some("6543".to_owned()),
+            "PGDATABASE" => Some("jobs".to_owned()),
+            "PGUSER" => Some("app".to_owned()),
+            _ => None,
+        };
+        let target = Target::parse_with("postgresql://", false, env).unwrap();
+        assert_eq!(target.endpoint(), "/run/pg/.s.PGSQL.6543");
+        assert_eq!(target.config.get_dbname(), Some("jobs"));
+        assert_eq!(
+            target.config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable,
+            "no TLS on a socket"
+        );
+        let target = Target::parse_with("postgresql://h1,h2:7/d", false, env).unwrap();
+        assert_eq!(target.endpoint(), "h1:6543,h2:7");
+        let target =
+            Target::parse_with("postgresql:///d?host=%2Fsock&port=5", false, |_| None).unwrap();
+        assert_eq!(target.endpoint(), "/sock/.s.PGSQL.5");
     }
 
     #[test]

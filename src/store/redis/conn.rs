@@ -4,7 +4,8 @@
 
 use super::{RedisStore, Scripts};
 use anyhow::Result;
-use redis::{Client, Connection, RedisError, RedisResult};
+use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::{Client, Connection, ConnectionLike, RedisError, RedisResult};
 use std::time::Duration;
 
 /// A server that does not accept a connection, or answer a command, within
@@ -17,11 +18,80 @@ pub(super) enum Failure {
     Call(RedisError),
 }
 
+/// A standalone server, or a Redis Cluster followed from any of its nodes.
+pub(super) enum Server {
+    One(Client),
+    Cluster(ClusterClient),
+}
+
+/// A connection to either.
+pub(super) enum Con {
+    One(Connection),
+    Cluster(Box<ClusterConnection>),
+}
+
+impl Con {
+    pub(super) fn like(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Con::One(con) => con,
+            Con::Cluster(con) => con,
+        }
+    }
+
+    fn set_timeouts(&self, limit: Duration) -> RedisResult<()> {
+        match self {
+            Con::One(con) => {
+                con.set_read_timeout(Some(limit))?;
+                con.set_write_timeout(Some(limit))
+            }
+            Con::Cluster(con) => {
+                con.set_read_timeout(Some(limit))?;
+                con.set_write_timeout(Some(limit))
+            }
+        }
+    }
+
+    /// Runs each command (any keys, any slots) and returns their replies.
+    pub(super) fn each<T: redis::FromRedisValue>(
+        &mut self,
+        cmds: Vec<redis::Cmd>,
+    ) -> RedisResult<Vec<T>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Con::One(con) => {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                pipe.query(con)
+            }
+            Con::Cluster(con) => {
+                let mut pipe = redis::cluster::cluster_pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                pipe.query(con)
+            }
+        }
+    }
+}
+
 /// Connects, and answers or fails within `limit` for each command after.
 pub(super) fn connect(client: &Client, limit: Duration) -> RedisResult<Connection> {
     let con = client.get_connection_with_timeout(limit)?;
     con.set_read_timeout(Some(limit))?;
     con.set_write_timeout(Some(limit))?;
+    Ok(con)
+}
+
+fn connect_server(server: &Server, limit: Duration) -> RedisResult<Con> {
+    let con = match server {
+        Server::One(client) => Con::One(client.get_connection_with_timeout(limit)?),
+        Server::Cluster(client) => Con::Cluster(Box::new(client.get_connection()?)),
+    };
+    con.set_timeouts(limit)?;
     Ok(con)
 }
 
@@ -39,11 +109,11 @@ impl RedisStore {
     /// One call on the connection, connecting first when there is none.
     pub(super) fn call<T>(
         &mut self,
-        f: &mut dyn FnMut(&mut Connection, &Scripts) -> RedisResult<T>,
+        f: &mut dyn FnMut(&mut Con, &Scripts) -> RedisResult<T>,
     ) -> std::result::Result<T, Failure> {
         let con = match &mut self.con {
             Some(con) => con,
-            None => match connect(&self.client, self.limit) {
+            None => match connect_server(&self.server, self.limit) {
                 Ok(con) => self.con.insert(con),
                 Err(e) => return Err(Failure::Connect(e)),
             },
@@ -54,6 +124,52 @@ impl RedisStore {
             }
             Failure::Call(e)
         })
+    }
+
+    /// A client for each server that holds records: the one server, or
+    /// each master of the cluster, with its `host:port`.
+    pub(super) fn masters(&mut self) -> Result<Vec<(String, Client)>> {
+        if let Server::One(client) = &self.server {
+            return Ok(vec![(String::new(), client.clone())]);
+        }
+        let nodes: String = self.exec("cannot list the cluster's nodes", true, |c, _| {
+            redis::cmd("CLUSTER").arg("NODES").query(c.like())
+        })?;
+        let mut masters = Vec::new();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(address), Some(flags)) = (fields.get(1), fields.get(2)) else {
+                continue;
+            };
+            let flags: Vec<&str> = flags.split(',').collect();
+            if !flags.contains(&"master")
+                || flags
+                    .iter()
+                    .any(|f| matches!(*f, "fail" | "noaddr" | "handshake"))
+            {
+                continue;
+            }
+            let address = address.split(['@', ',']).next().unwrap_or_default();
+            let Some((host, port)) = address.rsplit_once(':') else {
+                continue;
+            };
+            let mut url = match url::Url::parse(&self.target.client_url) {
+                Ok(url) => url,
+                Err(e) => return self.target.fail(&e.to_string()),
+            };
+            let moved = url.set_host(Some(host.trim_matches(['[', ']']))).is_ok()
+                && url.set_port(port.parse().ok()).is_ok();
+            match Client::open(url.as_str()) {
+                Ok(client) if moved => masters.push((address.to_owned(), client)),
+                _ => {
+                    return self
+                        .target
+                        .fail(&format!("cannot reach cluster node {address}"))
+                }
+            }
+        }
+        masters.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(masters)
     }
 
     /// Runs `f` with a shorter time limit for each call (lease renewals run
@@ -67,10 +183,7 @@ impl RedisStore {
 
     fn set_limit(&mut self, limit: Duration) {
         self.limit = limit;
-        let applied = self.con.as_ref().map(|con| {
-            con.set_read_timeout(Some(limit))
-                .and_then(|()| con.set_write_timeout(Some(limit)))
-        });
+        let applied = self.con.as_ref().map(|con| con.set_timeouts(limit));
         if matches!(applied, Some(Err(_))) {
             self.con = None;
         }
@@ -83,7 +196,7 @@ impl RedisStore {
         &mut self,
         doing: &str,
         retry: bool,
-        mut f: impl FnMut(&mut Connection, &Scripts) -> RedisResult<T>,
+        mut f: impl FnMut(&mut Con, &Scripts) -> RedisResult<T>,
     ) -> Result<T> {
         let mut tries = if retry { 2 } else { 1 };
         loop {
@@ -99,26 +212,63 @@ impl RedisStore {
     /// Exit 125; a failed connection says so rather than what it was for.
     pub(super) fn failed<T>(&self, doing: &str, failure: &Failure) -> Result<T> {
         match failure {
-            Failure::Connect(_) => self.target.fail(&describe(failure)),
-            Failure::Call(_) => self.target.fail(&format!("{doing}: {}", describe(failure))),
+            Failure::Connect(_) => self.target.fail(&describe(failure, &self.target.endpoint)),
+            Failure::Call(_) => self.target.fail(&format!(
+                "{doing}: {}",
+                describe(failure, &self.target.endpoint)
+            )),
         }
     }
 }
 
-pub(super) fn describe(failure: &Failure) -> String {
+pub(super) fn describe(failure: &Failure, endpoint: &str) -> String {
     match failure {
-        Failure::Connect(e) => format!("cannot connect: {}", explain(e)),
+        Failure::Connect(e) => format!("cannot connect to {endpoint}: {}", why_not_connected(e)),
         Failure::Call(e) => explain(e),
     }
+}
+
+/// Why a connection failed: refused, timed out, TLS, or authentication.
+pub(super) fn why_not_connected(e: &RedisError) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(cause) = source {
+        let tls = cause.downcast_ref::<rustls::Error>().or_else(|| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(tls) = tls {
+            return match tls {
+                rustls::Error::InvalidCertificate(why) => format!(
+                    "TLS: the server's certificate was rejected ({why}); trust its CA \
+                     (SSL_CERT_FILE or the system's store)"
+                ),
+                other => format!("TLS handshake failed: {other}"),
+            };
+        }
+        source = cause.source();
+    }
+    if e.is_connection_refusal() && e.kind() != redis::ErrorKind::AuthenticationFailed {
+        return "connection refused (is the server running and reachable?)".into();
+    }
+    if e.is_timeout() {
+        return "timed out (is the host reachable?)".into();
+    }
+    explain(e)
 }
 
 /// A server error with a hint where the fix is known.
 fn explain(e: &RedisError) -> String {
     if e.kind() == redis::ErrorKind::AuthenticationFailed {
-        return "the server refused the user or password in the URL".into();
+        return "authentication failed: the server refused the user or password \
+                (from the URL or REDISCLI_AUTH)"
+            .into();
     }
     let hint = match e.code() {
-        Some("NOAUTH" | "WRONGPASS") => " (check the user and password in the URL)",
+        Some("NOAUTH" | "WRONGPASS") => {
+            " (authentication: check the user and password in the URL or REDISCLI_AUTH)"
+        }
         Some("OOM") => " (the server is out of memory: raise maxmemory or purge records)",
         Some("READONLY") => " (this is a replica: point --db at the primary)",
         _ if e.is_connection_refusal() => " (is the server running and reachable?)",

@@ -1,12 +1,14 @@
 //! Listing records for `inspect` and `purge`, newest first, without `KEYS`.
 //!
-//! `SCAN` walks the record keys under the prefix (the filter's key prefix
-//! narrows its `MATCH` pattern) and fetches each one's start time, a page at
+//! `SCAN` walks the record keys under the prefix on the server, or on every
+//! master of a cluster (the filter's key prefix narrows its `MATCH`
+//! pattern), and fetches each one's start time, a page at
 //! a time. Only (start time, key) pairs are held and sorted — about a
 //! hundred bytes a record — and the records themselves are then read and
 //! handed out a page at a time, in order. A record that expires or goes meanwhile is
 //! skipped.
 
+use super::conn::{connect, TIME_LIMIT};
 use super::{parse_record, RedisStore, FIELDS};
 use crate::store::{Filter, Millis, Record, Store};
 use anyhow::Result;
@@ -67,32 +69,44 @@ fn selected(record: &Record, filter: &Filter, now: Millis) -> bool {
 
 /// Every idem key whose record key matches `key_prefix`, once each.
 fn scan_keys(store: &mut RedisStore, key_prefix: &str) -> Result<Vec<String>> {
-    let records = store.record_key("");
-    let pattern = format!("{}*", glob_escape(&format!("{records}{key_prefix}")));
+    let pattern = store.keys.scan_pattern(key_prefix);
     let mut seen = HashSet::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, batch): (u64, Vec<Vec<u8>>) =
-            store.exec("cannot list records", true, |c, _| {
-                redis::cmd("SCAN")
-                    .cursor_arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(SCAN_COUNT)
-                    .query(c)
-            })?;
-        // SCAN may return a key twice; keys are UTF-8 (idem writes only those).
-        seen.extend(batch.into_iter().filter_map(|k| {
-            String::from_utf8(k)
-                .ok()
-                .and_then(|k| k.strip_prefix(&records).map(str::to_owned))
-        }));
-        if next == 0 {
-            return Ok(seen.into_iter().collect());
+    for (node, client) in store.masters()? {
+        let mut con = match connect(&client, TIME_LIMIT) {
+            Ok(con) => con,
+            Err(e) => {
+                let why = super::conn::why_not_connected(&e);
+                return store
+                    .target
+                    .fail(&format!("cannot list records on {node}: {why}"));
+            }
+        };
+        let mut cursor = 0u64;
+        loop {
+            let scanned: redis::RedisResult<(u64, Vec<Vec<u8>>)> = redis::cmd("SCAN")
+                .cursor_arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query(&mut con);
+            let (next, batch) = match scanned {
+                Ok(page) => page,
+                Err(e) => return store.target.fail(&format!("cannot list records: {e}")),
+            };
+            // SCAN may return a key twice; keys are UTF-8 (idem writes only those).
+            seen.extend(batch.into_iter().filter_map(|k| {
+                String::from_utf8(k)
+                    .ok()
+                    .and_then(|k| store.keys.key_of(&k))
+            }));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        cursor = next;
     }
+    Ok(seen.into_iter().collect())
 }
 
 /// (start time, key) of each key that still has a record; the keys move
@@ -107,11 +121,12 @@ fn start_times(store: &mut RedisStore, keys: Vec<String>) -> Result<Vec<(Millis,
         }
         let rkeys: Vec<String> = page.iter().map(|k| store.record_key(k)).collect();
         let started: Vec<Option<i64>> = store.exec("cannot list records", true, |c, _| {
-            let mut pipe = redis::pipe();
-            for rkey in &rkeys {
-                pipe.cmd("HGET").arg(rkey).arg("started_at");
-            }
-            pipe.query(c)
+            c.each(
+                rkeys
+                    .iter()
+                    .map(|rkey| redis::cmd("HGET").arg(rkey).arg("started_at").clone())
+                    .collect(),
+            )
         })?;
         order.extend(
             page.into_iter()
@@ -124,35 +139,16 @@ fn start_times(store: &mut RedisStore, keys: Vec<String>) -> Result<Vec<(Millis,
 fn read_page(store: &mut RedisStore, page: &[(Millis, String)]) -> Result<Vec<Record>> {
     let rkeys: Vec<String> = page.iter().map(|(_, k)| store.record_key(k)).collect();
     let values: Vec<Vec<Option<Vec<u8>>>> = store.exec("cannot list records", true, |c, _| {
-        let mut pipe = redis::pipe();
-        for rkey in &rkeys {
-            pipe.cmd("HMGET").arg(rkey).arg(&FIELDS[..]);
-        }
-        pipe.query(c)
+        c.each(
+            rkeys
+                .iter()
+                .map(|rkey| redis::cmd("HMGET").arg(rkey).arg(&FIELDS[..]).clone())
+                .collect(),
+        )
     })?;
     Ok(page
         .iter()
         .zip(values)
         .filter_map(|((_, key), values)| parse_record(key, &values).map(|(record, _)| record))
         .collect())
-}
-
-/// `text` as a literal in a `MATCH` glob pattern.
-fn glob_escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn globs_match_literally() {
-        assert_eq!(super::glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-    }
 }

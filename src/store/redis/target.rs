@@ -2,7 +2,8 @@
 //! prefix, and the name idem shows for it, which never holds the password.
 //!
 //! idem's own query parameter (`?prefix=P`) is taken out before the URL
-//! reaches the client crate; the others (`protocol=`) pass through.
+//! reaches the client crate; the others (`protocol=`) pass through. A URL
+//! without a password takes redis-cli's `REDISCLI_AUTH`.
 
 use crate::exit::{fail, Code};
 use anyhow::Result;
@@ -18,6 +19,8 @@ pub struct Target {
     pub shown: String,
     /// Every key idem writes starts with this.
     pub prefix: String,
+    /// `host:port`, for messages.
+    pub endpoint: String,
     /// The password as written and decoded, to scrub from messages.
     secrets: Vec<String>,
 }
@@ -42,17 +45,34 @@ impl Target {
         }
         let mut client = url.clone();
         client.set_query(any_passed.then(|| passed.finish()).as_deref());
+        // redis-cli's variable, for a password kept out of the URL.
+        let env_auth = std::env::var("REDISCLI_AUTH")
+            .ok()
+            .filter(|a| !a.is_empty());
+        let env_auth = env_auth.filter(|_| url.password().is_none());
+        if let Some(auth) = &env_auth {
+            let encoded: String = url::form_urlencoded::byte_serialize(auth.as_bytes()).collect();
+            let _ = client.set_password(Some(&encoded));
+        }
         let target = Target {
             client_url: client.to_string(),
             shown: shown(&url, prefix.as_deref()),
             prefix: prefix.clone().unwrap_or_else(|| DEFAULT_PREFIX.into()),
+            endpoint: format!(
+                "{}:{}",
+                url.host_str().unwrap_or(""),
+                url.port().unwrap_or(6379)
+            ),
             secrets: url
                 .password()
                 .map(|p| {
                     let decoded = percent_encoding::percent_decode_str(p).decode_utf8_lossy();
                     vec![p.to_owned(), decoded.into_owned()]
                 })
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into_iter()
+                .chain(env_auth)
+                .collect(),
         };
         if url.host_str().is_none_or(str::is_empty) {
             return target.fail("the URL names no host (redis://[:PASSWORD@]HOST:PORT/DB)");

@@ -33,7 +33,9 @@ impl Scratch {
     }
 
     fn redis<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> T {
-        self.store.exec("test", false, |c, _| cmd.query(c)).unwrap()
+        self.store
+            .exec("test", false, |c, _| cmd.query(c.like()))
+            .unwrap()
     }
 
     fn wipe(&mut self) {
@@ -86,16 +88,7 @@ impl Drop for Scratch {
 }
 
 fn open_store(url: &str) -> RedisStore {
-    let target = Target::parse(url).unwrap();
-    let mut store = RedisStore {
-        client: Client::open(target.client_url.as_str()).unwrap(),
-        target,
-        con: None,
-        limit: TIME_LIMIT,
-        scripts: Scripts::new(),
-    };
-    assert!(store.check_schema(Mode::Create).unwrap());
-    store
+    super::open_store(url, Mode::Create).unwrap().unwrap()
 }
 
 fn claim() -> Claim {
@@ -119,18 +112,19 @@ fn list_filters_and_pages_newest_first() {
         return;
     };
     // More records than a page, with ties on started_at.
-    let mut pipe = redis::pipe();
-    for i in 1..=1200 {
-        pipe.cmd("HSET")
-            .arg(s.store.record_key(&format!("bulk{i:04}")))
-            .arg(&["status", "completed", "token"])
-            .arg(i)
-            .arg("started_at")
-            .arg(1000 + i / 3)
-            .ignore();
-    }
+    let writes: Vec<redis::Cmd> = (1..=1200)
+        .map(|i| {
+            redis::cmd("HSET")
+                .arg(s.store.record_key(&format!("bulk{i:04}")))
+                .arg(&["status", "completed", "token"])
+                .arg(i)
+                .arg("started_at")
+                .arg(1000 + i / 3)
+                .clone()
+        })
+        .collect();
     s.store
-        .exec("test", false, |c, _| pipe.query::<()>(c))
+        .exec("test", false, |c, _| c.each::<i64>(writes.clone()))
         .unwrap();
     let all = s.keys(&Filter::default());
     assert_eq!(all.len(), 1200);

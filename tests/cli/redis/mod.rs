@@ -5,7 +5,8 @@
 //! persistence warning. Runs with `IDEM_TEST_BACKEND=redis`; some tests
 //! start a private `redis-server` on a free loopback port.
 
-mod server;
+mod cluster;
+pub mod server;
 
 use self::server::{make_certificates, Server};
 use crate::support::{backend, sh, wait_for, wait_until, Backend, Env};
@@ -42,13 +43,18 @@ fn server_ms(con: &mut redis::Connection) -> i64 {
     secs * 1000 + micros / 1000
 }
 
+/// Where the store with `prefix` keeps `key`'s record (schema 2).
+pub fn record_key(prefix: &str, key: &str) -> String {
+    format!("{prefix}{{{key}}}:rec")
+}
+
 /// Sets a finished record's `expires_at` back to its `finished_at`, as if
 /// its time were up but Redis had not deleted it yet (other tests need such
 /// a record; Redis keeps it for its original TTL).
 pub fn move_expiry_back(env: &Env, key: &str) {
     let (base, prefix) = split(env);
     let mut con = connect(&base);
-    let record = format!("{prefix}rec:{key}");
+    let record = record_key(&prefix, key);
     let finished: String = query(&mut con, &["HGET", &record, "finished_at"]);
     let _: i64 = query(&mut con, &["HSET", &record, "expires_at", &finished]);
 }
@@ -77,15 +83,8 @@ fn every_key_lives_under_the_prefix_and_prefixes_keep_stores_apart() {
     let mut con = connect(&base);
     let mut keys: Vec<String> = query(&mut con, &["KEYS", &format!("{prefix}*")]);
     keys.sort();
-    let want = [
-        "other:rec:k",
-        "other:schema",
-        "other:token",
-        "rec:k",
-        "schema",
-        "token",
-    ]
-    .map(|k| format!("{prefix}{k}"));
+    let want =
+        ["other:schema", "other:{k}:rec", "schema", "{k}:rec"].map(|k| format!("{prefix}{k}"));
     assert_eq!(keys, want);
 
     // Without ?prefix=, everything goes under idem: on a server of its own.
@@ -97,7 +96,7 @@ fn every_key_lives_under_the_prefix_and_prefixes_keep_stores_apart() {
         .success();
     let mut keys: Vec<String> = query(&mut connect(&server.url("")), &["KEYS", "*"]);
     keys.sort();
-    assert_eq!(keys, ["idem:rec:k", "idem:schema", "idem:token"]);
+    assert_eq!(keys, ["idem:schema", "idem:{k}:rec"]);
 }
 
 #[test]
@@ -202,7 +201,7 @@ fn redis_expires_records_by_its_own_clock() {
     let env = Env::new();
     let (base, prefix) = split(&env);
     let mut con = connect(&base);
-    let record = format!("{prefix}rec:k");
+    let record = record_key(&prefix, "k");
 
     // Running: a lease by the server's clock, and a deadline beyond it.
     let script = "touch ready; while [ ! -e release ]; do sleep 0.01; done";
@@ -236,7 +235,7 @@ fn redis_expires_records_by_its_own_clock() {
         .assert()
         .success();
     wait_until("Redis to delete the expired record", || {
-        query::<i64>(&mut con, &["EXISTS", &format!("{prefix}rec:short")]) == 0
+        query::<i64>(&mut con, &["EXISTS", &record_key(&prefix, "short")]) == 0
     });
 }
 
@@ -245,10 +244,10 @@ fn token_of_run(env: &Env, key: &str) -> u64 {
     let out = env
         .idem()
         .args(["run", "-k", key, "--"])
-        .args(sh("echo $IDEM_FENCING_TOKEN"))
+        .args(sh("echo $IDEM_FENCING_TOKEN; [ ! -e fail ]"))
         .output()
         .unwrap();
-    assert!(out.status.success());
+    assert_eq!(out.status.success(), !env.path("fail").exists());
     String::from_utf8(out.stdout)
         .unwrap()
         .trim()
@@ -257,19 +256,93 @@ fn token_of_run(env: &Env, key: &str) -> u64 {
 }
 
 #[test]
-fn fencing_tokens_grow_even_when_the_counter_is_lost() {
+fn fencing_tokens_grow_per_key_even_when_the_record_is_gone() {
+    if !redis_only() {
+        return;
+    }
+    let env = Env::new();
+    // A failed run is released; the next claim of the key gets a larger token.
+    std::fs::write(env.path("fail"), "").unwrap();
+    let first = token_of_run(&env, "a");
+    std::fs::remove_file(env.path("fail")).unwrap();
+    let second = token_of_run(&env, "a");
+    assert!(second > first, "{second} after {first}");
+    // Purged (or expired, or lost with a server restart): the next claim
+    // still gets a larger token, from the server's clock.
+    env.idem().args(["purge", "--all"]).assert().success();
+    let third = token_of_run(&env, "a");
+    assert!(third > second, "{third} after {second}");
+}
+
+/// A store as the binary before schema 2 wrote it: `P schema` = 1, the
+/// global counter `P token`, and `P rec:KEY` hashes.
+#[test]
+fn a_schema_1_store_keeps_its_layout_and_its_records() {
     if !redis_only() {
         return;
     }
     let env = Env::new();
     let (base, prefix) = split(&env);
-    let first = token_of_run(&env, "a");
-    let second = token_of_run(&env, "b");
-    assert_eq!(second, first + 1);
-    // A Redis without persistence that restarted has lost the counter.
-    let _: i64 = query(&mut connect(&base), &["DEL", &format!("{prefix}token")]);
-    let third = token_of_run(&env, "c");
-    assert!(third > second, "{third} after {second}");
+    let mut con = connect(&base);
+    let _: () = query(&mut con, &["SET", &format!("{prefix}schema"), "1"]);
+    let _: () = query(&mut con, &["SET", &format!("{prefix}token"), "1000"]);
+    let old = format!("{prefix}rec:old");
+    let now = server_ms(&mut con).to_string();
+    let later = (server_ms(&mut con) + DAY_MS).to_string();
+    let fields = [
+        ("status", "completed"),
+        ("fingerprint", ""),
+        ("command", "echo\0old"),
+        ("cwd", "/"),
+        ("attempt", "1"),
+        ("token", "1000"),
+        ("rev", "2"),
+        ("started_at", &now),
+        ("finished_at", &now),
+        ("expires_at", &later),
+        ("exit_code", "0"),
+        ("timed_out", "0"),
+        ("replays", "0"),
+        ("owner_host", "h"),
+        ("owner_boot", "b"),
+        ("owner_pid", "1"),
+        ("owner_start", "1"),
+        ("stdout", "from the old binary\n"),
+        ("stderr", ""),
+        ("stdout_bytes", "20"),
+        ("stderr_bytes", "0"),
+        ("stdout_truncated", "0"),
+        ("stderr_truncated", "0"),
+    ];
+    let mut hset = vec!["HSET", old.as_str()];
+    for (name, value) in &fields {
+        hset.extend([*name, *value]);
+    }
+    let _: i64 = query(&mut con, &hset);
+    let _: i64 = query(&mut con, &["PEXPIREAT", &old, &later]);
+
+    // The old record replays, with --allow-mismatch (its fingerprint is made up).
+    env.idem()
+        .args(["run", "--allow-mismatch", "-k", "old", "--"])
+        .args(sh(&env.count_run("n")))
+        .assert()
+        .success()
+        .stdout("from the old binary\n");
+    assert_eq!(env.count("n"), 0);
+    // New keys go where the old binary would put them, with its counter.
+    assert_eq!(token_of_run(&env, "new"), 1001);
+    let status: String = query(&mut con, &["HGET", &format!("{prefix}rec:new"), "status"]);
+    assert_eq!(status, "completed");
+    assert_eq!(
+        query::<i64>(&mut con, &["EXISTS", &record_key(&prefix, "new")]),
+        0
+    );
+    let listed = env.idem().args(["inspect", "--json"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 2);
+    env.idem().args(["purge", "old"]).assert().success();
+    assert_eq!(query::<i64>(&mut con, &["EXISTS", &old]), 0);
+    let schema: String = query(&mut con, &["GET", &format!("{prefix}schema")]);
+    assert_eq!(schema, "1", "the store stays readable by the old binary");
 }
 
 #[test]
@@ -299,7 +372,7 @@ fn a_newer_schema_or_foreign_data_is_refused() {
 
     // A hash at a record's place that idem did not write.
     let _: i64 = query(&mut con, &["DEL", &schema]);
-    let record = format!("{prefix}rec:k");
+    let record = record_key(&prefix, "k");
     let _: i64 = query(&mut con, &["HSET", &record, "someone", "else"]);
     env.idem()
         .args(["run", "-k", "k", "--"])

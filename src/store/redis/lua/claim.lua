@@ -1,8 +1,14 @@
 -- Writes a new claim on KEYS[1] if the record is still the one the caller
 -- decided on: absent when ARGV[1] is '0', else carrying token ARGV[1] at
--- revision ARGV[2]. KEYS[2] is the token counter. ARGV[3] is the lease and
--- ARGV[4] the grace after it (ms); the rest are the claim's field/value pairs.
--- Returns the new fencing token, or 0 when the record is not as seen.
+-- revision ARGV[2]. ARGV[3] is the lease and ARGV[4] the grace after it
+-- (ms); the rest are the claim's field/value pairs. Returns the new fencing
+-- token, or 0 when the record is not as seen.
+--
+-- Tokens only grow per key. Schema 2 (one key, KEYS[1]): the token is the
+-- larger of the record's last token + 1 and the server's clock in
+-- microseconds, so a key whose record expired or was purged still gets a
+-- larger token than before (unless the server's clock went back). Schema 1
+-- passes its global counter as KEYS[2].
 local seen = redis.call('HMGET', KEYS[1], 'token', 'rev')
 if ARGV[1] == '0' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -10,11 +16,17 @@ elseif seen[1] ~= ARGV[1] or (seen[2] or '') ~= ARGV[2] then
   return 0
 end
 local time = redis.call('TIME')
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  -- A lost counter restarts from the clock in microseconds: tokens keep growing.
-  redis.call('SET', KEYS[2], time[1] .. string.format('%06d', time[2]))
+local clock_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local token
+if KEYS[2] then
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    -- A lost counter restarts from the clock in microseconds: tokens keep growing.
+    redis.call('SET', KEYS[2], time[1] .. string.format('%06d', time[2]))
+  end
+  token = redis.call('INCR', KEYS[2])
+else
+  token = math.max((tonumber(seen[1]) or 0) + 1, clock_us)
 end
-local token = redis.call('INCR', KEYS[2])
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local lease_until = now + tonumber(ARGV[3])
 redis.call('DEL', KEYS[1])
