@@ -68,9 +68,7 @@ _idem() {
                 else
                     COMPREPLY=( $(compgen -f -- "${cur}") )
                 fi
-                if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
-                    compopt -o filenames
-                fi
+                compopt -o filenames 2>/dev/null
                 return 0
             done
             ;;

@@ -27,7 +27,7 @@ pub fn scripts() -> Vec<(PathBuf, Vec<u8>)> {
         let script = String::from_utf8(script).expect("clap_complete writes UTF-8");
         let script = match shell {
             Shell::Bash => bash(script, &runners),
-            Shell::Zsh => zsh(&script),
+            Shell::Zsh => zsh(&script, &runners),
             _ => fish(script, &runners),
         };
         files.push((
@@ -69,9 +69,7 @@ fn bash(script: String, runners: &[String]) -> String {
                 else
                     COMPREPLY=( $(compgen -f -- "${{cur}}") )
                 fi
-                if [[ "${{BASH_VERSINFO[0]}}" -ge 4 ]]; then
-                    compopt -o filenames
-                fi
+                compopt -o filenames 2>/dev/null
                 return 0
             done
             ;;
@@ -84,11 +82,44 @@ fn bash(script: String, runners: &[String]) -> String {
     format!("{}{block}{}", &script[..at], &script[at..])
 }
 
-/// zsh: clap completes the command line with `_cmdambivalent`, which offers
-/// idem's own options again; `_normal` completes it as a command line of its
-/// own, the way `nohup` and `env` do.
-fn zsh(script: &str) -> String {
-    script.replace(":_cmdambivalent' \\\n", ":_normal' \\\n")
+/// zsh: clap's `_arguments` still offers idem's options right after `--`
+/// (it drops a `--` that follows the subcommand before the subcommand's own
+/// `_arguments` sees the words). So `_idem` keeps the words as typed, and a
+/// runner's branch hands those after `--` to `_normal`, which completes them
+/// as a command line of their own, the way `nohup` and `env` do.
+fn zsh(script: &str, runners: &[String]) -> String {
+    if runners.is_empty() {
+        return script.to_owned();
+    }
+    let opening = "_idem() {\n";
+    let mut script = script.replacen(
+        opening,
+        &format!(
+            "{opening}    # The words as typed, `--` and all.\n    \
+            local -a idem_typed=(\"${{words[@]}}\")\n    local idem_current=$CURRENT\n"
+        ),
+        1,
+    );
+    let dispatch = script
+        .find(":idem-command-$line[1]:\"\n")
+        .expect("clap's zsh dispatches on the subcommand");
+    for name in runners {
+        let branch = format!("            ({name})\n");
+        let at = dispatch + script[dispatch..].find(&branch).expect("a branch per subcommand");
+        script.insert_str(
+            at + branch.len(),
+            r#"# After `--` come COMMAND and its arguments: a command line of their own.
+if (( ${idem_typed[(i)--]} < idem_current )); then
+    local dashdash=${idem_typed[(i)--]}
+    words=("${(@)idem_typed[dashdash+1,-1]}")
+    (( CURRENT = idem_current - dashdash ))
+    _normal
+    return
+fi
+"#,
+        );
+    }
+    script
 }
 
 /// fish: once a runner's `--` is on the line, the rest is completed as a
