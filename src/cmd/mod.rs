@@ -56,13 +56,20 @@ fn after_help() -> String {
         Exit status:\n",
     );
     for meaning in crate::exit::MEANINGS {
-        let label = meaning.status.number().map_or(String::new(), |n| n.to_string());
+        let label = meaning
+            .status
+            .number()
+            .map_or(String::new(), |n| n.to_string());
         let text = match meaning.commands {
             [] => meaning.text.to_owned(),
             _ if label.is_empty() => meaning.text.to_owned(),
             names => format!("idem {}: {}", names.join(", idem "), meaning.text),
         };
-        let label = if label.is_empty() { label } else { format!("{label:<5}") };
+        let label = if label.is_empty() {
+            label
+        } else {
+            format!("{label:<5}")
+        };
         hanging(&mut help, &label, &text);
     }
     hanging(&mut help, "", crate::exit::CHOSEN);

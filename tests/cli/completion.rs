@@ -41,7 +41,9 @@ impl Place {
     /// A shell started in `work`, with the tool on PATH and a home of its own.
     fn shell(&self, program: &str) -> Command {
         let mut path = vec![self.dir.path().join("bin")];
-        path.extend(std::env::split_paths(&std::env::var_os("PATH").expect("PATH")));
+        path.extend(std::env::split_paths(
+            &std::env::var_os("PATH").expect("PATH"),
+        ));
         let home = self.dir.path().join("home");
         let mut cmd = Command::new(program);
         cmd.current_dir(self.work())
@@ -86,7 +88,10 @@ fn bash_complete(place: &Place, words: &[&str]) -> Vec<String> {
             .args(["--norc", "--noprofile", "-c", script, "bash"])
             .args(words),
     );
-    out.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Whether `offered` holds any of idem's own options.
@@ -96,10 +101,11 @@ fn idem_flags(offered: &[String]) -> bool {
 
 #[test]
 fn bash_completion_loads() {
-    output(Command::new("bash").current_dir(root()).args([
-        "-c",
-        "source completions/idem.bash && complete -p idem",
-    ]));
+    output(
+        Command::new("bash")
+            .current_dir(root())
+            .args(["-c", "source completions/idem.bash && complete -p idem"]),
+    );
 }
 
 #[test]
@@ -133,8 +139,15 @@ fn bash_completes_a_command_then_files_after_dashdash() {
     let offered = bash_complete(&place, &["idem", "run", "--", "idemzz-t"]);
     assert_eq!(offered, ["idemzz-tool"], "idem run -- idemzz-t<TAB>");
 
-    let offered = bash_complete(&place, &["idem", "run", "-k", "a", "--", "idemzz-tool", "uniq"]);
-    assert_eq!(offered, ["uniqfile-one.txt"], "idem run -- idemzz-tool uniq<TAB>");
+    let offered = bash_complete(
+        &place,
+        &["idem", "run", "-k", "a", "--", "idemzz-tool", "uniq"],
+    );
+    assert_eq!(
+        offered,
+        ["uniqfile-one.txt"],
+        "idem run -- idemzz-tool uniq<TAB>"
+    );
 
     for words in [
         &["idem", "run", "--", "--ke"][..],
@@ -168,7 +181,10 @@ fn fish_completes_a_command_then_files_after_dashdash() {
         return;
     }
     let place = Place::new();
-    assert_eq!(fish_complete(&place, "idem run -- idemzz-t"), ["idemzz-tool"]);
+    assert_eq!(
+        fish_complete(&place, "idem run -- idemzz-t"),
+        ["idemzz-tool"]
+    );
     assert_eq!(
         fish_complete(&place, "idem run -k a -- idemzz-tool uniq"),
         ["uniqfile-one.txt"]
@@ -237,14 +253,20 @@ fn zsh_completes_a_command_then_files_after_dashdash() {
     let place = Place::new();
     for (typed, ran) in [
         ("idem run -- idemzz-t", "run -- idemzz-tool"),
-        ("idem --db x run -q -- idemzz-t", "--db x run -q -- idemzz-tool"),
+        (
+            "idem --db x run -q -- idemzz-t",
+            "--db x run -q -- idemzz-tool",
+        ),
         (
             "idem run -k a -- idemzz-tool uniq",
             "run -k a -- idemzz-tool uniqfile-one.txt",
         ),
         // After `--`, never idem's --key.
         ("idem run -- --ke", "run -- --ke"),
-        ("idem run -k a -- idemzz-tool --ke", "run -k a -- idemzz-tool --ke"),
+        (
+            "idem run -k a -- idemzz-tool --ke",
+            "run -k a -- idemzz-tool --ke",
+        ),
         // Before it, idem's flags as ever.
         ("idem run --ke", "run --key"),
     ] {

@@ -117,7 +117,10 @@ fn rendered(page: &str) -> String {
 fn section(page: &str, name: &str) -> Vec<String> {
     let text = rendered(page);
     let mut lines = text.lines().skip_while(|line| *line != name);
-    assert!(lines.next().is_some(), "{page} has no {name} section:\n{text}");
+    assert!(
+        lines.next().is_some(),
+        "{page} has no {name} section:\n{text}"
+    );
     lines
         .take_while(|line| line.is_empty() || line.starts_with(' '))
         .map(|line| line.trim().to_owned())
@@ -172,7 +175,8 @@ fn man_synopsis_shows_each_option_with_its_argument() {
         let synopsis = section(&page, "SYNOPSIS").join(" ");
         for option in options_in_help(&args) {
             assert!(
-                synopsis.contains(&format!("{option}]")) || synopsis.contains(&format!("{option}]...")),
+                synopsis.contains(&format!("{option}]"))
+                    || synopsis.contains(&format!("{option}]...")),
                 "{page}: the SYNOPSIS lacks {option}: {synopsis}"
             );
         }
@@ -210,7 +214,11 @@ fn each_subcommand_page_has_its_own_exit_status_and_environment() {
     for sub in subcommands() {
         let page = format!("idem-{sub}.1");
         // A usage error exits 2, and the page says so.
-        let out = env.idem().args([&sub, "--no-such-flag"]).output().expect("idem");
+        let out = env
+            .idem()
+            .args([&sub, "--no-such-flag"])
+            .output()
+            .expect("idem");
         assert_eq!(out.status.code(), Some(2));
         let statuses = exit_statuses(&page);
         assert!(statuses.contains(&2), "{page}: {statuses:?}");
@@ -219,37 +227,74 @@ fn each_subcommand_page_has_its_own_exit_status_and_environment() {
         let variables = variables(&page);
         for line in help(&[&sub, "--help"]).lines() {
             if let Some(var) = line.trim().strip_prefix("[env: ") {
-                let var = var.trim_end_matches(']').split('=').next().unwrap_or_default();
-                assert!(variables.iter().any(|v| v == var), "{page} lacks {var}: {variables:?}");
+                let var = var
+                    .trim_end_matches(']')
+                    .split('=')
+                    .next()
+                    .unwrap_or_default();
+                assert!(
+                    variables.iter().any(|v| v == var),
+                    "{page} lacks {var}: {variables:?}"
+                );
             }
         }
-        assert!(variables.contains(&"XDG_STATE_HOME".to_owned()), "{page}: {variables:?}");
+        assert!(
+            variables.contains(&"XDG_STATE_HOME".to_owned()),
+            "{page}: {variables:?}"
+        );
     }
 
     // What the binary does is on the page of the subcommand that does it,
     // and what another subcommand does is not.
-    let out = env.idem().args(["inspect", "no-such-key"]).output().expect("idem");
+    let out = env
+        .idem()
+        .args(["inspect", "no-such-key"])
+        .output()
+        .expect("idem");
     assert_eq!(out.status.code(), Some(1));
     assert!(exit_statuses("idem-inspect.1").contains(&1));
-    let out = env.idem().args(["run", "--", "/no/such/command"]).output().expect("idem");
+    let out = env
+        .idem()
+        .args(["run", "--", "/no/such/command"])
+        .output()
+        .expect("idem");
     assert_eq!(out.status.code(), Some(127));
     let run = exit_statuses("idem-run.1");
     for code in [65, 75, 76, 77, 124, 126, 127] {
         assert!(run.contains(&code), "idem-run.1 lacks {code}: {run:?}");
     }
-    assert!(!run.contains(&0), "0 is COMMAND's status in idem-run.1: {run:?}");
+    assert!(
+        !run.contains(&0),
+        "0 is COMMAND's status in idem-run.1: {run:?}"
+    );
     let inspect = exit_statuses("idem-inspect.1");
-    assert!(!inspect.contains(&127) && inspect.contains(&0), "{inspect:?}");
+    assert!(
+        !inspect.contains(&127) && inspect.contains(&0),
+        "{inspect:?}"
+    );
     assert!(exit_statuses("idem-purge.1").contains(&75));
 
     let run = variables("idem-run.1");
-    for var in ["IDEM_DB", "IDEM_TTL", "IDEM_REPORT", "IDEM_KEY", "IDEM_ATTEMPT", "PATH"] {
-        assert!(run.iter().any(|v| v == var), "idem-run.1 lacks {var}: {run:?}");
+    for var in [
+        "IDEM_DB",
+        "IDEM_TTL",
+        "IDEM_REPORT",
+        "IDEM_KEY",
+        "IDEM_ATTEMPT",
+        "PATH",
+    ] {
+        assert!(
+            run.iter().any(|v| v == var),
+            "idem-run.1 lacks {var}: {run:?}"
+        );
     }
     let stats = variables("idem-stats.1");
     assert!(stats.iter().any(|v| v == "IDEM_DB"), "{stats:?}");
     for var in ["IDEM_TTL", "IDEM_KEY", "PATH"] {
-        assert!(!stats.iter().any(|v| v == var), "idem-stats.1 has {var}: {stats:?}");
+        assert!(
+            !stats.iter().any(|v| v == var),
+            "idem-stats.1 has {var}: {stats:?}"
+        );
     }
 }
 
@@ -285,9 +330,14 @@ fn nothing_shipped_points_at_a_file_the_user_lacks() {
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
                 .collect();
-            let cited = text[at..].split_once(page.replace('-', "\\-").as_str()).map(|(_, rest)| rest);
+            let cited = text[at..]
+                .split_once(page.replace('-', "\\-").as_str())
+                .map(|(_, rest)| rest);
             if cited.is_some_and(|rest| rest.starts_with("\\fR(1)") || rest.starts_with("(1)")) {
-                assert!(root().join("man").join(format!("{page}.1")).is_file(), "{name} cites {page}(1)");
+                assert!(
+                    root().join("man").join(format!("{page}.1")).is_file(),
+                    "{name} cites {page}(1)"
+                );
             }
         }
     }

@@ -51,7 +51,10 @@ fn bash(script: String, runners: &[String]) -> String {
     for name in runners {
         // clap's own name for the subcommand's branch, as its loop sets it.
         let label = format!("            idem,{name})\n                cmd=\"");
-        let start = script.find(&label).expect("clap's bash names each subcommand") + label.len();
+        let start = script
+            .find(&label)
+            .expect("clap's bash names each subcommand")
+            + label.len();
         let end = start + script[start..].find('"').expect("a closing quote");
         cases.push_str(&format!("        {})\n", &script[start..end]));
     }
@@ -78,7 +81,9 @@ fn bash(script: String, runners: &[String]) -> String {
 "#
     );
     let anchor = "    case \"${cmd}\" in\n";
-    let at = script.find(anchor).expect("clap's bash dispatches on ${cmd}");
+    let at = script
+        .find(anchor)
+        .expect("clap's bash dispatches on ${cmd}");
     format!("{}{block}{}", &script[..at], &script[at..])
 }
 
@@ -105,7 +110,10 @@ fn zsh(script: &str, runners: &[String]) -> String {
         .expect("clap's zsh dispatches on the subcommand");
     for name in runners {
         let branch = format!("            ({name})\n");
-        let at = dispatch + script[dispatch..].find(&branch).expect("a branch per subcommand");
+        let at = dispatch
+            + script[dispatch..]
+                .find(&branch)
+                .expect("a branch per subcommand");
         script.insert_str(
             at + branch.len(),
             r#"# After `--` come COMMAND and its arguments: a command line of their own.

@@ -19,9 +19,23 @@ use std::path::{Path, PathBuf};
 pub const ENVIRONMENT: &[(&str, &[&str], &str)] = &[
     ("XDG_STATE_HOME", &[], "Where the default store lives (see FILES)."),
     ("HOME", &[], "Where the default store lives when XDG_STATE_HOME is unset or empty."),
-    ("PGUSER", &[], "The PostgreSQL user when a postgres:// URL names none; \
+    ("PGHOST", &[], "PostgreSQL: the host, or a Unix socket directory, \
+        when a postgres:// URL names none."),
+    ("PGPORT", &[], "PostgreSQL: the port when a postgres:// URL names none."),
+    ("PGDATABASE", &[], "PostgreSQL: the database when a postgres:// URL names none."),
+    ("PGUSER", &[], "PostgreSQL: the user when a postgres:// URL names none; \
         default: the login name."),
-    ("PGPASSWORD", &[], "The PostgreSQL password when a postgres:// URL has none."),
+    ("PGPASSWORD", &[], "PostgreSQL: the password when a postgres:// URL has none; \
+        else the password file's."),
+    ("PGPASSFILE", &[], "PostgreSQL: the password file; default: ~/.pgpass."),
+    ("PGSSLMODE", &[], "PostgreSQL: sslmode (disable, prefer, require, verify-ca, \
+        verify-full) when the URL has none."),
+    ("PGSSLROOTCERT", &[], "PostgreSQL: sslrootcert, the file of CA certificates \
+        (or system), when the URL has none."),
+    ("PGSSLCERT", &[], "PostgreSQL: sslcert, the client certificate file, \
+        when the URL has none."),
+    ("PGSSLKEY", &[], "PostgreSQL: sslkey, the client key file, when the URL has none."),
+    ("REDISCLI_AUTH", &[], "Redis: the password when a redis:// or rediss:// URL has none."),
     ("NO_COLOR", &["inspect"], "When set and not empty, the table has no colours."),
     ("PATH", &["run"], "Where COMMAND is looked up when its name has no slash."),
     ("IDEM_KEY", &["run"], "Set for COMMAND: the key it runs under, \
@@ -33,13 +47,14 @@ pub const ENVIRONMENT: &[(&str, &[&str], &str)] = &[
 ];
 
 /// The FILES section, with the subcommands it is about (none: every one).
-const FILES: &[(&str, &[&str], &str)] = &[(
-    "$XDG_STATE_HOME/idem/idem.db",
-    &[],
-    "The default store, an SQLite file; ~/.local/state/idem/idem.db when XDG_STATE_HOME \
-    is unset. A new directory is created with mode 0700 and a new file with mode 0600: \
-    stored output can hold secrets.",
-)];
+#[rustfmt::skip]
+const FILES: &[(&str, &[&str], &str)] = &[
+    ("$XDG_STATE_HOME/idem/idem.db", &[], "The default store, an SQLite file; \
+        ~/.local/state/idem/idem.db when XDG_STATE_HOME is unset. A new directory is created \
+        with mode 0700 and a new file with mode 0600: stored output can hold secrets."),
+    ("~/.pgpass", &[], "PostgreSQL: passwords for what a postgres:// URL and PGPASSWORD leave \
+        out, as libpq reads them (ignored, with a notice, when others may read it)."),
+];
 
 /// Pages of other tools that idem.1 points at (util-linux, coreutils).
 const RELATED: [&str; 2] = ["flock", "timeout"];
@@ -176,7 +191,11 @@ fn synopsis(cmd: &Command) -> Roff {
         }
         match (arg.get_short(), arg.get_long()) {
             (Some(short), Some(long)) => {
-                item.extend([bold(format!("-{short}")), roman("|"), bold(format!("--{long}"))]);
+                item.extend([
+                    bold(format!("-{short}")),
+                    roman("|"),
+                    bold(format!("--{long}")),
+                ]);
             }
             (Some(short), None) => item.push(bold(format!("-{short}"))),
             (None, Some(long)) => item.push(bold(format!("--{long}"))),
