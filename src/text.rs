@@ -59,6 +59,46 @@ pub fn command_line<'a>(argv: impl Iterator<Item = &'a [u8]>) -> String {
     line
 }
 
+/// A key quoted for copy-pasting into a shell command: as is when it is
+/// plain, in single quotes when it holds nothing a terminal would act on,
+/// else in bash's `$'…'` with every such character as an escape (so the
+/// line stays safe to print and still means the key when pasted).
+pub fn shell_word(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/@+=,%".contains(c))
+    {
+        return key.to_owned();
+    }
+    if escape(key.as_bytes()) == key.replace('\\', "\\\\") {
+        return format!("'{}'", key.replace('\'', "'\\''"));
+    }
+    let mut word = String::from("$'");
+    for c in key.chars() {
+        match c {
+            '\\' | '\'' => {
+                word.push('\\');
+                word.push(c);
+            }
+            c => {
+                let mut utf8 = [0; 4];
+                let utf8 = c.encode_utf8(&mut utf8);
+                if escape(utf8.as_bytes()) == *utf8 {
+                    word.push(c);
+                } else {
+                    // Byte by byte: `\u` would depend on the shell's locale.
+                    for b in utf8.bytes() {
+                        word.push_str(&format!("\\x{b:02x}"));
+                    }
+                }
+            }
+        }
+    }
+    word.push('\'');
+    word
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +118,16 @@ mod tests {
             command_line(argv.into_iter()),
             "sh -c 'echo '\\''hi'\\''' ''"
         );
+    }
+
+    #[test]
+    fn shell_words_are_plain_quoted_or_escaped() {
+        assert_eq!(shell_word("invoice-42"), "invoice-42");
+        assert_eq!(shell_word("it's a\\b"), "'it'\\''s a\\b'");
+        assert_eq!(
+            shell_word("a\tb\x1b'\\é\u{202e}"),
+            "$'a\\x09b\\x1b\\'\\\\é\\xe2\\x80\\xae'"
+        );
+        assert!(!shell_word("\x07\u{9b}").chars().any(char::is_control));
     }
 }

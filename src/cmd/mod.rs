@@ -158,13 +158,44 @@ impl From<StatusArg> for crate::store::Status {
     }
 }
 
-/// A humantime duration that must be greater than zero.
+/// The longest duration any option takes: 10,000 years (humantime's year
+/// of 365.25 days). Anything longer means "forever" and is refused as a
+/// usage error when the command line is read, so no deadline, lease or
+/// expiry computed from it can overflow later, after the command started.
+/// A finished record's expiry then stays below year 12,100, which every
+/// store holds exactly.
+pub const MAX_DURATION: Duration = Duration::from_secs(10_000 * 31_557_600);
+
+/// A humantime duration, greater than zero and at most `MAX_DURATION`.
 pub fn positive_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 90s, 5m, 1h 30m, 7d)"))?;
     if d.is_zero() {
         return Err("must be greater than zero".into());
     }
+    if d > MAX_DURATION {
+        return Err("is too long: at most 10000y".into());
+    }
     Ok(d)
+}
+
+/// An environment variable's name, `[A-Za-z_][A-Za-z0-9_]*` (`--env`).
+pub fn env_name(s: &str) -> Result<OsString, String> {
+    let mut chars = s.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        return Ok(OsString::from(s));
+    }
+    match s.split_once('=') {
+        Some((name, _)) if !name.is_empty() => Err(format!(
+            "takes a variable name, not an assignment: --env {name}"
+        )),
+        _ => {
+            Err("is not a variable name (letters, digits and _, not starting with a digit)".into())
+        }
+    }
 }
 
 /// A byte size: `0`, `1024`, `64K`, `16MiB`, `1GB` (K/KiB = 1024, KB = 1000).
@@ -218,5 +249,18 @@ mod tests {
         assert_eq!(positive_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert!(positive_duration("0s").is_err());
         assert!(positive_duration("soon").is_err());
+        assert_eq!(positive_duration("10000y"), Ok(MAX_DURATION));
+        assert!(positive_duration("10001y").is_err());
+        assert!(positive_duration("300000000000y").is_err());
+    }
+
+    #[test]
+    fn env_names() {
+        assert_eq!(env_name("_A9"), Ok(OsString::from("_A9")));
+        assert!(env_name("A=1").unwrap_err().contains("--env A"));
+        assert!(env_name("").is_err());
+        assert!(env_name("9A").is_err());
+        assert!(env_name("A-B").is_err());
+        assert!(env_name("=x").is_err());
     }
 }

@@ -5,14 +5,14 @@
 //! again on the record as it is under the lock. A replay never writes more
 //! than a replay counter.
 
-use super::{byte_size, positive_duration, Global};
+use super::{byte_size, env_name, positive_duration, Global};
 use crate::child::{self, Finished, SpawnError};
 use crate::exit::{child_status, fail, Code};
 use crate::key::{self, Fingerprint};
 use crate::owner::Here;
 use crate::policy::{decide, owner_alive, OnCrash, OnDuplicate, OnFailure, Policy, Verdict};
 use crate::store::{self, Captured, Claim, Millis, Mode, Outcome, Record, Status, Store, Stream};
-use crate::text::{command_line, escape};
+use crate::text::{command_line, escape, shell_word};
 use anyhow::{Context, Result};
 use std::cell::{Cell, OnceCell, RefCell};
 use std::ffi::OsString;
@@ -23,9 +23,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 mod owning;
+mod replay;
 mod report;
 
 use owning::{pause_point, Owning};
+use replay::ClosedOk;
 use report::{Outcome as Reported, Report};
 
 /// How often a waiter looks at the record again.
@@ -82,7 +84,7 @@ pub struct Args {
     pub cwd: bool,
 
     /// Add an environment variable to the fingerprint (repeatable; unset differs from empty)
-    #[arg(long = "env", value_name = "NAME")]
+    #[arg(long = "env", value_name = "NAME", value_parser = env_name)]
     pub env: Vec<OsString>,
 
     /// Read all of stdin, add its SHA-256 to the fingerprint, feed it to COMMAND unchanged
@@ -308,7 +310,11 @@ enum Next {
 
 impl Call<'_> {
     fn run(&self, store: &mut dyn Store, stdin: Option<File>) -> Result<u8> {
-        let wait_until = self.args.wait_timeout.map(|t| Instant::now() + t);
+        // None: no bound (a bound past what the clock can hold is none).
+        let wait_until = self
+            .args
+            .wait_timeout
+            .and_then(|t| Instant::now().checked_add(t));
         let mut waiting_noted = false;
         loop {
             let (now, record) = store.get(&self.key)?;
@@ -426,12 +432,12 @@ impl Call<'_> {
                 fail(
                 Code::Completed,
                 format!(
-                    "key {} already completed {} (exit status {}); it expires {}; run `idem purge {}` to allow a re-run",
+                    "key {} already completed {} (exit status {}); it expires {}; run `{}` to allow a re-run",
                     self.shown_key(),
                     ago(record.finished_at.unwrap_or(record.started_at), now),
                     record_status(record),
                     until(record.expires_at, now),
-                    shell_word(&self.key),
+                    purge_command(&self.key),
                 ),
             )
             }
@@ -440,12 +446,12 @@ impl Call<'_> {
                 fail(
                 Code::Crashed,
                 format!(
-                    "key {}: an earlier run crashed (host {}, pid {}, started {}); check its side effects, then run `idem purge {}`",
+                    "key {}: an earlier run crashed (host {}, pid {}, started {}); check its side effects, then run `{}`",
                     self.shown_key(),
                     escape(record.owner.host.as_bytes()),
                     record.owner.pid,
                     ago(record.started_at, now),
-                    shell_word(&self.key),
+                    purge_command(&self.key),
                 ),
             )
             }
@@ -509,18 +515,21 @@ impl Call<'_> {
             record_status(record)
         ));
         // An empty stream needs no second look at the store.
-        let mut stdout = ClosedOk(io::stdout().lock());
-        if record.stdout_bytes > 0
-            && !store.copy_output(&self.key, record.token, Stream::Stdout, &mut stdout)?
-        {
-            return Ok(None);
+        let mut stdout = ClosedOk::new(io::stdout().lock());
+        if record.stdout_bytes > 0 {
+            let copied = store.copy_output(&self.key, record.token, Stream::Stdout, &mut stdout);
+            if !stdout.check(copied, "stdout")? {
+                return Ok(None);
+            }
         }
-        let _ = stdout.0.flush();
-        let mut stderr = ClosedOk(io::stderr().lock());
-        if record.stderr_bytes > 0
-            && !store.copy_output(&self.key, record.token, Stream::Stderr, &mut stderr)?
-        {
-            return Ok(None);
+        let flushed = stdout.flush();
+        stdout.check(flushed.map_err(Into::into), "stdout")?;
+        let mut stderr = ClosedOk::new(io::stderr().lock());
+        if record.stderr_bytes > 0 {
+            let copied = store.copy_output(&self.key, record.token, Stream::Stderr, &mut stderr);
+            if !stderr.check(copied, "stderr")? {
+                return Ok(None);
+            }
         }
         if (record.stdout_truncated || record.stderr_truncated) && !self.global.quiet {
             crate::say::notice(format_args!(
@@ -528,7 +537,10 @@ impl Call<'_> {
                 self.shown_key()
             ));
         }
-        store.count_replay(&self.key, record.token)?;
+        // A statistic: a store that has become read-only still replays.
+        if let Err(e) = store.count_replay(&self.key, record.token) {
+            self.explain(format_args!("the replay was not counted: {e:#}"));
+        }
         Ok(Some(if record.timed_out {
             u8::from(Code::Timeout)
         } else {
@@ -745,25 +757,6 @@ fn millis(d: Duration) -> Millis {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
-/// A writer for replay that treats a closed reader as the end of interest.
-struct ClosedOk<W>(W);
-
-impl<W: Write> Write for ClosedOk<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.0.write(buf) {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(buf.len()),
-            other => other,
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self.0.flush() {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-            other => other,
-        }
-    }
-}
-
 fn record_status(record: &Record) -> String {
     if record.timed_out {
         "124 (timed out)".into()
@@ -797,15 +790,8 @@ fn until(at: Option<Millis>, now: Millis) -> String {
     }
 }
 
-/// A key quoted for copy-pasting into a shell command.
-fn shell_word(key: &str) -> String {
-    let shown = escape(key.as_bytes());
-    if shown
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.:/@+=,".contains(c))
-    {
-        shown
-    } else {
-        format!("'{}'", shown.replace('\'', "'\\''"))
-    }
+/// The command that purges `key`, ready to paste.
+fn purge_command(key: &str) -> String {
+    let end_of_options = if key.starts_with('-') { "-- " } else { "" };
+    format!("idem purge {end_of_options}{}", shell_word(key))
 }

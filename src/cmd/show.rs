@@ -7,7 +7,6 @@ use crate::owner::Here;
 use crate::policy::owner_alive;
 use crate::store::{Millis, Record, Status};
 use crate::text::{command_line, escape};
-use std::time::{Duration, UNIX_EPOCH};
 
 /// What an operator is told about a record's state; finer than `Status`,
 /// because an expired record is as good as absent and an `in_progress` one
@@ -75,14 +74,52 @@ impl Vantage {
 
 /// A store time as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(at: Millis) -> String {
-    let since_epoch = Duration::from_millis(u64::try_from(at).unwrap_or(0));
-    humantime::format_rfc3339_millis(UNIX_EPOCH + since_epoch).to_string()
+    let (date, time) = utc(at);
+    format!("{date}T{time}.{:03}Z", at.rem_euclid(1000))
 }
 
 /// A store time as RFC 3339 UTC to the second, for tables.
 pub fn rfc3339_seconds(at: Millis) -> String {
-    let since_epoch = Duration::from_millis(u64::try_from(at).unwrap_or(0));
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + since_epoch).to_string()
+    let (date, time) = utc(at);
+    format!("{date}T{time}Z")
+}
+
+/// The date and time of day of `at` in UTC, for any time a store can
+/// hold. RFC 3339 ends at year 9999; a later year (`--ttl 10000y`) is
+/// written as ISO 8601's expanded year, a sign and six digits, as
+/// JavaScript's `toISOString` does: `+012025-06-01`.
+fn utc(at: Millis) -> (String, String) {
+    let secs = at.div_euclid(1000);
+    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    let year = if (0..=9999).contains(&year) {
+        format!("{year:04}")
+    } else {
+        let sign = if year < 0 { '-' } else { '+' };
+        format!("{sign}{:06}", year.unsigned_abs())
+    };
+    let time = format!(
+        "{:02}:{:02}:{:02}",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60
+    );
+    (format!("{year}-{month:02}-{day:02}"), time)
+}
+
+/// Year, month and day of the `days`-th day after 1970-01-01 in the
+/// proleptic Gregorian calendar (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// A length of time in at most two units: `250ms`, `12s`, `3m 4s`, `2h 5m`, `3d 4h`.
@@ -166,6 +203,7 @@ pub fn key(record: &Record) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn spans_use_two_units_at_most() {
@@ -182,5 +220,28 @@ mod tests {
     fn times_are_utc() {
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
         assert_eq!(rfc3339_seconds(1_700_000_000_123), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn times_agree_with_humantime_up_to_year_9999() {
+        let mut at: i64 = 0;
+        while at < 253_402_300_800_000 {
+            let since = UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap());
+            let expected = humantime::format_rfc3339_millis(since).to_string();
+            assert_eq!(rfc3339(at), expected);
+            at += 86_399_999_937;
+        }
+    }
+
+    #[test]
+    fn years_past_9999_are_written_expanded() {
+        assert_eq!(rfc3339(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(253_402_300_800_000), "+010000-01-01T00:00:00.000Z");
+        // The longest --ttl from now, and the last time a store can hold.
+        assert!(rfc3339(2_000_000_000_000 + 315_576_000_000_000).starts_with("+012033-"));
+        assert_eq!(rfc3339_seconds(i64::MAX), "+292278994-08-17T07:12:55Z");
     }
 }

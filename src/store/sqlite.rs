@@ -9,18 +9,21 @@
 //! to another application, or has a newer schema is refused untouched.
 
 mod check;
+mod errors;
 mod file;
 mod purge;
+mod upkeep;
 
-use file::{check_identity, create_file, read_header, Header};
+use errors::{describe, describe_at, store_error, store_failure};
+use file::{check_identity, create_file, identify, Creating, Found};
 
 use super::{Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream};
-use crate::exit::{Code, Exit};
 use crate::owner::{ChildId, Owner};
 use anyhow::{Context, Result};
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, ToSql};
-use std::io::{self, Read, Write};
+use std::cell::Cell;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,12 +35,8 @@ const SCHEMA_VERSION: i32 = 3;
 const CLEANUP_BATCH: i64 = 16;
 /// How long contention on the write lock may last before idem gives up.
 const LOCK_PATIENCE: Duration = Duration::from_secs(120);
-
-/// WAL size past which a writer checkpoints and empties it on its way out.
-/// A process that opens the store alone rebuilds the WAL index by reading
-/// the whole WAL, so a long WAL slows every later call; emptying it costs
-/// two fsyncs, so not after every call. 64 frames of 4 KiB pages.
-const WAL_LIMIT: u64 = 64 * (4096 + 24);
+/// Why `inspect` cannot use an empty store file.
+const NEVER_INITIALISED: &str = "it was never initialised (run `idem run` once to create it)";
 
 /// Schema migrations; entry N brings a store from version N to N + 1.
 const MIGRATIONS: &[&str] = &[
@@ -113,6 +112,9 @@ pub struct SqliteStore {
     /// Whether this process freed pages: the file only shrinks when the
     /// WAL is checkpointed, so it is then emptied whatever its size.
     shrunk: bool,
+    /// Whether anything failed (a corrupt page, a read-only file): then
+    /// nothing more is written, not even a checkpoint.
+    broken: Cell<bool>,
     /// The `synchronous` level the connection is at, once idem has set it.
     sync: Option<Sync>,
 }
@@ -127,54 +129,25 @@ enum Sync {
     Normal,
 }
 
-impl Drop for SqliteStore {
-    fn drop(&mut self) {
-        if !self.wrote {
-            return;
-        }
-        let mut wal = self.path.clone().into_os_string();
-        wal.push("-wal");
-        if !self.shrunk && std::fs::metadata(wal).map_or(true, |m| m.len() <= WAL_LIMIT) {
-            return;
-        }
-        // Best effort. A run or a replay never waits for it: readers or a
-        // writer at work mean another process will be along to do it. A
-        // purge waits a little, to give the space back, but not on a reader
-        // that never finishes (an `inspect` stuck on a full pipe).
-        if self.shrunk {
-            let _ = self.conn.busy_timeout(Duration::from_secs(2));
-        } else {
-            let _ = self.conn.busy_handler(None);
-        }
-        let _ = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-    }
-}
-
 impl SqliteStore {
     pub fn open(path: &Path, mode: Mode) -> Result<Option<SqliteStore>> {
-        let header = match read_header(path) {
-            Ok(header) => header,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if mode != Mode::Create {
-                    return Ok(None);
-                }
+        let (ready, creating) = match identify(path)? {
+            Found::Idem { ready } => (ready, None),
+            Found::Missing if mode != Mode::Create => return Ok(None),
+            Found::Missing => {
                 create_file(path)?;
-                Header {
-                    empty: true,
-                    ..Header::default()
-                }
+                (false, Some(Creating::lock(path)?))
             }
-            Err(e) => return store_error(path, &format!("cannot read it: {e}")),
+            Found::Empty if mode == Mode::ReadOnly => return store_error(path, NEVER_INITIALISED),
+            Found::Empty => (false, Some(Creating::lock(path)?)),
         };
-        header.check(path)?;
 
         // Never SQLITE_OPEN_CREATE: the file exists by now, and a vanished one
         // must not come back empty. `inspect` is kept read-only by query_only.
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags)
-            .or_else(|e| store_error(path, &format!("cannot open it: {e}")))?;
+        let conn = Connection::open_with_flags(path, flags).or_else(|e| {
+            store_error(path, &format!("cannot open it: {}", describe_at(path, &e)))
+        })?;
         conn.busy_handler(Some(wait_for_lock))
             .context("busy handler")?;
         // The last connection to close would checkpoint the WAL (two fsyncs)
@@ -188,11 +161,13 @@ impl SqliteStore {
             path: path.to_owned(),
             wrote: false,
             shrunk: false,
+            broken: Cell::new(false),
             sync: None,
         };
-        if !header.is_ready() {
+        if !ready {
             store.prepare(mode)?;
         }
+        drop(creating);
         if mode == Mode::ReadOnly {
             store.pragma("query_only", "1")?;
         }
@@ -231,11 +206,16 @@ impl SqliteStore {
         // upgrades only add to it, under the write lock for a moment); an
         // empty file is left for `run` to make a store of.
         if mode == Mode::ReadOnly && tables == 0 {
-            return self.fail("it was never initialised (run `idem run` once to create it)");
+            return self.fail(NEVER_INITIALISED);
         }
         if tables == 0 {
             // auto_vacuum must be chosen before the first table exists.
             self.pragma("auto_vacuum", "INCREMENTAL")?;
+        }
+        if app == 0 {
+            // The first write to a new file stamps it idem's (in the main
+            // file, before WAL mode): from then on `identify` knows it.
+            self.pragma("application_id", &APPLICATION_ID.to_string())?;
         }
         self.switch_to_wal()?;
         let synced = self.sync(Sync::Full);
@@ -299,12 +279,18 @@ impl SqliteStore {
     }
 
     fn fail<T>(&self, what: &str) -> Result<T> {
-        store_error(&self.path, what)
+        Err(self.failure(what))
+    }
+
+    /// Exit 125 naming the store; the store is written no more.
+    fn failure(&self, what: &str) -> anyhow::Error {
+        self.broken.set(true);
+        store_failure(&self.path, what)
     }
 
     /// Maps a SQLite error to exit 125 with the store's name in it.
     fn sql<T>(&self, result: rusqlite::Result<T>, doing: &str) -> Result<T> {
-        result.or_else(|e| self.fail(&format!("{doing}: {}", describe(&e))))
+        result.or_else(|e| self.fail(&format!("{doing}: {}", describe_at(&self.path, &e))))
     }
 
     fn read_record(&self, key: &str) -> rusqlite::Result<Option<Record>> {
@@ -553,14 +539,13 @@ impl Store for SqliteStore {
             "SELECT {RECORD_COLUMNS} FROM records WHERE {clause} ORDER BY started_at DESC, key"
         );
         if let Some(limit) = filter.limit {
+            // SQLite's LIMIT is an i64; more than that is no limit at all,
+            // as on the other stores.
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             sql.push_str(&format!(" LIMIT {limit}"));
         }
-        let failed = |e: rusqlite::Error| {
-            store_failure(
-                &self.path,
-                &format!("cannot list records: {}", describe(&e)),
-            )
-        };
+        let failed =
+            |e: rusqlite::Error| self.failure(&format!("cannot list records: {}", describe(&e)));
         let mut stmt = self.conn.prepare(&sql).map_err(failed)?;
         let params: Vec<&dyn ToSql> = args.iter().map(AsRef::as_ref).collect();
         let mut rows = stmt.query(params.as_slice()).map_err(failed)?;
@@ -711,31 +696,6 @@ fn is_busy(e: &rusqlite::Error) -> bool {
         e.sqlite_error_code(),
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
     )
-}
-
-fn describe(e: &rusqlite::Error) -> String {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
-            "the file is corrupt (restore it from a backup, or move it away to start afresh)".into()
-        }
-        Some(ErrorCode::DiskFull) => "the disk is full".into(),
-        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
-            format!("it cannot be written ({e}); check the permissions and free space of the file and its directory")
-        }
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            "it stayed locked by other processes for too long".into()
-        }
-        _ => e.to_string(),
-    }
-}
-
-fn store_error<T>(path: &Path, what: &str) -> Result<T> {
-    Err(store_failure(path, what))
-}
-
-/// Exit 125 naming the store.
-fn store_failure(path: &Path, what: &str) -> anyhow::Error {
-    Exit::new(Code::Internal, format!("store {}: {what}", path.display())).into()
 }
 
 pub fn now_millis() -> Millis {

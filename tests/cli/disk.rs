@@ -148,3 +148,43 @@ fn an_outcome_that_cannot_be_written_exits_125_and_says_so() {
     assert!(stderr.contains("could NOT be written"), "{stderr}");
     assert_eq!(out.stdout, b"done\n");
 }
+
+#[test]
+fn a_replay_from_a_read_only_store_exits_with_the_stored_status() {
+    if backend() != Backend::Sqlite {
+        return;
+    }
+    let env = Env::new();
+    let Some(disk) = Tmpfs::mount(&env.path("disk"), "1m") else {
+        return;
+    };
+    let db = env.path("disk/idem.db");
+    let db = db.to_str().unwrap();
+    let script = format!(
+        "{}; echo stored; echo warned >&2; exit 3",
+        env.count_run("n")
+    );
+    let args = [
+        "--db",
+        db,
+        "run",
+        "-k",
+        "done",
+        "--on-failure",
+        "lock",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ];
+    env.idem().args(args).assert().code(3);
+    disk.remount_read_only();
+    // The replay count cannot be written: best effort, not a failure.
+    env.idem()
+        .args(args)
+        .assert()
+        .code(3)
+        .stdout("stored\n")
+        .stderr("warned\n");
+    assert_eq!(env.count("n"), 1);
+}

@@ -82,7 +82,9 @@ impl SqliteStore {
              AND rowid > ? ORDER BY rowid LIMIT {PURGE_BATCH}",
             Self::source(filter)
         );
+        // Fields, not `self`: the loop below borrows the connection.
         let failed = |e: rusqlite::Error| {
+            self.broken.set(true);
             store_failure(
                 &self.path,
                 &format!("cannot list records: {}", describe(&e)),

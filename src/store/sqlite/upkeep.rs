@@ -1,0 +1,46 @@
+//! Keeping the store's records in its main file: when the WAL is emptied.
+//!
+//! idem keeps the WAL between calls (a checkpoint on every close cost every
+//! call two fsyncs), but not for long: a store whose records live only in
+//! its `-wal` is lost by an operator who copies `idem.db` alone or deletes
+//! the `-wal` as a temporary file. So a writer empties the WAL on its way
+//! out once the WAL is larger than the main file (a fresh store after its
+//! first run) or than `WAL_LIMIT`, and `purge` always does.
+
+use super::file::with_suffix;
+use super::SqliteStore;
+use std::time::Duration;
+
+/// WAL size past which a writer checkpoints and empties it on its way out.
+/// A process that opens the store alone rebuilds the WAL index by reading
+/// the whole WAL, so a long WAL slows every later call; emptying it costs
+/// two fsyncs, so not after every call. 64 frames of 4 KiB pages.
+const WAL_LIMIT: u64 = 64 * (4096 + 24);
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // A store that failed (corrupt, read-only) gets no more writes.
+        if !self.wrote || self.broken.get() {
+            return;
+        }
+        let size = |suffix: &str| {
+            std::fs::metadata(with_suffix(&self.path, suffix)).map_or(0, |m| m.len())
+        };
+        let wal = size("-wal");
+        if !self.shrunk && wal <= WAL_LIMIT.min(size("")) {
+            return;
+        }
+        // Best effort. A run or a replay never waits for it: readers or a
+        // writer at work mean another process will be along to do it. A
+        // purge waits a little, to give the space back, but not on a reader
+        // that never finishes (an `inspect` stuck on a full pipe).
+        if self.shrunk {
+            let _ = self.conn.busy_timeout(Duration::from_secs(2));
+        } else {
+            let _ = self.conn.busy_handler(None);
+        }
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+}
