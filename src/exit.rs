@@ -151,3 +151,47 @@ pub fn child_status(exit_code: Option<i32>, signal: Option<i32>) -> u8 {
         (None, None) => 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_the_documented_numbers() {
+        let table = [
+            (Code::NoRecord, 1),
+            (Code::Usage, 2),
+            (Code::Mismatch, 65),
+            (Code::InProgress, 75),
+            (Code::Completed, 76),
+            (Code::Crashed, 77),
+            (Code::Timeout, 124),
+            (Code::Internal, 125),
+            (Code::NotExecutable, 126),
+            (Code::NotFound, 127),
+        ];
+        for (code, number) in table {
+            assert_eq!(u8::from(code), number, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_child_status_is_its_code_or_128_plus_its_signal() {
+        assert_eq!(child_status(Some(0), None), 0);
+        assert_eq!(child_status(Some(3), None), 3);
+        // Only the low byte of a status reaches the parent, as with wait(2).
+        assert_eq!(child_status(Some(256 + 7), None), 7);
+        assert_eq!(child_status(None, Some(9)), 137);
+        assert_eq!(child_status(Some(1), Some(15)), 143);
+        assert_eq!(child_status(None, Some(200)), 255);
+        assert_eq!(child_status(None, None), 1);
+    }
+
+    #[test]
+    fn fail_carries_its_code_and_message() {
+        let err = fail::<()>(Code::Crashed, "it crashed").unwrap_err();
+        let exit = err.downcast_ref::<Exit>().unwrap();
+        assert_eq!(exit.code, Code::Crashed);
+        assert_eq!(err.to_string(), "it crashed");
+    }
+}

@@ -1,7 +1,11 @@
 //! idem: run a command at most once per key.
 //!
 //! `main` only parses, dispatches, prints the one error line and exits; the
-//! work is in `cmd`.
+//! work is in `cmd`. idem starts from its own C `main`, without Rust's
+//! runtime start-up (see `child::process`): idem's start-up is paid on every
+//! call it guards.
+
+#![cfg_attr(not(test), no_main)]
 
 mod child;
 mod cmd;
@@ -16,35 +20,56 @@ mod text;
 use clap::error::ErrorKind;
 use clap::Parser;
 use exit::{Code, Exit};
-use std::process::ExitCode;
+use std::ffi::OsString;
 
-fn main() -> ExitCode {
-    let cli = match cmd::Cli::try_parse() {
+/// The process's entry point, called by the C library with the arguments
+/// (which `std::env::args_os` reads on its own).
+// The symbol `main` is what the C start-up calls; nothing else defines it
+// once `#![no_main]` drops Rust's.
+#[cfg(not(test))]
+#[allow(unsafe_code)]
+#[no_mangle]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    child::process::init();
+    let code = run();
+    // Rust's runtime flushed stdout on the way out; this replaces it.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    libc::c_int::from(code)
+}
+
+#[cfg_attr(test, allow(dead_code))]
+fn run() -> u8 {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let parsed = match cmd::fast::parse(&argv, &|name| std::env::var_os(name)) {
+        Some(cli) => Ok(cli),
+        None => cmd::Cli::try_parse_from(&argv),
+    };
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = e.print();
-            return ExitCode::SUCCESS;
+            return 0;
         }
         Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             let _ = e.print();
-            return ExitCode::from(u8::from(Code::Usage));
+            return u8::from(Code::Usage);
         }
         Err(e) => {
             say::error(format_args!("{}", usage_line(&e)));
-            return ExitCode::from(u8::from(Code::Usage));
+            return u8::from(Code::Usage);
         }
     };
     match cmd::dispatch(cli) {
-        Ok(status) => ExitCode::from(status),
+        Ok(status) => status,
         Err(err) => {
             if is_broken_pipe(&err) {
-                return ExitCode::SUCCESS;
+                return 0;
             }
             let code = err
                 .downcast_ref::<Exit>()
                 .map_or(Code::Internal, |e| e.code);
             say::error(format_args!("{err:#}"));
-            ExitCode::from(u8::from(code))
+            u8::from(code)
         }
     }
 }

@@ -1,16 +1,19 @@
-//! Who owns a claim, and whether that owner is still alive.
+//! Who owns a claim, and what this machine can tell about whether it lives.
 //!
-//! An owner is idem's process plus the process group of the child it runs.
-//! On the same host and boot it is alive while idem's pid exists with the
-//! same start time (a reused pid is someone else) or while any process of the
-//! child's group exists (a SIGKILLed idem can leave its child running). A
-//! different boot means dead. A different host cannot be checked from here:
-//! local stores treat it as alive; shared stores use a lease instead.
+//! An owner is idem's process plus the process group of the child it runs,
+//! recorded with the host name, boot id and PID namespace it ran in. Its
+//! pids mean something only where all three match ours (`Place::Here`):
+//! there it is alive while idem's pid exists with the same start time (a
+//! reused pid is someone else) or while any process of the child's group
+//! exists (a SIGKILLed idem can leave its child running). Anywhere else —
+//! another container sharing the store file, another machine — process
+//! checks cannot tell, and `crate::policy::owner_alive` asks the lease.
 
 use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// The identity of a running idem and, once started, its child.
@@ -18,6 +21,9 @@ use std::path::Path;
 pub struct Owner {
     pub host: String,
     pub boot_id: String,
+    /// The PID namespace (inode of `/proc/self/ns/pid`); `None` when
+    /// unknown: no /proc, or a record written before idem recorded it.
+    pub pid_ns: Option<i64>,
     pub pid: i64,
     /// Process start time in clock ticks since boot (field 22 of /proc/PID/stat).
     pub start: i64,
@@ -37,6 +43,7 @@ pub struct ChildId {
 pub struct Here {
     pub host: String,
     pub boot_id: String,
+    pub pid_ns: Option<i64>,
 }
 
 impl Here {
@@ -47,7 +54,14 @@ impl Here {
         let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
-        Here { host, boot_id }
+        let pid_ns = fs::metadata("/proc/self/ns/pid")
+            .ok()
+            .and_then(|m| i64::try_from(m.ino()).ok());
+        Here {
+            host,
+            boot_id,
+            pid_ns,
+        }
     }
 
     /// This idem process as an owner (no child yet).
@@ -56,6 +70,7 @@ impl Here {
         Owner {
             host: self.host.clone(),
             boot_id: self.boot_id.clone(),
+            pid_ns: self.pid_ns,
             pid,
             start: start_time(pid).unwrap_or(0),
             child: None,
@@ -63,39 +78,46 @@ impl Here {
     }
 }
 
-/// What can be said about an owner from this machine.
+/// Where an owner ran, seen from here: what its pids and boot id can say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Liveness {
-    Alive,
-    Dead,
-    /// On another host: only a lease can tell.
-    Remote,
+pub enum Place {
+    /// Same host name, boot id and PID namespace: its pids are ours to check.
+    Here,
+    /// Same host name and boot id, PID namespace not known (a record from
+    /// an older idem, or no /proc on one side): its pids may be ours.
+    UnknownNamespace,
+    /// Same host name and boot id, another PID namespace: another
+    /// container on this machine, whose pids mean nothing here.
+    OtherNamespace,
+    /// Same host name, another boot id: this machine rebooted since, or
+    /// another machine has the same name (clones, containers' --hostname).
+    OtherBoot,
+    /// Another host name.
+    OtherHost,
 }
 
 impl Owner {
-    pub fn liveness(&self, here: &Here) -> Liveness {
+    pub fn place(&self, here: &Here) -> Place {
         if self.host != here.host {
-            return Liveness::Remote;
+            return Place::OtherHost;
         }
+        // Without /proc neither side has a boot id: boots cannot be told
+        // apart, so they count as one.
         if self.boot_id != here.boot_id {
-            // No boot id (macOS, containers without /proc): cannot tell boots apart.
-            return if self.boot_id.is_empty() && here.boot_id.is_empty() {
-                self.process_liveness()
-            } else {
-                Liveness::Dead
-            };
+            return Place::OtherBoot;
         }
-        self.process_liveness()
+        match (self.pid_ns, here.pid_ns) {
+            (Some(theirs), Some(ours)) if theirs == ours => Place::Here,
+            (Some(_), Some(_)) => Place::OtherNamespace,
+            _ => Place::UnknownNamespace,
+        }
     }
 
-    fn process_liveness(&self) -> Liveness {
-        if same_process(self.pid, self.start) {
-            return Liveness::Alive;
-        }
-        match self.child {
-            Some(child) if group_alive(child.pgid) => Liveness::Alive,
-            _ => Liveness::Dead,
-        }
+    /// The process checks: idem's pid with its start time, or any live
+    /// process of the child's group. Meaningful only in `Place::Here`.
+    pub fn process_alive(&self) -> bool {
+        same_process(self.pid, self.start)
+            || self.child.is_some_and(|child| group_alive(child.pgid))
     }
 }
 
@@ -169,18 +191,24 @@ mod tests {
     use std::os::unix::process::CommandExt;
 
     #[test]
-    fn reads_own_start_time() {
-        let me = Here::detect().me();
+    fn reads_own_start_time_and_namespace() {
+        let here = Here::detect();
+        let me = here.me();
         assert!(me.start > 0);
-        assert_eq!(me.liveness(&Here::detect()), Liveness::Alive);
+        let ns = fs::read_link("/proc/self/ns/pid").unwrap();
+        assert_eq!(
+            ns.to_string_lossy(),
+            format!("pid:[{}]", me.pid_ns.unwrap())
+        );
+        assert_eq!(me.place(&here), Place::Here);
+        assert!(me.process_alive());
     }
 
     #[test]
     fn reused_pid_is_dead() {
-        let here = Here::detect();
-        let mut owner = here.me();
+        let mut owner = Here::detect().me();
         owner.start += 1;
-        assert_eq!(owner.liveness(&here), Liveness::Dead);
+        assert!(!owner.process_alive());
     }
 
     #[test]
@@ -220,12 +248,21 @@ mod tests {
     }
 
     #[test]
-    fn other_boot_is_dead_other_host_is_remote() {
+    fn places() {
         let here = Here::detect();
         let mut owner = here.me();
+        owner.pid_ns = None;
+        assert_eq!(owner.place(&here), Place::UnknownNamespace);
+        let blind = Here {
+            pid_ns: None,
+            ..here.clone()
+        };
+        assert_eq!(here.me().place(&blind), Place::UnknownNamespace);
+        owner.pid_ns = Some(here.pid_ns.unwrap() + 1);
+        assert_eq!(owner.place(&here), Place::OtherNamespace);
         owner.boot_id = "another-boot".into();
-        assert_eq!(owner.liveness(&here), Liveness::Dead);
+        assert_eq!(owner.place(&here), Place::OtherBoot);
         owner.host = "elsewhere".into();
-        assert_eq!(owner.liveness(&here), Liveness::Remote);
+        assert_eq!(owner.place(&here), Place::OtherHost);
     }
 }

@@ -6,7 +6,7 @@
 //! and calls it both before taking the store's lock (the cheap replay path)
 //! and again under the lock (the decision that counts).
 
-use crate::owner::{Here, Liveness};
+use crate::owner::{Here, Place};
 use crate::store::{Millis, Record, Status};
 use clap::ValueEnum;
 
@@ -116,15 +116,25 @@ pub fn decide<'a>(
 }
 
 /// Whether the owner of an `in_progress` record still lives, seen from
-/// `here` at the store's time `now`. On its own host and boot the process
-/// checks decide; on another host, a shared store's lease; a local file
-/// shared across hosts (NFS) cannot be checked, so its remote owners count
-/// as alive.
+/// `here` at the store's time `now` (SPEC.md "Crashed owners"). Process
+/// checks decide only where the owner's pids are ours: same host name, boot
+/// id and PID namespace. Everywhere else the lease decides, on every store —
+/// except that on a local file (`shared` false) the same host name with
+/// another boot id is dead at once: that machine rebooted, since a store
+/// file belongs to one machine. On a shared store it may be another machine
+/// of the same name.
+///
+/// Records written before idem kept a lease on SQLite or recorded the PID
+/// namespace fall back to the older rules, never calling a live owner of
+/// ours dead: a pid of ours that is alive counts, and without a lease an
+/// owner on another host counts as alive.
 pub fn owner_alive(record: &Record, here: &Here, now: Millis, shared: bool) -> bool {
-    match record.owner.liveness(here) {
-        Liveness::Alive => true,
-        Liveness::Dead => false,
-        Liveness::Remote => !shared || record.lease_until.is_none_or(|until| until > now),
+    let lease = record.lease_until.map(|until| until > now);
+    match record.owner.place(here) {
+        Place::Here => record.owner.process_alive(),
+        Place::OtherBoot if !shared => false,
+        Place::UnknownNamespace => record.owner.process_alive() || lease.unwrap_or(false),
+        Place::OtherNamespace | Place::OtherBoot | Place::OtherHost => lease.unwrap_or(true),
     }
 }
 
@@ -224,6 +234,63 @@ mod tests {
             decide(Some(&expired), 100, &[1], policy, |_| true),
             Verdict::Run { attempt: 1, .. }
         ));
+    }
+
+    /// SPEC.md "Crashed owners", place by place, on a local file and on a
+    /// shared store, with the lease live, run out, or absent (old records).
+    #[test]
+    fn owner_liveness_table() {
+        let here = Here::detect();
+        let ns = here.pid_ns.unwrap();
+        // (host, boot, pid namespace, process alive)
+        let places: [(&str, &str, Option<i64>, bool); 8] = [
+            ("same place, process alive", "", Some(ns), true),
+            ("same place, process dead", "", Some(ns), false),
+            ("namespace unknown, process alive", "", None, true),
+            ("namespace unknown, process dead", "", None, false),
+            (
+                "other namespace, process id alive here",
+                "",
+                Some(ns + 1),
+                true,
+            ),
+            ("other boot", "another-boot", Some(ns), true),
+            ("other host", "", Some(ns), true),
+            ("other host, unknown namespace", "", None, false),
+        ];
+        // Expected for: lease live, run out, absent; on a file, then shared.
+        let expected: [[bool; 6]; 8] = [
+            [true, true, true, true, true, true],
+            [false, false, false, false, false, false],
+            [true, true, true, true, true, true],
+            [true, false, false, true, false, false],
+            [true, false, true, true, false, true],
+            [false, false, false, true, false, true],
+            [true, false, true, true, false, true],
+            [true, false, true, true, false, true],
+        ];
+        for (i, (what, boot, pid_ns, alive)) in places.into_iter().enumerate() {
+            let mut r = record(Status::InProgress, None);
+            r.owner = here.me();
+            r.owner.pid_ns = pid_ns;
+            if !alive {
+                r.owner.start += 1;
+            }
+            if !boot.is_empty() {
+                r.owner.boot_id = boot.into();
+            }
+            if what.starts_with("other host") {
+                r.owner.host = format!("not-{}", here.host);
+            }
+            let mut got = Vec::new();
+            for shared in [false, true] {
+                for lease in [Some(101), Some(100), None] {
+                    r.lease_until = lease;
+                    got.push(owner_alive(&r, &here, 100, shared));
+                }
+            }
+            assert_eq!(got, expected[i], "{what}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 mod exec;
 mod output;
+pub mod process;
 mod supervise;
 mod terminal;
 

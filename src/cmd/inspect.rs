@@ -206,6 +206,9 @@ fn result_line(record: &Record) -> String {
 fn owner_line(record: &Record, alive: bool) -> String {
     let owner = &record.owner;
     let mut line = format!("host {} pid {}", escape(owner.host.as_bytes()), owner.pid);
+    if let Some(ns) = owner.pid_ns {
+        line.push_str(&format!(" in PID namespace {ns}"));
+    }
     if let Some(child) = owner.child {
         line.push_str(&format!(", child pid {} (group {})", child.pid, child.pgid));
     }

@@ -2,6 +2,7 @@
 //! share. Each subcommand lives in its own module with its own `Args`.
 
 pub mod check;
+pub mod fast;
 pub mod inspect;
 mod json;
 pub mod purge;

@@ -51,7 +51,7 @@ pub struct Args {
     pub key: Option<String>,
 
     /// How long a finished run suppresses re-runs, counted from its end (90s, 5m, 1h 30m, 7d)
-    #[arg(long, env = "IDEM_TTL", hide_env_values = true, default_value = "24h")]
+    #[arg(long, env = "IDEM_TTL", hide_env_values = true, default_value = DEFAULT_TTL)]
     #[arg(value_name = "DURATION", value_parser = positive_duration)]
     pub ttl: Duration,
 
@@ -72,7 +72,7 @@ pub struct Args {
     pub on_crash: OnCrash,
 
     /// Store at most this much of each stream for replay (0 stores nothing)
-    #[arg(long, default_value = "16MiB", value_name = "SIZE", value_parser = byte_size)]
+    #[arg(long, default_value = DEFAULT_MAX_OUTPUT, value_name = "SIZE", value_parser = byte_size)]
     pub max_output: u64,
 
     /// Stop COMMAND after this long: SIGTERM, SIGKILL 5s later, exit 124. Default: no limit
@@ -110,8 +110,8 @@ pub struct Args {
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub report: Option<PathBuf>,
 
-    /// Shared stores: how long a claim lives without renewal (the owner renews it while COMMAND runs)
-    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = positive_duration)]
+    /// How long a claim lives without renewal, on every store (the owner renews it every third of that while COMMAND runs); it decides where process checks cannot: other hosts, other PID namespaces (containers)
+    #[arg(long, default_value = DEFAULT_LEASE, value_name = "DURATION", value_parser = positive_duration)]
     pub lease: Duration,
 
     /// Treat a key reused with a different fingerprint as a plain duplicate instead of exit 65
@@ -123,6 +123,11 @@ pub struct Args {
     #[arg(value_hint = clap::ValueHint::CommandWithArguments)]
     pub command: Vec<OsString>,
 }
+
+/// Defaults of `--ttl`, `--max-output` and `--lease` (shared with `cmd::fast`).
+pub const DEFAULT_TTL: &str = "24h";
+pub const DEFAULT_MAX_OUTPUT: &str = "16MiB";
+pub const DEFAULT_LEASE: &str = "30s";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -159,7 +164,7 @@ struct Call<'a> {
 }
 
 /// `--label`: at most 256 bytes.
-fn label(text: &str) -> Result<String, String> {
+pub fn label(text: &str) -> Result<String, String> {
     if text.len() > 256 {
         return Err(format!("is {} bytes; the limit is 256", text.len()));
     }
@@ -711,8 +716,8 @@ impl Call<'_> {
         command_line(self.args.command.iter().map(|a| a.as_bytes()))
     }
 
-    /// What holds the key: its owner and, on a shared store, when its
-    /// lease runs out unless renewed.
+    /// What holds the key: its owner and when its lease runs out unless
+    /// renewed.
     fn busy(&self, record: Option<&Record>, now: Millis) -> String {
         let owner = record.map_or_else(String::new, |r| {
             let lease = r.lease_until.map_or_else(String::new, |at| {

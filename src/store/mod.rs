@@ -60,7 +60,9 @@ pub struct Record {
     pub started_at: Millis,
     pub finished_at: Option<Millis>,
     pub expires_at: Option<Millis>,
-    /// Shared stores: the owner is dead once this passes (server clock).
+    /// The running owner's lease, by the store's clock: where process
+    /// checks cannot tell, the owner is dead once it has passed. `None`
+    /// once finished, and on SQLite records older than schema 3.
     pub lease_until: Option<Millis>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
@@ -227,7 +229,8 @@ pub trait Store: Send {
         Ok(gone)
     }
 
-    /// Shared stores span hosts and use leases; a local one does not.
+    /// Shared stores span machines; a local file belongs to one machine
+    /// (so there another boot id means that it rebooted).
     fn is_shared(&self) -> bool;
 
     /// How many bytes the store takes, where it can say (`idem stats`).

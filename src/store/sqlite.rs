@@ -1,7 +1,9 @@
 //! The embedded default: one SQLite file in WAL mode.
 //!
 //! Claims run in `BEGIN IMMEDIATE` with `synchronous=FULL`, so they are on
-//! disk before the child starts; outcomes likewise before idem exits. Reads
+//! disk before the child starts; outcomes likewise before idem exits. The
+//! running owner's lease is renewed cheaply (no fsync, a short wait for the
+//! lock): it only matters to other PID namespaces sharing the file. Reads
 //! (replay, wait, inspect) never take the write lock. The WAL stays between
 //! calls (no checkpoint on close: that cost every call two fsyncs); a writer
 //! empties it on its way out once it has grown. Before SQLite touches a
@@ -35,6 +37,9 @@ const SCHEMA_VERSION: i32 = 3;
 const CLEANUP_BATCH: i64 = 16;
 /// How long contention on the write lock may last before idem gives up.
 const LOCK_PATIENCE: Duration = Duration::from_secs(120);
+/// How long a lease renewal waits for the write lock at most: the owner
+/// tries again at its next tick, two more before the lease runs out.
+const RENEW_PATIENCE: Duration = Duration::from_millis(200);
 /// Why `inspect` cannot use an empty store file.
 const NEVER_INITIALISED: &str = "it was never initialised (run `idem run` once to create it)";
 
@@ -91,6 +96,15 @@ const MIGRATIONS: &[&str] = &[
     -- a run is, so an operator can tell which event a derived `cmd:` key
     -- belongs to. NULL for records written before it existed.
     ALTER TABLE records ADD COLUMN label TEXT;
+
+    -- Version 3, owners (issue 11): the PID namespace (inode of
+    -- /proc/self/ns/pid), and a lease that the running owner renews, as on
+    -- the shared stores. Containers on one machine that share the file, and
+    -- other hosts, are judged by the lease; process checks only within one
+    -- PID namespace. Records written before have neither (NULL: unknown,
+    -- see policy::owner_alive).
+    ALTER TABLE records ADD COLUMN owner_pid_ns INTEGER;
+    ALTER TABLE records ADD COLUMN lease_until INTEGER;
 ",
 ];
 
@@ -100,9 +114,9 @@ const RECORD_COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, t
         WHERE c.key = records.key AND c.token = records.token), 0), \
     owner_host, owner_boot, \
     owner_pid, owner_start, child_pid, child_pgid, child_start, length(stdout), length(stderr), \
-    stdout_truncated, stderr_truncated, label";
+    stdout_truncated, stderr_truncated, label, lease_until, owner_pid_ns";
 /// How many columns `RECORD_COLUMNS` names; a query may add more after them.
-const RECORD_COLUMN_COUNT: usize = 26;
+const RECORD_COLUMN_COUNT: usize = 28;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -248,6 +262,13 @@ impl SqliteStore {
         if let Err(e) = tx.execute_batch(&stamp).and_then(|()| tx.commit()) {
             return fail("cannot initialise it", e);
         }
+        // Copy the new schema into the database file now (once per store),
+        // so the header `open` reads says "ready": until the first
+        // checkpoint, every call would check the schema with SQL again.
+        // Passive: best effort, never waits for other processes.
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         Ok(())
     }
 
@@ -319,12 +340,13 @@ impl SqliteStore {
     ) -> rusqlite::Result<()> {
         tx.prepare_cached(
             "INSERT INTO records (key, status, fingerprint, command, cwd, attempt, token, started_at,
-                owner_host, owner_boot, owner_pid, owner_start, label)
-             VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                owner_host, owner_boot, owner_pid, owner_start, label, owner_pid_ns, lease_until)
+             VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
              ON CONFLICT (key) DO UPDATE SET status = 'in_progress', fingerprint = ?2, command = ?3,
                 cwd = ?4, attempt = ?5, token = ?6, started_at = ?7, finished_at = NULL,
                 expires_at = NULL, exit_code = NULL, signal = NULL, timed_out = 0, replays = 0,
                 owner_host = ?8, owner_boot = ?9, owner_pid = ?10, owner_start = ?11,
+                owner_pid_ns = ?13, lease_until = ?14,
                 child_pid = NULL, child_pgid = NULL, child_start = NULL,
                 stdout_truncated = 0, stderr_truncated = 0, stdout = x'', stderr = x'', label = ?12",
         )?
@@ -341,6 +363,8 @@ impl SqliteStore {
             claim.owner.pid,
             claim.owner.start,
             claim.label,
+            claim.owner.pid_ns,
+            now.saturating_add(claim.lease_ms),
         ])?;
         let mut cleanup = tx.prepare_cached(
             "DELETE FROM records WHERE rowid IN
@@ -379,7 +403,7 @@ impl SqliteStore {
         let changed = tx.execute(
             "UPDATE records SET status = ?3, finished_at = ?4, expires_at = ?4 + ?5, exit_code = ?6,
                 signal = ?7, timed_out = ?8, stdout = ?9, stderr = ?10,
-                stdout_truncated = ?11, stderr_truncated = ?12
+                stdout_truncated = ?11, stderr_truncated = ?12, lease_until = NULL
              WHERE key = ?1 AND token = ?2 AND status = 'in_progress'",
             params![
                 key,
@@ -458,8 +482,27 @@ impl Store for SqliteStore {
         Ok(self.sql(result, "cannot record the child")? == 1)
     }
 
-    fn renew(&mut self, _key: &str, _token: i64, _lease_ms: Millis) -> Result<bool> {
-        Ok(true)
+    /// Cheap and short: no fsync (a renewal lost to a power loss only makes
+    /// the owner look dead sooner, and after a reboot it is dead anyway),
+    /// and at most `RENEW_PATIENCE` waiting for the write lock; a failed
+    /// renewal is tried again at the owner's next tick.
+    fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool> {
+        self.wrote = true;
+        let result = self.sync(Sync::Normal).and_then(|()| {
+            self.conn.busy_timeout(RENEW_PATIENCE)?;
+            let changed = self
+                .conn
+                .prepare_cached(
+                    "UPDATE records SET lease_until = ?3
+                     WHERE key = ?1 AND token = ?2 AND status = 'in_progress'",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![key, token, now_millis().saturating_add(lease_ms)])
+                });
+            self.conn.busy_handler(Some(wait_for_lock))?;
+            changed
+        });
+        Ok(self.sql(result, "cannot renew the lease")? == 1)
     }
 
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
@@ -522,6 +565,15 @@ impl Store for SqliteStore {
         self.wrote = true;
         let result = (|| {
             self.sync(Sync::Normal)?;
+            // A key replayed before under this claim: a one-row UPDATE,
+            // about half the parse of the general statement below.
+            let counted = self.conn.execute(
+                "UPDATE replay_counts SET count = count + 1 WHERE key = ?1 AND token = ?2",
+                params![key, token],
+            )?;
+            if counted == 1 {
+                return Ok(1);
+            }
             self.conn.execute(
                 "INSERT INTO replay_counts (key, token, count)
                    SELECT key, token, 1 FROM records WHERE key = ?1 AND token = ?2
@@ -651,7 +703,6 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
         started_at: row.get(7)?,
         finished_at: row.get(8)?,
         expires_at: row.get(9)?,
-        lease_until: None,
         exit_code: row.get(10)?,
         signal: row.get(11)?,
         timed_out: row.get(12)?,
@@ -659,6 +710,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
         owner: Owner {
             host: row.get(14)?,
             boot_id: row.get(15)?,
+            pid_ns: row.get(27)?,
             pid: row.get(16)?,
             start: row.get(17)?,
             child: match child_pid {
@@ -675,6 +727,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
         stdout_truncated: row.get(23)?,
         stderr_truncated: row.get(24)?,
         label: row.get(25)?,
+        lease_until: row.get(26)?,
     })
 }
 

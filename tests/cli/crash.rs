@@ -9,7 +9,7 @@
 //! `release` file. The child marks itself running with `mkdir`, so two
 //! concurrent executions leave a line in `violations`.
 
-use crate::support::{backend, race, wait_for, wait_until, Backend, Env};
+use crate::support::{backend, race, start_time, wait_for, wait_until, Backend, Env};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use predicates::prelude::*;
@@ -195,17 +195,6 @@ fn waiters_that_find_the_owner_dead_block_under_on_crash_block() {
     assert_eq!(env.count("n"), 1);
 }
 
-/// The start time (field 22 of /proc/PID/stat) of a process.
-fn start_time(pid: u32) -> i64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat[stat.rfind(')').unwrap() + 2..]
-        .split(' ')
-        .nth(19)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn a_reused_pid_is_not_the_owner() {
     if backend() != Backend::Sqlite {
@@ -241,6 +230,16 @@ fn another_boot_means_the_owner_is_dead() {
     let conn = rusqlite::Connection::open(env.db_path()).unwrap();
     conn.execute("UPDATE records SET owner_boot = 'an-earlier-boot'", ())
         .unwrap();
+    // The owner's lease (30 s by default) is live: on a store file another
+    // boot id means this machine rebooted, whatever the lease says.
+    let lease_left: i64 = conn
+        .query_row(
+            "SELECT lease_until - CAST(unixepoch('subsec') * 1000 AS INTEGER) FROM records",
+            (),
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(lease_left > 10_000, "{lease_left} ms");
     run_child(&env, "boot", &["--on-crash", "block"]).assert_blocked("boot");
     release(&env);
     sigkill(idem);
@@ -447,10 +446,11 @@ impl Expect for std::process::Command {
     }
 }
 
-/// On a local file, an owner on another host cannot be checked: it counts
-/// as alive (SQLite over NFS is not a supported set-up, see the README).
+/// On a local file, an owner on another host cannot be checked (SQLite
+/// over NFS is not a supported set-up, see the README): its lease decides,
+/// and a record from before SQLite kept leases counts as alive.
 #[test]
-fn an_owner_on_another_host_counts_as_alive_on_a_local_store() {
+fn an_owner_on_another_host_is_judged_by_its_lease_on_a_local_store() {
     if backend() != Backend::Sqlite {
         return;
     }
@@ -461,5 +461,12 @@ fn an_owner_on_another_host_counts_as_alive_on_a_local_store() {
         .unwrap();
     release(&env);
     run_child(&env, "h", &[]).assert_code(75);
+    conn.execute("UPDATE records SET lease_until = NULL", ())
+        .unwrap();
+    run_child(&env, "h", &[]).assert_code(75);
     assert_eq!(env.count("n"), 0);
+    conn.execute("UPDATE records SET lease_until = 1", ())
+        .unwrap();
+    run_child(&env, "h", &[]).assert_code(0);
+    assert_eq!(attempts(&env), "2\n");
 }

@@ -54,6 +54,7 @@ sys.stdout.write(seen.decode(errors="replace"))
         .args(["-c", DRIVER, &steps.join("\x1e")])
         .env("IDEM_DB", &env.db)
         .env("IDEM_BIN", bin())
+        .env("WAIT_FOR_GO", WAIT_FOR_GO)
         .env("PATH", path_with_idem())
         .current_dir(env.dir.path())
         .output()
@@ -62,6 +63,15 @@ sys.stdout.write(seen.decode(errors="replace"))
     assert!(out.status.success(), "{transcript}");
     transcript
 }
+
+/// A child that prints `started`, waits (forking nothing, so Ctrl-Z never
+/// finds it half-way through a vfork) until the file `go` exists, then
+/// prints `finished`.
+const WAIT_FOR_GO: &str = "import os, time
+print('started', flush=True)
+while not os.path.exists('go'):
+    time.sleep(0.05)
+print('finished', flush=True)";
 
 fn path_with_idem() -> std::ffi::OsString {
     let dir = bin().parent().unwrap().to_owned();
@@ -77,7 +87,7 @@ fn ctrl_z_stops_idem_with_its_child_and_fg_resumes_both() {
         &env,
         &[
             (
-                "idem run --key k -- sh -c 'echo start''ed; until [ -e go ]; do sleep 0.05; done; echo finish''ed'\n",
+                "idem run --key k -- python3 -c \"$WAIT_FOR_GO\"\n",
                 "started",
             ),
             ("\x1a", "Stopped"),

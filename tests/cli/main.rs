@@ -17,6 +17,7 @@ mod inspect;
 mod jobs;
 mod limits;
 mod lint;
+mod liveness;
 mod postgres;
 mod postgres_tls;
 mod purge;

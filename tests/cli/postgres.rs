@@ -35,7 +35,7 @@ fn the_table_parameter_names_the_tables_and_defaults_to_idem_records() {
         psql(&format!(
             "SELECT count(*) FROM {t}; SELECT value FROM {t}_meta WHERE name = 'schema_version'"
         )),
-        "1\n2"
+        "1\n3"
     );
 
     // No ?table=: idem_records, here inside a schema of this test's own
@@ -139,7 +139,8 @@ fn a_version_1_store_is_upgraded_in_place() {
         .assert()
         .success();
     psql(&format!(
-        "ALTER TABLE {t} DROP COLUMN label; UPDATE {t}_meta SET value = 1"
+        "ALTER TABLE {t} DROP COLUMN label, DROP COLUMN owner_pid_ns; \
+         UPDATE {t}_meta SET value = 1"
     ));
     env.idem()
         .args(["inspect", "old", "--stdout"])
@@ -150,7 +151,7 @@ fn a_version_1_store_is_upgraded_in_place() {
         psql(&format!(
             "SELECT value FROM {t}_meta WHERE name = 'schema_version'"
         )),
-        "2"
+        "3"
     );
     env.idem()
         .args(["run", "-k", "new", "--label", "L", "--", "true"])

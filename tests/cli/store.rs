@@ -276,8 +276,11 @@ fn a_version_2_store_is_upgraded_and_keeps_its_records() {
         .assert()
         .success();
     let conn = rusqlite::Connection::open(env.db_path()).unwrap();
-    conn.execute_batch("ALTER TABLE records DROP COLUMN label; PRAGMA user_version = 2;")
-        .unwrap();
+    conn.execute_batch(
+        "ALTER TABLE records DROP COLUMN label; ALTER TABLE records DROP COLUMN owner_pid_ns;
+         ALTER TABLE records DROP COLUMN lease_until; PRAGMA user_version = 2;",
+    )
+    .unwrap();
     drop(conn);
     // Read-only inspect upgrades it too (an operator may look first).
     env.idem()

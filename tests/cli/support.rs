@@ -153,6 +153,18 @@ impl Env {
         self.host_command(host, &wait)
     }
 
+    /// `idem` as PID 1 of a new PID namespace with its own /proc, as in a
+    /// container on this machine (same host name and boot id; needs root),
+    /// sharing this test's store. SIGKILL of the spawned `unshare` ends the
+    /// whole namespace (`--kill-child`), as stopping a container would.
+    pub fn idem_in_pid_namespace(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(bin());
+        self.prepare(&mut cmd);
+        cmd
+    }
+
     fn host_command(&self, host: &str, before: &str) -> std::process::Command {
         let mut cmd = std::process::Command::new("unshare");
         let script = format!("hostname \"$0\" && {before}exec \"$@\"");
@@ -271,6 +283,17 @@ pub fn start_reading(env: &Env, args: &[&str]) -> (std::process::Child, std::pro
     let mut first = [0u8; 2];
     stdout.read_exact(&mut first).unwrap();
     (idem, stdout)
+}
+
+/// The start time (field 22 of /proc/PID/stat) of a process.
+pub fn start_time(pid: u32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 pub fn bin() -> PathBuf {

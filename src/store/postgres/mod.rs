@@ -203,20 +203,22 @@ impl Store for PgStore {
         let read = self.read_sql(true);
         let (records, sequence) = (&self.names.records, &self.names.token);
         let fields = "status = 'in_progress', fingerprint = $2, command = $3, cwd = $4, \
-            attempt = $5, owner_host = $6, owner_boot = $7, owner_pid = $8, owner_start = $9, label = $11";
+            attempt = $5, owner_host = $6, owner_boot = $7, owner_pid = $8, owner_start = $9, label = $11, \
+            owner_pid_ns = $12";
         let replace = format!(
             "UPDATE {records} SET {fields}, token = nextval('{sequence}'), started_at = {NOW}, \
                 lease_until = {NOW} + $10, finished_at = NULL, expires_at = NULL, \
                 exit_code = NULL, signal = NULL, timed_out = false, replays = 0, \
                 child_pid = NULL, child_pgid = NULL, child_start = NULL, \
                 stdout = '', stderr = '', stdout_truncated = false, stderr_truncated = false \
-             WHERE key = $1 AND token = $12 RETURNING token"
+             WHERE key = $1 AND token = $13 RETURNING token"
         );
         let insert = format!(
             "INSERT INTO {records} (key, status, fingerprint, command, cwd, attempt, owner_host, \
-                owner_boot, owner_pid, owner_start, label, token, started_at, lease_until) \
+                owner_boot, owner_pid, owner_start, label, token, started_at, lease_until, \
+                owner_pid_ns) \
              VALUES ($1, 'in_progress', $2, $3, $4, $5, $6, $7, $8, $9, $11, \
-                nextval('{sequence}'), {NOW}, {NOW} + $10) \
+                nextval('{sequence}'), {NOW}, {NOW} + $10, $12) \
              ON CONFLICT (key) DO NOTHING RETURNING token"
         );
         let cleanup = format!(
@@ -255,6 +257,7 @@ impl Store for PgStore {
                         (&owner.start, Type::INT8),
                         (lease_ms, Type::INT8),
                         (label, Type::TEXT),
+                        (&owner.pid_ns, Type::INT8),
                     ];
                     let observed = existing.as_ref().map(|r| r.token);
                     let written = match &observed {

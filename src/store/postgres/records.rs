@@ -15,7 +15,7 @@ pub const COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, toke
     finished_at, expires_at, lease_until, exit_code, signal, timed_out, replays, owner_host, \
     owner_boot, owner_pid, owner_start, child_pid, child_pgid, child_start, \
     octet_length(stdout)::bigint, octet_length(stderr)::bigint, stdout_truncated, stderr_truncated, \
-    label";
+    label, owner_pid_ns";
 /// How many records `list` holds in memory at once.
 const PAGE: i64 = 500;
 
@@ -118,6 +118,7 @@ pub fn record_from_row(row: &Row, at: usize) -> Result<Option<Record>, tokio_pos
         owner: Owner {
             host: row.try_get(get(15))?,
             boot_id: row.try_get(get(16))?,
+            pid_ns: row.try_get(get(27))?,
             pid: row.try_get(get(17))?,
             start: row.try_get(get(18))?,
             child: match child_pid {

@@ -11,13 +11,18 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Error, GenericClient};
 
 /// The layout this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Upgrades; entry N brings a store from version N + 1 to N + 2. `{records}`
 /// stands for the quoted records table.
 const MIGRATIONS: &[&str] = &[
     // Version 2, the label (issue 14): `--label TEXT`, shown by inspect.
     "ALTER TABLE {records} ADD COLUMN IF NOT EXISTS label text;",
+    // Version 3, the owner's PID namespace (issue 11: inode of
+    // /proc/self/ns/pid), so that containers on one machine are judged by
+    // the lease, not by pids that mean nothing to each other. NULL on older
+    // records: unknown.
+    "ALTER TABLE {records} ADD COLUMN IF NOT EXISTS owner_pid_ns bigint;",
 ];
 
 /// Quoted names of one store's objects.
@@ -189,6 +194,7 @@ async fn create_locked(client: &mut Client, names: &Names) -> Result<Found, Erro
              owner_boot text NOT NULL,
              owner_pid bigint NOT NULL,
              owner_start bigint NOT NULL,
+             owner_pid_ns bigint,
              child_pid bigint,
              child_pgid bigint,
              child_start bigint,

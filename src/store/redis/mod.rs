@@ -325,6 +325,13 @@ impl Store for RedisStore {
                     .arg(&claim.owner.host)
                     .arg("owner_boot")
                     .arg(&claim.owner.boot_id)
+                    .arg("owner_pid_ns")
+                    .arg(
+                        claim
+                            .owner
+                            .pid_ns
+                            .map_or_else(String::new, |ns| ns.to_string()),
+                    )
                     .arg("owner_pid")
                     .arg(claim.owner.pid)
                     .arg("owner_start")

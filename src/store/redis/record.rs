@@ -4,7 +4,7 @@ use crate::owner::{ChildId, Owner};
 use crate::store::{Record, Status};
 
 /// Every field of a record hash except the stored output, in `HMGET` order.
-pub(super) const FIELDS: [&str; 27] = [
+pub(super) const FIELDS: [&str; 28] = [
     "status",
     "fingerprint",
     "command",
@@ -22,6 +22,7 @@ pub(super) const FIELDS: [&str; 27] = [
     "replays",
     "owner_host",
     "owner_boot",
+    "owner_pid_ns",
     "owner_pid",
     "owner_start",
     "child_pid",
@@ -71,6 +72,8 @@ pub(super) fn parse_record(key: &str, values: &[Option<Vec<u8>>]) -> Option<(Rec
         owner: Owner {
             host: text("owner_host"),
             boot_id: text("owner_boot"),
+            // Absent (older records) or empty: unknown.
+            pid_ns: int("owner_pid_ns"),
             pid: int("owner_pid").unwrap_or(0),
             start: int("owner_start").unwrap_or(0),
             child,
