@@ -63,6 +63,23 @@ _idem() {
         esac
     done
 
+    # After `--` come COMMAND and its arguments: a command name, then files.
+    case "${cmd}" in
+        idem__subcmd__run)
+            for (( i = 1; i < COMP_CWORD; i++ )); do
+                [[ "${COMP_WORDS[i]}" == "--" ]] || continue
+                local IFS=$'\n'
+                if (( i + 1 == COMP_CWORD )); then
+                    COMPREPLY=( $(compgen -c -- "${cur}") )
+                else
+                    COMPREPLY=( $(compgen -f -- "${cur}") )
+                fi
+                compopt -o filenames 2>/dev/null
+                return 0
+            done
+            ;;
+    esac
+
     case "${cmd}" in
         idem)
             opts="-q -v -h -V --db --quiet --verbose --help --version run inspect logs purge stats check help"

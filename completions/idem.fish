@@ -119,3 +119,18 @@ complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subc
 complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check help" -f -a "stats" -d 'Sum up the store: records by state, replays, attempts, oldest runs, size'
 complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check help" -f -a "check" -d 'Check that the store can keep the promise'
 complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+
+# After `--` come COMMAND and its arguments: complete them as a command line of
+# their own (a command name, then what that command takes).
+function __fish_idem_command_line
+    set -l words (commandline -opc)
+    set -l at (contains -i -- -- $words)
+    or return 1
+    set -l line
+    if test $at -lt (count $words)
+        set line (string escape -- $words[(math $at + 1)..-1])
+    end
+    complete -C "$(string join ' ' -- $line) $(commandline -ct)"
+end
+
+complete -c idem -n "__fish_idem_using_subcommand run; and contains -- -- (commandline -opc)" -f -a "(__fish_idem_command_line)"

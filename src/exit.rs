@@ -32,6 +32,90 @@ pub enum Code {
     NotFound = 127,
 }
 
+/// A status as the user sees it: COMMAND's own, a code idem chooses, or a
+/// plain number (0, or `check`'s 1) a subcommand returns.
+#[derive(Debug, Clone, Copy)]
+pub enum Status {
+    /// The status of COMMAND, ran or replayed (a paragraph, not a number).
+    Child,
+    Number(u8),
+    Chosen(Code),
+}
+
+impl Status {
+    /// The number as documented; none for COMMAND's own status.
+    pub fn number(self) -> Option<u8> {
+        match self {
+            Status::Child => None,
+            Status::Number(n) => Some(n),
+            Status::Chosen(code) => Some(code.into()),
+        }
+    }
+}
+
+/// What one exit status means to the user of some subcommands.
+pub struct Meaning {
+    pub status: Status,
+    /// The subcommands it is about, by name; none: every one (but 0 is left
+    /// out where COMMAND's own status is the answer).
+    pub commands: &'static [&'static str],
+    pub text: &'static str,
+}
+
+/// Every exit status of every subcommand, in the order the documentation
+/// lists them: `idem --help` and the man pages (each subcommand's page shows
+/// the rows that are about it) are written from this table. A new code or a
+/// new subcommand with codes of its own gets a row here.
+#[rustfmt::skip] // a table reads better one row a line
+pub const MEANINGS: &[Meaning] = &[
+    Meaning { status: Status::Child, commands: &["run"], text:
+        "idem run exits with COMMAND's own status when COMMAND ran or its stored result was \
+        replayed (128 + N when it died of signal N), and with 0 when --on-duplicate skip \
+        skipped it. Otherwise:" },
+    Meaning { status: Status::Child, commands: &["logs"], text:
+        "idem logs exits with 0 once it has written the output, and with --follow with the \
+        followed run's status when it ends (as idem run would: 128 + N for signal N, \
+        124 for a timeout). Otherwise:" },
+    Meaning { status: Status::Number(0), commands: &[], text: "Success." },
+    Meaning { status: Status::Chosen(Code::NoRecord), commands: &["inspect"], text:
+        "KEY was given and there is no record for it." },
+    Meaning { status: Status::Chosen(Code::NoRecord), commands: &["logs"], text:
+        "There is no record for KEY, or it was purged or taken over while it was followed." },
+    Meaning { status: Status::Number(1), commands: &["check"], text:
+        "A check failed (a warning is not a failure)." },
+    Meaning { status: Status::Chosen(Code::Usage), commands: &[], text:
+        "Usage error: a bad flag or value, an empty --db, an empty command, a bad key; \
+        the message says which." },
+    Meaning { status: Status::Chosen(Code::Mismatch), commands: &["run"], text:
+        "The key was used before with a different fingerprint (see --allow-mismatch). \
+        Nothing ran." },
+    Meaning { status: Status::Chosen(Code::InProgress), commands: &["run"], text:
+        "The key is in progress elsewhere: no --on-duplicate wait, or --wait-timeout ran out." },
+    Meaning { status: Status::Chosen(Code::InProgress), commands: &["purge"], text:
+        "A KEY named on the command line was skipped: its owner is still running \
+        (see --force). The rest was done." },
+    Meaning { status: Status::Chosen(Code::Completed), commands: &["run"], text:
+        "The key already completed and --on-duplicate fail was given." },
+    Meaning { status: Status::Chosen(Code::Crashed), commands: &["run"], text:
+        "An earlier owner crashed mid-run and --on-crash block was given: \
+        check its side effects, then idem purge KEY." },
+    Meaning { status: Status::Chosen(Code::Crashed), commands: &["logs"], text:
+        "--follow: the run's owner crashed; its output up to then was written." },
+    Meaning { status: Status::Chosen(Code::Timeout), commands: &["run"], text:
+        "--timeout ran out." },
+    Meaning { status: Status::Chosen(Code::Internal), commands: &[], text:
+        "idem itself failed: the store is unreachable, unreadable, corrupt, of a newer \
+        schema, or full." },
+    Meaning { status: Status::Chosen(Code::NotExecutable), commands: &["run"], text:
+        "COMMAND was found but is not executable." },
+    Meaning { status: Status::Chosen(Code::NotFound), commands: &["run"], text:
+        "COMMAND was not found." },
+];
+
+/// What every list of statuses says first.
+pub const CHOSEN: &str = "Every status but 0 that idem chooses itself comes with one line on \
+    standard error, starting with idem:, that says what happened and what to do.";
+
 impl From<Code> for u8 {
     fn from(code: Code) -> u8 {
         code as u8

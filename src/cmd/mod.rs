@@ -27,7 +27,7 @@ use std::time::Duration;
 /// server shared by many hosts.
 #[derive(Debug, Parser)]
 #[command(name = "idem", version, propagate_version = true, max_term_width = 100)]
-#[command(subcommand_value_name = "SUBCOMMAND", after_help = AFTER_HELP)]
+#[command(subcommand_value_name = "SUBCOMMAND", after_help = after_help())]
 pub struct Cli {
     /// The store: a file path (SQLite), or a postgres:// or redis:// URL.
     /// Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db
@@ -51,20 +51,56 @@ pub struct Cli {
 /// The heading that keeps the flags every subcommand takes apart from its own.
 const GLOBAL: &str = "Global options";
 
-const AFTER_HELP: &str = "\
-See 'idem help SUBCOMMAND' or 'man idem-SUBCOMMAND' for its options and examples.
+/// `idem --help`'s footer: where to read more, and every exit status, from
+/// the one table of them.
+fn after_help() -> String {
+    let mut help = String::from(
+        "See 'idem help SUBCOMMAND' or 'man idem-SUBCOMMAND' for its options and examples.\n\n\
+        Exit status:\n",
+    );
+    for meaning in crate::exit::MEANINGS {
+        let label = meaning
+            .status
+            .number()
+            .map_or(String::new(), |n| n.to_string());
+        let text = match meaning.commands {
+            [] => meaning.text.to_owned(),
+            _ if label.is_empty() => meaning.text.to_owned(),
+            names => format!("idem {}: {}", names.join(", idem "), meaning.text),
+        };
+        let label = if label.is_empty() {
+            label
+        } else {
+            format!("{label:<5}")
+        };
+        hanging(&mut help, &label, &text);
+    }
+    hanging(&mut help, "", crate::exit::CHOSEN);
+    help.truncate(help.trim_end().len());
+    help
+}
 
-Exit status: COMMAND's own status when it ran or was replayed (128+N: signal N), else
-    1    idem check: a check failed
-    2    usage error
-    65   key reused with a different command
-    75   key in progress elsewhere
-    76   key already completed (--on-duplicate fail)
-    77   an earlier owner crashed (--on-crash block)
-    124  --timeout ran out
-    125  idem itself failed (store unreadable or unreachable, corrupt, disk full)
-    126  COMMAND not executable
-    127  COMMAND not found";
+/// Appends `text` after two spaces and `label`, wrapped at 80 columns with
+/// its continuation lines indented under its start (clap would wrap it flush left).
+fn hanging(out: &mut String, label: &str, text: &str) {
+    let indent = 2 + label.len();
+    let mut width = indent;
+    out.push_str("  ");
+    out.push_str(label);
+    for (i, word) in text.split(' ').enumerate() {
+        if i > 0 && width + 1 + word.len() > 80 {
+            out.push('\n');
+            out.push_str(&" ".repeat(indent));
+            width = indent;
+        } else if i > 0 {
+            out.push(' ');
+            width += 1;
+        }
+        out.push_str(word);
+        width += word.len();
+    }
+    out.push('\n');
+}
 
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -49,21 +49,28 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A 512 KiB tmpfs at `disk/` holding a store with one record; `None`
+/// where no tmpfs can be mounted (not root, outside CI).
+fn small_disk_with_a_store(env: &Env) -> Option<(Tmpfs, String)> {
+    let disk = Tmpfs::mount(&env.path("disk"), "512k")?;
+    let db = env.path("disk/idem.db").to_str().unwrap().to_owned();
+    env.idem()
+        .args(["--db", &db, "run", "-k", "warm", "--", "true"])
+        .assert()
+        .success();
+    Some((disk, db))
+}
+
 #[test]
 fn a_full_disk_keeps_the_outcome_without_the_output() {
     if backend() != Backend::Sqlite {
         return;
     }
     let env = Env::new();
-    let Some(_disk) = Tmpfs::mount(&env.path("disk"), "512k") else {
+    let Some((_disk, db)) = small_disk_with_a_store(&env) else {
         return;
     };
-    let db = env.path("disk/idem.db");
-    let db = db.to_str().unwrap();
-    env.idem()
-        .args(["--db", db, "run", "-k", "warm", "--", "true"])
-        .assert()
-        .success();
+    let db = db.as_str();
     // The child fills the disk, leaves a little room, then prints 1 MiB.
     let script = format!(
         "{}; head -c 10M /dev/zero > disk/fill 2>/dev/null; truncate -s -48K disk/fill; head -c 1048576 /dev/zero | tr '\\0' x",
@@ -131,15 +138,10 @@ fn an_outcome_that_cannot_be_written_exits_125_and_says_so() {
         return;
     }
     let env = Env::new();
-    let Some(_disk) = Tmpfs::mount(&env.path("disk"), "512k") else {
+    let Some((_disk, db)) = small_disk_with_a_store(&env) else {
         return;
     };
-    let db = env.path("disk/idem.db");
-    let db = db.to_str().unwrap();
-    env.idem()
-        .args(["--db", db, "run", "-k", "warm", "--", "true"])
-        .assert()
-        .success();
+    let db = db.as_str();
     let script = "head -c 10M /dev/zero > disk/fill 2>/dev/null; echo done";
     let out = env
         .idem()

@@ -4,6 +4,7 @@ mod support;
 
 mod callers;
 mod check;
+mod completion;
 mod crash;
 mod disk;
 mod examples;

@@ -1,7 +1,8 @@
 //! What ships besides the behaviour: `--help`, `--version`, and the committed
-//! man pages and completions, checked in the tools that read them. (Whether
-//! those files match the CLI definition is the unit test in
-//! src/cmd/generated.rs.)
+//! man pages, checked in the tools that read them and against what `--help`
+//! and the binary itself say. (Whether the man pages and completions match
+//! the CLI definition is the unit test in src/cmd/generated/; the completions
+//! are run in their shells by the `completion` tests.)
 
 use crate::support::Env;
 use std::path::{Path, PathBuf};
@@ -50,58 +51,6 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// What bash's completion for idem offers for the command line `words`,
-/// the last of which is being completed.
-fn bash_complete(words: &[&str]) -> Vec<String> {
-    let script = r#"
-        source completions/idem.bash
-        function=$(complete -p idem | sed -n 's/.* -F \([^ ]*\) .*/\1/p')
-        COMP_WORDS=("$@")
-        COMP_CWORD=$(($# - 1))
-        COMP_LINE="$*"
-        COMP_POINT=${#COMP_LINE}
-        "$function" idem "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD - 1]}"
-        printf '%s\n' "${COMPREPLY[@]}"
-    "#;
-    let out = run(Command::new("bash")
-        .args(["--norc", "--noprofile", "-c", script, "bash"])
-        .args(words));
-    String::from_utf8(out.stdout)
-        .expect("UTF-8")
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-#[test]
-fn bash_completion_loads() {
-    run(Command::new("bash").args(["-c", "source completions/idem.bash && complete -p idem"]));
-}
-
-#[test]
-fn bash_completes_subcommands_flags_and_values() {
-    let offered = bash_complete(&["idem", ""]);
-    assert!(
-        offered.contains(&"run".to_owned()),
-        "idem <TAB>: {offered:?}"
-    );
-
-    let offered = bash_complete(&["idem", "run", "--on-"]);
-    for flag in ["--on-duplicate", "--on-failure", "--on-crash"] {
-        assert!(
-            offered.contains(&flag.to_owned()),
-            "idem run --on-<TAB>: {offered:?}"
-        );
-    }
-
-    let offered = bash_complete(&["idem", "run", "--on-duplicate", ""]);
-    assert_eq!(
-        offered,
-        ["replay", "fail", "wait", "skip"],
-        "--on-duplicate <TAB>"
-    );
-}
-
 #[test]
 fn man_pages_pass_mandoc_lint() {
     if have("mandoc") {
@@ -119,6 +68,277 @@ fn man_pages_render_without_warnings() {
                 .arg(&page));
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(text.contains("SYNOPSIS"), "{}: {text}", page.display());
+        }
+    }
+}
+
+/// The subcommands `idem --help` lists (but `help`).
+fn subcommands() -> Vec<String> {
+    let help = help(&["--help"]);
+    let listed = help
+        .split("Commands:\n")
+        .nth(1)
+        .expect("idem --help lists commands");
+    listed
+        .lines()
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `idem ARGS`'s standard output (for --help).
+fn help(args: &[&str]) -> String {
+    let out = Env::new().idem().args(args).output().expect("idem");
+    assert!(out.status.success(), "idem {args:?}: {}", out.status);
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// A man page as `man` shows it, in plain text, one line per paragraph line.
+fn rendered(page: &str) -> String {
+    let out = run(Command::new("mandoc")
+        .args(["-T", "ascii", "-O", "width=1000"])
+        .arg(root().join("man").join(page)));
+    // Bold and underline are overstrikes: a character, a backspace, and the
+    // character shown.
+    let mut text = String::new();
+    for c in String::from_utf8(out.stdout).expect("ASCII").chars() {
+        if c == '\u{8}' {
+            text.pop();
+        } else {
+            text.push(c);
+        }
+    }
+    text
+}
+
+/// The lines of section `name` (indented, up to the next heading).
+fn section(page: &str, name: &str) -> Vec<String> {
+    let text = rendered(page);
+    let mut lines = text.lines().skip_while(|line| *line != name);
+    assert!(
+        lines.next().is_some(),
+        "{page} has no {name} section:\n{text}"
+    );
+    lines
+        .take_while(|line| line.is_empty() || line.starts_with(' '))
+        .map(|line| line.trim().to_owned())
+        .filter(|line| !line.is_empty())
+        .collect()
+}
+
+/// Each option `--help` shows in its options sections (`Options:`, `Global
+/// options:`), as the SYNOPSIS should show it: `--key KEY`, `--cwd`.
+fn options_in_help(args: &[&str]) -> Vec<String> {
+    let help = help(args);
+    let mut options = Vec::new();
+    let mut in_options = false;
+    for line in help.lines() {
+        if !line.starts_with(' ') && !line.is_empty() {
+            in_options = line.ends_with("ptions:");
+            continue;
+        }
+        // An option starts a line, indented less than its description.
+        let indent = line.len() - line.trim_start().len();
+        if !in_options || indent > 6 || !line.trim_start().starts_with('-') {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(at) = words.iter().position(|w| w.starts_with("--")) else {
+            continue;
+        };
+        let long = words[at].trim_end_matches(',');
+        if long == "--help" || long == "--version" {
+            continue;
+        }
+        match words.get(at + 1).filter(|w| w.starts_with('<')) {
+            Some(value) => options.push(format!("{long} {}", value.trim_matches(['<', '>']))),
+            None => options.push(long.to_owned()),
+        }
+    }
+    assert!(!options.is_empty(), "idem {args:?} shows no options");
+    options
+}
+
+#[test]
+fn man_synopsis_shows_each_option_with_its_argument() {
+    if !have("mandoc") {
+        return;
+    }
+    let mut pages = vec![("idem.1".to_owned(), vec!["--help".to_owned()])];
+    for sub in subcommands() {
+        pages.push((format!("idem-{sub}.1"), vec![sub, "--help".to_owned()]));
+    }
+    for (page, args) in pages {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let synopsis = section(&page, "SYNOPSIS").join(" ");
+        for option in options_in_help(&args) {
+            assert!(
+                synopsis.contains(&format!("{option}]"))
+                    || synopsis.contains(&format!("{option}]...")),
+                "{page}: the SYNOPSIS lacks {option}: {synopsis}"
+            );
+        }
+    }
+    let synopsis = section("idem-run.1", "SYNOPSIS").join(" ");
+    assert!(synopsis.contains("[-k|--key KEY]"), "{synopsis}");
+    assert!(synopsis.contains("[--env NAME]..."), "{synopsis}");
+    assert!(synopsis.ends_with("-- COMMAND..."), "{synopsis}");
+}
+
+/// The statuses a page's EXIT STATUS lists.
+fn exit_statuses(page: &str) -> Vec<u8> {
+    section(page, "EXIT STATUS")
+        .iter()
+        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// The variables a page's ENVIRONMENT names.
+fn variables(page: &str) -> Vec<String> {
+    section(page, "ENVIRONMENT")
+        .iter()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|word| !word.is_empty() && word.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn each_subcommand_page_has_its_own_exit_status_and_environment() {
+    if !have("mandoc") {
+        return;
+    }
+    let env = Env::new();
+    for sub in subcommands() {
+        let page = format!("idem-{sub}.1");
+        // A usage error exits 2, and the page says so.
+        let out = env
+            .idem()
+            .args([&sub, "--no-such-flag"])
+            .output()
+            .expect("idem");
+        assert_eq!(out.status.code(), Some(2));
+        let statuses = exit_statuses(&page);
+        assert!(statuses.contains(&2), "{page}: {statuses:?}");
+        assert!(statuses.contains(&125), "{page}: {statuses:?}");
+        // Every variable --help names is in the page.
+        let variables = variables(&page);
+        for line in help(&[&sub, "--help"]).lines() {
+            if let Some(var) = line.trim().strip_prefix("[env: ") {
+                let var = var
+                    .trim_end_matches(']')
+                    .split('=')
+                    .next()
+                    .unwrap_or_default();
+                assert!(
+                    variables.iter().any(|v| v == var),
+                    "{page} lacks {var}: {variables:?}"
+                );
+            }
+        }
+        assert!(
+            variables.contains(&"XDG_STATE_HOME".to_owned()),
+            "{page}: {variables:?}"
+        );
+    }
+
+    // What the binary does is on the page of the subcommand that does it,
+    // and what another subcommand does is not.
+    let out = env
+        .idem()
+        .args(["inspect", "no-such-key"])
+        .output()
+        .expect("idem");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(exit_statuses("idem-inspect.1").contains(&1));
+    let out = env
+        .idem()
+        .args(["run", "--", "/no/such/command"])
+        .output()
+        .expect("idem");
+    assert_eq!(out.status.code(), Some(127));
+    let run = exit_statuses("idem-run.1");
+    for code in [65, 75, 76, 77, 124, 126, 127] {
+        assert!(run.contains(&code), "idem-run.1 lacks {code}: {run:?}");
+    }
+    assert!(
+        !run.contains(&0),
+        "0 is COMMAND's status in idem-run.1: {run:?}"
+    );
+    let inspect = exit_statuses("idem-inspect.1");
+    assert!(
+        !inspect.contains(&127) && inspect.contains(&0),
+        "{inspect:?}"
+    );
+    assert!(exit_statuses("idem-purge.1").contains(&75));
+
+    let run = variables("idem-run.1");
+    for var in [
+        "IDEM_DB",
+        "IDEM_TTL",
+        "IDEM_REPORT",
+        "IDEM_KEY",
+        "IDEM_ATTEMPT",
+        "PATH",
+    ] {
+        assert!(
+            run.iter().any(|v| v == var),
+            "idem-run.1 lacks {var}: {run:?}"
+        );
+    }
+    let stats = variables("idem-stats.1");
+    assert!(stats.iter().any(|v| v == "IDEM_DB"), "{stats:?}");
+    for var in ["IDEM_TTL", "IDEM_KEY", "PATH"] {
+        assert!(
+            !stats.iter().any(|v| v == var),
+            "idem-stats.1 has {var}: {stats:?}"
+        );
+    }
+}
+
+#[test]
+fn nothing_shipped_points_at_a_file_the_user_lacks() {
+    let mut texts: Vec<(String, String)> = Vec::new();
+    for dir in ["man", "completions"] {
+        for entry in std::fs::read_dir(root().join(dir)).expect("read dir") {
+            let path = entry.expect("dir entry").path();
+            let text = std::fs::read_to_string(&path).expect("text");
+            texts.push((path.display().to_string(), text));
+        }
+    }
+    texts.push(("idem --help".to_owned(), help(&["--help"])));
+    for sub in subcommands() {
+        texts.push((format!("idem {sub} --help"), help(&[&sub, "--help"])));
+    }
+    for (name, text) in &texts {
+        let words = text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '/'));
+        for word in words {
+            let word = word.trim_end_matches('.');
+            assert!(
+                !matches!(word, "SPEC" | "README")
+                    && !word.ends_with(".md")
+                    && !word.starts_with("docs/"),
+                "{name} points at {word}"
+            );
+        }
+        // Every idem page a text names is shipped.
+        for (at, _) in text.match_indices("idem\\-") {
+            let page: String = text[at..]
+                .replace("\\-", "-")
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            let cited = text[at..]
+                .split_once(page.replace('-', "\\-").as_str())
+                .map(|(_, rest)| rest);
+            if cited.is_some_and(|rest| rest.starts_with("\\fR(1)") || rest.starts_with("(1)")) {
+                assert!(
+                    root().join("man").join(format!("{page}.1")).is_file(),
+                    "{name} cites {page}(1)"
+                );
+            }
         }
     }
 }

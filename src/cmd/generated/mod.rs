@@ -1,0 +1,210 @@
+//! The man pages in `man/` and the shell completions in `completions/` are
+//! generated from the CLI definition and committed, so users get them
+//! without a build step. `committed_files_are_current` regenerates them into
+//! a temporary directory and fails if a committed copy differs;
+//! `IDEM_UPDATE_GENERATED=1 cargo test` rewrites them instead.
+//!
+//! This is a unit test of the binary because the generators (clap_mangen,
+//! clap_complete) are dev-dependencies: they never ship in `idem` itself.
+
+mod complete;
+mod man;
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The directories this module owns entirely: anything else in them is stale.
+const DIRS: [&str; 2] = ["man", "completions"];
+
+/// Every generated file as (path relative to the crate root, contents).
+fn generate() -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = man::pages();
+    files.extend(complete::scripts());
+    files
+}
+
+#[test]
+fn committed_files_are_current() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("IDEM_UPDATE_GENERATED").is_some() {
+        for dir in DIRS {
+            let _ = fs::remove_dir_all(root.join(dir));
+        }
+        write_all(root);
+        return;
+    }
+    let fresh = tempfile::tempdir().expect("temp dir");
+    write_all(fresh.path());
+    let mut stale = Vec::new();
+    for dir in DIRS {
+        let mut names = file_names(&root.join(dir));
+        names.extend(file_names(&fresh.path().join(dir)));
+        for name in names {
+            let path = Path::new(dir).join(name);
+            if fs::read(root.join(&path)).ok() != fs::read(fresh.path().join(&path)).ok() {
+                stale.push(path.display().to_string());
+            }
+        }
+    }
+    if !stale.is_empty() {
+        let kept = fresh.keep();
+        panic!(
+            "generated files differ from the CLI definition: {}\n\
+             fresh copies are in {dir}/man and {dir}/completions (diff -ru man {dir}/man);\n\
+             rewrite them with: IDEM_UPDATE_GENERATED=1 cargo test committed_files_are_current",
+            stale.join(", "),
+            dir = kept.display()
+        );
+    }
+}
+
+/// The names of the files in `dir`; none if it does not exist.
+fn file_names(dir: &Path) -> BTreeSet<OsString> {
+    let entries = fs::read_dir(dir).into_iter().flatten();
+    entries.map(|e| e.expect("dir entry").file_name()).collect()
+}
+
+/// Writes every generated file under `base`.
+fn write_all(base: &Path) {
+    for (path, contents) in generate() {
+        let path = base.join(path);
+        fs::create_dir_all(path.parent().expect("a parent dir")).expect("create dir");
+        fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+}
+
+/// The subcommands, by name.
+fn subcommands() -> Vec<String> {
+    use clap::CommandFactory;
+    let cli = super::Cli::command();
+    cli.get_subcommands()
+        .map(|sub| sub.get_name().to_owned())
+        .collect()
+}
+
+#[test]
+fn every_exit_code_is_documented() {
+    use crate::exit::{Code, MEANINGS};
+    // A new code fails to compile here until it is listed, then fails this
+    // test until it has a row in MEANINGS.
+    let all = |code: Code| match code {
+        Code::NoRecord
+        | Code::Usage
+        | Code::Mismatch
+        | Code::InProgress
+        | Code::Completed
+        | Code::Crashed
+        | Code::Timeout
+        | Code::Internal
+        | Code::NotExecutable
+        | Code::NotFound => code,
+    };
+    for code in [
+        Code::NoRecord,
+        Code::Usage,
+        Code::Mismatch,
+        Code::InProgress,
+        Code::Completed,
+        Code::Crashed,
+        Code::Timeout,
+        Code::Internal,
+        Code::NotExecutable,
+        Code::NotFound,
+    ]
+    .map(all)
+    {
+        assert!(
+            MEANINGS
+                .iter()
+                .any(|m| m.status.number() == Some(code.into())),
+            "exit code {code:?} has no row in exit::MEANINGS"
+        );
+    }
+    let names = subcommands();
+    let cited = MEANINGS.iter().flat_map(|m| m.commands);
+    let cited = cited.chain(
+        man::ENVIRONMENT
+            .iter()
+            .flat_map(|(_, commands, _)| *commands),
+    );
+    for name in cited {
+        assert!(names.iter().any(|n| n == name), "no subcommand {name}");
+    }
+}
+
+/// Every variable the code reads (`var("X")`, `var_os("X")`, `env("X")`)
+/// or names (`"IDEM_..."`) outside tests is a flag's `env` or in
+/// `man::ENVIRONMENT`, and every one documented there is still read.
+#[test]
+fn every_variable_is_documented() {
+    use clap::CommandFactory;
+    let mut cli = super::Cli::command();
+    cli.build();
+    let mut flags: Vec<String> = cli
+        .get_subcommands()
+        .flat_map(clap::Command::get_arguments)
+        .filter_map(|arg| arg.get_env())
+        .map(|var| var.to_string_lossy().into_owned())
+        .collect();
+    flags.extend(
+        cli.get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|v| v.to_string_lossy().into_owned()),
+    );
+
+    let mut read = BTreeSet::new();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for file in rust_files(&src) {
+        let name = file.file_name().expect("a file name");
+        if name == "tests.rs" || file.starts_with(src.join("cmd/generated")) {
+            continue;
+        }
+        let text = fs::read_to_string(&file).expect("read source");
+        // Unit tests sit at the end of a file, after `#[cfg(test)]`.
+        let text = text
+            .split("#[cfg(test)]\nmod tests")
+            .next()
+            .unwrap_or_default();
+        for opening in ["var(\"", "var_os(\"", "env(\"", "\"IDEM_"] {
+            for (at, _) in text.match_indices(opening) {
+                let start = at + opening.len() - usize::from(opening.starts_with('"')) * 5;
+                let var: String = text[start..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if !var.is_empty() && !var.starts_with("IDEM_TEST_") {
+                    read.insert(var);
+                }
+            }
+        }
+    }
+    let documented: Vec<&str> = man::ENVIRONMENT.iter().map(|(var, ..)| *var).collect();
+    for var in &read {
+        assert!(
+            flags.contains(var) || documented.contains(&var.as_str()),
+            "idem reads {var}: give it a row in man::ENVIRONMENT (src/cmd/generated/man.rs)"
+        );
+    }
+    for var in documented {
+        assert!(
+            read.contains(var),
+            "man::ENVIRONMENT documents {var}, which idem never reads"
+        );
+    }
+}
+
+/// The `.rs` files under `dir`, recursively.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}

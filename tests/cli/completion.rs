@@ -1,0 +1,275 @@
+//! The committed completions, run in the shells they are for: subcommands,
+//! flags and their values; and after `idem run ... --`, COMMAND's words (a
+//! command name, then files), never idem's own flags. bash is driven through
+//! its completion function (`complete -p` names it), fish through its own
+//! `complete -C`, and zsh as a user would, typing Tab into `zsh -i` on a pty.
+
+use crate::shipped::have;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tempfile::TempDir;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A directory to complete in, holding `uniqfile-one.txt`, and a directory
+/// for PATH holding the executable `idemzz-tool` (a name no system has).
+struct Place {
+    dir: TempDir,
+}
+
+impl Place {
+    fn new() -> Place {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for sub in ["bin", "work", "home"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
+        }
+        let tool = dir.path().join("bin/idemzz-tool");
+        std::fs::write(&tool, "#!/bin/sh\n").expect("write the tool");
+        let mut perms = std::fs::metadata(&tool).expect("stat").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&tool, perms).expect("chmod");
+        std::fs::write(dir.path().join("work/uniqfile-one.txt"), "").expect("write a file");
+        Place { dir }
+    }
+
+    fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    /// A shell started in `work`, with the tool on PATH and a home of its own.
+    fn shell(&self, program: &str) -> Command {
+        let mut path = vec![self.dir.path().join("bin")];
+        path.extend(std::env::split_paths(
+            &std::env::var_os("PATH").expect("PATH"),
+        ));
+        let home = self.dir.path().join("home");
+        let mut cmd = Command::new(program);
+        cmd.current_dir(self.work())
+            .env("PATH", std::env::join_paths(path).expect("PATH"))
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("XDG_DATA_HOME", home.join(".local/share"))
+            .env("XDG_CACHE_HOME", home.join(".cache"));
+        cmd
+    }
+}
+
+#[track_caller]
+fn output(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("start the shell");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// What bash's completion for idem offers for the command line `words`,
+/// the last of which is being completed.
+fn bash_complete(place: &Place, words: &[&str]) -> Vec<String> {
+    let script = r#"
+        source "$IDEM_COMPLETIONS/idem.bash"
+        function=$(complete -p idem | sed -n 's/.* -F \([^ ]*\) .*/\1/p')
+        COMP_WORDS=("$@")
+        COMP_CWORD=$(($# - 1))
+        COMP_LINE="$*"
+        COMP_POINT=${#COMP_LINE}
+        "$function" idem "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD - 1]}"
+        printf '%s\n' "${COMPREPLY[@]}"
+    "#;
+    let out = output(
+        place
+            .shell("bash")
+            .env("IDEM_COMPLETIONS", root().join("completions"))
+            .args(["--norc", "--noprofile", "-c", script, "bash"])
+            .args(words),
+    );
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether `offered` holds any of idem's own options.
+fn idem_flags(offered: &[String]) -> bool {
+    offered.iter().any(|o| o == "--key" || o == "-k")
+}
+
+#[test]
+fn bash_completion_loads() {
+    output(
+        Command::new("bash")
+            .current_dir(root())
+            .args(["-c", "source completions/idem.bash && complete -p idem"]),
+    );
+}
+
+#[test]
+fn bash_completes_subcommands_flags_and_values() {
+    let place = Place::new();
+    let offered = bash_complete(&place, &["idem", ""]);
+    assert!(
+        offered.contains(&"run".to_owned()),
+        "idem <TAB>: {offered:?}"
+    );
+
+    let offered = bash_complete(&place, &["idem", "run", "--on-"]);
+    for flag in ["--on-duplicate", "--on-failure", "--on-crash"] {
+        assert!(
+            offered.contains(&flag.to_owned()),
+            "idem run --on-<TAB>: {offered:?}"
+        );
+    }
+
+    let offered = bash_complete(&place, &["idem", "run", "--on-duplicate", ""]);
+    assert_eq!(
+        offered,
+        ["replay", "fail", "wait", "skip"],
+        "--on-duplicate <TAB>"
+    );
+}
+
+#[test]
+fn bash_completes_a_command_then_files_after_dashdash() {
+    let place = Place::new();
+    let offered = bash_complete(&place, &["idem", "run", "--", "idemzz-t"]);
+    assert_eq!(offered, ["idemzz-tool"], "idem run -- idemzz-t<TAB>");
+
+    let offered = bash_complete(
+        &place,
+        &["idem", "run", "-k", "a", "--", "idemzz-tool", "uniq"],
+    );
+    assert_eq!(
+        offered,
+        ["uniqfile-one.txt"],
+        "idem run -- idemzz-tool uniq<TAB>"
+    );
+
+    for words in [
+        &["idem", "run", "--", "--ke"][..],
+        &["idem", "run", "-k", "a", "--", "idemzz-tool", "--ke"],
+    ] {
+        let offered = bash_complete(&place, words);
+        assert!(!idem_flags(&offered), "{words:?}<TAB> offers {offered:?}");
+    }
+    // Before `--`, idem's flags as ever.
+    let offered = bash_complete(&place, &["idem", "run", "--ke"]);
+    assert_eq!(offered, ["--key"]);
+}
+
+/// What fish offers for `line` (its own `complete -C`), values only.
+fn fish_complete(place: &Place, line: &str) -> Vec<String> {
+    let script = r#"source "$IDEM_COMPLETIONS/idem.fish"; and complete -C "$argv[1]""#;
+    let out = output(
+        place
+            .shell("fish")
+            .env("IDEM_COMPLETIONS", root().join("completions"))
+            .args(["-c", script, line]),
+    );
+    out.lines()
+        .map(|l| l.split('\t').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn fish_completes_a_command_then_files_after_dashdash() {
+    if !have("fish") {
+        return;
+    }
+    let place = Place::new();
+    assert_eq!(
+        fish_complete(&place, "idem run -- idemzz-t"),
+        ["idemzz-tool"]
+    );
+    assert_eq!(
+        fish_complete(&place, "idem run -k a -- idemzz-tool uniq"),
+        ["uniqfile-one.txt"]
+    );
+    for line in ["idem run -- --ke", "idem run -k a -- idemzz-tool --ke"] {
+        // (fish matches command names loosely: it may offer some.)
+        let offered = fish_complete(&place, line);
+        assert!(!idem_flags(&offered), "{line}<TAB> offers {offered:?}");
+    }
+    assert_eq!(fish_complete(&place, "idem run --ke"), ["--key"]);
+}
+
+/// Types `line` and a Tab into `zsh -f -i` on a pty, with the committed
+/// `_idem` on fpath and `idem` a function that prints its arguments, then
+/// Enter: returns the arguments the completed line ran idem with.
+fn zsh_complete(place: &Place, line: &str) -> String {
+    const DRIVER: &str = r#"
+import os, pty, select, sys, time
+completions, line = sys.argv[1], sys.argv[2]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("zsh", ["zsh", "-f", "-i"])
+seen = b""
+def until(token):
+    global seen
+    deadline = time.time() + 20
+    while token.encode() not in seen:
+        if time.time() > deadline:
+            sys.stdout.write(seen.decode(errors="replace"))
+            sys.stdout.write("\nTIMEOUT waiting for %r\n" % token)
+            sys.exit(1)
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            seen += os.read(fd, 4096)
+    end = seen.index(token.encode()) + len(token)
+    got, seen = seen[:end], seen[end:]
+    return got.decode(errors="replace")
+# The quotes keep the terminal's echo of a command from matching its output.
+os.write(fd, ("unsetopt zle_bracketed_paste; PROMPT='P''> '; fpath=(%s $fpath); "
+    "autoload -Uz compinit; compinit -u -D; "
+    "idem() { print -r -- \"AR\"\"GS<$*>\" }; print RE''ADY\n" % completions).encode())
+until("READY")
+until("P> ")
+os.write(fd, line.encode() + b"\t")
+# Completion writes into the line; Enter runs it once that is done.
+time.sleep(0.2)
+os.write(fd, b"\n")
+until("ARGS<")
+sys.stdout.write(until(">"))
+os.write(fd, b"exit\n")
+"#;
+    let out = output(place.shell("python3").args([
+        "-c",
+        DRIVER,
+        &root().join("completions").display().to_string(),
+        line,
+    ]));
+    out.strip_suffix('>').unwrap_or(&out).to_owned()
+}
+
+#[test]
+fn zsh_completes_a_command_then_files_after_dashdash() {
+    if !have("zsh") || !have("python3") {
+        return;
+    }
+    let place = Place::new();
+    for (typed, ran) in [
+        ("idem run -- idemzz-t", "run -- idemzz-tool"),
+        (
+            "idem --db x run -q -- idemzz-t",
+            "--db x run -q -- idemzz-tool",
+        ),
+        (
+            "idem run -k a -- idemzz-tool uniq",
+            "run -k a -- idemzz-tool uniqfile-one.txt",
+        ),
+        // After `--`, never idem's --key.
+        ("idem run -- --ke", "run -- --ke"),
+        (
+            "idem run -k a -- idemzz-tool --ke",
+            "run -k a -- idemzz-tool --ke",
+        ),
+        // Before it, idem's flags as ever.
+        ("idem run --ke", "run --key"),
+    ] {
+        assert_eq!(zsh_complete(&place, typed), ran, "{typed}<TAB>");
+    }
+}
