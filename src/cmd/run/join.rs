@@ -77,24 +77,36 @@ impl Call<'_> {
                 Joined::Done(Box::new(done))
             }
             End::Crashed(dead) => {
-                crate::say::notice(format_args!(
-                    "key {}: attempt {} crashed (pid {} on {}); its output so far is shown above",
-                    self.shown_key(),
-                    dead.attempt,
-                    dead.owner.pid,
-                    escape(dead.owner.host.as_bytes())
-                ));
+                self.crashed_notice(&dead);
                 Joined::Left
             }
             End::Gone => {
-                crate::say::notice(format_args!(
-                    "key {}: attempt {} was purged or taken over before it finished; its output so far is shown above",
-                    self.shown_key(),
-                    record.attempt
-                ));
+                // Another waiter may have seen the crash first and taken
+                // over: a later attempt of the key says so.
+                let (_, now) = store.get(&self.key)?;
+                if now.is_some_and(|r| r.attempt > record.attempt) {
+                    self.crashed_notice(record);
+                } else {
+                    crate::say::notice(format_args!(
+                        "key {}: attempt {} was purged or taken over before it finished; its output so far is shown above",
+                        self.shown_key(),
+                        record.attempt
+                    ));
+                }
                 Joined::Left
             }
             End::TimedOut => Joined::TimedOut,
         })
+    }
+
+    /// The one line a waiter writes when the run it attached to crashed.
+    fn crashed_notice(&self, dead: &Record) {
+        crate::say::notice(format_args!(
+            "key {}: attempt {} crashed (pid {} on {}); its output so far is shown above",
+            self.shown_key(),
+            dead.attempt,
+            dead.owner.pid,
+            escape(dead.owner.host.as_bytes())
+        ));
     }
 }
