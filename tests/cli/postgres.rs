@@ -42,7 +42,9 @@ fn the_table_parameter_names_the_tables_and_defaults_to_idem_records() {
     // (URL parameters other than idem's reach the server).
     let schema = format!("s_{t}");
     psql(&format!("CREATE SCHEMA {schema}"));
-    let url = format!("{}?options=-c%20search_path%3D{schema}", postgres_url());
+    let base = postgres_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
     env.idem()
         .args(["--db", &url, "run", "-k", "k", "--", "echo", "hi"])
         .assert()
@@ -65,10 +67,12 @@ fn a_bad_table_name_or_tls_mode_is_a_usage_error() {
     }
     let env = Env::new();
     let base = postgres_url();
+    // The base URL may carry parameters already (sslmode=verify-full in CI).
+    let sep = if base.contains('?') { '&' } else { '?' };
     for (url, says) in [
-        (format!("{base}?table=a;drop"), "not a plain table name"),
+        (format!("{base}{sep}table=a;drop"), "not a plain table name"),
         (
-            format!("{base}?sslmode=maybe"),
+            format!("{base}{sep}sslmode=maybe"),
             "sslmode=maybe is not one of disable, allow, prefer, require, verify-ca, verify-full",
         ),
     ] {
