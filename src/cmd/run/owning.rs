@@ -10,7 +10,6 @@ use crate::store::{Chunk, Store, Stream, FINISH_PATIENCE};
 use crate::text::escape;
 use anyhow::Result;
 use std::collections::VecDeque;
-use std::fs::File;
 use std::time::{Duration, Instant};
 
 /// Holds the claim while the child runs: records the child, renews the lease.
@@ -185,7 +184,7 @@ impl Owning<'_> {
 pub(super) fn pause_point(name: &str) {
     if std::env::var_os("IDEM_TEST_PAUSE").is_some_and(|point| point == name) {
         if let Some(file) = std::env::var_os("IDEM_TEST_PAUSE_FILE") {
-            let _ = File::create(file);
+            let _ = std::fs::File::create(file);
         }
         loop {
             std::thread::sleep(Duration::from_secs(60));
