@@ -1,10 +1,10 @@
 //! Every line idem writes about itself goes through here.
 //!
 //! idem's stderr may be a closed pipe (`idem run … 2>&1 | head -1`) or a
-//! full disk. `eprintln!` panics on such an error, and a panic between the
-//! claim and the outcome would lose the record, so nothing else in idem may
-//! print: a lint test (`tests/cli/lint.rs`) fails when `eprintln!` or
-//! `println!` appear outside this file. Each line is written with a single
+//! full disk. The standard printing macros panic on such an error, and a
+//! panic between the claim and the outcome would lose the record, so nothing
+//! else in idem may print: a lint test (`tests/cli/lint.rs`) fails when
+//! those macros appear anywhere in `src/`. Each line is written with a single
 //! `write` of the whole `idem: …\n`, and a failed write is dropped.
 //!
 //! `-q` silences notices, never errors; `-v` adds explanations.
