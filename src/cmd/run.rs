@@ -4,19 +4,20 @@
 //! a verdict to run takes the store's write lock, where the decision is made
 //! again on the record as it is under the lock. A replay never writes more
 //! than a replay counter; a waiter attaches to the run it waits for (see
-//! `run/join.rs`).
+//! `run/join.rs`); a refusal says why and what would let the call through
+//! (`run/refuse.rs`). What follows a claim, running COMMAND and recording
+//! its outcome, is `run/execute.rs`.
 
 use super::{byte_size, env_name, positive_duration, Global};
-use crate::child::{self, Finished, SpawnError};
-use crate::exit::{child_status, fail, Code};
+use crate::child;
+use crate::exit::{fail, Code};
 use crate::key::{self, Fingerprint};
 use crate::owner::Here;
 use crate::policy::{decide, owner_alive, OnCrash, OnDuplicate, OnFailure, Policy, Verdict};
-use crate::store::{self, Captured, Claim, Millis, Mode, Outcome, Record, Status, Store};
-use crate::text::{command_line, escape, shell_word};
+use crate::store::{self, Claim, Millis, Mode, Record, Status, Store};
+use crate::text::{command_line, escape};
 use anyhow::{Context, Result};
 use std::cell::{Cell, OnceCell, RefCell};
-use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, IsTerminal, Seek};
@@ -24,12 +25,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+mod execute;
 mod join;
 mod owning;
+mod refuse;
 mod report;
 
 use join::Joined;
-use owning::{pause_point, Owning};
+use refuse::{ago, record_status};
 use report::{Outcome as Reported, Report};
 
 /// Run COMMAND at most once per key
@@ -417,48 +420,10 @@ impl Call<'_> {
                 ));
                 Ok(Next::Done(0))
             }
-            Verdict::Mismatch(record) => {
-                self.note(Reported::Refused, Some("mismatch"), record);
-                fail(Code::Mismatch, self.mismatch_message(record))
-            }
-            Verdict::Busy(record) => {
-                self.note(Reported::Refused, Some("in_progress"), record);
-                fail(
-                    Code::InProgress,
-                    format!(
-                        "{}; retry later, or use --on-duplicate wait",
-                        self.busy(Some(record), now)
-                    ),
-                )
-            }
-            Verdict::AlreadyDone(record) => {
-                self.note(Reported::Refused, Some("completed"), record);
-                fail(
-                Code::Completed,
-                format!(
-                    "key {} already completed {} (exit status {}); it expires {}; run `{}` to allow a re-run",
-                    self.shown_key(),
-                    ago(record.finished_at.unwrap_or(record.started_at), now),
-                    record_status(record),
-                    until(record.expires_at, now),
-                    purge_command(&self.key),
-                ),
-            )
-            }
-            Verdict::Blocked(record) => {
-                self.note(Reported::Refused, Some("crashed"), record);
-                fail(
-                Code::Crashed,
-                format!(
-                    "key {}: an earlier run crashed (host {}, pid {}, started {}); check its side effects, then run `{}`",
-                    self.shown_key(),
-                    escape(record.owner.host.as_bytes()),
-                    record.owner.pid,
-                    ago(record.started_at, now),
-                    purge_command(&self.key),
-                ),
-            )
-            }
+            Verdict::Mismatch(record) => self.refuse_mismatch(record),
+            Verdict::Busy(record) => self.refuse_busy(record, now),
+            Verdict::AlreadyDone(record) => self.refuse_completed(record, now),
+            Verdict::Blocked(record) => self.refuse_blocked(record, now),
         }
     }
 
@@ -510,157 +475,6 @@ impl Call<'_> {
         }
     }
 
-    fn execute(
-        &self,
-        store: &mut dyn Store,
-        token: i64,
-        attempt: i64,
-        stdin: Option<File>,
-        signals: &child::Signals,
-    ) -> Result<u8> {
-        // Declared before the claim's holder, so dropped after the record:
-        // what the writers still hold waits for no reader before it.
-        let output = child::Output::start().context("cannot start the output threads")?;
-        pause_point("after-claim");
-        self.explain(format_args!(
-            "key {}: running (attempt {attempt})",
-            self.shown_key()
-        ));
-        let mut env = vec![
-            ("IDEM_KEY", self.key.clone()),
-            ("IDEM_ATTEMPT", attempt.to_string()),
-        ];
-        if store.is_shared() {
-            env.push(("IDEM_FENCING_TOKEN", token.to_string()));
-        }
-        let spec = child::Spec {
-            argv: &self.args.command,
-            env,
-            stdin,
-            max_output: self.args.max_output,
-            timeout: self.args.timeout,
-        };
-        let mut owner = Owning {
-            store: &mut *store,
-            key: &self.key,
-            token,
-            lease: self.args.lease,
-            renewed: Instant::now(),
-            lost: false,
-            output_lost: false,
-            pending: VecDeque::new(),
-            seq: 0,
-        };
-        let ran = child::run(&spec, signals, &output, &mut owner)?;
-        owner.flush();
-        let lost_lease = owner.lost;
-        let output_lost = owner.output_lost;
-        pause_point("before-finish");
-        let (finished, exit) = match ran {
-            Ok(finished) => {
-                let exit = if finished.timed_out {
-                    u8::from(Code::Timeout)
-                } else {
-                    child_status(finished.exit_code, finished.signal)
-                };
-                (finished, exit)
-            }
-            Err(e) => {
-                let (code, message) = match e {
-                    SpawnError::NotFound(name) => (
-                        Code::NotFound,
-                        format!("{}: command not found", escape(name.as_bytes())),
-                    ),
-                    SpawnError::NotExecutable(why) => (
-                        Code::NotExecutable,
-                        format!("cannot run {}", escape(why.as_bytes())),
-                    ),
-                };
-                // Could not start at all: never locked, whatever --on-failure says.
-                let failed = Finished {
-                    exit_code: Some(i32::from(u8::from(code))),
-                    ..Finished::default()
-                };
-                let captured = (Captured::default(), Captured::default());
-                self.finish(store, token, &failed, captured, Status::Failed, lost_lease)?;
-                return fail(code, message);
-            }
-        };
-        let status = if finished.succeeded() || self.args.on_failure == OnFailure::Lock {
-            Status::Completed
-        } else {
-            Status::Failed
-        };
-        // A journal that could not be written is cut where it stopped.
-        let captured = |tally: child::Tally| Captured {
-            truncated: tally.truncated || output_lost,
-        };
-        let captured = (captured(finished.stdout), captured(finished.stderr));
-        if finished.timed_out {
-            crate::say::notice(format_args!(
-                "{} timed out after {}",
-                self.shown_command(),
-                humantime::format_duration(self.args.timeout.unwrap_or_default())
-            ));
-        }
-        self.finish(store, token, &finished, captured, status, lost_lease)?;
-        Ok(exit)
-    }
-
-    fn finish(
-        &self,
-        store: &mut dyn Store,
-        token: i64,
-        finished: &Finished,
-        (stdout, stderr): (Captured, Captured),
-        status: Status,
-        lost_lease: bool,
-    ) -> Result<()> {
-        let outcome = Outcome {
-            status,
-            exit_code: finished.exit_code,
-            signal: finished.signal,
-            timed_out: finished.timed_out,
-            ttl_ms: millis(self.args.ttl),
-            stdout,
-            stderr,
-        };
-        let result = if lost_lease {
-            Ok(false)
-        } else {
-            store.finish(&self.key, token, &outcome)
-        };
-        match result {
-            Ok(true) => {
-                if self.args.report.is_some() {
-                    // The record as stored, by the store's clock.
-                    let record = store.get(&self.key).ok().and_then(|(_, r)| r);
-                    self.report
-                        .borrow_mut()
-                        .record(record.filter(|r| r.token == token));
-                }
-                Ok(())
-            }
-            Ok(false) => fail(
-                Code::Internal,
-                format!(
-                    "lost the claim on key {} while the command ran (its lease ran out, or it was purged or taken over); \
-                     this run's outcome (status {}) was NOT recorded and the newer record was left alone",
-                    self.shown_key(),
-                    child_status(finished.exit_code, finished.signal)
-                ),
-            ),
-            Err(e) => fail(
-                Code::Internal,
-                format!(
-                    "the command finished (status {}) but its record could NOT be written, so key {} stays in_progress: {e:#}",
-                    child_status(finished.exit_code, finished.signal),
-                    self.shown_key()
-                ),
-            ),
-        }
-    }
-
     fn explain(&self, what: std::fmt::Arguments<'_>) {
         if self.global.verbose {
             crate::say::explain(what);
@@ -674,88 +488,8 @@ impl Call<'_> {
     fn shown_command(&self) -> String {
         command_line(self.args.command.iter().map(|a| a.as_bytes()))
     }
-
-    /// What holds the key: its owner and when its lease runs out unless
-    /// renewed.
-    fn busy(&self, record: Option<&Record>, now: Millis) -> String {
-        let owner = record.map_or_else(String::new, |r| {
-            let lease = r.lease_until.map_or_else(String::new, |at| {
-                format!(
-                    "; its lease runs out {} unless its owner renews it",
-                    until(Some(at), now)
-                )
-            });
-            format!(
-                " (pid {} on {}, attempt {}{lease})",
-                r.owner.pid,
-                escape(r.owner.host.as_bytes()),
-                r.attempt
-            )
-        });
-        format!("key {} is in progress elsewhere{owner}", self.shown_key())
-    }
-
-    fn mismatch_message(&self, record: &Record) -> String {
-        let stored = command_line(record.argv());
-        if stored == self.shown_command() {
-            return format!(
-                "key {} was used for the same command with other fingerprint inputs \
-                 (stdin, --fingerprint-file, --env or --cwd): `{stored}`; use another key, \
-                 or --allow-mismatch, or run `idem purge {}` to forget the stored run",
-                self.shown_key(),
-                shell_word(&self.key)
-            );
-        }
-        format!(
-            "key {} was used for a different command: stored `{}`, now `{}`; use another key, \
-             or --allow-mismatch, or run `idem purge {}` to forget the stored run",
-            self.shown_key(),
-            command_line(record.argv()),
-            self.shown_command(),
-            shell_word(&self.key)
-        )
-    }
 }
 
 fn millis(d: Duration) -> Millis {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
-}
-
-fn record_status(record: &Record) -> String {
-    if record.timed_out {
-        "124 (timed out)".into()
-    } else if let Some(sig) = record.signal {
-        format!("{} (signal {sig})", 128 + sig)
-    } else {
-        record
-            .exit_code
-            .map_or_else(|| "unknown".into(), |c| c.to_string())
-    }
-}
-
-fn ago(at: Millis, now: Millis) -> String {
-    let secs = u64::try_from((now - at) / 1000).unwrap_or(0);
-    format!(
-        "{} ago",
-        humantime::format_duration(Duration::from_secs(secs))
-    )
-}
-
-fn until(at: Option<Millis>, now: Millis) -> String {
-    match at {
-        Some(at) => {
-            let secs = u64::try_from((at - now) / 1000).unwrap_or(0);
-            format!(
-                "in {}",
-                humantime::format_duration(Duration::from_secs(secs))
-            )
-        }
-        None => "never".into(),
-    }
-}
-
-/// The command that purges `key`, ready to paste.
-fn purge_command(key: &str) -> String {
-    let end_of_options = if key.starts_with('-') { "-- " } else { "" };
-    format!("idem purge {end_of_options}{}", shell_word(key))
 }
