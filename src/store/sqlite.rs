@@ -15,24 +15,23 @@ mod errors;
 mod file;
 mod journal;
 mod purge;
+mod records;
+mod schema;
 mod upkeep;
 
 use errors::{describe, describe_at, store_error, store_failure};
-use file::{check_identity, create_file, identify, Creating, Found};
+use file::{create_file, identify, Creating, Found};
+use records::{filter_sql, record_from_row, RECORD_COLUMNS, RECORD_COLUMN_COUNT};
 
-use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Status, Store, Stream};
-use crate::owner::{ChildId, Owner};
+use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
+use crate::owner::ChildId;
 use anyhow::{Context, Result};
 use rusqlite::config::DbConfig;
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, ToSql};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, ToSql};
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// `PRAGMA application_id`: "idem" in ASCII.
-const APPLICATION_ID: i32 = 0x6964_656d;
-/// `PRAGMA user_version`: the schema this build writes.
-const SCHEMA_VERSION: i32 = 4;
 /// How many expired records a claim deletes on its way.
 const CLEANUP_BATCH: i64 = 16;
 /// How long contention on the write lock may last before idem gives up.
@@ -42,86 +41,6 @@ const LOCK_PATIENCE: Duration = Duration::from_secs(120);
 const RENEW_PATIENCE: Duration = Duration::from_millis(200);
 /// Why `inspect` cannot use an empty store file.
 const NEVER_INITIALISED: &str = "it was never initialised (run `idem run` once to create it)";
-
-/// Schema migrations; entry N brings a store from version N to N + 1.
-const MIGRATIONS: &[&str] = &[
-    "
-    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
-    INSERT INTO counters VALUES ('token', 0);
-    CREATE TABLE records (
-        key TEXT PRIMARY KEY,
-        status TEXT NOT NULL,
-        fingerprint BLOB NOT NULL,
-        command BLOB NOT NULL,
-        cwd BLOB NOT NULL,
-        attempt INTEGER NOT NULL,
-        token INTEGER NOT NULL,
-        started_at INTEGER NOT NULL,
-        finished_at INTEGER,
-        expires_at INTEGER,
-        exit_code INTEGER,
-        signal INTEGER,
-        timed_out INTEGER NOT NULL DEFAULT 0,
-        replays INTEGER NOT NULL DEFAULT 0,
-        owner_host TEXT NOT NULL,
-        owner_boot TEXT NOT NULL,
-        owner_pid INTEGER NOT NULL,
-        owner_start INTEGER NOT NULL,
-        child_pid INTEGER,
-        child_pgid INTEGER,
-        child_start INTEGER,
-        stdout_truncated INTEGER NOT NULL DEFAULT 0,
-        stderr_truncated INTEGER NOT NULL DEFAULT 0,
-        stdout BLOB NOT NULL DEFAULT x'',
-        stderr BLOB NOT NULL DEFAULT x''
-    ) STRICT;
-    CREATE INDEX records_expires_at ON records (expires_at) WHERE expires_at IS NOT NULL;
-    CREATE INDEX records_started_at ON records (started_at);
-",
-    "
-    -- Replays are counted apart: an UPDATE rewrites the whole records row,
-    -- stored output included, so counting there cost a replay of 48 MiB
-    -- 100 MiB of memory and 48 MiB of WAL. A count belongs to one claim
-    -- (token): a new claim of the key starts again from zero. Whoever
-    -- deletes records deletes their counts (a trigger cost a purge of 1M
-    -- records three seconds).
-    CREATE TABLE replay_counts (
-        key TEXT PRIMARY KEY,
-        token INTEGER NOT NULL,
-        count INTEGER NOT NULL
-    ) STRICT;
-",
-    "
-    -- Version 3, the label (issue 14): `--label TEXT`, what the caller says
-    -- a run is, so an operator can tell which event a derived `cmd:` key
-    -- belongs to. NULL for records written before it existed.
-    ALTER TABLE records ADD COLUMN label TEXT;
-
-    -- Version 3, owners (issue 11): the PID namespace (inode of
-    -- /proc/self/ns/pid), and a lease that the running owner renews, as on
-    -- the shared stores. Containers on one machine that share the file, and
-    -- other hosts, are judged by the lease; process checks only within one
-    -- PID namespace. Records written before have neither (NULL: unknown,
-    -- see policy::owner_alive).
-    ALTER TABLE records ADD COLUMN owner_pid_ns INTEGER;
-    ALTER TABLE records ADD COLUMN lease_until INTEGER;
-",
-    // Version 4, the output journal (issue 13, see sqlite/journal.rs). Like
-    // replay counts, a journal belongs to one claim (key, token), and
-    // whoever deletes or replaces records deletes their journals.
-    journal::SCHEMA,
-];
-
-const RECORD_COLUMNS: &str = "key, status, fingerprint, command, cwd, attempt, token, started_at, \
-    finished_at, expires_at, exit_code, signal, timed_out, \
-    replays + coalesce((SELECT count FROM replay_counts AS c \
-        WHERE c.key = records.key AND c.token = records.token), 0), \
-    owner_host, owner_boot, \
-    owner_pid, owner_start, child_pid, child_pgid, child_start, \
-    coalesce(stdout_bytes, length(stdout)), coalesce(stderr_bytes, length(stderr)), \
-    stdout_truncated, stderr_truncated, label, lease_until, owner_pid_ns";
-/// How many columns `RECORD_COLUMNS` names; a query may add more after them.
-const RECORD_COLUMN_COUNT: usize = 28;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -211,97 +130,6 @@ impl SqliteStore {
         self.conn
             .pragma_update(None, name, value)
             .or_else(|e| self.fail(&format!("cannot set it up: {}", describe(&e))))
-    }
-
-    /// Makes a new file an idem store, or migrates an older one. Runs under
-    /// the write lock, so racing creators see each other's work.
-    fn prepare(&mut self, mode: Mode) -> Result<()> {
-        let (app, version, tables) = self.identity()?;
-        if app == APPLICATION_ID && version == SCHEMA_VERSION {
-            return Ok(());
-        }
-        check_identity(&self.path, app, version, tables)?;
-        // An older store is upgraded whoever opens it (inspect included: the
-        // upgrades only add to it, under the write lock for a moment); an
-        // empty file is left for `run` to make a store of.
-        if mode == Mode::ReadOnly && tables == 0 {
-            return self.fail(NEVER_INITIALISED);
-        }
-        if tables == 0 {
-            // auto_vacuum must be chosen before the first table exists.
-            self.pragma("auto_vacuum", "INCREMENTAL")?;
-        }
-        if app == 0 {
-            // The first write to a new file stamps it idem's (in the main
-            // file, before WAL mode): from then on `identify` knows it.
-            self.pragma("application_id", &APPLICATION_ID.to_string())?;
-        }
-        self.switch_to_wal()?;
-        let synced = self.sync(Sync::Full);
-        self.sql(synced, "cannot set it up")?;
-        let path = self.path.clone();
-        let fail = |what: &str, e: rusqlite::Error| {
-            store_error::<()>(&path, &format!("{what}: {}", describe(&e)))
-        };
-        let tx = match self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        {
-            Ok(tx) => tx,
-            Err(e) => return fail("cannot lock it", e),
-        };
-        let (app, version, tables): (i32, i32, i64) =
-            match tx.query_row(IDENTITY_SQL, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))) {
-                Ok(identity) => identity,
-                Err(e) => return fail("cannot read it", e),
-            };
-        check_identity(&path, app, version, tables)?;
-        for (from, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            if let Err(e) = tx.execute_batch(migration) {
-                return fail(&format!("cannot migrate it from version {from}"), e);
-            }
-        }
-        let stamp = format!(
-            "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
-        );
-        if let Err(e) = tx.execute_batch(&stamp).and_then(|()| tx.commit()) {
-            return fail("cannot initialise it", e);
-        }
-        // Copy the new schema into the database file now (once per store),
-        // so the header `open` reads says "ready": until the first
-        // checkpoint, every call would check the schema with SQL again.
-        // Passive: best effort, never waits for other processes.
-        let _ = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        Ok(())
-    }
-
-    fn identity(&self) -> Result<(i32, i32, i64)> {
-        self.conn
-            .query_row(IDENTITY_SQL, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .or_else(|e| self.fail(&format!("cannot read it: {e}")))
-    }
-
-    /// Several processes may create a store at once; the switch to WAL needs
-    /// a moment alone and may report SQLITE_BUSY without waiting.
-    fn switch_to_wal(&self) -> Result<()> {
-        let deadline = Instant::now() + LOCK_PATIENCE;
-        loop {
-            let mode: rusqlite::Result<String> =
-                self.conn
-                    .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0));
-            match mode {
-                Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
-                Ok(mode) => {
-                    return self.fail(&format!("cannot switch it to WAL mode (still {mode})"))
-                }
-                Err(e) if is_busy(&e) && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(e) => return self.fail(&format!("cannot switch it to WAL mode: {e}")),
-            }
-        }
     }
 
     fn fail<T>(&self, what: &str) -> Result<T> {
@@ -441,9 +269,6 @@ impl SqliteStore {
         Ok(changed == 1)
     }
 }
-
-const IDENTITY_SQL: &str = "SELECT (SELECT application_id FROM pragma_application_id), \
-    (SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM sqlite_master)";
 
 impl Store for SqliteStore {
     fn now(&mut self) -> Result<Millis> {
@@ -661,79 +486,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// The WHERE clause (without `WHERE`) and its arguments for `filter`.
-fn filter_sql(filter: &Filter, now: Millis) -> (String, Vec<Box<dyn ToSql>>) {
-    let mut sql = String::from("1");
-    let mut args: Vec<Box<dyn ToSql>> = Vec::new();
-    if !filter.keys.is_empty() {
-        let marks = vec!["?"; filter.keys.len()].join(", ");
-        sql.push_str(&format!(" AND key IN ({marks})"));
-        for key in &filter.keys {
-            args.push(Box::new(key.clone()));
-        }
-    }
-    if let Some(status) = filter.status {
-        sql.push_str(" AND status = ?");
-        args.push(Box::new(status.as_str()));
-    }
-    if filter.expired {
-        sql.push_str(" AND expires_at <= ?");
-        args.push(Box::new(now));
-    }
-    if let Some(prefix) = &filter.prefix {
-        sql.push_str(" AND substr(key, 1, length(?)) = ?");
-        args.push(Box::new(prefix.clone()));
-        args.push(Box::new(prefix.clone()));
-    }
-    if let Some(before) = filter.started_before {
-        sql.push_str(" AND started_at < ?");
-        args.push(Box::new(before));
-    }
-    (sql, args)
-}
-
-fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
-    let status: String = row.get(1)?;
-    let child_pid: Option<i64> = row.get(18)?;
-    Ok(Record {
-        key: row.get(0)?,
-        status: Status::parse(&status).unwrap_or(Status::Failed),
-        fingerprint: row.get(2)?,
-        command: row.get(3)?,
-        cwd: row.get(4)?,
-        attempt: row.get(5)?,
-        token: row.get(6)?,
-        started_at: row.get(7)?,
-        finished_at: row.get(8)?,
-        expires_at: row.get(9)?,
-        exit_code: row.get(10)?,
-        signal: row.get(11)?,
-        timed_out: row.get(12)?,
-        replays: row.get(13)?,
-        owner: Owner {
-            host: row.get(14)?,
-            boot_id: row.get(15)?,
-            pid_ns: row.get(27)?,
-            pid: row.get(16)?,
-            start: row.get(17)?,
-            child: match child_pid {
-                Some(pid) => Some(ChildId {
-                    pid,
-                    pgid: row.get::<_, Option<i64>>(19)?.unwrap_or(pid),
-                    start: row.get::<_, Option<i64>>(20)?.unwrap_or(0),
-                }),
-                None => None,
-            },
-        },
-        stdout_bytes: row.get(21)?,
-        stderr_bytes: row.get(22)?,
-        stdout_truncated: row.get(23)?,
-        stderr_truncated: row.get(24)?,
-        label: row.get(25)?,
-        lease_until: row.get(26)?,
-    })
-}
-
 /// Waits out contention instead of letting SQLITE_BUSY reach the user.
 fn wait_for_lock(attempt: i32) -> bool {
     // Short sleeps: a claim holds the lock for about one fsync. At most
@@ -745,13 +497,6 @@ fn wait_for_lock(attempt: i32) -> bool {
     let step = u64::try_from(attempt.clamp(0, 16)).unwrap_or(0);
     std::thread::sleep(Duration::from_micros(500 + 250 * step));
     true
-}
-
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    )
 }
 
 pub fn now_millis() -> Millis {

@@ -84,7 +84,7 @@ impl Call<'_> {
         format!("key {} is in progress elsewhere{owner}", self.shown_key())
     }
 
-    pub(super) fn mismatch_message(&self, record: &Record) -> String {
+    fn mismatch_message(&self, record: &Record) -> String {
         let stored = command_line(record.argv());
         if stored == self.shown_command() {
             return format!(

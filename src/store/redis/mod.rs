@@ -18,6 +18,7 @@ mod journal;
 mod keys;
 mod list;
 mod record;
+mod schema;
 mod target;
 #[cfg(test)]
 mod tests;
@@ -26,6 +27,7 @@ mod warning;
 use self::conn::{connect, describe, is_connection_error, Con, Failure, Server, TIME_LIMIT};
 use self::keys::{Keys, Layout};
 use self::record::{parse_record, FIELDS};
+use self::schema::SCHEMA_VERSION;
 use self::target::Target;
 pub use self::warning::persistence_warning;
 use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
@@ -35,17 +37,6 @@ use anyhow::Result;
 use redis::{Client, Script};
 use std::time::Duration;
 
-/// The schema this build gives new stores: the layout of schema 2 (see
-/// keys.rs), with output journals (journal.rs). Schemas 1 and 2 kept a
-/// record's output in `stdout` and `stderr` fields, which later records do
-/// not have; such a store is read as it is, and the first `run` or `purge`
-/// stamps it with the journal schema of its layout (2 becomes 3, 1 becomes
-/// `SCHEMA_V1_JOURNAL`), so that older binaries, which would replay those
-/// records without their output, refuse it instead.
-const SCHEMA_VERSION: i64 = 3;
-/// Schema 1's layout (global counter, `P rec:KEY`) with output journals.
-const SCHEMA_V1_JOURNAL: i64 = 4;
-/// How long idem keeps trying to record an outcome once COMMAND has run.
 /// How long an in-progress record outlives its lease in Redis: a crashed
 /// run stays visible this long (for `--on-crash block` and an operator),
 /// then Redis deletes it, so no record lives without a deadline.
@@ -167,14 +158,6 @@ fn follow_cluster(target: &Target, client: Client) -> Result<Server> {
     }
 }
 
-/// The key layout of a store at schema `version`.
-fn layout_of(version: i64) -> Layout {
-    match version {
-        1 | SCHEMA_V1_JOURNAL => Layout::V1,
-        _ => Layout::V2,
-    }
-}
-
 fn millis_from_time((secs, micros): (i64, i64)) -> Millis {
     secs * 1000 + micros / 1000
 }
@@ -187,69 +170,6 @@ impl RedisStore {
     /// The record's output journal, in the record's hash slot.
     fn journal_key(&self, key: &str) -> String {
         self.keys.record_part(key, "log")
-    }
-
-    /// Checks (or, for `run` and `purge`, upgrades or writes) the schema
-    /// version under the prefix; returns the store's key layout and
-    /// version. None when there is no store and `mode` may not create one.
-    fn check_schema(&mut self, mode: Mode) -> Result<Option<(Layout, i64)>> {
-        let key = self.keys.schema();
-        loop {
-            let version: Option<String> = match self.call(&mut |c, _| {
-                redis::cmd("GET").arg(&key).query(c.like())
-            }) {
-                Ok(version) => version,
-                Err(Failure::Call(e)) if e.code() == Some("WRONGTYPE") => {
-                    return self.target.fail(&format!(
-                        "key {key} is not idem's: other data lives under this prefix (choose another ?prefix=)"
-                    ))
-                }
-                Err(failure) => return self.failed("cannot read the schema version", &failure),
-            };
-            match version.as_deref().map(str::parse::<i64>) {
-                Some(Ok(version @ (1 | SCHEMA_V1_JOURNAL)))
-                    if matches!(self.server, Server::Cluster(_)) =>
-                {
-                    return self.target.fail(&format!(
-                        "it has schema version {version}, which a Redis Cluster cannot hold (its keys span hash slots)"
-                    ))
-                }
-                Some(Ok(version @ (SCHEMA_VERSION | SCHEMA_V1_JOURNAL))) => {
-                    return Ok(Some((layout_of(version), version)))
-                }
-                Some(Ok(version @ (1 | 2))) if mode == Mode::ReadOnly => {
-                    return Ok(Some((layout_of(version), version)))
-                }
-                Some(Ok(version @ (1 | 2))) => {
-                    let journal = if version == 1 {
-                        SCHEMA_V1_JOURNAL
-                    } else {
-                        SCHEMA_VERSION
-                    };
-                    self.exec("cannot upgrade the schema version", true, |c, _| {
-                        redis::cmd("SET").arg(&key).arg(journal).query::<()>(c.like())
-                    })?;
-                }
-                Some(Ok(newer)) if newer > SCHEMA_VERSION => {
-                    return self.target.fail(&format!(
-                        "it has schema version {newer}, newer than this idem understands ({SCHEMA_VERSION} and {SCHEMA_V1_JOURNAL}); upgrade idem"
-                    ))
-                }
-                Some(_) => {
-                    return self.target.fail(&format!(
-                        "key {key} is not idem's: other data lives under this prefix (choose another ?prefix=)"
-                    ))
-                }
-                None if mode != Mode::Create => return Ok(None),
-                None => self.exec("cannot write the schema version", true, |c, _| {
-                    redis::cmd("SET")
-                        .arg(&key)
-                        .arg(SCHEMA_VERSION)
-                        .arg("NX")
-                        .query::<()>(c.like())
-                })?,
-            }
-        }
     }
 
     /// The server's time and the record, read together in one round trip.

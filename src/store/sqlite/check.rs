@@ -4,7 +4,8 @@
 //! locks cannot be trusted), and whether the write lock can be taken (taken
 //! and released at once, writing nothing).
 
-use super::{describe, SqliteStore, SCHEMA_VERSION};
+use super::schema::SCHEMA_VERSION;
+use super::{describe, SqliteStore};
 use crate::store::{Finding, Level};
 use anyhow::Result;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};

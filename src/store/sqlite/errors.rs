@@ -40,3 +40,11 @@ pub(super) fn store_error<T>(path: &Path, what: &str) -> Result<T> {
 pub(super) fn store_failure(path: &Path, what: &str) -> anyhow::Error {
     Exit::new(Code::Internal, format!("store {}: {what}", path.display())).into()
 }
+
+/// Whether another connection holds the lock `e` ran into.
+pub(super) fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}

@@ -10,7 +10,8 @@
 //! still in its `-wal` only (a fresh store before its first checkpoint)
 //! is recognised by reading the WAL's newest committed copy of page 1.
 
-use super::{store_error, APPLICATION_ID, SCHEMA_VERSION};
+use super::schema::{APPLICATION_ID, SCHEMA_VERSION};
+use super::store_error;
 use anyhow::Result;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
