@@ -7,6 +7,8 @@
 //! `crate::policy`, which every backend shares. `open` picks the backend from
 //! the `--db` value.
 
+#[cfg(test)]
+pub mod contract;
 pub mod journal;
 pub mod postgres;
 pub mod redis;

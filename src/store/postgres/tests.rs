@@ -1,10 +1,10 @@
 //! The primitives that `inspect` and `purge` use, and chunked replay,
-//! against a live server. They run with `IDEM_TEST_BACKEND=postgres` (as CI
-//! does) and are skipped otherwise; each test has tables of its own.
+//! against a live server, each with tables of its own. They are ignored
+//! unless asked for (`--include-ignored`), and then fail unless
+//! `IDEM_TEST_BACKEND=postgres` names a server to use (as CI does).
 
 use super::*;
-use crate::owner::Owner;
-use crate::store::{Captured, Chunk, Status};
+use crate::store::{contract, Captured, Status};
 
 /// A fresh store in table `u<pid>_<name>`, dropped again by `Drop`.
 struct Scratch {
@@ -12,15 +12,16 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(name: &str) -> Option<Scratch> {
-        if std::env::var("IDEM_TEST_BACKEND").as_deref() != Ok("postgres") {
-            return None;
-        }
+    fn new(name: &str) -> Scratch {
+        assert!(
+            std::env::var("IDEM_TEST_BACKEND").as_deref() == Ok("postgres"),
+            "needs IDEM_TEST_BACKEND=postgres"
+        );
         let base = std::env::var("IDEM_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         let url = format!("{base}?table=u{}_{name}", std::process::id());
         let store = PgStore::open(&url, Mode::Create).unwrap().unwrap();
-        Some(Scratch { store })
+        Scratch { store }
     }
 
     fn sql(&mut self, sql: &str) {
@@ -31,26 +32,11 @@ impl Scratch {
     }
 
     fn claim(&mut self, key: &str) -> i64 {
-        let claim = Claim {
-            fingerprint: vec![1],
-            command: b"true".to_vec(),
-            cwd: b"/".to_vec(),
-            attempt: 1,
-            owner: Owner {
-                host: "h".into(),
-                ..Owner::default()
-            },
-            lease_ms: 30_000,
-            label: None,
-        };
-        self.store
-            .claim(key, &mut |_, _| Some(claim.clone()))
-            .unwrap()
-            .unwrap()
+        contract::claim_key(&mut self.store, key)
     }
 
     fn finish(&mut self, key: &str, token: i64, status: Status, ttl_ms: Millis, stdout: &[u8]) {
-        assert!(append(&mut self.store, key, token, 0, stdout));
+        assert!(contract::append(&mut self.store, key, token, 0, stdout));
         let outcome = Outcome {
             status,
             exit_code: Some(0),
@@ -85,10 +71,9 @@ impl Drop for Scratch {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
 fn list_filters_and_pages_newest_first() {
-    let Some(mut s) = Scratch::new("list") else {
-        return;
-    };
+    let mut s = Scratch::new("list");
     let t = s.store.conn.target.table.clone();
     // More records than one page, with ties on started_at.
     s.sql(&format!(
@@ -161,140 +146,24 @@ fn list_filters_and_pages_newest_first() {
     assert!(s.store.get("live").unwrap().1.is_some());
 }
 
-/// Appends `stdout` to the journal in batches of 300,000 bytes, numbered
-/// from `first`.
-fn append(store: &mut dyn Store, key: &str, token: i64, first: u64, stdout: &[u8]) -> bool {
-    (first..).zip(stdout.chunks(300_000)).all(|(seq, piece)| {
-        let chunk = Chunk {
-            stream: Stream::Stdout,
-            bytes: piece,
-        };
-        store.append_journal(key, token, seq, &[chunk]).unwrap()
-    })
-}
-
-/// Reads the whole journal back as (stream, bytes) runs.
-fn journal(store: &mut dyn Store, key: &str, token: i64) -> Option<Vec<(Stream, Vec<u8>)>> {
-    let mut runs: Vec<(Stream, Vec<u8>)> = Vec::new();
-    store
-        .read_journal(key, token, 0, &mut |stream, bytes| {
-            match runs.last_mut() {
-                Some((last, run)) if *last == stream => run.extend_from_slice(bytes),
-                _ => runs.push((stream, bytes.to_vec())),
-            }
-            Ok(())
-        })
-        .unwrap()
-        .map(|_| runs)
-}
-
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
 fn the_journal_comes_back_in_order_byte_exact_for_its_token_only() {
-    let Some(mut s) = Scratch::new("journal") else {
-        return;
-    };
-    for (key, len) in [("empty", 0), ("some", 1000), ("more", 3 << 20)] {
-        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-        let token = s.claim(key);
-        assert!(s
-            .store
-            .append_journal(
-                key,
-                token,
-                0,
-                &[Chunk {
-                    stream: Stream::Stderr,
-                    bytes: b"e1"
-                }]
-            )
-            .unwrap());
-        assert!(append(&mut s.store, key, token, 1, &bytes));
-        let next_seq = 1 + bytes.len().div_ceil(300_000) as u64;
-        let tail = [
-            Chunk {
-                stream: Stream::Stderr,
-                bytes: b"e2",
-            },
-            Chunk {
-                stream: Stream::Stdout,
-                bytes: b"o2",
-            },
-        ];
-        assert!(s.store.append_journal(key, token, next_seq, &tail).unwrap());
-        // A retry of an append whose reply was lost writes nothing twice.
-        assert!(s.store.append_journal(key, token, next_seq, &tail).unwrap());
-        let record = s.store.get(key).unwrap().1.unwrap();
-        assert_eq!(record.stdout_bytes, i64::from(len + 2));
-        assert_eq!(record.stderr_bytes, 4);
-        let expected = if len > 0 {
-            vec![
-                (Stream::Stderr, b"e1".to_vec()),
-                (Stream::Stdout, bytes.clone()),
-                (Stream::Stderr, b"e2".to_vec()),
-                (Stream::Stdout, b"o2".to_vec()),
-            ]
-        } else {
-            vec![
-                (Stream::Stderr, b"e1e2".to_vec()),
-                (Stream::Stdout, b"o2".to_vec()),
-            ]
-        };
-        assert!(journal(&mut s.store, key, token) == Some(expected), "{key}");
-        assert!(journal(&mut s.store, key, token + 1).is_none());
-        // A new claim starts a new journal; the old token's appends are refused.
-        let next = s.claim(key);
-        assert!(!s.store.append_journal(key, token, 0, &tail).unwrap());
-        assert_eq!(journal(&mut s.store, key, next), Some(Vec::new()));
-    }
+    let mut s = Scratch::new("journal");
+    contract::the_journal_comes_back_in_order_byte_exact_for_its_token_only(&mut s.store);
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
 fn fencing_refuses_every_write_of_an_old_token() {
-    let Some(mut s) = Scratch::new("fence") else {
-        return;
-    };
-    let old = s.claim("k");
-    let new = s.claim("k");
-    assert!(new > old);
-    let child = ChildId {
-        pid: 1,
-        pgid: 1,
-        start: 1,
-    };
-    assert!(!s.store.renew("k", old, 1000).unwrap());
-    assert!(!s.store.set_child("k", old, child).unwrap());
-    assert!(s.store.renew("k", new, 1000).unwrap());
-    let record = s.store.get("k").unwrap().1.unwrap();
-    let now = s.store.now().unwrap();
-    let lease = record.lease_until.unwrap() - now;
-    assert!(
-        (0..=1000).contains(&lease),
-        "lease ends {lease} ms from now"
-    );
-    let outcome = Outcome {
-        status: Status::Completed,
-        exit_code: Some(0),
-        signal: None,
-        timed_out: false,
-        ttl_ms: 1000,
-        stdout: Captured::default(),
-        stderr: Captured::default(),
-    };
-    assert!(!s.store.finish("k", old, &outcome).unwrap());
-    assert_eq!(
-        s.store.get("k").unwrap().1.unwrap().status,
-        Status::InProgress
-    );
-    assert!(s.store.finish("k", new, &outcome).unwrap());
-    let record = s.store.get("k").unwrap().1.unwrap();
-    assert_eq!(record.expires_at, record.finished_at.map(|f| f + 1000));
+    let mut s = Scratch::new("fence");
+    contract::fencing_refuses_every_write_of_an_old_token(&mut s.store);
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
 fn inspect_and_purge_never_create_a_store() {
-    let Some(mut s) = Scratch::new("probe") else {
-        return;
-    };
+    let mut s = Scratch::new("probe");
     let base = std::env::var("IDEM_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let absent = format!("u{}_absent", std::process::id());

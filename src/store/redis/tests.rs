@@ -1,10 +1,10 @@
 //! The primitives behind `inspect`, `purge` and the claim loop, against a
-//! live server. They run with `IDEM_TEST_BACKEND=redis` (as CI does) and are
-//! skipped otherwise; each test has a key prefix of its own.
+//! live server, each under a key prefix of its own. They are ignored unless
+//! asked for (`--include-ignored`), and then fail unless
+//! `IDEM_TEST_BACKEND=redis` names a server to use (as CI does).
 
 use super::*;
-use crate::owner::Owner;
-use crate::store::{Captured, Chunk, Status};
+use crate::store::{contract, Status};
 use std::time::Instant;
 
 /// A fresh store under prefix `u<pid>_<name>:`, its keys deleted by `Drop`.
@@ -14,17 +14,18 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(name: &str) -> Option<Scratch> {
-        if std::env::var("IDEM_TEST_BACKEND").as_deref() != Ok("redis") {
-            return None;
-        }
+    fn new(name: &str) -> Scratch {
+        assert!(
+            std::env::var("IDEM_TEST_BACKEND").as_deref() == Ok("redis"),
+            "needs IDEM_TEST_BACKEND=redis"
+        );
         let base = std::env::var("IDEM_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
         let url = format!("{base}?prefix=u{}_{name}:", std::process::id());
         let store = open_store(&url);
         let mut scratch = Scratch { store, url };
         scratch.wipe();
-        Some(scratch)
+        scratch
     }
 
     /// Another client of the same store, as another host would be.
@@ -47,26 +48,16 @@ impl Scratch {
     }
 
     fn claim(&mut self, key: &str) -> i64 {
-        self.store
-            .claim(key, &mut |_, _| Some(claim()))
-            .unwrap()
-            .unwrap()
+        contract::claim_key(&mut self.store, key)
     }
 
+    /// Appends `stdout` and records an exit 0 kept for `ttl_ms`; whether
+    /// both writes were this token's.
     fn finish(&mut self, key: &str, token: i64, ttl_ms: Millis, stdout: &[u8]) -> bool {
-        if !append(&mut self.store, key, token, 0, stdout) {
-            return false;
-        }
-        let outcome = Outcome {
-            status: Status::Completed,
-            exit_code: Some(0),
-            signal: None,
-            timed_out: false,
-            ttl_ms,
-            stdout: Captured::default(),
-            stderr: Captured::default(),
-        };
-        self.store.finish(key, token, &outcome).unwrap()
+        contract::append(&mut self.store, key, token, 0, stdout)
+            && (self.store)
+                .finish(key, token, &contract::completed(ttl_ms))
+                .unwrap()
     }
 
     fn keys(&mut self, filter: &Filter) -> Vec<String> {
@@ -91,26 +82,10 @@ fn open_store(url: &str) -> RedisStore {
     super::open_store(url, Mode::Create).unwrap().unwrap()
 }
 
-fn claim() -> Claim {
-    Claim {
-        fingerprint: vec![1],
-        command: b"true".to_vec(),
-        cwd: b"/".to_vec(),
-        attempt: 1,
-        owner: Owner {
-            host: "h".into(),
-            ..Owner::default()
-        },
-        lease_ms: 30_000,
-        label: None,
-    }
-}
-
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn list_filters_and_pages_newest_first() {
-    let Some(mut s) = Scratch::new("list") else {
-        return;
-    };
+    let mut s = Scratch::new("list");
     // More records than a page, with ties on started_at.
     let writes: Vec<redis::Cmd> = (1..=1200)
         .map(|i| {
@@ -191,134 +166,28 @@ fn wait_until_gone(s: &mut Scratch, key: &str) {
     }
 }
 
-/// Appends `stdout` to the journal in batches of 300,000 bytes, numbered
-/// from `first`.
-fn append(store: &mut dyn Store, key: &str, token: i64, first: u64, stdout: &[u8]) -> bool {
-    (first..).zip(stdout.chunks(300_000)).all(|(seq, piece)| {
-        let chunk = Chunk {
-            stream: Stream::Stdout,
-            bytes: piece,
-        };
-        store.append_journal(key, token, seq, &[chunk]).unwrap()
-    })
-}
-
-/// Reads the whole journal back as (stream, bytes) runs.
-fn journal(store: &mut dyn Store, key: &str, token: i64) -> Option<Vec<(Stream, Vec<u8>)>> {
-    let mut runs: Vec<(Stream, Vec<u8>)> = Vec::new();
-    store
-        .read_journal(key, token, 0, &mut |stream, bytes| {
-            match runs.last_mut() {
-                Some((last, run)) if *last == stream => run.extend_from_slice(bytes),
-                _ => runs.push((stream, bytes.to_vec())),
-            }
-            Ok(())
-        })
-        .unwrap()
-        .map(|_| runs)
-}
-
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn the_journal_comes_back_in_order_byte_exact_for_its_token_only() {
-    let Some(mut s) = Scratch::new("journal") else {
-        return;
-    };
-    for (key, len) in [("empty", 0), ("some", 1000), ("more", 3 << 20)] {
-        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-        let token = s.claim(key);
-        assert!(s
-            .store
-            .append_journal(
-                key,
-                token,
-                0,
-                &[Chunk {
-                    stream: Stream::Stderr,
-                    bytes: b"e1"
-                }]
-            )
-            .unwrap());
-        assert!(append(&mut s.store, key, token, 1, &bytes));
-        let next_seq = 1 + bytes.len().div_ceil(300_000) as u64;
-        let tail = [
-            Chunk {
-                stream: Stream::Stderr,
-                bytes: b"e2",
-            },
-            Chunk {
-                stream: Stream::Stdout,
-                bytes: b"o2",
-            },
-        ];
-        assert!(s.store.append_journal(key, token, next_seq, &tail).unwrap());
-        // A retry of an append whose reply was lost writes nothing twice.
-        assert!(s.store.append_journal(key, token, next_seq, &tail).unwrap());
-        let record = s.store.get(key).unwrap().1.unwrap();
-        assert_eq!(record.stdout_bytes, i64::from(len + 2));
-        assert_eq!(record.stderr_bytes, 4);
-        let expected = if len > 0 {
-            vec![
-                (Stream::Stderr, b"e1".to_vec()),
-                (Stream::Stdout, bytes.clone()),
-                (Stream::Stderr, b"e2".to_vec()),
-                (Stream::Stdout, b"o2".to_vec()),
-            ]
-        } else {
-            vec![
-                (Stream::Stderr, b"e1e2".to_vec()),
-                (Stream::Stdout, b"o2".to_vec()),
-            ]
-        };
-        assert!(journal(&mut s.store, key, token) == Some(expected), "{key}");
-        assert!(journal(&mut s.store, key, token + 1).is_none());
-        // A new claim starts a new journal; the old token's appends are refused.
-        let next = s.claim(key);
-        assert!(!s.store.append_journal(key, token, 0, &tail).unwrap());
-        assert_eq!(journal(&mut s.store, key, next), Some(Vec::new()));
-    }
+    let mut s = Scratch::new("journal");
+    contract::the_journal_comes_back_in_order_byte_exact_for_its_token_only(&mut s.store);
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn fencing_refuses_every_write_of_an_old_token() {
-    let Some(mut s) = Scratch::new("fence") else {
-        return;
-    };
-    let old = s.claim("k");
-    let new = s.claim("k");
-    assert!(new > old);
-    let child = ChildId {
-        pid: 1,
-        pgid: 1,
-        start: 1,
-    };
-    assert!(!s.store.renew("k", old, 1000).unwrap());
-    assert!(!s.store.set_child("k", old, child).unwrap());
-    assert!(s.store.renew("k", new, 1000).unwrap());
-    let record = s.store.get("k").unwrap().1.unwrap();
-    let now = s.store.now().unwrap();
-    let lease = record.lease_until.unwrap() - now;
-    assert!(
-        (0..=1000).contains(&lease),
-        "lease ends {lease} ms from now"
-    );
-    assert!(!s.finish("k", old, 1000, &[]));
-    assert_eq!(
-        s.store.get("k").unwrap().1.unwrap().status,
-        Status::InProgress
-    );
-    assert!(s.finish("k", new, 1000, &[]));
+    let mut s = Scratch::new("fence");
+    let new = contract::fencing_refuses_every_write_of_an_old_token(&mut s.store);
     // A retried finish whose first reply was lost still counts as ours.
     assert!(s.finish("k", new, 1000, &[]));
     let record = s.store.get("k").unwrap().1.unwrap();
-    assert_eq!(record.expires_at, record.finished_at.map(|f| f + 1000));
     assert_eq!(record.lease_until, None);
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn a_claim_decides_again_when_the_record_changed_after_the_read() {
-    let Some(mut s) = Scratch::new("recheck") else {
-        return;
-    };
+    let mut s = Scratch::new("recheck");
     let owner = s.claim("k");
     let mut other = s.another();
     let mut looks = Vec::new();
@@ -330,7 +199,7 @@ fn a_claim_decides_again_when_the_record_changed_after_the_read() {
             looks.push(record.map(|r| r.token));
             if looks.len() == 1 {
                 assert!(other.renew("k", owner, 30_000).unwrap());
-                Some(claim())
+                Some(contract::claim())
             } else {
                 None
             }
@@ -349,10 +218,10 @@ fn a_claim_decides_again_when_the_record_changed_after_the_read() {
             if looks == 1 {
                 assert!(record.is_none());
                 other
-                    .claim("fresh", &mut |_, _| Some(claim()))
+                    .claim("fresh", &mut |_, _| Some(contract::claim()))
                     .unwrap()
                     .unwrap();
-                Some(claim())
+                Some(contract::claim())
             } else {
                 None
             }

@@ -187,7 +187,7 @@ fn stream_blob(
 mod tests {
     use super::*;
     use crate::owner::Owner;
-    use crate::store::{Claim, Mode, Store};
+    use crate::store::{contract, Claim, Mode, Store};
 
     /// The pieces of the journal, joined per run of one stream.
     fn runs(store: &mut SqliteStore, key: &str, token: i64) -> Vec<(Stream, Vec<u8>)> {
@@ -248,5 +248,26 @@ mod tests {
         assert_eq!((record.stdout_bytes, record.stderr_bytes), (4, 4));
         drop(store);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A store in a directory of its own, removed with it.
+    fn scratch() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("idem.db"), Mode::Create)
+            .unwrap()
+            .unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn the_journal_comes_back_in_order_byte_exact_for_its_token_only() {
+        let (_dir, mut store) = scratch();
+        contract::the_journal_comes_back_in_order_byte_exact_for_its_token_only(&mut store);
+    }
+
+    #[test]
+    fn fencing_refuses_every_write_of_an_old_token() {
+        let (_dir, mut store) = scratch();
+        contract::fencing_refuses_every_write_of_an_old_token(&mut store);
     }
 }
