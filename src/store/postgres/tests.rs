@@ -4,7 +4,7 @@
 //! `IDEM_TEST_BACKEND=postgres` names a server to use (as CI does).
 
 use super::*;
-use crate::store::{contract, Captured, Status};
+use crate::store::{contract, Status};
 
 /// A fresh store in table `u<pid>_<name>`, dropped again by `Drop`.
 struct Scratch {
@@ -39,12 +39,7 @@ impl Scratch {
         assert!(contract::append(&mut self.store, key, token, 0, stdout));
         let outcome = Outcome {
             status,
-            exit_code: Some(0),
-            signal: None,
-            timed_out: false,
-            ttl_ms,
-            stdout: Captured::default(),
-            stderr: Captured::default(),
+            ..contract::completed(ttl_ms)
         };
         assert!(self.store.finish(key, token, &outcome).unwrap());
     }

@@ -186,45 +186,12 @@ fn stream_blob(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::owner::Owner;
-    use crate::store::{contract, Claim, Mode, Store};
-
-    /// The pieces of the journal, joined per run of one stream.
-    fn runs(store: &mut SqliteStore, key: &str, token: i64) -> Vec<(Stream, Vec<u8>)> {
-        let mut runs: Vec<(Stream, Vec<u8>)> = Vec::new();
-        store
-            .read_journal(key, token, 0, &mut |stream, bytes| {
-                match runs.last_mut() {
-                    Some((last, run)) if *last == stream => run.extend_from_slice(bytes),
-                    _ => runs.push((stream, bytes.to_vec())),
-                }
-                Ok(())
-            })
-            .unwrap()
-            .unwrap();
-        runs
-    }
+    use crate::store::{contract, Mode, Store};
 
     #[test]
     fn a_retried_append_writes_nothing_twice() {
-        let dir = std::env::temp_dir().join(format!("idem-journal-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut store = SqliteStore::open(&dir.join("idem.db"), Mode::Create)
-            .unwrap()
-            .unwrap();
-        let claim = Claim {
-            fingerprint: vec![1],
-            command: b"true".to_vec(),
-            cwd: b"/".to_vec(),
-            attempt: 1,
-            owner: Owner::default(),
-            lease_ms: 30_000,
-            label: None,
-        };
-        let token = store
-            .claim("k", &mut |_, _| Some(claim.clone()))
-            .unwrap()
-            .unwrap();
+        let (_dir, mut store) = scratch();
+        let token = contract::claim_key(&mut store, "k");
         let (out, err) = (
             Chunk {
                 stream: Stream::Stdout,
@@ -243,11 +210,12 @@ mod tests {
             (Stream::Stdout, b"o1o1".to_vec()),
             (Stream::Stderr, b"e1".to_vec()),
         ];
-        assert_eq!(runs(&mut store, "k", token), want);
+        assert_eq!(
+            contract::journal(&mut store, "k", token),
+            Some(want.to_vec())
+        );
         let record = store.get("k").unwrap().1.unwrap();
         assert_eq!((record.stdout_bytes, record.stderr_bytes), (4, 4));
-        drop(store);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// A store in a directory of its own, removed with it.
