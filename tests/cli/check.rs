@@ -5,8 +5,8 @@
 //! an evicting `maxmemory-policy` fails, `noeviction` passes, an
 //! unreachable server is 125.
 
-use crate::redis::server::Server;
-use crate::support::{backend, Backend, Env};
+use crate::support::redis_server::Server;
+use crate::support::{require, require_shared_store, Backend, Env};
 use std::os::unix::fs::PermissionsExt;
 
 fn check(env: &Env, db: Option<&str>) -> (i32, String) {
@@ -22,10 +22,7 @@ fn check(env: &Env, db: Option<&str>) -> (i32, String) {
 
 #[test]
 fn check_reads_a_sqlite_file_without_changing_it() {
-    if backend() != Backend::Sqlite {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     let (code, out) = check(&env, None);
     assert_eq!(
         (code, out.as_str()),
@@ -107,10 +104,9 @@ fn check_reads_a_sqlite_file_without_changing_it() {
 }
 
 #[test]
+#[ignore = "needs a shared store: IDEM_TEST_BACKEND=postgres or redis"]
 fn check_probes_a_shared_store_and_reports_the_clock() {
-    if backend() == Backend::Sqlite {
-        return;
-    }
+    require_shared_store();
     let env = Env::new();
     env.idem()
         .args(["run", "-k", "k", "--", "true"])
@@ -137,10 +133,9 @@ fn check_probes_a_shared_store_and_reports_the_clock() {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn check_fails_a_redis_that_may_evict_and_passes_one_that_may_not() {
-    if backend() != Backend::Redis {
-        return;
-    }
+    require(Backend::Redis);
     let env = Env::new();
     let lru = Server::start(&["--maxmemory-policy", "allkeys-lru"]);
     let (code, out) = check(&env, Some(&lru.url("")));
