@@ -49,7 +49,7 @@ fn default_location_follows_xdg_then_home() {
 /// command not run, the file byte for byte the same.
 #[track_caller]
 fn refused_untouched(contents: &[u8], expect: &str) {
-    let env = Env::new();
+    let env = Env::sqlite();
     std::fs::write(env.path("store.db"), contents).unwrap();
     let out = env
         .idem()
@@ -85,7 +85,7 @@ fn a_file_that_is_not_sqlite_is_refused_untouched() {
 
 #[test]
 fn a_foreign_sqlite_database_is_refused_untouched() {
-    let env = Env::new();
+    let env = Env::sqlite();
     let path = env.path("foreign.db");
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch("CREATE TABLE invoices (id INTEGER); INSERT INTO invoices VALUES (1);")
@@ -100,7 +100,7 @@ fn a_foreign_sqlite_database_is_refused_untouched() {
 
 /// A real store, made by idem, copied out as bytes (checkpointed).
 fn real_store() -> Vec<u8> {
-    let env = Env::new();
+    let env = Env::sqlite();
     for i in 0..50 {
         env.idem()
             .args([
