@@ -2,8 +2,7 @@
 //! fingerprint inputs that guard against silently merged events, `--label`,
 //! and `idem stats` for operators.
 
-use crate::inspect::{make, make_expired};
-use crate::support::{backend, sh, wait_for, Backend, Env};
+use crate::support::{backend, make, make_expired, sh, wait_for, Backend, Env};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
@@ -190,7 +189,7 @@ fn the_report_of_a_running_key_skip_wait_and_join() {
 #[test]
 fn the_report_of_a_takeover_and_of_a_failed_store() {
     let env = Env::new();
-    crate::crash::make_crashed(&env, "k");
+    crate::support::make_crashed(&env, "k");
     let (code, took) = reported(&env, &["-k", "k", "--allow-mismatch", "--", "true"]);
     assert_eq!(code, 0);
     assert_eq!(
@@ -366,7 +365,7 @@ fn fingerprint_files_tell_payloads_apart() {
         .code(2)
         .stderr(predicates::str::contains("--fingerprint-file missing.json"));
     assert_eq!(
-        crate::inspect::keys(&env, &[]).len(),
+        crate::support::keys(&env, &[]).len(),
         2,
         "nothing recorded for a usage error"
     );
@@ -384,7 +383,7 @@ fn labels_are_bounded() {
         .assert()
         .success();
     assert_eq!(
-        crate::inspect::records(&env, &[])[0]["label"],
+        crate::support::records(&env, &[])[0]["label"],
         "x".repeat(256)
     );
 }
@@ -396,7 +395,7 @@ fn stats_sum_up_the_store() {
     make(&env, "job-ok", &[], "true");
     make(&env, "job-bad", &[], "exit 1");
     make(&env, "job-bad", &[], "exit 1");
-    crate::crash::make_crashed(&env, "job-dead");
+    crate::support::make_crashed(&env, "job-dead");
     let mut holder = env
         .idem_std()
         .args(["run", "-k", "job-live", "--"])
@@ -447,13 +446,11 @@ fn stats_sum_up_the_store() {
         text.contains("idem_records{prefix=\"job-\",state=\"crashed\"} 1\n"),
         "{text}"
     );
-    if crate::shipped::have("promtool") {
-        let (status, said) = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .output_with(text.as_bytes());
-        assert!(status.success(), "promtool: {said}");
-    }
+    let (status, said) = std::process::Command::new(crate::support::tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .output_with(text.as_bytes());
+    assert!(status.success(), "promtool: {said}");
     let out = env.idem().arg("stats").output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("crashed:        1\n"), "{text}");

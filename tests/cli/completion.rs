@@ -4,7 +4,7 @@
 //! its completion function (`complete -p` names it), fish through its own
 //! `complete -C`, and zsh as a user would, typing Tab into `zsh -i` on a pty.
 
-use crate::shipped::have;
+use crate::support::tool;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tempfile::TempDir;
@@ -177,9 +177,7 @@ fn fish_complete(place: &Place, line: &str) -> Vec<String> {
 
 #[test]
 fn fish_completes_a_command_then_files_after_dashdash() {
-    if !have("fish") {
-        return;
-    }
+    tool("fish");
     let place = Place::new();
     assert_eq!(
         fish_complete(&place, "idem run -- idemzz-t"),
@@ -247,9 +245,8 @@ os.write(fd, b"exit\n")
 
 #[test]
 fn zsh_completes_a_command_then_files_after_dashdash() {
-    if !have("zsh") || !have("python3") {
-        return;
-    }
+    tool("zsh");
+    tool("python3");
     let place = Place::new();
     for (typed, ran) in [
         ("idem run -- idemzz-t", "run -- idemzz-tool"),

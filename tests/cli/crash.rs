@@ -9,7 +9,7 @@
 //! `release` file. The child marks itself running with `mkdir`, so two
 //! concurrent executions leave a line in `violations`.
 
-use crate::support::{backend, race, start_time, wait_for, wait_until, Backend, Env};
+use crate::support::{race, start_time, tool, wait_for, wait_until, Env};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use predicates::prelude::*;
@@ -42,12 +42,6 @@ fn paused_at(env: &Env, key: &str, point: &str) -> Child {
 fn sigkill(mut idem: Child) {
     idem.kill().unwrap();
     idem.wait().unwrap();
-}
-
-/// Leaves `key` in_progress with a dead owner: idem SIGKILLed just after
-/// its claim, before the command started.
-pub fn make_crashed(env: &Env, key: &str) {
-    sigkill(paused_at(env, key, "after-claim"));
 }
 
 fn attempts(env: &Env) -> String {
@@ -197,10 +191,7 @@ fn waiters_that_find_the_owner_dead_block_under_on_crash_block() {
 
 #[test]
 fn a_reused_pid_is_not_the_owner() {
-    if backend() != Backend::Sqlite {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     sigkill(paused_at(&env, "p", "after-claim"));
     let conn = rusqlite::Connection::open(env.db_path()).unwrap();
     let me = std::process::id();
@@ -221,10 +212,7 @@ fn a_reused_pid_is_not_the_owner() {
 
 #[test]
 fn another_boot_means_the_owner_is_dead() {
-    if backend() != Backend::Sqlite {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     let idem = run_child(&env, "boot", &[]).spawn().unwrap();
     wait_for(&env.path("ready"));
     let conn = rusqlite::Connection::open(env.db_path()).unwrap();
@@ -381,10 +369,7 @@ fn idem_outlives_a_child_that_ignores_the_signal() {
 /// (`script` gives idem a pseudo-terminal as its controlling terminal).
 #[test]
 fn ctrl_c_in_a_terminal_reaches_the_child_once() {
-    if which("script").is_none() {
-        eprintln!("skipped: script(1) is not installed");
-        return;
-    }
+    tool("script");
     let env = Env::new();
     let inner = format!(
         "exec '{}' run -k tty -- sh -c 'trap \"echo int >> ints\" INT; touch ready; while [ ! -e release ]; do sleep 0.01; done; exit 3'",
@@ -407,12 +392,6 @@ fn ctrl_c_in_a_terminal_reaches_the_child_once() {
     let status = terminal.wait().unwrap();
     assert_eq!(std::fs::read_to_string(env.path("ints")).unwrap(), "int\n");
     assert_eq!(status.code(), Some(3));
-}
-
-fn which(program: &str) -> Option<std::path::PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
 }
 
 trait Expect {
@@ -451,10 +430,7 @@ impl Expect for std::process::Command {
 /// and a record from before SQLite kept leases counts as alive.
 #[test]
 fn an_owner_on_another_host_is_judged_by_its_lease_on_a_local_store() {
-    if backend() != Backend::Sqlite {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     sigkill(paused_at(&env, "h", "after-claim"));
     let conn = rusqlite::Connection::open(env.db_path()).unwrap();
     conn.execute("UPDATE records SET owner_host = 'elsewhere'", ())

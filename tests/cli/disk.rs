@@ -1,7 +1,8 @@
 //! A full or read-only disk under a SQLite store, on a small tmpfs (needs
-//! root to mount; skipped with a note elsewhere, required under CI).
+//! root to mount, as `.ci/run` has). They use a SQLite store whatever
+//! `IDEM_TEST_BACKEND` says.
 
-use crate::support::{backend, Backend, Env};
+use crate::support::{require_root, Env};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -9,7 +10,9 @@ use std::process::Command;
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+    #[track_caller]
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        require_root();
         std::fs::create_dir_all(dir).unwrap();
         let ok = Command::new("mount")
             .args([
@@ -22,15 +25,8 @@ impl Tmpfs {
             .arg(dir)
             .status()
             .is_ok_and(|s| s.success());
-        if !ok {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must be able to mount a tmpfs for the disk tests"
-            );
-            eprintln!("skipped: cannot mount a tmpfs (not root?)");
-            return None;
-        }
-        Some(Tmpfs(dir.to_owned()))
+        assert!(ok, "cannot mount a tmpfs on {}", dir.display());
+        Tmpfs(dir.to_owned())
     }
 
     fn remount_read_only(&self) {
@@ -49,27 +45,21 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A 512 KiB tmpfs at `disk/` holding a store with one record; `None`
-/// where no tmpfs can be mounted (not root, outside CI).
-fn small_disk_with_a_store(env: &Env) -> Option<(Tmpfs, String)> {
-    let disk = Tmpfs::mount(&env.path("disk"), "512k")?;
+/// A 512 KiB tmpfs at `disk/` holding a store with one record.
+fn small_disk_with_a_store(env: &Env) -> (Tmpfs, String) {
+    let disk = Tmpfs::mount(&env.path("disk"), "512k");
     let db = env.path("disk/idem.db").to_str().unwrap().to_owned();
     env.idem()
         .args(["--db", &db, "run", "-k", "warm", "--", "true"])
         .assert()
         .success();
-    Some((disk, db))
+    (disk, db)
 }
 
 #[test]
 fn a_full_disk_keeps_the_outcome_without_the_output() {
-    if backend() != Backend::Sqlite {
-        return;
-    }
-    let env = Env::new();
-    let Some((_disk, db)) = small_disk_with_a_store(&env) else {
-        return;
-    };
+    let env = Env::sqlite();
+    let (_disk, db) = small_disk_with_a_store(&env);
     let db = db.as_str();
     // The child fills the disk, leaves a little room, then prints 1 MiB.
     let script = format!(
@@ -97,13 +87,8 @@ fn a_full_disk_keeps_the_outcome_without_the_output() {
 
 #[test]
 fn a_read_only_store_refuses_before_the_command_runs() {
-    if backend() != Backend::Sqlite {
-        return;
-    }
-    let env = Env::new();
-    let Some(disk) = Tmpfs::mount(&env.path("disk"), "1m") else {
-        return;
-    };
+    let env = Env::sqlite();
+    let disk = Tmpfs::mount(&env.path("disk"), "1m");
     let db = env.path("disk/idem.db");
     let db = db.to_str().unwrap();
     env.idem()
@@ -134,13 +119,8 @@ fn a_read_only_store_refuses_before_the_command_runs() {
 /// `in_progress` and exits 125.
 #[test]
 fn an_outcome_that_cannot_be_written_exits_125_and_says_so() {
-    if backend() != Backend::Sqlite {
-        return;
-    }
-    let env = Env::new();
-    let Some((_disk, db)) = small_disk_with_a_store(&env) else {
-        return;
-    };
+    let env = Env::sqlite();
+    let (_disk, db) = small_disk_with_a_store(&env);
     let db = db.as_str();
     let script = "head -c 10M /dev/zero > disk/fill 2>/dev/null; echo done";
     let out = env
@@ -156,13 +136,8 @@ fn an_outcome_that_cannot_be_written_exits_125_and_says_so() {
 
 #[test]
 fn a_replay_from_a_read_only_store_exits_with_the_stored_status() {
-    if backend() != Backend::Sqlite {
-        return;
-    }
-    let env = Env::new();
-    let Some(disk) = Tmpfs::mount(&env.path("disk"), "1m") else {
-        return;
-    };
+    let env = Env::sqlite();
+    let disk = Tmpfs::mount(&env.path("disk"), "1m");
     let db = env.path("disk/idem.db");
     let db = db.to_str().unwrap();
     let script = format!(

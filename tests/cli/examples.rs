@@ -6,7 +6,7 @@
 //! CGI handler, and a `set -e` deploy script whose steps resume after a
 //! crash.
 
-use crate::support::{bin, wait_until, Env};
+use crate::support::{bin, tool, wait_until, Env};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -91,9 +91,7 @@ fn cron_jobs(crontab: &str) -> (Vec<(String, String)>, Vec<String>) {
 
 #[test]
 fn the_crontab_works_under_cron() {
-    if !crate::shipped::have("crontab") {
-        return;
-    }
+    tool("crontab");
     let env = Env::new();
     copy_examples(&env);
     // The real cron's own check of the file (a dry run: nothing installed).
@@ -205,9 +203,7 @@ fn post(port: u16, event: Option<&str>, body: &str) -> (u16, String) {
 
 #[test]
 fn the_webhook_example_works_under_debians_webhook() {
-    if !crate::shipped::have("webhook") {
-        return;
-    }
+    tool("webhook");
     let env = Env::new();
     copy_examples(&env);
     let port = free_port();
@@ -287,9 +283,7 @@ fn the_cgi_example_answers_a_retry_with_the_replayed_header() {
 
 #[test]
 fn gnu_parallel_resumes_where_it_stopped() {
-    if !crate::shipped::have("parallel") {
-        return;
-    }
+    tool("parallel");
     let env = Env::new();
     copy_examples(&env);
     std::fs::create_dir(env.path("images")).unwrap();
@@ -299,7 +293,7 @@ fn gnu_parallel_resumes_where_it_stopped() {
     let run = || client(&env, "./resize-all.sh").output().unwrap();
     assert!(run().status.success());
     assert_eq!(
-        crate::inspect::keys(&env, &["--prefix", "resize-"]).len(),
+        crate::support::keys(&env, &["--prefix", "resize-"]).len(),
         3
     );
     // A second pass replays: nothing is copied again.
@@ -348,7 +342,7 @@ fn deploy_steps_resume_after_a_crash() {
     let crashed = deploy();
     assert_eq!(crashed.status.code(), None, "the deploy's idem was killed");
     wait_until("the crashed deploy to be seen as crashed", || {
-        crate::inspect::keys(&env, &["--status", "crashed"]).len() == 2
+        crate::support::keys(&env, &["--status", "crashed"]).len() == 2
     });
     let resumed = deploy();
     assert!(resumed.status.success(), "{resumed:?}");
@@ -357,7 +351,7 @@ fn deploy_steps_resume_after_a_crash() {
         log, "build\nmigrate\nmigrate\nswitch\n",
         "build replayed, migrate re-ran"
     );
-    let records = crate::inspect::records(&env, &["--prefix", "deploy-42"]);
+    let records = crate::support::records(&env, &["--prefix", "deploy-42"]);
     let attempts: Vec<(String, i64)> = records
         .iter()
         .map(|r| {

@@ -4,17 +4,13 @@
 //! the other side of the coin: an idem store keeps its records in its main
 //! file, so a copy of `idem.db` alone is a working store.
 
-use crate::support::{backend, Backend, Env};
+use crate::support::Env;
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn sqlite_only() -> bool {
-    backend() == Backend::Sqlite
-}
 
 /// Every entry of `dir` with the SHA-256 of its contents.
 fn snapshot(dir: &Path) -> BTreeMap<String, String> {
@@ -95,10 +91,7 @@ fn refused_untouched(env: &Env, db: &Path, expect: &str) {
 
 #[test]
 fn fifos_sockets_and_devices_are_refused_at_once() {
-    if !sqlite_only() {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     let dir = env.path("special");
     std::fs::create_dir(&dir).unwrap();
     let fifo = dir.join("fifo.db");
@@ -135,10 +128,7 @@ fn foreign(env: &Env, name: &str, setup: &str) {
 
 #[test]
 fn databases_of_other_applications_are_refused_untouched() {
-    if !sqlite_only() {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     // No tables: once taken for an idem store (and converted), or "newer".
     foreign(&env, "version7", "PRAGMA user_version = 7;");
     foreign(&env, "version1", "PRAGMA user_version = 1;");
@@ -187,10 +177,7 @@ fn copy_mid_transaction(db: &Path, copy: &Path, journal_mode: &str, suffix: &str
 
 #[test]
 fn a_foreign_hot_journal_or_wal_is_never_recovered() {
-    if !sqlite_only() {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     for (mode, suffix) in [("DELETE", "-journal"), ("WAL", "-wal")] {
         let dir = env.path(mode);
         std::fs::create_dir(&dir).unwrap();
@@ -234,10 +221,7 @@ fn store_with_wal(env: &Env) -> std::path::PathBuf {
 
 #[test]
 fn purge_writes_nothing_to_a_store_that_failed_its_checks() {
-    if !sqlite_only() {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     let wal = store_with_wal(&env);
     let mut bytes = std::fs::read(env.db_path()).unwrap();
     for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
@@ -263,10 +247,7 @@ fn purge_writes_nothing_to_a_store_that_failed_its_checks() {
 
 #[test]
 fn a_fresh_store_keeps_its_records_in_the_main_file() {
-    if !sqlite_only() {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     env.idem()
         .args(["run", "-k", "first", "--", "sh", "-c", &env.count_run("n")])
         .assert()
@@ -296,10 +277,7 @@ fn a_fresh_store_keeps_its_records_in_the_main_file() {
 
 #[test]
 fn purge_empties_the_wal_into_the_main_file() {
-    if !sqlite_only() {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     let wal = store_with_wal(&env);
     env.idem().args(["purge"]).assert().success();
     assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
@@ -315,10 +293,7 @@ fn purge_empties_the_wal_into_the_main_file() {
 /// from its WAL, without SQLite's help.
 #[test]
 fn a_store_stamped_in_its_wal_only_is_still_idem_s() {
-    if !sqlite_only() {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     env.idem()
         .args(["run", "-k", "k", "--", "echo", "stored"])
         .assert()

@@ -3,7 +3,7 @@
 //! versus errors, a timeout is a failure, existing permissions stay, live
 //! stderr, the one-line rule, the 1024-byte key limit in bytes.
 
-use crate::support::{backend, sh, Backend, Env};
+use crate::support::{sh, Env};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
@@ -40,10 +40,7 @@ fn traced(env: &Env, args: &[&str]) -> Vec<String> {
 /// before idem exits (`synchronous=FULL` for both).
 #[test]
 fn the_claim_is_on_disk_before_the_command_starts_and_the_outcome_before_idem_exits() {
-    if backend() != Backend::Sqlite {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     // A first call creates the store; the traced call is a plain claim.
     env.idem()
         .args(["run", "-k", "setup", "--", "true"])
@@ -137,10 +134,7 @@ fn a_timed_out_run_is_a_failure_and_runs_again() {
 
 #[test]
 fn an_existing_store_directory_keeps_its_permissions() {
-    if backend() != Backend::Sqlite {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     let dir = env.db_path().parent().unwrap().to_owned();
     std::fs::create_dir(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -2,7 +2,7 @@
 //! whatever the key holds, and plain words for a full disk, a store this
 //! user may not write, and a server that refuses the connection.
 
-use crate::support::{backend, bin, Backend, Env};
+use crate::support::{bin, require_root, Env};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
@@ -100,18 +100,8 @@ fn a_replay_to_a_full_disk_says_so() {
 
 #[test]
 fn a_store_this_user_may_not_write_names_the_file() {
-    if backend() != Backend::Sqlite {
-        return;
-    }
-    if !nix::unistd::getuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs the tests as root"
-        );
-        eprintln!("skipped: needs root to run idem as another user");
-        return;
-    }
-    let env = Env::new();
+    require_root();
+    let env = Env::sqlite();
     env.idem()
         .args(["run", "-k", "mine", "--", "true"])
         .assert()

@@ -3,7 +3,7 @@
 //! job control, daemons that keep the pipes. Each test here failed on the
 //! supervisor before its redesign (see the commit that added it).
 
-use crate::support::{backend, sh, wait_for, wait_until, Backend, Env};
+use crate::support::{backend, require_shared_store, sh, wait_for, wait_until, Backend, Env};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::Read;
@@ -88,10 +88,11 @@ fn a_stalled_reader_does_not_delay_the_timeout() {
     let started = Instant::now();
     let mut idem = stalled(
         &env,
-        &["--key", "k", "--timeout", "1s"],
+        &["--key", "k", "--timeout", "3s"],
         "head -c 1000000 /dev/zero; sleep 60",
     );
-    // SIGTERM at 1 s; the group dies then, long before 60 s (the old
+    // (3 s: on a loaded machine, 1 s was not always enough for the megabyte.)
+    // SIGTERM at 3 s; the group dies then, long before 60 s (the old
     // supervisor never got there: it sat in the write to the full pipe).
     let record = wait_finished(&env, "k", Duration::from_secs(25));
     assert_eq!(record["timed_out"], true, "{record}");
@@ -126,10 +127,9 @@ fn a_stalled_reader_does_not_delay_signal_forwarding() {
 }
 
 #[test]
+#[ignore = "needs a shared store: IDEM_TEST_BACKEND=postgres or redis"]
 fn a_stalled_reader_does_not_stop_lease_renewal() {
-    if backend() == Backend::Sqlite {
-        return; // A SQLite owner on this host is judged by its process.
-    }
+    require_shared_store();
     let env = Env::new();
     let script = format!(
         "{}; head -c 1000000 /dev/zero; sleep 6",
@@ -201,10 +201,7 @@ fn a_closed_stderr_never_kills_idem() {
 
 #[test]
 fn a_second_sigterm_while_the_outcome_is_recorded_waits_for_the_record() {
-    if backend() != Backend::Sqlite {
-        return; // The store's write lock is held from here through rusqlite.
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     let exited = env.path("exited");
     let mut idem = env
         .idem_std()

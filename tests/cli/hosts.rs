@@ -4,14 +4,10 @@
 //! host name (`Env::idem_on_host`, needs root). Generic over the shared
 //! backends; skipped on SQLite, which is for one machine.
 
-use crate::support::{backend, race, sh, wait_for, wait_until, Backend, Env};
+use crate::support::{race, require_shared_store, sh, wait_for, wait_until, Env};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::process::{Child, Stdio};
-
-fn shared_store() -> bool {
-    backend() != Backend::Sqlite
-}
 
 fn on(env: &Env, host: &str) -> assert_cmd::Command {
     assert_cmd::Command::from_std(env.idem_on_host(host))
@@ -56,10 +52,9 @@ fn start_on(env: &Env, host: &str, args: &[&str], script: &str) -> Child {
 }
 
 #[test]
+#[ignore = "needs a shared store: IDEM_TEST_BACKEND=postgres or redis"]
 fn twenty_hosts_racing_one_key_run_it_once() {
-    if !shared_store() {
-        return;
-    }
+    require_shared_store();
     let env = Env::new();
     let script = format!(
         "{}; echo \"ran on $(hostname) with token $IDEM_FENCING_TOKEN\"",
@@ -92,10 +87,9 @@ fn twenty_hosts_racing_one_key_run_it_once() {
 }
 
 #[test]
+#[ignore = "needs a shared store: IDEM_TEST_BACKEND=postgres or redis"]
 fn a_live_remote_owner_keeps_its_lease() {
-    if !shared_store() {
-        return;
-    }
+    require_shared_store();
     let env = Env::new();
     // Only h1 blocks: a wrong takeover by h2 ends at once (and fails below).
     let script = "if [ \"$(hostname)\" = h1 ]; then touch started; \
@@ -123,10 +117,9 @@ fn a_live_remote_owner_keeps_its_lease() {
 }
 
 #[test]
+#[ignore = "needs a shared store: IDEM_TEST_BACKEND=postgres or redis"]
 fn a_killed_remote_owner_is_respected_until_its_lease_runs_out() {
-    if !shared_store() {
-        return;
-    }
+    require_shared_store();
     let env = Env::new();
     let script = format!(
         "{}; if [ \"$(hostname)\" = h1 ]; then echo $$ > pid.tmp && mv pid.tmp child-pid; exec sleep 600; fi; \
@@ -163,10 +156,9 @@ fn a_killed_remote_owner_is_respected_until_its_lease_runs_out() {
 }
 
 #[test]
+#[ignore = "needs a shared store: IDEM_TEST_BACKEND=postgres or redis"]
 fn a_local_crash_is_seen_at_once_without_waiting_for_the_lease() {
-    if !shared_store() {
-        return;
-    }
+    require_shared_store();
     let env = Env::new();
     let script = format!(
         "{}; if [ ! -e crashed ]; then echo $$ > pid.tmp && mv pid.tmp child-pid; exec sleep 600; fi; echo again",
@@ -189,10 +181,9 @@ fn a_local_crash_is_seen_at_once_without_waiting_for_the_lease() {
 }
 
 #[test]
+#[ignore = "needs a shared store: IDEM_TEST_BACKEND=postgres or redis"]
 fn a_paused_owner_that_lost_its_lease_exits_125_and_leaves_the_new_record() {
-    if !shared_store() {
-        return;
-    }
+    require_shared_store();
     let env = Env::new();
     let script = "if [ \"$(hostname)\" = h1 ]; then touch started; \
                   while [ ! -e go ]; do sleep 0.02; done; fi; echo \"ran on $(hostname)\"";

@@ -1,65 +1,10 @@
 //! `idem inspect`: listing, filters, the detail view, raw output, the JSON
 //! schema, escaping, a closed pipe, and a store that does not exist.
 
-use crate::support::{backend, sh, start_reading, wait_until, Backend, Env};
+use crate::support::{backend, keys, make, make_expired, records, sh, start_reading, Backend, Env};
 use serde_json::Value;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-
-/// Runs `script` under `key` (extra flags before `--`) and returns the exit code.
-pub fn make(env: &Env, key: &str, extra: &[&str], script: &str) -> i32 {
-    let out = env
-        .idem()
-        .args(["run", "-k", key])
-        .args(extra)
-        .arg("--")
-        .args(sh(script))
-        .output()
-        .unwrap();
-    out.status.code().unwrap_or(-1)
-}
-
-/// A record under `key` that has expired by the time this returns.
-pub fn make_expired(env: &Env, key: &str) {
-    if backend() == Backend::Redis {
-        // Redis deletes a record at its expires_at; this is the moment before.
-        assert_eq!(make(env, key, &["--ttl", "1h"], "echo gone"), 0);
-        crate::redis::move_expiry_back(env, key);
-    } else {
-        assert_eq!(make(env, key, &["--ttl", "1ms"], "echo gone"), 0);
-    }
-    wait_until("the record to expire", || {
-        records(env, &["--expired"]).iter().any(|r| r["key"] == key)
-    });
-}
-
-/// `idem inspect --json ARGS`, parsed.
-pub fn records(env: &Env, args: &[&str]) -> Vec<Value> {
-    let out = env
-        .idem()
-        .args(["inspect", "--json"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a JSON object per line"))
-        .collect()
-}
-
-/// The keys `idem inspect --json ARGS` lists, in order.
-pub fn keys(env: &Env, args: &[&str]) -> Vec<String> {
-    records(env, args)
-        .iter()
-        .map(|r| r["key"].as_str().unwrap().to_owned())
-        .collect()
-}
 
 fn stdout_of(env: &Env, args: &[&str]) -> String {
     let out = env.idem().args(args).output().unwrap();
@@ -354,7 +299,7 @@ fn labels_are_stored_and_shown_and_crashed_runs_found() {
     assert_eq!(keys(&env, &["--older-than", "1s"]), ["old", "evt"]);
     // --status crashed: in_progress with a dead owner (its idem SIGKILLed
     // with the child gone), not a running one.
-    crate::crash::make_crashed(&env, "dead");
+    crate::support::make_crashed(&env, "dead");
     let mut holder = env
         .idem_std()
         .args(["run", "-k", "running", "--"])
@@ -473,10 +418,7 @@ fn a_listing_in_progress_never_blocks_run_or_purge() {
 
 #[test]
 fn a_missing_store_is_empty_and_never_created() {
-    if backend() != Backend::Sqlite {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     env.idem().arg("inspect").assert().success().stdout("");
     env.idem()
         .args(["inspect", "--json"])

@@ -4,7 +4,7 @@
 //! resumes after `fg`. A small Python program drives `bash -i` through
 //! `pty.fork`, as a user at a keyboard would.
 
-use crate::support::{bin, Env};
+use crate::support::{bin, path_with_idem, Env};
 use std::process::Command;
 
 /// Types each `(text, wait_for)` step into `bash -i` on a pty and waits
@@ -72,13 +72,6 @@ print('started', flush=True)
 while not os.path.exists('go'):
     time.sleep(0.05)
 print('finished', flush=True)";
-
-fn path_with_idem() -> std::ffi::OsString {
-    let dir = bin().parent().unwrap().to_owned();
-    let mut dirs = vec![dir];
-    dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap()));
-    std::env::join_paths(dirs).unwrap()
-}
 
 #[test]
 fn ctrl_z_stops_idem_with_its_child_and_fg_resumes_both() {

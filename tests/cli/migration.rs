@@ -148,7 +148,7 @@ fn write_old_store(env: &Env, latest: bool) {
             ];
             let mut hset = redis::cmd("HSET");
             hset.arg(if latest {
-                crate::redis::record_key(prefix, "old")
+                crate::support::record_key(prefix, "old")
             } else {
                 format!("{prefix}rec:old")
             });

@@ -4,16 +4,12 @@
 //! command has run. Run with
 //! `IDEM_TEST_BACKEND=postgres`; skipped otherwise.
 
-use crate::support::{backend, postgres_url, psql, sh, wait_for, Backend, Env};
+use crate::support::{postgres_url, psql, require, sh, wait_for, Backend, Env};
 use std::io::{BufRead, BufReader};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-
-fn postgres() -> bool {
-    backend() == Backend::Postgres
-}
 
 /// `Env`'s URL with `extra` query parameters added.
 fn url_with(env: &Env, extra: &str) -> String {
@@ -21,10 +17,9 @@ fn url_with(env: &Env, extra: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
 fn the_table_parameter_names_the_tables_and_defaults_to_idem_records() {
-    if !postgres() {
-        return;
-    }
+    require(Backend::Postgres);
     let env = Env::new();
     let t = env.unique();
     env.idem()
@@ -61,10 +56,9 @@ fn the_table_parameter_names_the_tables_and_defaults_to_idem_records() {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
 fn a_bad_table_name_or_tls_mode_is_a_usage_error() {
-    if !postgres() {
-        return;
-    }
+    require(Backend::Postgres);
     let env = Env::new();
     let base = postgres_url();
     // The base URL may carry parameters already (sslmode=verify-full in CI).
@@ -87,10 +81,9 @@ fn a_bad_table_name_or_tls_mode_is_a_usage_error() {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
 fn a_table_idem_did_not_make_is_refused_untouched() {
-    if !postgres() {
-        return;
-    }
+    require(Backend::Postgres);
     let env = Env::new();
     let t = env.unique();
     psql(&format!(
@@ -111,10 +104,9 @@ fn a_table_idem_did_not_make_is_refused_untouched() {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
 fn a_newer_schema_is_refused_untouched() {
-    if !postgres() {
-        return;
-    }
+    require(Backend::Postgres);
     let env = Env::new();
     let t = env.unique();
     env.idem()
@@ -135,10 +127,9 @@ fn a_newer_schema_is_refused_untouched() {
 /// A store written before labels (schema 1) is upgraded in place, by any
 /// command, read-only `inspect` included, and keeps its records.
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
 fn a_version_1_store_is_upgraded_in_place() {
-    if !postgres() {
-        return;
-    }
+    require(Backend::Postgres);
     let env = Env::new();
     let t = env.unique();
     env.idem()
@@ -173,10 +164,9 @@ fn a_version_1_store_is_upgraded_in_place() {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
 fn an_unreachable_server_fails_before_the_command_and_hides_passwords() {
-    if !postgres() {
-        return;
-    }
+    require(Backend::Postgres);
     let env = Env::new();
     // Port 1: nothing listens there.
     let url = "postgres://app:hunter2@127.0.0.1:1/test?table=x";
@@ -206,10 +196,9 @@ fn an_unreachable_server_fails_before_the_command_and_hides_passwords() {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
 fn server_errors_hide_passwords_too() {
-    if !postgres() {
-        return;
-    }
+    require(Backend::Postgres);
     let env = Env::new();
     // A real server, a database that does not exist; the password also in
     // the user name's place, where a careless message would echo it.
@@ -248,10 +237,9 @@ fn server_errors_hide_passwords_too() {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
 fn a_dropped_connection_mid_run_is_reconnected_for_the_outcome() {
-    if !postgres() {
-        return;
-    }
+    require(Backend::Postgres);
     let env = Env::new();
     let app = format!("idem_{}", env.unique());
     let url = url_with(&env, &format!("application_name={app}"));
@@ -290,10 +278,9 @@ fn a_dropped_connection_mid_run_is_reconnected_for_the_outcome() {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
 fn expired_records_are_cleaned_up_lazily() {
-    if !postgres() {
-        return;
-    }
+    require(Backend::Postgres);
     let env = Env::new();
     let t = env.unique();
     for i in 0..20 {
@@ -391,10 +378,9 @@ fn start_behind(relay: &Relay, env: &Env) -> std::process::Child {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
 fn the_outcome_is_written_once_the_server_is_back() {
-    if !postgres() {
-        return;
-    }
+    require(Backend::Postgres);
     let env = Env::new();
     let relay = Relay::start();
     let mut idem = start_behind(&relay, &env);
@@ -417,10 +403,9 @@ fn the_outcome_is_written_once_the_server_is_back() {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
 fn an_outcome_that_cannot_be_written_is_reported_after_a_bounded_time() {
-    if !postgres() {
-        return;
-    }
+    require(Backend::Postgres);
     let env = Env::new();
     let relay = Relay::start();
     let idem = start_behind(&relay, &env);

@@ -6,7 +6,7 @@
 //! with a client certificate works with one; a Unix socket URL and the
 //! PG* variables work. Runs with `IDEM_TEST_BACKEND=postgres`.
 
-use crate::support::{backend, sh, Backend, Env};
+use crate::support::{require, sh, Backend, Env};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -87,10 +87,9 @@ fn run(env: &Env, url: &str, extra_env: &[(&str, &str)]) -> (i32, String) {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
 fn tls_like_libpq_against_a_server_that_requires_it() {
-    if backend() != Backend::Postgres {
-        return;
-    }
+    require(Backend::Postgres);
     let server = Server::start();
 
     // verify-full: runs once, replays, and the connection is encrypted

@@ -1,13 +1,9 @@
 //! `idem purge`: selectors, live and dead owners, dry runs, reports, and
 //! the space it gives back.
 
-use crate::inspect::{keys, make, make_expired, records};
-use crate::support::{backend, sh, wait_for, Backend, Env};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use crate::support::{keys, make, make_expired, records, Env, Holder};
 use predicates::prelude::*;
 use serde_json::Value;
-use std::process::Stdio;
 
 /// A store with `ok` (completed), `bad` (failed) and `old` (expired).
 fn fixture() -> Env {
@@ -119,29 +115,11 @@ fn dry_run_lists_and_changes_nothing() {
     assert_eq!(records(&env, &[]), before);
 }
 
-const HOLD: &str =
-    "echo $$ > ready.tmp; mv ready.tmp ready; while [ ! -e release ]; do sleep 0.01; done";
-
-/// A child that writes its pid (= its process group) to `ready`, then
-/// waits for `release`.
-fn start_holder(env: &Env, key: &str, extra: &[&str]) -> std::process::Child {
-    env.idem_std()
-        .args(["run", "-k", key])
-        .args(extra)
-        .arg("--")
-        .args(sh(HOLD))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn a_live_owner_survives_without_force_and_goes_with_it() {
     let env = Env::new();
     make(&env, "done", &[], "true");
-    let mut holder = start_holder(&env, "busy", &[]);
-    wait_for(&env.path("ready"));
+    let holder = Holder::start(&env, "busy", &[]);
     env.idem()
         .args(["purge", "--all"])
         .assert()
@@ -167,30 +145,18 @@ fn a_live_owner_survives_without_force_and_goes_with_it() {
         .success()
         .stdout("purged 1, skipped 0\n");
     assert!(keys(&env, &[]).is_empty());
-    std::fs::write(env.path("release"), "").unwrap();
-    holder.wait().unwrap();
+    // Its record went under it: whatever idem makes of that at the end.
+    drop(holder.release());
 }
 
 #[test]
 fn a_dead_owner_is_purged_without_force_which_clears_a_blocked_key() {
     let env = Env::new();
-    let mut holder = start_holder(&env, "pay", &["--on-crash", "block"]);
-    wait_for(&env.path("ready"));
-    let child: i32 = std::fs::read_to_string(env.path("ready"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // idem, then its child's whole group, die: a crash. idem goes first, or
-    // it could see its child die and record a failure before it is killed.
-    kill(Pid::from_raw(holder.id() as i32), Signal::SIGKILL).unwrap();
-    holder.wait().unwrap();
-    kill(Pid::from_raw(-child), Signal::SIGKILL).unwrap();
-    crate::support::wait_until("the child group to be gone", || {
-        kill(Pid::from_raw(-child), None).is_err()
-    });
+    // idem, then its child's whole group, die: a crash.
+    Holder::start(&env, "pay", &["--on-crash", "block"]).crash();
     std::fs::write(env.path("release"), "").unwrap();
-    assert_eq!(make(&env, "pay", &["--on-crash", "block"], HOLD), 77);
+    let hold = Holder::script(&env);
+    assert_eq!(make(&env, "pay", &["--on-crash", "block"], &hold), 77);
     let table = env.idem().arg("inspect").output().unwrap();
     assert!(String::from_utf8_lossy(&table.stdout).contains(" crashed "));
     assert_eq!(records(&env, &[])[0]["owner"]["alive"], false);
@@ -199,15 +165,12 @@ fn a_dead_owner_is_purged_without_force_which_clears_a_blocked_key() {
         .assert()
         .success()
         .stdout("purged 1, skipped 0\n");
-    assert_eq!(make(&env, "pay", &["--on-crash", "block"], HOLD), 0);
+    assert_eq!(make(&env, "pay", &["--on-crash", "block"], &hold), 0);
 }
 
 #[test]
 fn purge_gives_the_space_back() {
-    if backend() != Backend::Sqlite {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     for i in 0..12 {
         make(&env, &format!("big{i}"), &[], "head -c 300000 /dev/zero");
     }

@@ -1,6 +1,6 @@
 //! `idem run`: keys, states, duplicates, the child, exit codes.
 
-use crate::support::{sh, start_reading, wait_for, Env};
+use crate::support::{sh, start_reading, wait_for, Env, Holder};
 use predicates::prelude::*;
 use std::io::Read;
 use std::process::Stdio;
@@ -311,45 +311,14 @@ fn ttl_comes_from_the_environment_too() {
         .code(2);
 }
 
-/// A child that counts its run, writes `ready`, then waits for `release`.
-fn holder_script(env: &Env) -> String {
-    format!(
-        "{}; echo held; touch ready; while [ ! -e release ]; do sleep 0.01; done; echo done",
-        env.count_run("n")
-    )
-}
-
-/// Starts `idem run` with `holder_script`.
-fn start_holder(env: &Env, key: &str, extra: &[&str]) -> std::process::Child {
-    let script = holder_script(env);
-    env.idem_std()
-        .args(["run", "-k", key])
-        .args(extra)
-        .args(["--", "sh", "-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn in_progress_key_exits_75_for_replay_and_fail() {
     let env = Env::new();
-    let mut holder = start_holder(&env, "busy", &[]);
-    wait_for(&env.path("ready"));
+    let holder = Holder::start(&env, "busy", &[]);
     for policy in ["replay", "fail"] {
         env.idem()
-            .args([
-                "run",
-                "-k",
-                "busy",
-                "--on-duplicate",
-                policy,
-                "--",
-                "sh",
-                "-c",
-                &holder_script(&env),
-            ])
+            .args(["run", "-k", "busy", "--on-duplicate", policy, "--"])
+            .args(sh(&Holder::script(&env)))
             .assert()
             .code(75)
             .stderr(
@@ -357,42 +326,45 @@ fn in_progress_key_exits_75_for_replay_and_fail() {
                     .and(predicates::str::contains("in progress")),
             );
     }
-    std::fs::write(env.path("release"), "").unwrap();
-    assert!(holder.wait().unwrap().success());
+    assert!(holder.release().status.success());
     assert_eq!(env.count("n"), 1);
 }
 
 #[test]
 fn waiters_replay_the_result_when_it_lands() {
     let env = Env::new();
-    let holder = start_holder(&env, "w", &[]);
-    wait_for(&env.path("ready"));
+    let holder = Holder::start(&env, "w", &[]);
+    let script = Holder::script(&env);
+    // Each waiter shows the run's first line before the release: attached
+    // to the live run, not replaying a finished one.
     let waiters: Vec<_> = (0..4)
-        .map(|_| {
-            env.idem_std()
-                .args([
-                    "run",
-                    "-k",
-                    "w",
-                    "--on-duplicate",
-                    "wait",
-                    "--",
-                    "sh",
-                    "-c",
-                    &holder_script(&env),
-                ])
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
+        .map(|i| {
+            let report = format!("report{i}.json");
+            let args = [
+                "run",
+                "--report",
+                &report,
+                "-k",
+                "w",
+                "--on-duplicate",
+                "wait",
+                "--",
+            ];
+            let mut all: Vec<&str> = args.to_vec();
+            all.extend(["sh", "-c", &script]);
+            start_reading(&env, &all)
         })
         .collect();
-    std::fs::write(env.path("release"), "").unwrap();
-    let out = holder.wait_with_output().unwrap();
+    let out = holder.release();
     assert_eq!(out.stdout, b"held\ndone\n");
-    for waiter in waiters {
-        let out = waiter.wait_with_output().unwrap();
-        assert!(out.status.success());
-        assert_eq!(out.stdout, b"held\ndone\n");
+    for (i, (waiter, mut stdout)) in waiters.into_iter().enumerate() {
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "ld\ndone\n");
+        assert!(waiter.wait_with_output().unwrap().status.success());
+        let report = std::fs::read_to_string(env.path(&format!("report{i}.json"))).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+        assert_eq!(report["outcome"], "joined", "{report}");
     }
     assert_eq!(env.count("n"), 1);
 }
@@ -400,8 +372,8 @@ fn waiters_replay_the_result_when_it_lands() {
 #[test]
 fn wait_timeout_exits_75() {
     let env = Env::new();
-    let mut holder = start_holder(&env, "w", &[]);
-    wait_for(&env.path("ready"));
+    let holder = Holder::start(&env, "w", &[]);
+    let started = std::time::Instant::now();
     env.idem()
         .args([
             "run",
@@ -412,15 +384,18 @@ fn wait_timeout_exits_75() {
             "--wait-timeout",
             "200ms",
             "--",
-            "sh",
-            "-c",
-            &holder_script(&env),
         ])
+        .args(sh(&Holder::script(&env)))
         .assert()
         .code(75)
         .stderr(predicates::str::contains("timed out"));
-    std::fs::write(env.path("release"), "").unwrap();
-    holder.wait().unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(200) && took < std::time::Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert!(holder.release().status.success());
+    assert_eq!(env.count("n"), 1);
 }
 
 #[test]
@@ -646,23 +621,33 @@ fn timeout_kills_a_child_that_ignores_term() {
     let env = Env::new();
     let started = std::time::Instant::now();
     env.idem()
-        .args([
-            "run",
-            "-k",
-            "stubborn",
-            "--timeout",
-            "200ms",
-            "--",
-            "sh",
-            "-c",
-            "trap '' TERM; while :; do sleep 0.05; done",
-        ])
+        .args(["run", "-k", "stubborn", "--timeout", "200ms", "--"])
+        .args(sh(
+            "echo $$ > pid; trap 'echo > got-term' TERM; while :; do sleep 0.05; done",
+        ))
         .assert()
-        .code(124);
+        .code(124)
+        .stderr(predicates::str::contains("timed out"));
+    let took = started.elapsed();
+    // SIGTERM at 200 ms reached the child, which ignored it; SIGKILL came
+    // 5 s later and took the whole group.
+    assert!(env.path("got-term").exists(), "the child never got SIGTERM");
     assert!(
-        started.elapsed() >= std::time::Duration::from_secs(5),
-        "SIGKILL comes 5s after SIGTERM"
+        took >= std::time::Duration::from_secs(5) && took < std::time::Duration::from_secs(30),
+        "SIGKILL comes 5 s after SIGTERM, took {took:?}"
     );
+    let group: i32 = std::fs::read_to_string(env.path("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Gone, once its last zombie is reaped (sleep's, by init).
+    crate::support::wait_until("the child's group to be gone", || {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(-group), None).is_err()
+    });
+    let record = &crate::support::records(&env, &["stubborn"])[0];
+    assert_eq!(record["timed_out"], true, "{record}");
+    assert_eq!(record["status"], "failed", "{record}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! the CLI definition is the unit test in src/cmd/generated/; the completions
 //! are run in their shells by the `completion` tests.)
 
-use crate::support::Env;
+use crate::support::{tool, Env};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -23,22 +23,6 @@ fn man_pages() -> Vec<PathBuf> {
     pages
 }
 
-/// Whether `tool` is on PATH. A check that needs a missing tool is skipped
-/// with a note, except under CI (`CI` set), where that tool is installed.
-#[track_caller]
-pub fn have(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
-    assert!(
-        found || std::env::var_os("CI").is_none(),
-        "{tool} is not installed, and CI needs it for this test"
-    );
-    if !found {
-        eprintln!("skipped: {tool} is not installed");
-    }
-    found
-}
-
 #[track_caller]
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.current_dir(root()).output().expect("start the tool");
@@ -53,22 +37,19 @@ fn run(cmd: &mut Command) -> Output {
 
 #[test]
 fn man_pages_pass_mandoc_lint() {
-    if have("mandoc") {
-        // -Tlint reports style notes too; any output at all fails.
-        run(Command::new("mandoc").arg("-Tlint").args(man_pages()));
-    }
+    // -Tlint reports style notes too; any output at all fails.
+    run(Command::new(tool("mandoc")).arg("-Tlint").args(man_pages()));
 }
 
 #[test]
 fn man_pages_render_without_warnings() {
-    if have("groff") {
-        for page in man_pages() {
-            let out = run(Command::new("groff")
-                .args(["-man", "-Tutf8", "-ww", "-P-cbou"])
-                .arg(&page));
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(text.contains("SYNOPSIS"), "{}: {text}", page.display());
-        }
+    let groff = tool("groff");
+    for page in man_pages() {
+        let out = run(Command::new(&groff)
+            .args(["-man", "-Tutf8", "-ww", "-P-cbou"])
+            .arg(&page));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("SYNOPSIS"), "{}: {text}", page.display());
     }
 }
 
@@ -163,9 +144,7 @@ fn options_in_help(args: &[&str]) -> Vec<String> {
 
 #[test]
 fn man_synopsis_shows_each_option_with_its_argument() {
-    if !have("mandoc") {
-        return;
-    }
+    tool("mandoc");
     let mut pages = vec![("idem.1".to_owned(), vec!["--help".to_owned()])];
     for sub in subcommands() {
         pages.push((format!("idem-{sub}.1"), vec![sub, "--help".to_owned()]));
@@ -207,9 +186,7 @@ fn variables(page: &str) -> Vec<String> {
 
 #[test]
 fn each_subcommand_page_has_its_own_exit_status_and_environment() {
-    if !have("mandoc") {
-        return;
-    }
+    tool("mandoc");
     let env = Env::new();
     for sub in subcommands() {
         let page = format!("idem-{sub}.1");

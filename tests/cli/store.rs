@@ -1,12 +1,8 @@
 //! The SQLite store file: where it lives, its permissions, and files that
 //! are not (or no longer) idem stores, which must be refused untouched.
 
-use crate::support::{backend, Backend, Env};
+use crate::support::Env;
 use std::os::unix::fs::PermissionsExt;
-
-fn sqlite_only() -> bool {
-    backend() == Backend::Sqlite
-}
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -14,10 +10,7 @@ fn mode(path: &std::path::Path) -> u32 {
 
 #[test]
 fn new_store_is_private() {
-    if !sqlite_only() {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     env.idem()
         .args(["run", "-k", "p", "--", "true"])
         .assert()
@@ -28,10 +21,7 @@ fn new_store_is_private() {
 
 #[test]
 fn default_location_follows_xdg_then_home() {
-    if !sqlite_only() {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     env.idem()
         .env_remove("IDEM_DB")
         .env("XDG_STATE_HOME", env.path("xdg"))
@@ -59,7 +49,7 @@ fn default_location_follows_xdg_then_home() {
 /// command not run, the file byte for byte the same.
 #[track_caller]
 fn refused_untouched(contents: &[u8], expect: &str) {
-    let env = Env::new();
+    let env = Env::sqlite();
     std::fs::write(env.path("store.db"), contents).unwrap();
     let out = env
         .idem()
@@ -95,7 +85,7 @@ fn a_file_that_is_not_sqlite_is_refused_untouched() {
 
 #[test]
 fn a_foreign_sqlite_database_is_refused_untouched() {
-    let env = Env::new();
+    let env = Env::sqlite();
     let path = env.path("foreign.db");
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch("CREATE TABLE invoices (id INTEGER); INSERT INTO invoices VALUES (1);")
@@ -110,7 +100,7 @@ fn a_foreign_sqlite_database_is_refused_untouched() {
 
 /// A real store, made by idem, copied out as bytes (checkpointed).
 fn real_store() -> Vec<u8> {
-    let env = Env::new();
+    let env = Env::sqlite();
     for i in 0..50 {
         env.idem()
             .args([
@@ -133,9 +123,6 @@ fn real_store() -> Vec<u8> {
 
 #[test]
 fn a_newer_schema_is_refused_untouched() {
-    if !sqlite_only() {
-        return;
-    }
     let mut bytes = real_store();
     bytes[60..64].copy_from_slice(&99i32.to_be_bytes());
     refused_untouched(&bytes, "newer");
@@ -143,9 +130,6 @@ fn a_newer_schema_is_refused_untouched() {
 
 #[test]
 fn a_corrupt_store_is_refused_untouched() {
-    if !sqlite_only() {
-        return;
-    }
     let mut bytes = real_store();
     // Keep the header, wreck every page after the first.
     for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
@@ -157,10 +141,7 @@ fn a_corrupt_store_is_refused_untouched() {
 
 #[test]
 fn a_read_only_directory_fails_before_the_command_runs() {
-    if !sqlite_only() {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     // /proc refuses file creation even to root.
     env.idem()
         .args([
@@ -182,10 +163,7 @@ fn a_read_only_directory_fails_before_the_command_runs() {
 
 #[test]
 fn many_processes_can_create_the_same_store_at_once() {
-    if !sqlite_only() {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     let results = crate::support::race(24, |i| {
         let mut cmd = env.idem_std();
         cmd.args(["run", "-k", &format!("k{i}"), "--", "true"]);
@@ -198,10 +176,7 @@ fn many_processes_can_create_the_same_store_at_once() {
 
 #[test]
 fn expired_records_are_cleaned_up_lazily() {
-    if !sqlite_only() {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     for i in 0..40 {
         env.idem()
             .args([
@@ -242,10 +217,7 @@ fn expired_records_are_cleaned_up_lazily() {
 /// writer out must empty it once it grows, or every call reads more of it.
 #[test]
 fn the_wal_stays_short_across_many_calls() {
-    if !sqlite_only() {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     for i in 0..160 {
         env.idem()
             .args(["run", "-k", &format!("k{}", i % 3), "--", "true"])
@@ -267,10 +239,7 @@ fn the_wal_stays_short_across_many_calls() {
 /// and keeps its records.
 #[test]
 fn a_version_2_store_is_upgraded_and_keeps_its_records() {
-    if !sqlite_only() {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     env.idem()
         .args(["run", "-k", "old", "--", "echo", "hi"])
         .assert()

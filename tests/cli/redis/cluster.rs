@@ -6,7 +6,7 @@
 //! follow the slot, and the record replays from its new master.
 
 use super::{connect, query};
-use crate::support::{sh, wait_for, Env};
+use crate::support::{require, sh, wait_for, Backend, Env};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,14 +71,13 @@ fn script() -> PathBuf {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn a_key_whose_slot_moves_mid_run_runs_once() {
-    if !super::redis_only() {
-        return;
-    }
+    require(Backend::Redis);
     let cluster = Cluster::start();
     let env = Env::new();
     let db = format!("{}?prefix=c:", cluster.url(0));
-    let record = super::record_key("c:", "moving");
+    let record = crate::support::record_key("c:", "moving");
     let run = |node: usize| {
         let mut idem = env.idem_std();
         idem.env("IDEM_DB", format!("{}?prefix=c:", cluster.url(node)))

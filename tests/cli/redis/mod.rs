@@ -6,19 +6,13 @@
 //! start a private `redis-server` on a free loopback port.
 
 mod cluster;
-pub mod server;
 
-use self::server::{make_certificates, Server};
-use crate::support::{backend, sh, wait_for, wait_until, Backend, Env};
+use crate::support::redis_server::{make_certificates, Server};
+use crate::support::{record_key, require, sh, wait_for, wait_until, Backend, Env, Holder};
 use std::net::TcpListener;
-use std::process::{Child, Stdio};
 use tempfile::TempDir;
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
-
-fn redis_only() -> bool {
-    backend() == Backend::Redis
-}
 
 fn connect(url: &str) -> redis::Connection {
     redis::Client::open(url).unwrap().get_connection().unwrap()
@@ -43,27 +37,10 @@ fn server_ms(con: &mut redis::Connection) -> i64 {
     secs * 1000 + micros / 1000
 }
 
-/// Where the store with `prefix` keeps `key`'s record (schema 2).
-pub fn record_key(prefix: &str, key: &str) -> String {
-    format!("{prefix}{{{key}}}:rec")
-}
-
-/// Sets a finished record's `expires_at` back to its `finished_at`, as if
-/// its time were up but Redis had not deleted it yet (other tests need such
-/// a record; Redis keeps it for its original TTL).
-pub fn move_expiry_back(env: &Env, key: &str) {
-    let (base, prefix) = split(env);
-    let mut con = connect(&base);
-    let record = record_key(&prefix, key);
-    let finished: String = query(&mut con, &["HGET", &record, "finished_at"]);
-    let _: i64 = query(&mut con, &["HSET", &record, "expires_at", &finished]);
-}
-
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn every_key_lives_under_the_prefix_and_prefixes_keep_stores_apart() {
-    if !redis_only() {
-        return;
-    }
+    require(Backend::Redis);
     let env = Env::new();
     let (base, prefix) = split(&env);
     let script = env.count_run("n");
@@ -107,10 +84,9 @@ fn every_key_lives_under_the_prefix_and_prefixes_keep_stores_apart() {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn passwords_never_appear_in_errors() {
-    if !redis_only() {
-        return;
-    }
+    require(Backend::Redis);
     let env = Env::new();
     let server = Server::start(&["--requirepass", "hunter2-Secret"]);
     for (userinfo, expect) in [(":wrong-Secret@", "refused"), ("", "NOAUTH")] {
@@ -174,10 +150,9 @@ fn passwords_never_appear_in_errors() {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn an_unreachable_or_silent_server_exits_125_before_the_command_runs() {
-    if !redis_only() {
-        return;
-    }
+    require(Backend::Redis);
     let env = Env::new();
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_port = closed.local_addr().unwrap().port();
@@ -201,10 +176,9 @@ fn an_unreachable_or_silent_server_exits_125_before_the_command_runs() {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn redis_expires_records_by_its_own_clock() {
-    if !redis_only() {
-        return;
-    }
+    require(Backend::Redis);
     let env = Env::new();
     let (base, prefix) = split(&env);
     let mut con = connect(&base);
@@ -263,10 +237,9 @@ fn token_of_run(env: &Env, key: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn fencing_tokens_grow_per_key_even_when_the_record_is_gone() {
-    if !redis_only() {
-        return;
-    }
+    require(Backend::Redis);
     let env = Env::new();
     // A failed run is released; the next claim of the key gets a larger token.
     std::fs::write(env.path("fail"), "").unwrap();
@@ -285,10 +258,9 @@ fn fencing_tokens_grow_per_key_even_when_the_record_is_gone() {
 /// global counter `P token`, and `P rec:KEY` hashes. It keeps that layout,
 /// with each record's journal beside it as `P log:KEY`.
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn a_schema_1_store_keeps_its_layout_and_its_records() {
-    if !redis_only() {
-        return;
-    }
+    require(Backend::Redis);
     let env = Env::new();
     let (base, prefix) = split(&env);
     let mut con = connect(&base);
@@ -360,10 +332,9 @@ fn a_schema_1_store_keeps_its_layout_and_its_records() {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn a_newer_schema_or_foreign_data_is_refused() {
-    if !redis_only() {
-        return;
-    }
+    require(Backend::Redis);
     let env = Env::new();
     let (base, prefix) = split(&env);
     let mut con = connect(&base);
@@ -399,62 +370,53 @@ fn a_newer_schema_or_foreign_data_is_refused() {
     assert_eq!(kept, ["someone"], "foreign data is left alone");
 }
 
-/// Starts a holder on `url` that waits for `go` once it has written `ready`.
-fn start_holder(env: &Env, url: &str) -> Child {
-    env.idem_std()
-        .env("IDEM_DB", url)
-        .args(["run", "-k", "k", "--"])
-        .args(sh(&format!(
-            "{}; touch ready; while [ ! -e go ]; do sleep 0.01; done; echo done",
-            env.count_run("n")
-        )))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// A `Holder` of the key `k` on the store at `url`.
+fn hold_on(env: &Env, url: &str) -> Holder {
+    let mut idem = env.idem_std();
+    idem.env("IDEM_DB", url);
+    Holder::start_from(env, idem, "k", &[])
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn the_outcome_is_written_across_a_server_restart() {
-    if !redis_only() {
-        return;
-    }
+    require(Backend::Redis);
     let env = Env::new();
     let mut server = Server::start(&["--appendonly", "yes", "--appendfsync", "always"]);
     let url = server.url("");
-    let holder = start_holder(&env, &url);
-    wait_for(&env.path("ready"));
+    let holder = hold_on(&env, &url);
     server.stop();
     server.restart();
-    std::fs::write(env.path("go"), "").unwrap();
-    let out = holder.wait_with_output().unwrap();
+    let out = holder.release();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::remove_file(env.path("ready")).unwrap();
-    let replay = start_holder(&env, &url).wait_with_output().unwrap();
+    let replay = env
+        .idem_std()
+        .env("IDEM_DB", &url)
+        .args(["run", "-k", "k", "--"])
+        .args(sh(&Holder::script(&env)))
+        .output()
+        .unwrap();
     assert!(replay.status.success());
-    assert_eq!(replay.stdout, b"done\n");
+    assert_eq!(replay.stdout, b"held\ndone\n");
     assert_eq!(env.count("n"), 1, "the outcome was stored: a replay");
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn an_outcome_that_cannot_be_written_is_reported_loudly() {
-    if !redis_only() {
-        return;
-    }
+    require(Backend::Redis);
     let env = Env::new();
     let mut server = Server::start(&[]);
-    let holder = start_holder(&env, &server.url(""));
-    wait_for(&env.path("ready"));
+    let holder = hold_on(&env, &server.url(""));
     server.stop();
-    std::fs::write(env.path("go"), "").unwrap();
-    let out = holder.wait_with_output().unwrap();
+    let out = holder.release();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
-    assert_eq!(out.stdout, b"done\n", "the command ran to its end");
+    assert_eq!(out.stdout, b"held\ndone\n", "the command ran to its end");
     assert!(
         err.contains("retrying for up to")
             && err.contains("could NOT be written")
@@ -464,10 +426,9 @@ fn an_outcome_that_cannot_be_written_is_reported_loudly() {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn verbose_warns_once_about_a_server_without_persistence() {
-    if !redis_only() {
-        return;
-    }
+    require(Backend::Redis);
     let env = Env::new();
     let bare = Server::start(&[]);
     let kept = Server::start(&["--appendonly", "yes"]);
@@ -488,10 +449,9 @@ fn verbose_warns_once_about_a_server_without_persistence() {
 }
 
 #[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn rediss_speaks_tls_and_checks_the_certificate() {
-    if !redis_only() {
-        return;
-    }
+    require(Backend::Redis);
     let env = Env::new();
     let certs = TempDir::new().unwrap();
     make_certificates(certs.path());

@@ -3,7 +3,18 @@
 //!
 //! `IDEM_TEST_BACKEND` picks the store the CLI tests run against: `sqlite`
 //! (default, a file in the test's temp dir), `postgres` or `redis` (each test
-//! in its own table or key prefix on the local server).
+//! in its own table or key prefix on the local server). A test for one
+//! backend only is `#[ignore]`d with the reason and calls `require` first,
+//! so that a plain `cargo test` lists it as ignored and a run with
+//! `--include-ignored` under another backend fails it; a test of the SQLite
+//! file itself uses `Env::sqlite()` and runs under any backend.
+
+mod holder;
+mod records;
+pub mod redis_server;
+
+pub use holder::Holder;
+pub use records::{keys, make, make_crashed, make_expired, record_key, records};
 
 use assert_cmd::Command;
 use std::io::Read;
@@ -31,11 +42,68 @@ pub fn backend() -> Backend {
     }
 }
 
+/// Fails the test unless it runs against `wanted` (see the module doc).
+#[track_caller]
+pub fn require(wanted: Backend) {
+    let name = match wanted {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+        Backend::Redis => "redis",
+    };
+    assert!(
+        backend() == wanted,
+        "needs IDEM_TEST_BACKEND={name} (this run has {:?})",
+        backend()
+    );
+}
+
+/// Fails the test unless it runs against a store many hosts share.
+#[track_caller]
+pub fn require_shared_store() {
+    assert!(
+        backend() != Backend::Sqlite,
+        "needs a shared store: IDEM_TEST_BACKEND=postgres or redis"
+    );
+}
+
+/// Fails the test unless it runs as root (to mount, unshare or change
+/// user); `.ci/run` runs the tests as root.
+#[track_caller]
+pub fn require_root() {
+    assert!(
+        nix::unistd::getuid().is_root(),
+        "needs root (.ci/run runs the tests as root)"
+    );
+}
+
+/// The path of `program` on PATH; fails the test when it is missing
+/// (`.ci/run` installs every tool a test needs).
+#[track_caller]
+pub fn tool(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(program))
+                .find(|candidate| candidate.is_file())
+        })
+        .unwrap_or_else(|| panic!("{program} is not installed (.ci/run installs it)"))
+}
+
+/// PATH with the directory of the idem under test first.
+pub fn path_with_idem() -> std::ffi::OsString {
+    let mut dirs = vec![bin().parent().unwrap().to_owned()];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(dirs).unwrap()
+}
+
 /// One test's world: a temp dir, a store, and the idem binary.
 pub struct Env {
     pub dir: TempDir,
     pub db: String,
     unique: String,
+    backend: Backend,
 }
 
 /// How long one test may take before the watchdog fails the whole run: a
@@ -73,8 +141,26 @@ fn set_up_process() {
 }
 
 impl Env {
+    /// A store of the backend `IDEM_TEST_BACKEND` names.
     #[track_caller]
     pub fn new() -> Env {
+        Env::with_backend(backend())
+    }
+
+    /// A SQLite file store, whatever `IDEM_TEST_BACKEND` says: for the tests
+    /// of the file itself, which then run under every backend.
+    #[track_caller]
+    pub fn sqlite() -> Env {
+        Env::with_backend(Backend::Sqlite)
+    }
+
+    /// The kind of store this test has.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    #[track_caller]
+    fn with_backend(backend: Backend) -> Env {
         set_up_process();
         let name = std::thread::current().name().unwrap_or("?").to_owned();
         LIVE.lock()
@@ -89,7 +175,7 @@ impl Env {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::SeqCst)
         );
-        let db = match backend() {
+        let db = match backend {
             Backend::Sqlite => dir
                 .path()
                 .join("state/idem.db")
@@ -106,7 +192,26 @@ impl Env {
                 format!("{base}?prefix={unique}:")
             }
         };
-        Env { dir, db, unique }
+        Env {
+            dir,
+            db,
+            unique,
+            backend,
+        }
+    }
+
+    /// Runs `idem ARGS` and asserts the strict default: exit 0 and nothing
+    /// on stderr. Returns stdout.
+    #[track_caller]
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.idem().args(args).output().expect("start idem");
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "idem {args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 stdout")
     }
 
     /// A name no other test uses (the table or key prefix of this test).
@@ -234,7 +339,7 @@ impl Drop for Env {
             let _ = std::fs::write(self.path("release"), "");
             std::thread::sleep(Duration::from_millis(100));
         }
-        if backend() == Backend::Postgres && !std::thread::panicking() {
+        if self.backend == Backend::Postgres && !std::thread::panicking() {
             let t = &self.unique;
             let _ = std::process::Command::new("psql")
                 .args(["-X", "-q", "-d"])
@@ -248,7 +353,7 @@ impl Drop for Env {
                 .stderr(Stdio::null())
                 .status();
         }
-        if backend() == Backend::Redis {
+        if self.backend == Backend::Redis {
             if let Some((base, prefix)) = self.db.split_once("?prefix=") {
                 remove_redis_keys(base, prefix);
             }

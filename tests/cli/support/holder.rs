@@ -1,0 +1,112 @@
+//! `Holder`: an `idem run` that holds a key until the test lets it go. Its
+//! child counts its run in `n`, prints `held`, writes its pid (its process
+//! group) to `ready` and waits for the file `release`; then prints `done`.
+//! The holder is released and reaped, or killed with its child's group, when
+//! dropped, so a failing test never leaves it behind; every wait on it is
+//! bounded.
+
+use super::{wait_for, Env};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a released holder may take to finish.
+const FINISH_WITHIN: Duration = Duration::from_secs(60);
+
+pub struct Holder {
+    idem: Option<Child>,
+    dir: PathBuf,
+    child_pid: i32,
+}
+
+impl Holder {
+    /// The child's script: `release` is relative to the test's directory,
+    /// idem's working directory.
+    pub fn script(env: &Env) -> String {
+        format!(
+            "{}; echo held; echo $$ > ready.tmp; mv ready.tmp ready; \
+             while [ ! -e release ]; do sleep 0.01; done; echo done",
+            env.count_run("n")
+        )
+    }
+
+    /// `idem run -k KEY EXTRA -- sh -c SCRIPT`, returned once the child is
+    /// ready.
+    #[track_caller]
+    pub fn start(env: &Env, key: &str, extra: &[&str]) -> Holder {
+        Holder::start_from(env, env.idem_std(), key, extra)
+    }
+
+    /// `start` with a prepared `idem` command (another store, another host).
+    #[track_caller]
+    pub fn start_from(env: &Env, mut idem: Command, key: &str, extra: &[&str]) -> Holder {
+        let ready = env.path("ready");
+        let _ = std::fs::remove_file(&ready);
+        let child = idem
+            .args(["run", "-k", key])
+            .args(extra)
+            .args(["--", "sh", "-c", &Holder::script(env)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn idem");
+        let mut holder = Holder {
+            idem: Some(child),
+            dir: env.dir.path().to_owned(),
+            child_pid: 0,
+        };
+        wait_for(&ready);
+        holder.child_pid = std::fs::read_to_string(&ready)
+            .unwrap()
+            .trim()
+            .parse()
+            .expect("a pid in ready");
+        holder
+    }
+
+    /// Lets the child finish; returns idem's output once it exited.
+    #[track_caller]
+    pub fn release(mut self) -> Output {
+        std::fs::write(self.dir.join("release"), "").unwrap();
+        let mut idem = self.idem.take().unwrap();
+        let deadline = Instant::now() + FINISH_WITHIN;
+        while idem.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = idem.kill();
+                panic!("a released holder did not finish within {FINISH_WITHIN:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        idem.wait_with_output().unwrap()
+    }
+
+    /// SIGKILLs idem, then its child's group, as a crash of both would;
+    /// returns once both are gone.
+    pub fn crash(mut self) {
+        self.kill_both();
+    }
+
+    fn kill_both(&mut self) {
+        if let Some(mut idem) = self.idem.take() {
+            // idem first, or it could see its child die and record a failure.
+            let _ = idem.kill();
+            let _ = idem.wait();
+            let group = Pid::from_raw(-self.child_pid);
+            let _ = kill(group, Signal::SIGKILL);
+            // Bounded without panicking: this also runs in a failing test.
+            let deadline = Instant::now() + FINISH_WITHIN;
+            while kill(group, None).is_ok() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.kill_both();
+    }
+}
