@@ -9,5 +9,6 @@ fn main() {
         // 5,500 relative relocations become a bitmap of a few hundred bytes
         // (DT_RELR, glibc 2.36+): less for the dynamic loader to read and apply.
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+        println!("cargo:rustc-link-arg-bins=-no-pie");
     }
 }
