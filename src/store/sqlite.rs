@@ -50,6 +50,9 @@ pub struct SqliteStore {
     /// Whether this process freed pages: the file only shrinks when the
     /// WAL is checkpointed, so it is then emptied whatever its size.
     shrunk: bool,
+    /// Whether this process made the store: its first records then go to
+    /// the main file at once, whatever the WAL's size.
+    created: bool,
     /// Whether anything failed (a corrupt page, a read-only file): then
     /// nothing more is written, not even a checkpoint.
     broken: Cell<bool>,
@@ -99,6 +102,7 @@ impl SqliteStore {
             path: path.to_owned(),
             wrote: false,
             shrunk: false,
+            created: false,
             broken: Cell::new(false),
             sync: None,
         };
@@ -164,29 +168,29 @@ impl SqliteStore {
         )
     }
 
+    /// Writes the claim; `replacing` when a record of `key` exists (a
+    /// takeover, a re-run, an expired record). Each statement is prepared
+    /// by every call, so they are kept simple: a plain `INSERT OR REPLACE`
+    /// (every column it does not name starts again from its default) and a
+    /// cheap look for expired records before the delete that is rarely due.
     fn write_claim(
         tx: &rusqlite::Transaction<'_>,
         key: &str,
         claim: &Claim,
+        replacing: bool,
         token: i64,
         now: Millis,
     ) -> rusqlite::Result<()> {
-        // A takeover or re-run starts a new journal.
-        tx.prepare_cached("DELETE FROM journal WHERE key = ?1")?
-            .execute([key])?;
+        if replacing {
+            // A takeover or re-run starts a new journal.
+            tx.prepare_cached("DELETE FROM journal WHERE key = ?1")?
+                .execute([key])?;
+        }
         tx.prepare_cached(
-            "INSERT INTO records (key, status, fingerprint, command, cwd, attempt, token, started_at,
-                owner_host, owner_boot, owner_pid, owner_start, label, owner_pid_ns, lease_until,
-                stdout_bytes, stderr_bytes)
-             VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 0, 0)
-             ON CONFLICT (key) DO UPDATE SET status = 'in_progress', fingerprint = ?2, command = ?3,
-                cwd = ?4, attempt = ?5, token = ?6, started_at = ?7, finished_at = NULL,
-                expires_at = NULL, exit_code = NULL, signal = NULL, timed_out = 0, replays = 0,
-                owner_host = ?8, owner_boot = ?9, owner_pid = ?10, owner_start = ?11,
-                owner_pid_ns = ?13, lease_until = ?14,
-                child_pid = NULL, child_pgid = NULL, child_start = NULL,
-                stdout_truncated = 0, stderr_truncated = 0, stdout = x'', stderr = x'', label = ?12,
-                stdout_bytes = 0, stderr_bytes = 0",
+            "INSERT OR REPLACE INTO records (key, status, fingerprint, command, cwd, attempt, token,
+                started_at, owner_host, owner_boot, owner_pid, owner_start, label, owner_pid_ns,
+                lease_until, stdout_bytes, stderr_bytes)
+             VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 0, 0)",
         )?
         .execute(params![
             key,
@@ -204,21 +208,26 @@ impl SqliteStore {
             claim.owner.pid_ns,
             now.saturating_add(claim.lease_ms),
         ])?;
-        let mut cleanup = tx.prepare_cached(
-            "DELETE FROM records WHERE rowid IN
-               (SELECT rowid FROM records WHERE expires_at <= ?1 AND key <> ?2 LIMIT ?3)
-             RETURNING key",
-        )?;
-        let gone = cleanup
+        let expired: Option<i64> = tx
+            .prepare_cached("SELECT 1 FROM records WHERE expires_at <= ?1 AND key <> ?2")?
+            .query_row(params![now, key], |r| r.get(0))
+            .optional()?;
+        if expired.is_none() {
+            return Ok(());
+        }
+        let gone = tx
+            .prepare(
+                "DELETE FROM records WHERE rowid IN
+                   (SELECT rowid FROM records WHERE expires_at <= ?1 AND key <> ?2 LIMIT ?3)
+                 RETURNING key",
+            )?
             .query_map(params![now, key, CLEANUP_BATCH], |r| r.get::<_, String>(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        if !gone.is_empty() {
-            let mut counts = tx.prepare_cached("DELETE FROM replay_counts WHERE key = ?1")?;
-            let mut journals = tx.prepare_cached("DELETE FROM journal WHERE key = ?1")?;
-            for key in gone {
-                counts.execute([&key])?;
-                journals.execute([&key])?;
-            }
+        let mut counts = tx.prepare("DELETE FROM replay_counts WHERE key = ?1")?;
+        let mut journals = tx.prepare("DELETE FROM journal WHERE key = ?1")?;
+        for key in gone {
+            counts.execute([&key])?;
+            journals.execute([&key])?;
         }
         Ok(())
     }
@@ -302,7 +311,7 @@ impl Store for SqliteStore {
                 return Ok(None);
             };
             let token = Self::next_token(&tx)?;
-            Self::write_claim(&tx, key, &claim, token, now)?;
+            Self::write_claim(&tx, key, &claim, existing.is_some(), token, now)?;
             tx.commit()?;
             Ok(Some(token))
         })();

@@ -232,3 +232,32 @@ fn the_key_limit_counts_bytes_not_characters() {
         .code(2)
         .stderr(predicates::str::contains("1026 bytes; the limit is 1024"));
 }
+
+/// SQLite: a replay does not fsync, however small the store. (The WAL used to
+/// be emptied whenever it outgrew the store file, two fsyncs, which on a
+/// store of a few records was every fourth replay or so.)
+#[test]
+fn replays_do_not_fsync_on_a_small_store() {
+    if backend() != Backend::Sqlite {
+        return;
+    }
+    let env = Env::new();
+    for key in ["a", "b", "c"] {
+        env.idem()
+            .args(["run", "-k", key, "--", "/bin/echo", "hi"])
+            .assert()
+            .success();
+    }
+    for _ in 0..20 {
+        let trace = traced(&env, &["run", "-k", "a", "--", "/bin/echo", "hi"]);
+        let synced: Vec<_> = trace
+            .iter()
+            .filter(|l| l.contains("fsync(") || l.contains("fdatasync("))
+            .collect();
+        assert!(synced.is_empty(), "a replay fsynced: {trace:#?}");
+        assert!(
+            !trace.iter().any(|l| l.contains("execve(\"/bin/echo\"")),
+            "not a replay: {trace:#?}"
+        );
+    }
+}

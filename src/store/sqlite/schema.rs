@@ -105,6 +105,7 @@ impl SqliteStore {
             return self.fail(NEVER_INITIALISED);
         }
         if tables == 0 {
+            self.created = true;
             // auto_vacuum must be chosen before the first table exists.
             self.pragma("auto_vacuum", "INCREMENTAL")?;
         }

@@ -4,8 +4,11 @@
 //! call two fsyncs), but not for long: a store whose records live only in
 //! its `-wal` is lost by an operator who copies `idem.db` alone or deletes
 //! the `-wal` as a temporary file. So a writer empties the WAL on its way
-//! out once the WAL is larger than the main file (a fresh store after its
-//! first run) or than `WAL_LIMIT`, and `purge` always does.
+//! out once the WAL is larger than `WAL_LIMIT`, the process that made the
+//! store does after its first run, and `purge` always does. The limit does
+//! not shrink with a small store: a store of a few pages would then be
+//! checkpointed every few calls, two fsyncs each time (a replay counts, so
+//! replays would fsync).
 
 use super::file::with_suffix;
 use super::SqliteStore;
@@ -23,11 +26,8 @@ impl Drop for SqliteStore {
         if !self.wrote || self.broken.get() {
             return;
         }
-        let size = |suffix: &str| {
-            std::fs::metadata(with_suffix(&self.path, suffix)).map_or(0, |m| m.len())
-        };
-        let wal = size("-wal");
-        if !self.shrunk && wal <= WAL_LIMIT.min(size("")) {
+        let wal = std::fs::metadata(with_suffix(&self.path, "-wal")).map_or(0, |m| m.len());
+        if !self.shrunk && !self.created && wal <= WAL_LIMIT {
             return;
         }
         // Best effort. A run or a replay never waits for it: readers or a
