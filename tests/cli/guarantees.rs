@@ -238,10 +238,7 @@ fn the_key_limit_counts_bytes_not_characters() {
 /// store of a few records was every fourth replay or so.)
 #[test]
 fn replays_do_not_fsync_on_a_small_store() {
-    if backend() != Backend::Sqlite {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::sqlite();
     for key in ["a", "b", "c"] {
         env.idem()
             .args(["run", "-k", key, "--", "/bin/echo", "hi"])
