@@ -14,6 +14,9 @@
 # slow groups. BENCH_RECORDS (default 1000000) sizes the big stores.
 # BENCH_IDEM=PATH measures another idem binary (an older build, say) with
 # the same script; the table then names that binary's version.
+# valgrind's callgrind, when installed, counts the user-space instructions
+# of a replay and a first run (and of bkt's hit and miss): unlike the times,
+# those do not move with the machine's load.
 # BENCH_BEFORE=PATH also times that binary's replay and first run in the
 # same interleaved rounds as the rest, for a before/after comparison.
 set -euo pipefail
@@ -159,6 +162,30 @@ if idem purge --help >/dev/null 2>&1 && idem inspect --help >/dev/null 2>&1; the
 else
     printf 'plain\t7\tpurge / inspect of %s records\tn/a: this idem has no purge or inspect\t\t\t\t\n' \
         "$records" >>"$figures"
+fi
+
+say "8: user-space instructions (callgrind), the same from run to run"
+# Each on a fresh copy of the store as the timed rounds left it, so the WAL
+# the call finds is the one a call in those rounds found.
+instructions() { # instructions COMMAND...: prints the count, e.g. 871939
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null "$@" 2>&1 >/dev/null |
+        awk '/Collected/ { print $4 }'
+}
+if command -v valgrind >/dev/null; then
+    cp empty.db cg.db
+    [ -e empty.db-wal ] && cp empty.db-wal cg.db-wal
+    replay_ir=$(instructions idem --db cg.db run --key hot -- true)
+    first_ir=$(instructions idem --db cg.db run --key cg-first -- true)
+    hit_ir=$(instructions bkt --ttl 1d -- true)
+    miss_ir=$(instructions bkt --ttl 1d --force -- true)
+    ratio() { python3 -c "print(f'{$1 / $2:.2f}×')"; }
+    printf 'plain\t8a\tinstructions, replay\t%s\tbkt hit: %s\t%s\t≤ 900,000\t%s\n' \
+        "$replay_ir" "$hit_ir" "$(ratio "$replay_ir" "$hit_ir")" \
+        "$([ "$replay_ir" -le 900000 ] && echo yes || echo '**no**')" >>"$figures"
+    printf 'plain\t8b\tinstructions, first run\t%s\tbkt miss: %s\t%s\t\t\n' \
+        "$first_ir" "$miss_ir" "$(ratio "$first_ir" "$miss_ir")" >>"$figures"
+else
+    printf 'plain\t8\tinstructions\tn/a: valgrind is not installed\t\t\t\t\n' >>"$figures"
 fi
 
 {
