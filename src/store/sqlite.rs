@@ -170,9 +170,8 @@ impl SqliteStore {
 
     /// Writes the claim; `replacing` when a record of `key` exists (a
     /// takeover, a re-run, an expired record). Each statement is prepared
-    /// by every call, so they are kept simple: a plain `INSERT OR REPLACE`
-    /// (every column it does not name starts again from its default) and a
-    /// cheap look for expired records before the delete that is rarely due.
+    /// by every call, so it is kept simple: a plain `INSERT OR REPLACE`
+    /// (every column it does not name starts again from its default).
     fn write_claim(
         tx: &rusqlite::Transaction<'_>,
         key: &str,
@@ -208,28 +207,7 @@ impl SqliteStore {
             claim.owner.pid_ns,
             now.saturating_add(claim.lease_ms),
         ])?;
-        let expired: Option<i64> = tx
-            .prepare_cached("SELECT 1 FROM records WHERE expires_at <= ?1 AND key <> ?2")?
-            .query_row(params![now, key], |r| r.get(0))
-            .optional()?;
-        if expired.is_none() {
-            return Ok(());
-        }
-        let gone = tx
-            .prepare(
-                "DELETE FROM records WHERE rowid IN
-                   (SELECT rowid FROM records WHERE expires_at <= ?1 AND key <> ?2 LIMIT ?3)
-                 RETURNING key",
-            )?
-            .query_map(params![now, key, CLEANUP_BATCH], |r| r.get::<_, String>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut counts = tx.prepare("DELETE FROM replay_counts WHERE key = ?1")?;
-        let mut journals = tx.prepare("DELETE FROM journal WHERE key = ?1")?;
-        for key in gone {
-            counts.execute([&key])?;
-            journals.execute([&key])?;
-        }
-        Ok(())
+        purge::delete_some_expired(tx, key, now, CLEANUP_BATCH)
     }
 
     /// `with_output` false drops the journal (the outcome matters more

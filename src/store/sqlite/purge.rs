@@ -9,6 +9,7 @@
 //! fencing token so a record claimed again in the meantime stays. The space
 //! is freed at the end: by a `VACUUM` when little is left alive (it copies
 //! only what remains, so it is quick), else by incremental vacuum in chunks.
+//! Between purges, each claim deletes a few expired records on its way.
 
 use super::{
     describe, filter_sql, now_millis, record_from_row, store_failure, SqliteStore, Sync,
@@ -23,6 +24,40 @@ const VACUUM_CHUNK: u32 = 1024;
 /// A store with at most this many pages in use (4 KiB each) after a purge
 /// is rebuilt by `VACUUM`, which then takes well under a second.
 const VACUUM_MAX_LIVE_PAGES: i64 = 4096;
+
+/// Deletes up to `batch` expired records other than `key`, with their
+/// counts and journals, as a claim passes by, so a store does not grow
+/// without bound between purges. Every claim prepares this, and most find
+/// nothing due: a cheap look first, the delete only when it has work.
+pub(super) fn delete_some_expired(
+    tx: &rusqlite::Transaction<'_>,
+    key: &str,
+    now: i64,
+    batch: i64,
+) -> rusqlite::Result<()> {
+    let due: Option<i64> = tx
+        .prepare_cached("SELECT 1 FROM records WHERE expires_at <= ?1 AND key <> ?2")?
+        .query_row(params![now, key], |r| r.get(0))
+        .optional()?;
+    if due.is_none() {
+        return Ok(());
+    }
+    let gone = tx
+        .prepare(
+            "DELETE FROM records WHERE rowid IN
+               (SELECT rowid FROM records WHERE expires_at <= ?1 AND key <> ?2 LIMIT ?3)
+             RETURNING key",
+        )?
+        .query_map(params![now, key, batch], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut counts = tx.prepare("DELETE FROM replay_counts WHERE key = ?1")?;
+    let mut journals = tx.prepare("DELETE FROM journal WHERE key = ?1")?;
+    for key in gone {
+        counts.execute([&key])?;
+        journals.execute([&key])?;
+    }
+    Ok(())
+}
 
 impl SqliteStore {
     pub(super) fn purge_in_batches(
