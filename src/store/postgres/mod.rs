@@ -26,6 +26,9 @@ use anyhow::Result;
 use conn::{Conn, Failure, CALL_LIMIT};
 use records::{record_from_row, COLUMNS};
 use schema::{Found, Names, SCHEMA_VERSION};
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 use target::Target;
 use tokio_postgres::types::{ToSql, Type};
@@ -122,6 +125,44 @@ impl PgStore {
     }
 }
 
+/// Polls both futures together, so that their statements are sent in one
+/// round trip (the client pipelines what is polled at once), in this order.
+async fn both<A: Future, B: Future>(first: A, second: B) -> (A::Output, B::Output) {
+    let (mut first, mut second) = (pin!(first), pin!(second));
+    let (mut a, mut b) = (None, None);
+    std::future::poll_fn(|cx| {
+        if a.is_none() {
+            a = match first.as_mut().poll(cx) {
+                Poll::Ready(out) => Some(out),
+                Poll::Pending => None,
+            };
+        }
+        if b.is_none() {
+            b = match second.as_mut().poll(cx) {
+                Poll::Ready(out) => Some(out),
+                Poll::Pending => None,
+            };
+        }
+        match (a.take(), b.take()) {
+            (Some(a), Some(b)) => Poll::Ready((a, b)),
+            (left, right) => {
+                (a, b) = (left, right);
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// Ends the claim's transaction without writing, then gives `result`.
+async fn rolled_back<T>(
+    client: &tokio_postgres::Client,
+    result: Result<T, tokio_postgres::Error>,
+) -> Result<T, tokio_postgres::Error> {
+    client.batch_execute("ROLLBACK").await?;
+    result
+}
+
 impl Store for PgStore {
     fn now(&mut self) -> Result<Millis> {
         let sql = format!("SELECT {NOW}");
@@ -150,39 +191,57 @@ impl Store for PgStore {
         let fields = "status = 'in_progress', fingerprint = $2, command = $3, cwd = $4, \
             attempt = $5, owner_host = $6, owner_boot = $7, owner_pid = $8, owner_start = $9, label = $11, \
             owner_pid_ns = $12";
+        let cleanup = format!(
+            "c AS (DELETE FROM {records} WHERE key IN (SELECT key FROM {records} \
+             WHERE expires_at <= {NOW} AND key <> $1 LIMIT {CLEANUP_BATCH} FOR UPDATE SKIP LOCKED))"
+        );
+        // A takeover or re-run starts a new journal; expired records go on
+        // the way. One statement, so that the write and the commit travel
+        // together.
         let replace = format!(
-            "UPDATE {records} SET {fields}, token = nextval('{sequence}'), started_at = {NOW}, \
+            "WITH w AS (UPDATE {records} SET {fields}, token = nextval('{sequence}'), started_at = {NOW}, \
                 lease_until = {NOW} + $10, finished_at = NULL, expires_at = NULL, \
                 exit_code = NULL, signal = NULL, timed_out = false, replays = 0, \
                 child_pid = NULL, child_pgid = NULL, child_start = NULL, \
                 stdout = '', stderr = '', stdout_truncated = false, stderr_truncated = false, \
                 stdout_bytes = 0, stderr_bytes = 0 \
-             WHERE key = $1 AND token = $13 RETURNING token"
+             WHERE key = $1 AND token = $13 RETURNING token), \
+             f AS (DELETE FROM {} WHERE key = $1 AND EXISTS (SELECT 1 FROM w)), {cleanup} \
+             SELECT token FROM w",
+            self.names.journal
         );
-        // A takeover or re-run starts a new journal.
-        let forget = format!("DELETE FROM {} WHERE key = $1", self.names.journal);
         let insert = format!(
-            "INSERT INTO {records} (key, status, fingerprint, command, cwd, attempt, owner_host, \
+            "WITH w AS (INSERT INTO {records} (key, status, fingerprint, command, cwd, attempt, owner_host, \
                 owner_boot, owner_pid, owner_start, label, token, started_at, lease_until, \
                 owner_pid_ns, stdout_bytes, stderr_bytes) \
              VALUES ($1, 'in_progress', $2, $3, $4, $5, $6, $7, $8, $9, $11, \
                 nextval('{sequence}'), {NOW}, {NOW} + $10, $12, 0, 0) \
-             ON CONFLICT (key) DO NOTHING RETURNING token"
-        );
-        let cleanup = format!(
-            "DELETE FROM {records} WHERE key IN (SELECT key FROM {records} \
-             WHERE expires_at <= {NOW} AND key <> $1 LIMIT {CLEANUP_BATCH} FOR UPDATE SKIP LOCKED)"
+             ON CONFLICT (key) DO NOTHING RETURNING token), {cleanup} SELECT token FROM w"
         );
         for _ in 0..CLAIM_ROUNDS {
             // Some(None): decided not to claim. None: lost a race, read again.
             let round = self
                 .conn
                 .call("cannot claim the key", CALL_LIMIT, async |c| {
-                    let tx = c.transaction().await?;
-                    let row = tx.query_typed_one(&read, &[(&key, Type::TEXT)]).await?;
-                    let existing = record_from_row(&row, 1)?;
+                    // BEGIN and the locking read in one round trip.
+                    let key_param: [Param; 1] = [(&key, Type::TEXT)];
+                    let (begun, row) =
+                        both(c.batch_execute("BEGIN"), c.query_typed(&read, &key_param)).await;
+                    let row = match begun.and(row) {
+                        Ok(rows) if rows.len() == 1 => rows.into_iter().next(),
+                        Ok(_) => None,
+                        Err(e) => return rolled_back(c, Err(e)).await,
+                    };
+                    // The read joins the record to one row: never empty.
+                    let Some(row) = row else {
+                        return rolled_back(c, Ok(None)).await;
+                    };
+                    let existing = match record_from_row(&row, 1) {
+                        Ok(existing) => existing,
+                        Err(e) => return rolled_back(c, Err(e)).await,
+                    };
                     let Some(claim) = decide(existing.as_ref(), row.get(0)) else {
-                        return Ok(Some(None));
+                        return rolled_back(c, Ok(Some(None))).await;
                     };
                     let Claim {
                         fingerprint,
@@ -208,20 +267,20 @@ impl Store for PgStore {
                         (&owner.pid_ns, Type::INT8),
                     ];
                     let observed = existing.as_ref().map(|r| r.token);
-                    let written = match &observed {
+                    let write = match &observed {
                         Some(token) => {
-                            tx.execute_typed(&forget, &[(&key, Type::TEXT)]).await?;
                             params.push((token, Type::INT8));
-                            tx.query_typed(&replace, &params).await?
+                            &replace
                         }
-                        None => tx.query_typed(&insert, &params).await?,
+                        None => &insert,
                     };
-                    let Some(written) = written.first() else {
-                        return Ok(None);
-                    };
-                    tx.execute_typed(&cleanup, &[(&key, Type::TEXT)]).await?;
-                    tx.commit().await?;
-                    Ok(Some(Some(written.get::<_, i64>(0))))
+                    // The write and COMMIT in one round trip: a failed write
+                    // aborts the transaction, whose COMMIT then rolls back.
+                    let (written, committed) =
+                        both(c.query_typed(write, &params), c.batch_execute("COMMIT")).await;
+                    let written = written?;
+                    committed?;
+                    Ok(written.first().map(|row| Some(row.get::<_, i64>(0))))
                 })?;
             if let Some(token) = round {
                 return Ok(token);

@@ -79,7 +79,15 @@ impl Tls {
     /// The connector for `config`'s TLS, or an error naming the file that
     /// could not be used.
     pub fn connector(&self) -> Result<MakeRustlsConnect> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // The key share for P-256 first: PostgreSQL before 18 accepts that
+        // curve only (`ssl_ecdh_curve`), and answers a first share for
+        // X25519 with a HelloRetryRequest, one round trip more. The same
+        // groups are offered either way.
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider
+            .kx_groups
+            .sort_by_key(|group| group.name() != rustls::NamedGroup::secp256r1);
+        let provider = Arc::new(provider);
         let root_file = self
             .root_cert
             .clone()

@@ -111,6 +111,7 @@ impl RedisStore {
         &mut self,
         f: &mut dyn FnMut(&mut Con, &Scripts) -> RedisResult<T>,
     ) -> std::result::Result<T, Failure> {
+        let fresh = self.con.is_none();
         let con = match &mut self.con {
             Some(con) => con,
             None => match connect_server(&self.server, self.limit) {
@@ -119,10 +120,16 @@ impl RedisStore {
             },
         };
         f(con, &self.scripts).map_err(|e| {
-            if is_connection_error(&e) {
-                self.con = None;
+            if !is_connection_error(&e) {
+                return Failure::Call(e);
             }
-            Failure::Call(e)
+            self.con = None;
+            // A TLS handshake happens with the first command sent.
+            if fresh {
+                Failure::Connect(e)
+            } else {
+                Failure::Call(e)
+            }
         })
     }
 

@@ -27,6 +27,7 @@ mod warning;
 use self::conn::{connect, describe, is_connection_error, Con, Failure, Server, TIME_LIMIT};
 use self::keys::{Keys, Layout};
 use self::record::{parse_record, FIELDS};
+use self::schema::Seen;
 use self::schema::SCHEMA_VERSION;
 use self::target::Target;
 pub use self::warning::persistence_warning;
@@ -34,7 +35,7 @@ use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
 use crate::owner::ChildId;
 use crate::store::{finish_patiently, FinishFailure};
 use anyhow::Result;
-use redis::{Client, Script};
+use redis::{Client, IntoConnectionInfo, Script};
 use std::time::Duration;
 
 /// How long an in-progress record outlives its lease in Redis: a crashed
@@ -44,6 +45,9 @@ const GRACE_MS: Millis = 7 * 24 * 3600 * 1000;
 /// Keeps `now + ttl` exact in Lua's double-precision numbers (about 35,000
 /// years).
 const MAX_TTL_MS: Millis = 1 << 50;
+
+/// count_replay.lua, also sent whole (see `count_replay`).
+const COUNT_REPLAY: &str = include_str!("lua/count_replay.lua");
 
 /// The Lua scripts, sent by SHA1 (`EVALSHA`) and loaded on first use.
 struct Scripts {
@@ -70,7 +74,7 @@ impl Scripts {
             append: Script::new(include_str!("lua/append.lua")),
             journal: Script::new(include_str!("lua/journal.lua")),
             output: Script::new(include_str!("lua/output.lua")),
-            count_replay: Script::new(include_str!("lua/count_replay.lua")),
+            count_replay: Script::new(COUNT_REPLAY),
             delete: Script::new(include_str!("lua/delete.lua")),
         }
     }
@@ -82,6 +86,13 @@ pub struct RedisStore {
     keys: Keys,
     /// The store's schema version (see `SCHEMA_VERSION`).
     version: i64,
+    /// Whether the server's kind (cluster or not) and the schema have been
+    /// checked; `run` leaves that to its first read (schema.rs).
+    settled: bool,
+    /// The last `get`, which a claim of that key that follows at once
+    /// decides on instead of reading again (its write is conditional on
+    /// the record being as read, so a stale read only costs a retry).
+    last_read: Option<(String, Seen)>,
     /// Dropped after any connection-level error; the next call reconnects.
     con: Option<Con>,
     /// How long connecting, or any one command, may take.
@@ -106,60 +117,58 @@ fn open_store(url: &str, mode: Mode) -> Result<Option<RedisStore>> {
         // Fails only when a provider is already installed, which is as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    let client = match Client::open(target.client_url.as_str()) {
+    let client = match target.client_url.as_str().into_connection_info() {
+        // No `CLIENT SETINFO` after connecting: a round trip of its own
+        // when there is no password to send with it.
+        Ok(info) => {
+            let settings = info.redis_settings().clone().set_skip_set_lib_name();
+            Client::open(info.set_redis_settings(settings))
+        }
+        Err(e) => Err(e),
+    };
+    let client = match client {
         Ok(client) => client,
         Err(e) => return target.fail(&e.to_string()),
     };
-    let server = follow_cluster(&target, client)?;
     let keys = Keys {
         prefix: target.prefix.clone(),
         layout: Layout::V2,
     };
     let mut store = RedisStore {
         target,
-        server,
+        server: Server::One(client),
+        settled: false,
+        last_read: None,
         keys,
         version: SCHEMA_VERSION,
         con: None,
         limit: TIME_LIMIT,
         scripts: Scripts::new(),
     };
-    let Some((layout, version)) = store.check_schema(mode)? else {
-        return Ok(None);
-    };
-    store.keys.layout = layout;
-    store.version = version;
-    Ok(Some(store))
-}
-
-/// The server behind `client`, or the cluster it is a node of.
-fn follow_cluster(target: &Target, client: Client) -> Result<Server> {
-    let info = connect(&client, TIME_LIMIT)
-        .and_then(|mut con| redis::cmd("INFO").arg("cluster").query::<String>(&mut con));
-    let info = match info {
-        Ok(info) => info,
-        Err(e) => return target.fail(&describe(&Failure::Connect(e), &target.endpoint)),
-    };
-    if warning::info_field(&info, "cluster_enabled") != Some("1") {
-        return Ok(Server::One(client));
+    // `run` may create the store: its first read settles it (schema.rs).
+    if mode == Mode::Create {
+        return Ok(Some(store));
     }
-    if target.prefix.contains(['{', '}']) {
-        return target.fail(
-            "on a Redis Cluster, ?prefix= must not contain { or } (idem puts each record's key in braces)",
-        );
-    }
-    let cluster = redis::cluster::ClusterClient::builder(vec![target.client_url.as_str()])
-        .connection_timeout(TIME_LIMIT)
-        .response_timeout(TIME_LIMIT)
-        .build();
-    match cluster {
-        Ok(cluster) => Ok(Server::Cluster(cluster)),
-        Err(e) => target.fail(&format!("cannot follow the cluster: {e}")),
-    }
+    Ok(store.settle(mode)?.map(|()| store))
 }
 
 fn millis_from_time((secs, micros): (i64, i64)) -> Millis {
     secs * 1000 + micros / 1000
+}
+
+/// The reply of read.lua: `{seconds, microseconds, field values...}`.
+pub(super) fn seen_from_reply(key: &str, values: &[Option<Vec<u8>>]) -> Seen {
+    let number = |at: usize| {
+        values
+            .get(at)
+            .and_then(|v| std::str::from_utf8(v.as_deref()?).ok()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let time = (number(0), number(1));
+    (
+        millis_from_time(time),
+        parse_record(key, values.get(2..).unwrap_or_default()),
+    )
 }
 
 impl RedisStore {
@@ -173,22 +182,12 @@ impl RedisStore {
     }
 
     /// The server's time and the record, read together in one round trip.
-    fn read_with_time(&mut self, key: &str) -> Result<(Millis, Option<(Record, String)>)> {
+    fn read_with_time(&mut self, key: &str) -> Result<Seen> {
         let rkey = self.record_key(key);
         let values: Vec<Option<Vec<u8>>> = self.exec("cannot read a record", true, |c, s| {
             s.read.key(&rkey).arg(&FIELDS[..]).invoke(c.like())
         })?;
-        let number = |at: usize| {
-            values
-                .get(at)
-                .and_then(|v| std::str::from_utf8(v.as_deref()?).ok()?.parse().ok())
-                .unwrap_or(0)
-        };
-        let time = (number(0), number(1));
-        Ok((
-            millis_from_time(time),
-            parse_record(key, values.get(2..).unwrap_or_default()),
-        ))
+        Ok(seen_from_reply(key, &values))
     }
 
     /// One try; `with_output` false drops the journal (flagged as cut).
@@ -228,6 +227,7 @@ impl RedisStore {
 
 impl Store for RedisStore {
     fn now(&mut self) -> Result<Millis> {
+        self.ready()?;
         let time = self.exec("cannot read the server's time", true, |c, _| {
             redis::cmd("TIME").query(c.like())
         })?;
@@ -235,7 +235,12 @@ impl Store for RedisStore {
     }
 
     fn get(&mut self, key: &str) -> Result<(Millis, Option<Record>)> {
-        let (now, seen) = self.read_with_time(key)?;
+        let (now, seen) = if self.settled {
+            self.read_with_time(key)?
+        } else {
+            self.settle_reading(key)?
+        };
+        self.last_read = Some((key.to_owned(), (now, seen.clone())));
         Ok((now, seen.map(|(record, _)| record)))
     }
 
@@ -246,9 +251,14 @@ impl Store for RedisStore {
     ) -> Result<Option<i64>> {
         let (rkey, jkey) = (self.record_key(key), self.journal_key(key));
         let counter = self.keys.counter();
+        self.ready()?;
         let mut conflicted = None;
+        let mut last_read = self.last_read.take().filter(|(read, _)| read == key);
         loop {
-            let (now, seen) = self.read_with_time(key)?;
+            let (now, seen) = match last_read.take() {
+                Some((_, seen)) => seen,
+                None => self.read_with_time(key)?,
+            };
             let Some(claim) = decide(seen.as_ref().map(|(record, _)| record), now) else {
                 return Ok(None);
             };
@@ -309,6 +319,7 @@ impl Store for RedisStore {
     }
 
     fn set_child(&mut self, key: &str, token: i64, child: ChildId) -> Result<bool> {
+        self.ready()?;
         let rkey = self.record_key(key);
         self.exec("cannot record the child", true, |c, s| {
             s.set_child
@@ -328,6 +339,7 @@ impl Store for RedisStore {
     /// Within a third of the lease (at most `TIME_LIMIT`) and without a
     /// retry: the run loop waits meanwhile and tries again at its next tick.
     fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool> {
+        self.ready()?;
         let (rkey, jkey) = (self.record_key(key), self.journal_key(key));
         let limit = Duration::from_millis(u64::try_from(lease_ms / 3).unwrap_or(0))
             .clamp(Duration::from_millis(100), TIME_LIMIT);
@@ -349,6 +361,7 @@ impl Store for RedisStore {
     /// (writing again is harmless, see finish.lua); a server that refuses
     /// the output (out of memory) gets the outcome without it.
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
+        self.ready()?;
         let shown = self.target.shown.clone();
         finish_patiently(&shown, |with_output, _left| {
             self.write_outcome(key, token, outcome, with_output)
@@ -371,6 +384,7 @@ impl Store for RedisStore {
         seq: u64,
         chunks: &[Chunk<'_>],
     ) -> Result<bool> {
+        self.ready()?;
         self.append(key, token, seq, chunks)
     }
 
@@ -381,6 +395,7 @@ impl Store for RedisStore {
         from: u64,
         each: &mut dyn FnMut(Stream, &[u8]) -> Result<()>,
     ) -> Result<Option<u64>> {
+        self.ready()?;
         self.read(key, token, from, each)
     }
 
@@ -391,11 +406,28 @@ impl Store for RedisStore {
         from: u64,
         timeout: Duration,
     ) -> Result<()> {
+        self.ready()?;
         self.await_entry(key, from, timeout)
     }
 
     fn count_replay(&mut self, key: &str, token: i64) -> Result<()> {
+        self.ready()?;
         let rkey = self.record_key(key);
+        if let Some(Con::One(con)) = &mut self.con {
+            // Best effort (SPEC): sent without waiting for the answer, on a
+            // connection dropped at once so that no later call reads that
+            // answer as its own. The script's text rather than its SHA1: a
+            // server that lost its scripts still counts.
+            let count = redis::cmd("EVAL")
+                .arg(COUNT_REPLAY)
+                .arg(1)
+                .arg(&rkey)
+                .arg(token)
+                .get_packed_command();
+            let sent = con.send_packed_command(&count);
+            self.con = None;
+            return sent.or_else(|e| self.failed("cannot count the replay", &Failure::Call(e)));
+        }
         self.exec("cannot count the replay", false, |c, s| {
             s.count_replay.key(&rkey).arg(token).invoke::<i64>(c.like())
         })
@@ -403,10 +435,12 @@ impl Store for RedisStore {
     }
 
     fn list(&mut self, filter: &Filter, each: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
+        self.ready()?;
         list::list(self, filter, each)
     }
 
     fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
+        self.ready()?;
         let mut gone = 0;
         // One script touches one hash slot on a cluster.
         let per_call = match self.server {
@@ -432,6 +466,7 @@ impl Store for RedisStore {
     }
 
     fn check(&mut self) -> Result<Vec<super::Finding>> {
+        self.ready()?;
         let version = self.version;
         let masters = self.masters()?;
         let kind = match self.server {
