@@ -98,10 +98,13 @@ fn a_stalled_reader_does_not_delay_the_timeout() {
     assert_eq!(record["timed_out"], true, "{record}");
     assert_eq!(record["status"], "failed");
     assert!(started.elapsed() < Duration::from_secs(25));
-    // The output the reader did not take is still written once it reads.
+    // The output the reader did not take is still written once it reads:
+    // all that idem captured (on a loaded machine the child may not have
+    // written the whole megabyte before its TERM; most of it, surely).
     let mut out = Vec::new();
     idem.stdout.take().unwrap().read_to_end(&mut out).unwrap();
-    assert_eq!(out.len(), 1_000_000);
+    assert_eq!(Some(out.len() as u64), record["stdout_bytes"].as_u64(), "{record}");
+    assert!(out.len() > 500_000, "only {} bytes", out.len());
     assert_eq!(idem.wait().unwrap().code(), Some(124));
 }
 
