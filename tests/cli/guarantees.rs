@@ -1,18 +1,20 @@
 //! Guarantees that one-line changes to the code used to break without a
 //! failing test (issue 12's mutation review): durability order, `-q`
 //! versus errors, a timeout is a failure, existing permissions stay, live
-//! stderr, the one-line rule, the 1024-byte key limit in bytes.
+//! stderr, waiters that notice the end at once, the one-line rule, the
+//! 1024-byte key limit in bytes.
 
-use crate::support::{sh, Env};
+use crate::support::{sh, start_reading, Env, Holder};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 /// Runs idem under `strace -f` and returns the trace: which syscalls of
 /// interest happened in which order.
 fn traced(env: &Env, args: &[&str]) -> Vec<String> {
     let trace = env.path("trace");
-    let status = std::process::Command::new("strace")
+    let status = std::process::Command::new(crate::support::tool("strace"))
         .args([
             "-f",
             "-qq",
@@ -27,7 +29,7 @@ fn traced(env: &Env, args: &[&str]) -> Vec<String> {
         .current_dir(env.dir.path())
         .stdout(Stdio::null())
         .status()
-        .expect("strace must be installed");
+        .unwrap();
     assert!(status.success());
     std::fs::read_to_string(trace)
         .unwrap()
@@ -149,26 +151,82 @@ fn an_existing_store_directory_keeps_its_permissions() {
 #[test]
 fn stderr_is_streamed_live() {
     let env = Env::new();
-    let release = env.path("release");
     let mut idem = env
         .idem_std()
         .args(["run", "-k", "k", "--"])
-        .args(sh(&format!(
-            "echo first >&2; while [ ! -e {} ]; do sleep 0.01; done; echo second >&2",
-            release.display()
-        )))
+        .args(sh(
+            "echo first >&2; while [ ! -e release ]; do sleep 0.01; done; echo second >&2",
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(idem.stderr.take().unwrap()).lines();
+    // Lines come through a thread, so that a broken idem that holds them
+    // back fails the test instead of hanging it (Env's drop releases the
+    // command).
+    let stderr = idem.stderr.take().unwrap();
+    let (lines, from_idem) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let _ = lines.send(line.unwrap());
+        }
+    });
+    let next = || from_idem.recv_timeout(Duration::from_secs(30));
     // The first line arrives while the command still waits.
-    assert_eq!(lines.next().unwrap().unwrap(), "first");
+    assert_eq!(next().as_deref(), Ok("first"));
     assert!(idem.try_wait().unwrap().is_none());
-    std::fs::write(&release, "").unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), "second");
+    std::fs::write(env.path("release"), "").unwrap();
+    assert_eq!(next().as_deref(), Ok("second"));
     assert!(idem.wait().unwrap().success());
+}
+
+/// SQLite: waiters attached to a run notice its end within 100 ms (they
+/// look at the file every 50 ms). The median of five waiters is judged, so
+/// that one waiter slowed by a loaded machine does not fail the test,
+/// while a poll of a second or more cannot pass it.
+#[test]
+fn waiters_notice_the_end_within_100_ms() {
+    let env = Env::sqlite();
+    let holder = Holder::start(&env, "w", &[]);
+    let script = Holder::script(&env);
+    let waiter = [
+        "run",
+        "-k",
+        "w",
+        "--on-duplicate",
+        "wait",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ];
+    // Each waiter is attached once it shows the run's first bytes.
+    // Their stdout stays open: a closed one would end them early.
+    let (mut waiters, _stdouts): (Vec<_>, Vec<_>) =
+        (0..5).map(|_| start_reading(&env, &waiter)).unzip();
+    assert!(holder.release().status.success());
+    let ended = Instant::now();
+    let mut noticed = vec![None; waiters.len()];
+    while noticed.iter().any(Option::is_none) {
+        assert!(
+            ended.elapsed() < Duration::from_secs(60),
+            "waiters still running a minute after the end"
+        );
+        for (waiter, at) in waiters.iter_mut().zip(&mut noticed) {
+            if at.is_none() && waiter.try_wait().unwrap().is_some() {
+                *at = Some(ended.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut noticed: Vec<Duration> = noticed.into_iter().flatten().collect();
+    noticed.sort();
+    assert!(
+        noticed[noticed.len() / 2] < Duration::from_millis(100),
+        "waiters exited {noticed:?} after the end"
+    );
+    assert_eq!(env.count("n"), 1);
 }
 
 /// Every code idem chooses itself comes with exactly one `idem: ` line.
