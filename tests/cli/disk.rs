@@ -131,6 +131,7 @@ fn an_outcome_that_cannot_be_written_exits_125_and_says_so() {
     assert_eq!(out.status.code(), Some(125), "{out:?}");
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("could NOT be written"), "{stderr}");
+    assert!(stderr.contains("stays in_progress"), "{stderr}");
     assert_eq!(out.stdout, b"done\n");
 }
 

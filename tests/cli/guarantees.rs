@@ -43,11 +43,24 @@ fn traced(env: &Env, args: &[&str]) -> Vec<String> {
 #[test]
 fn the_claim_is_on_disk_before_the_command_starts_and_the_outcome_before_idem_exits() {
     let env = Env::sqlite();
-    // A first call creates the store; the traced call is a plain claim.
-    env.idem()
-        .args(["run", "-k", "setup", "--", "true"])
-        .assert()
-        .success();
+    // idem empties the WAL on its way out once it outgrows the main file,
+    // and starts a new one with a header synced whatever `synchronous`
+    // says: either fsync would hide a claim or an outcome that is not. So
+    // the first call makes the main file big (its 300 kB of output, moved
+    // there when it empties the WAL of the fresh store), the second starts
+    // the WAL, and the traced claim appends to it.
+    let output = env.run_ok(&[
+        "run",
+        "-k",
+        "big",
+        "--",
+        "head",
+        "-c",
+        "300000",
+        "/dev/zero",
+    ]);
+    assert_eq!(output.len(), 300_000);
+    env.run_ok(&["run", "-k", "warm", "--", "true"]);
     let trace = traced(&env, &["run", "-k", "k", "--", "/bin/echo", "hi"]);
     let position = |what: &dyn Fn(&str) -> bool| trace.iter().position(|l| what(l));
     let exec_child = position(&|l| l.contains("execve(\"/bin/echo\""))
