@@ -6,46 +6,32 @@
 //! follow the slot, and the record replays from its new master.
 
 use super::{connect, query};
-use crate::support::{require, sh, Backend, Env, Holder};
+use crate::support::{free_port, require, sh, Backend, Env, Holder, ScriptedServer};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use tempfile::TempDir;
 
 /// The cluster, stopped when dropped.
 struct Cluster {
-    dir: TempDir,
+    _server: ScriptedServer,
     ports: Vec<u16>,
 }
 
 impl Cluster {
     fn start() -> Cluster {
-        let dir = TempDir::new().unwrap();
         // Each node also listens on port + 10000 (the cluster bus).
         let ports: Vec<u16> = (0..3)
             .map(|_| loop {
-                let port = TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port();
+                let port = free_port();
                 if port < 55000 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
                     break port;
                 }
             })
             .collect();
-        let status = Command::new(script())
-            .arg("start")
-            .arg(dir.path())
-            .args(ports.iter().map(u16::to_string))
-            .status()
-            .unwrap();
-        let cluster = Cluster { dir, ports };
-        assert!(
-            status.success(),
-            "tests/redis_cluster.sh could not start the cluster"
-        );
-        cluster
+        let args: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let server = ScriptedServer::start("redis_cluster.sh", &args, "needs redis-server");
+        Cluster {
+            _server: server,
+            ports,
+        }
     }
 
     fn url(&self, node: usize) -> String {
@@ -57,18 +43,6 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(script())
-            .arg("stop")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis_cluster.sh")
-}
 
 #[test]
 #[ignore = "needs IDEM_TEST_BACKEND=redis"]

@@ -11,10 +11,12 @@
 
 mod holder;
 pub mod pty;
+mod scripted;
 mod records;
 pub mod redis_server;
 
 pub use holder::Holder;
+pub use scripted::{free_port, ScriptedServer};
 pub use records::{keys, make, make_crashed, make_expired, record_key, records};
 
 use assert_cmd::Command;
