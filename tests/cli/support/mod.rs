@@ -217,6 +217,28 @@ impl Env {
         String::from_utf8(out.stdout).expect("UTF-8 stdout")
     }
 
+    /// Runs `idem GLOBAL run -k refused -- sh -c COUNT` and asserts that
+    /// the store was refused before the command ran: exit 125, one
+    /// `idem: ` line, nothing counted in `n`. Returns the line.
+    #[track_caller]
+    pub fn refused(&self, global: &[&str]) -> String {
+        let out = self
+            .idem()
+            .args(global)
+            .args(["run", "-k", "refused", "--"])
+            .args(sh(&self.count_run("n")))
+            .output()
+            .expect("start idem");
+        let stderr = String::from_utf8(out.stderr).expect("UTF-8 stderr");
+        assert_eq!(out.status.code(), Some(125), "{stderr}");
+        assert!(
+            stderr.starts_with("idem: ") && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+        assert_eq!(self.count("n"), 0, "the command ran");
+        stderr
+    }
+
     /// A name no other test uses (the table or key prefix of this test).
     pub fn unique(&self) -> &str {
         &self.unique
