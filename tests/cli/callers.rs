@@ -2,7 +2,9 @@
 //! fingerprint inputs that guard against silently merged events, `--label`,
 //! and `idem stats` for operators.
 
-use crate::support::{backend, make, make_expired, sh, start_reading, Backend, Env, Holder};
+use crate::support::{
+    backend, make, make_expired, run_sh, sh, start_reading, Backend, Env, Holder,
+};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
@@ -249,17 +251,10 @@ fn the_report_goes_to_an_inherited_fd_and_never_to_nested_calls() {
     // A report that cannot be written: a notice, the exit status unchanged.
     let out = env
         .idem()
-        .args([
-            "run",
-            "-k",
-            "n",
-            "--report",
-            "no/such/dir/r.json",
-            "--",
-            "sh",
-            "-c",
+        .args(run_sh(
+            &["-k", "n", "--report", "no/such/dir/r.json"],
             "exit 4",
-        ])
+        ))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4));

@@ -9,7 +9,7 @@
 //! `release` file. The child marks itself running with `mkdir`, so two
 //! concurrent executions leave a line in `violations`.
 
-use crate::support::{race, start_time, tool, wait_for, wait_until, Env, Holder};
+use crate::support::{race, run_sh, start_time, tool, wait_for, wait_until, Env, Holder};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use predicates::prelude::*;
@@ -236,17 +236,7 @@ fn sixty_four_racers_per_policy() {
         let script = format!("{}; echo out; sleep 0.3", env.count_run("n"));
         let results = race(64, |_| {
             let mut cmd = env.idem_std();
-            cmd.args([
-                "run",
-                "-k",
-                "hot",
-                "--on-duplicate",
-                policy,
-                "--",
-                "sh",
-                "-c",
-                &script,
-            ]);
+            cmd.args(run_sh(&["-k", "hot", "--on-duplicate", policy], &script));
             cmd
         });
         for (code, stdout, stderr) in &results {
@@ -269,15 +259,7 @@ fn sixty_four_racers_on_distinct_keys() {
     let env = Env::new();
     let results = race(64, |i| {
         let mut cmd = env.idem_std();
-        cmd.args([
-            "run",
-            "-k",
-            &format!("key-{i}"),
-            "--",
-            "sh",
-            "-c",
-            &env.count_run("n"),
-        ]);
+        cmd.args(run_sh(&["-k", &format!("key-{i}")], &env.count_run("n")));
         cmd
     });
     for (code, _, stderr) in results {

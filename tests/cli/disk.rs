@@ -2,7 +2,7 @@
 //! root to mount, as `.ci/run` has). They use a SQLite store whatever
 //! `IDEM_TEST_BACKEND` says.
 
-use crate::support::{require_root, Env};
+use crate::support::{require_root, run_sh, Env};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -131,19 +131,11 @@ fn a_replay_from_a_read_only_store_exits_with_the_stored_status() {
         env.count_run("n")
     );
     let args = [
-        "--db",
-        db,
-        "run",
-        "-k",
-        "done",
-        "--on-failure",
-        "lock",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ];
-    env.idem().args(args).assert().code(3);
+        &["--db", db][..],
+        &run_sh(&["-k", "done", "--on-failure", "lock"], &script),
+    ]
+    .concat();
+    env.idem().args(&args).assert().code(3);
     disk.remount_read_only();
     // The replay count cannot be written: best effort, not a failure.
     env.idem()

@@ -4,7 +4,7 @@
 //! the other side of the coin: an idem store keeps its records in its main
 //! file, so a copy of `idem.db` alone is a working store.
 
-use crate::support::Env;
+use crate::support::{run_sh, Env};
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -255,17 +255,13 @@ fn a_fresh_store_keeps_its_records_in_the_main_file() {
     // An operator copies idem.db alone (or deletes the -wal as a temp file).
     std::fs::copy(env.db_path(), env.path("copy.db")).unwrap();
     env.idem()
-        .args([
-            "--db",
-            "copy.db",
-            "run",
-            "-k",
-            "first",
-            "--",
-            "sh",
-            "-c",
-            &env.count_run("n"),
-        ])
+        .args(
+            [
+                &["--db", "copy.db"][..],
+                &run_sh(&["-k", "first"], &env.count_run("n")),
+            ]
+            .concat(),
+        )
         .assert()
         .success();
     assert_eq!(

@@ -4,7 +4,7 @@
 //! stderr, waiters that notice the end at once, the one-line rule, the
 //! 1024-byte key limit in bytes.
 
-use crate::support::{sh, start_reading, Env, Holder};
+use crate::support::{run_sh, sh, start_reading, Env, Holder};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
@@ -203,17 +203,7 @@ fn waiters_notice_the_end_within_100_ms() {
     let env = Env::sqlite();
     let holder = Holder::start(&env, "w", &[]);
     let script = Holder::script(&env);
-    let waiter = [
-        "run",
-        "-k",
-        "w",
-        "--on-duplicate",
-        "wait",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ];
+    let waiter = run_sh(&["-k", "w", "--on-duplicate", "wait"], &script);
     // Each waiter is attached once it shows the run's first bytes.
     // Their stdout stays open: a closed one would end them early.
     let (mut waiters, _stdouts): (Vec<_>, Vec<_>) =

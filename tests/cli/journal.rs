@@ -2,7 +2,7 @@
 //! order in which the run wrote stdout and stderr, a waiter shares the run
 //! it attached to, and a crashed run's output can still be read.
 
-use crate::support::{bin, wait_until, Env, Holder};
+use crate::support::{bin, run_sh, wait_until, Env, Holder};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -90,17 +90,7 @@ fn a_cap_hit_mid_journal_keeps_the_order_of_what_was_stored() {
 fn twenty_waiters_attach_live_and_share_the_output_and_failure() {
     let env = Env::new();
     let script = script(&env);
-    let run = [
-        "run",
-        "-k",
-        "w",
-        "--on-duplicate",
-        "wait",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ];
+    let run = run_sh(&["-k", "w", "--on-duplicate", "wait"], &script);
     let owner = Holder::start_running(
         &env,
         merged(&env, &env.path("owner.out"), &[]),
@@ -197,17 +187,7 @@ fn logs_of_a_crashed_run_show_what_it_printed() {
 fn waiters_of_a_crashed_run_rerun_it_once_and_attach_to_the_new_attempt() {
     let env = Env::new();
     let (owner, script) = start_crashing_owner(&env, "r");
-    let run = [
-        "run",
-        "-k",
-        "r",
-        "--on-duplicate",
-        "wait",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ];
+    let run = run_sh(&["-k", "r", "--on-duplicate", "wait"], &script);
     let waiters: Vec<Child> = (0..3)
         .map(|i| {
             merged(&env, &env.path(&format!("w{i}.out")), &run)
@@ -239,19 +219,10 @@ fn a_waiter_of_a_crashed_run_under_block_exits_77_after_its_output() {
     let env = Env::new();
     let (owner, script) = start_crashing_owner(&env, "b");
     let out = env.path("w.out");
-    let args = [
-        "run",
-        "-k",
-        "b",
-        "--on-duplicate",
-        "wait",
-        "--on-crash",
-        "block",
-        "--",
-        "sh",
-        "-c",
+    let args = run_sh(
+        &["-k", "b", "--on-duplicate", "wait", "--on-crash", "block"],
         &script,
-    ];
+    );
     let mut waiter = merged(&env, &out, &args).spawn().unwrap();
     wait_until("the waiter to attach", || read(&out) == "e1\no1\n");
     owner.crash();

@@ -26,7 +26,12 @@ impl Server {
     }
 
     fn file(&self, name: &str) -> String {
-        self.server.dir.path().join(name).to_string_lossy().into_owned()
+        self.server
+            .dir
+            .path()
+            .join(name)
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// A URL to 127.0.0.1 (or `host`) with `params` after the table.
@@ -42,7 +47,6 @@ impl Server {
         format!("sslmode=verify-full&sslrootcert={}", self.file(ca))
     }
 }
-
 
 /// Runs `idem run` counting into `n`; returns (exit code, stderr).
 fn run(env: &Env, url: &str, extra_env: &[(&str, &str)]) -> (i32, String) {

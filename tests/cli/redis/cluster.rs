@@ -43,7 +43,6 @@ impl Cluster {
     }
 }
 
-
 #[test]
 #[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn a_key_whose_slot_moves_mid_run_runs_once() {

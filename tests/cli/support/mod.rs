@@ -11,13 +11,13 @@
 
 mod holder;
 pub mod pty;
-mod scripted;
 mod records;
 pub mod redis_server;
+mod scripted;
 
 pub use holder::Holder;
-pub use scripted::{free_port, ScriptedServer};
 pub use records::{keys, make, make_crashed, make_expired, record_key, records};
+pub use scripted::{free_port, ScriptedServer};
 
 use assert_cmd::Command;
 use std::io::Read;
@@ -452,6 +452,14 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// `run FLAGS -- sh -c SCRIPT`: idem's argv for a shell script.
+pub fn run_sh<'a>(flags: &[&'a str], script: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["run"];
+    args.extend_from_slice(flags);
+    args.extend(["--", "sh", "-c", script]);
+    args
 }
 
 /// `sh -c SCRIPT` as argv after `--`.

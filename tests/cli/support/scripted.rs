@@ -20,7 +20,9 @@ impl ScriptedServer {
     pub fn start(script: &str, args: &[String], needs: &str) -> ScriptedServer {
         let server = ScriptedServer {
             dir: TempDir::new().unwrap(),
-            script: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(script),
+            script: Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests")
+                .join(script),
         };
         let status = Command::new(&server.script)
             .arg("start")
