@@ -187,6 +187,14 @@ fn a_foreign_hot_journal_or_wal_is_never_recovered() {
     }
 }
 
+/// Moves the WAL into the main file and empties it.
+fn checkpoint(env: &Env) {
+    Connection::open(env.db_path())
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+}
+
 /// A store of 61 records: 60 in its main file, the newest (`new`) in its
 /// WAL only. Returns the WAL's path.
 fn store_with_wal(env: &Env) -> std::path::PathBuf {
@@ -203,10 +211,7 @@ fn store_with_wal(env: &Env) -> std::path::PathBuf {
             .assert()
             .success();
     }
-    let conn = Connection::open(env.db_path()).unwrap();
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-        .unwrap();
-    drop(conn);
+    checkpoint(env);
     env.idem()
         .args(["run", "-k", "new", "--", "echo", "newer"])
         .assert()
@@ -290,14 +295,8 @@ fn purge_empties_the_wal_into_the_main_file() {
 #[test]
 fn a_store_stamped_in_its_wal_only_is_still_idem_s() {
     let env = Env::sqlite();
-    env.idem()
-        .args(["run", "-k", "k", "--", "echo", "stored"])
-        .assert()
-        .success();
-    let conn = Connection::open(env.db_path()).unwrap();
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-        .unwrap();
-    drop(conn);
+    env.run_ok(&["run", "-k", "k", "--", "echo", "stored"]);
+    checkpoint(&env);
     let mut bytes = std::fs::read(env.db_path()).unwrap();
     let stamp: Vec<u8> = bytes[68..72].to_vec();
     bytes[68..72].copy_from_slice(&[0; 4]);

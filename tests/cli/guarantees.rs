@@ -89,48 +89,20 @@ fn the_claim_is_on_disk_before_the_command_starts_and_the_outcome_before_idem_ex
 #[test]
 fn quiet_silences_notices_but_not_errors() {
     let env = Env::new();
-    env.idem()
-        .args(["run", "-k", "k", "--", "true"])
-        .assert()
-        .success();
-    let out = env
-        .idem()
-        .args([
-            "-q",
-            "run",
-            "-k",
-            "k",
-            "--on-duplicate",
-            "fail",
-            "--",
-            "true",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(76));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    env.run_ok(&["run", "-k", "k", "--", "true"]);
+    let quiet = |args: &[&str]| {
+        let out = env.idem().arg("-q").args(args).output().unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (code, stderr) = quiet(&["run", "-k", "k", "--on-duplicate", "fail", "--", "true"]);
+    assert_eq!(code, Some(76));
     assert!(
         stderr.starts_with("idem: key 'k' already completed"),
         "{stderr}"
     );
     // A notice (the timeout's) is silenced, its exit code stays.
-    let out = env
-        .idem()
-        .args([
-            "-q",
-            "run",
-            "-k",
-            "t",
-            "--timeout",
-            "1s",
-            "--",
-            "sleep",
-            "5",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(124));
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let (code, stderr) = quiet(&["run", "-k", "t", "--timeout", "1s", "--", "sleep", "5"]);
+    assert_eq!((code, stderr.as_str()), (Some(124), ""));
 }
 
 #[test]
