@@ -130,15 +130,31 @@ impl Holder {
             // idem first, or it could see its child die and record a failure.
             let _ = idem.kill();
             let _ = idem.wait();
-            let group = Pid::from_raw(-self.child_pid);
-            let _ = kill(group, Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(-self.child_pid), Signal::SIGKILL);
             // Bounded without panicking: this also runs in a failing test.
             let deadline = Instant::now() + FINISH_WITHIN;
-            while kill(group, None).is_ok() && Instant::now() < deadline {
+            while group_alive(self.child_pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
     }
+}
+
+/// Whether a process of group `pgid` is alive. Zombies do not count: the
+/// orphans' reaper (PID 1 of a container) may take its time.
+fn group_alive(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
+            // After the command name: state, ppid, pgrp.
+            let fields: Vec<&str> = stat[stat.rfind(')').map_or(0, |at| at + 2)..]
+                .splitn(4, ' ')
+                .collect();
+            fields.len() == 4 && fields[0] != "Z" && fields[2] == pgid.to_string()
+        })
+    })
 }
 
 impl Drop for Holder {
