@@ -2,7 +2,9 @@
 //! fingerprint inputs that guard against silently merged events, `--label`,
 //! and `idem stats` for operators.
 
-use crate::support::{backend, make, make_expired, sh, wait_for, Backend, Env};
+use crate::support::{
+    backend, make, make_expired, run_sh, sh, start_reading, Backend, Env, Holder,
+};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
@@ -120,16 +122,9 @@ fn the_report_says_what_each_call_did() {
 #[test]
 fn the_report_of_a_running_key_skip_wait_and_join() {
     let env = Env::new();
-    let script = "touch ready; while [ ! -e release ]; do sleep 0.01; done; echo done";
-    let mut holder = env
-        .idem_std()
-        .args(["run", "-k", "busy", "--"])
-        .args(sh(script))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&env.path("ready"));
-    let busy = ["-k", "busy", "--", "sh", "-c", script];
+    let holder = Holder::start(&env, "busy", &[]);
+    let script = Holder::script(&env);
+    let busy = ["-k", "busy", "--", "sh", "-c", &script];
     let (code, refused) = reported(&env, &busy);
     assert_eq!((code, &refused["reason"]), (75, &"in_progress".into()));
     assert_eq!(refused["record_status"], "in_progress");
@@ -169,17 +164,17 @@ fn the_report_of_a_running_key_skip_wait_and_join() {
     );
     assert_eq!((code, &timed_out["reason"]), (75, &"wait_timeout".into()));
 
-    let mut waiter = env
-        .idem_std()
-        .args(["run", "--report", "joined.json", "--on-duplicate", "wait"])
-        .args(busy)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    std::fs::write(env.path("release"), "").unwrap();
-    assert!(holder.wait().unwrap().success());
-    assert!(waiter.wait().unwrap().success());
+    // The waiter is attached once it shows the run's first bytes.
+    let (waiter, _stdout) = start_reading(
+        &env,
+        &[
+            &["run", "--report", "joined.json", "--on-duplicate", "wait"][..],
+            &busy,
+        ]
+        .concat(),
+    );
+    assert!(holder.release().status.success());
+    assert!(waiter.wait_with_output().unwrap().status.success());
     let joined: Value =
         serde_json::from_str(&std::fs::read_to_string(env.path("joined.json")).unwrap()).unwrap();
     assert_eq!(joined["outcome"], "joined");
@@ -256,17 +251,10 @@ fn the_report_goes_to_an_inherited_fd_and_never_to_nested_calls() {
     // A report that cannot be written: a notice, the exit status unchanged.
     let out = env
         .idem()
-        .args([
-            "run",
-            "-k",
-            "n",
-            "--report",
-            "no/such/dir/r.json",
-            "--",
-            "sh",
-            "-c",
+        .args(run_sh(
+            &["-k", "n", "--report", "no/such/dir/r.json"],
             "exit 4",
-        ])
+        ))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4));
@@ -396,15 +384,7 @@ fn stats_sum_up_the_store() {
     make(&env, "job-bad", &[], "exit 1");
     make(&env, "job-bad", &[], "exit 1");
     crate::support::make_crashed(&env, "job-dead");
-    let mut holder = env
-        .idem_std()
-        .args(["run", "-k", "job-live", "--"])
-        .args(sh(
-            "touch ready; while [ ! -e release ]; do sleep 0.01; done",
-        ))
-        .spawn()
-        .unwrap();
-    wait_for(&env.path("ready"));
+    let holder = Holder::start(&env, "job-live", &[]);
     // Last: a claim removes expired records on its way.
     make_expired(&env, "other-old");
     let stats = |args: &[&str]| -> Value {
@@ -454,8 +434,7 @@ fn stats_sum_up_the_store() {
     let out = env.idem().arg("stats").output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("crashed:        1\n"), "{text}");
-    std::fs::write(env.path("release"), "").unwrap();
-    assert!(holder.wait().unwrap().success());
+    assert!(holder.release().status.success());
 }
 
 /// Runs a command with `input` on its stdin; returns its status and all it printed.

@@ -4,7 +4,7 @@
 //! its completion function (`complete -p` names it), fish through its own
 //! `complete -C`, and zsh as a user would, typing Tab into `zsh -i` on a pty.
 
-use crate::support::tool;
+use crate::support::{pty::DRIVER, tool};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tempfile::TempDir;
@@ -199,27 +199,9 @@ fn fish_completes_a_command_then_files_after_dashdash() {
 /// `_idem` on fpath and `idem` a function that prints its arguments, then
 /// Enter: returns the arguments the completed line ran idem with.
 fn zsh_complete(place: &Place, line: &str) -> String {
-    const DRIVER: &str = r#"
-import os, pty, select, sys, time
+    const TYPING: &str = r#"
 completions, line = sys.argv[1], sys.argv[2]
-pid, fd = pty.fork()
-if pid == 0:
-    os.execvp("zsh", ["zsh", "-f", "-i"])
-seen = b""
-def until(token):
-    global seen
-    deadline = time.time() + 20
-    while token.encode() not in seen:
-        if time.time() > deadline:
-            sys.stdout.write(seen.decode(errors="replace"))
-            sys.stdout.write("\nTIMEOUT waiting for %r\n" % token)
-            sys.exit(1)
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            seen += os.read(fd, 4096)
-    end = seen.index(token.encode()) + len(token)
-    got, seen = seen[:end], seen[end:]
-    return got.decode(errors="replace")
+start(["zsh", "-f", "-i"])
 # The quotes keep the terminal's echo of a command from matching its output.
 os.write(fd, ("unsetopt zle_bracketed_paste; PROMPT='P''> '; fpath=(%s $fpath); "
     "autoload -Uz compinit; compinit -u -D; "
@@ -236,7 +218,7 @@ os.write(fd, b"exit\n")
 "#;
     let out = output(place.shell("python3").args([
         "-c",
-        DRIVER,
+        &format!("{DRIVER}{TYPING}"),
         &root().join("completions").display().to_string(),
         line,
     ]));

@@ -9,23 +9,21 @@
 //! `release` file. The child marks itself running with `mkdir`, so two
 //! concurrent executions leave a line in `violations`.
 
-use crate::support::{race, start_time, tool, wait_for, wait_until, Env};
+use crate::support::{race, run_sh, start_time, tool, wait_for, wait_until, Env, Holder};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use predicates::prelude::*;
 use std::io::Write;
 use std::process::{Child, Stdio};
 
-/// Counts its runs and attempts, detects overlap, waits for `release`.
-const CHILD: &str = "mkdir running 2>/dev/null || echo overlap >> violations; echo run >> n; \
-    echo $$ > childpid; echo $IDEM_ATTEMPT >> attempts; touch ready; \
-    while [ ! -e release ]; do sleep 0.01; done; rmdir running";
-
+/// `idem run` of the holder's child (which counts its runs and attempts,
+/// detects overlap and waits for `release`).
 fn run_child(env: &Env, key: &str, extra: &[&str]) -> std::process::Command {
     let mut cmd = env.idem_std();
     cmd.args(["run", "-k", key])
         .args(extra)
-        .args(["--", "sh", "-c", CHILD]);
+        .args(["--", "sh", "-c", &Holder::script(env)])
+        .stdout(Stdio::null());
     cmd
 }
 
@@ -86,9 +84,8 @@ fn crash_just_after_the_claim() {
 #[test]
 fn crash_while_the_child_runs_leaves_an_owner_until_the_child_ends() {
     let env = Env::new();
-    let idem = run_child(&env, "b", &[]).spawn().unwrap();
-    wait_for(&env.path("ready"));
-    sigkill(idem);
+    let mut holder = Holder::start(&env, "b", &[]);
+    holder.crash_idem();
     // idem is gone but its child still runs: nobody may start the command.
     for policy in ["rerun", "block"] {
         run_child(&env, "b", &["--on-crash", policy]).assert_code(75);
@@ -99,11 +96,7 @@ fn crash_while_the_child_runs_leaves_an_owner_until_the_child_ends() {
         &["--on-duplicate", "wait", "--wait-timeout", "300ms"],
     )
     .assert_code(75);
-    let pid: i32 = std::fs::read_to_string(env.path("childpid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = holder.child_pid();
     release(&env);
     wait_until("the orphaned child to end", || !running(pid));
     run_child(&env, "b", &["--on-crash", "block"]).assert_blocked("b");
@@ -151,9 +144,8 @@ fn crash_after_the_child_exited_before_the_record_was_finished() {
 /// Starts an owner, SIGKILLs idem while its child runs, starts `waiters`
 /// with `extra` flags, then lets the orphaned child finish.
 fn waiters_after_a_crash(env: &Env, count: usize, extra: &[&str]) -> Vec<Option<i32>> {
-    let idem = run_child(env, "w", &[]).spawn().unwrap();
-    wait_for(&env.path("ready"));
-    sigkill(idem);
+    let mut holder = Holder::start(env, "w", &[]);
+    holder.crash_idem();
     let mut flags = vec!["--on-duplicate", "wait"];
     flags.extend_from_slice(extra);
     let waiters: Vec<Child> = (0..count)
@@ -213,8 +205,7 @@ fn a_reused_pid_is_not_the_owner() {
 #[test]
 fn another_boot_means_the_owner_is_dead() {
     let env = Env::sqlite();
-    let idem = run_child(&env, "boot", &[]).spawn().unwrap();
-    wait_for(&env.path("ready"));
+    let holder = Holder::start(&env, "boot", &[]);
     let conn = rusqlite::Connection::open(env.db_path()).unwrap();
     conn.execute("UPDATE records SET owner_boot = 'an-earlier-boot'", ())
         .unwrap();
@@ -229,8 +220,7 @@ fn another_boot_means_the_owner_is_dead() {
         .unwrap();
     assert!(lease_left > 10_000, "{lease_left} ms");
     run_child(&env, "boot", &["--on-crash", "block"]).assert_blocked("boot");
-    release(&env);
-    sigkill(idem);
+    holder.crash();
 }
 
 /// 64 processes on one key of a fresh store, per policy: one execution,
@@ -246,17 +236,7 @@ fn sixty_four_racers_per_policy() {
         let script = format!("{}; echo out; sleep 0.3", env.count_run("n"));
         let results = race(64, |_| {
             let mut cmd = env.idem_std();
-            cmd.args([
-                "run",
-                "-k",
-                "hot",
-                "--on-duplicate",
-                policy,
-                "--",
-                "sh",
-                "-c",
-                &script,
-            ]);
+            cmd.args(run_sh(&["-k", "hot", "--on-duplicate", policy], &script));
             cmd
         });
         for (code, stdout, stderr) in &results {
@@ -279,15 +259,7 @@ fn sixty_four_racers_on_distinct_keys() {
     let env = Env::new();
     let results = race(64, |i| {
         let mut cmd = env.idem_std();
-        cmd.args([
-            "run",
-            "-k",
-            &format!("key-{i}"),
-            "--",
-            "sh",
-            "-c",
-            &env.count_run("n"),
-        ]);
+        cmd.args(run_sh(&["-k", &format!("key-{i}")], &env.count_run("n")));
         cmd
     });
     for (code, _, stderr) in results {

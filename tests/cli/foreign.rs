@@ -4,7 +4,7 @@
 //! the other side of the coin: an idem store keeps its records in its main
 //! file, so a copy of `idem.db` alone is a working store.
 
-use crate::support::Env;
+use crate::support::{run_sh, Env};
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -187,6 +187,14 @@ fn a_foreign_hot_journal_or_wal_is_never_recovered() {
     }
 }
 
+/// Moves the WAL into the main file and empties it.
+fn checkpoint(env: &Env) {
+    Connection::open(env.db_path())
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+}
+
 /// A store of 61 records: 60 in its main file, the newest (`new`) in its
 /// WAL only. Returns the WAL's path.
 fn store_with_wal(env: &Env) -> std::path::PathBuf {
@@ -203,10 +211,7 @@ fn store_with_wal(env: &Env) -> std::path::PathBuf {
             .assert()
             .success();
     }
-    let conn = Connection::open(env.db_path()).unwrap();
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-        .unwrap();
-    drop(conn);
+    checkpoint(env);
     env.idem()
         .args(["run", "-k", "new", "--", "echo", "newer"])
         .assert()
@@ -255,17 +260,13 @@ fn a_fresh_store_keeps_its_records_in_the_main_file() {
     // An operator copies idem.db alone (or deletes the -wal as a temp file).
     std::fs::copy(env.db_path(), env.path("copy.db")).unwrap();
     env.idem()
-        .args([
-            "--db",
-            "copy.db",
-            "run",
-            "-k",
-            "first",
-            "--",
-            "sh",
-            "-c",
-            &env.count_run("n"),
-        ])
+        .args(
+            [
+                &["--db", "copy.db"][..],
+                &run_sh(&["-k", "first"], &env.count_run("n")),
+            ]
+            .concat(),
+        )
         .assert()
         .success();
     assert_eq!(
@@ -294,14 +295,8 @@ fn purge_empties_the_wal_into_the_main_file() {
 #[test]
 fn a_store_stamped_in_its_wal_only_is_still_idem_s() {
     let env = Env::sqlite();
-    env.idem()
-        .args(["run", "-k", "k", "--", "echo", "stored"])
-        .assert()
-        .success();
-    let conn = Connection::open(env.db_path()).unwrap();
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-        .unwrap();
-    drop(conn);
+    env.run_ok(&["run", "-k", "k", "--", "echo", "stored"]);
+    checkpoint(&env);
     let mut bytes = std::fs::read(env.db_path()).unwrap();
     let stamp: Vec<u8> = bytes[68..72].to_vec();
     bytes[68..72].copy_from_slice(&[0; 4]);

@@ -1,18 +1,20 @@
 //! Guarantees that one-line changes to the code used to break without a
 //! failing test (issue 12's mutation review): durability order, `-q`
 //! versus errors, a timeout is a failure, existing permissions stay, live
-//! stderr, the one-line rule, the 1024-byte key limit in bytes.
+//! stderr, waiters that notice the end at once, the one-line rule, the
+//! 1024-byte key limit in bytes.
 
-use crate::support::{sh, Env};
+use crate::support::{run_sh, sh, start_reading, Env, Holder};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 /// Runs idem under `strace -f` and returns the trace: which syscalls of
 /// interest happened in which order.
 fn traced(env: &Env, args: &[&str]) -> Vec<String> {
     let trace = env.path("trace");
-    let status = std::process::Command::new("strace")
+    let status = std::process::Command::new(crate::support::tool("strace"))
         .args([
             "-f",
             "-qq",
@@ -27,7 +29,7 @@ fn traced(env: &Env, args: &[&str]) -> Vec<String> {
         .current_dir(env.dir.path())
         .stdout(Stdio::null())
         .status()
-        .expect("strace must be installed");
+        .unwrap();
     assert!(status.success());
     std::fs::read_to_string(trace)
         .unwrap()
@@ -41,11 +43,24 @@ fn traced(env: &Env, args: &[&str]) -> Vec<String> {
 #[test]
 fn the_claim_is_on_disk_before_the_command_starts_and_the_outcome_before_idem_exits() {
     let env = Env::sqlite();
-    // A first call creates the store; the traced call is a plain claim.
-    env.idem()
-        .args(["run", "-k", "setup", "--", "true"])
-        .assert()
-        .success();
+    // idem empties the WAL on its way out once it outgrows the main file,
+    // and starts a new one with a header synced whatever `synchronous`
+    // says: either fsync would hide a claim or an outcome that is not. So
+    // the first call makes the main file big (its 300 kB of output, moved
+    // there when it empties the WAL of the fresh store), the second starts
+    // the WAL, and the traced claim appends to it.
+    let output = env.run_ok(&[
+        "run",
+        "-k",
+        "big",
+        "--",
+        "head",
+        "-c",
+        "300000",
+        "/dev/zero",
+    ]);
+    assert_eq!(output.len(), 300_000);
+    env.run_ok(&["run", "-k", "warm", "--", "true"]);
     let trace = traced(&env, &["run", "-k", "k", "--", "/bin/echo", "hi"]);
     let position = |what: &dyn Fn(&str) -> bool| trace.iter().position(|l| what(l));
     let exec_child = position(&|l| l.contains("execve(\"/bin/echo\""))
@@ -74,48 +89,20 @@ fn the_claim_is_on_disk_before_the_command_starts_and_the_outcome_before_idem_ex
 #[test]
 fn quiet_silences_notices_but_not_errors() {
     let env = Env::new();
-    env.idem()
-        .args(["run", "-k", "k", "--", "true"])
-        .assert()
-        .success();
-    let out = env
-        .idem()
-        .args([
-            "-q",
-            "run",
-            "-k",
-            "k",
-            "--on-duplicate",
-            "fail",
-            "--",
-            "true",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(76));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    env.run_ok(&["run", "-k", "k", "--", "true"]);
+    let quiet = |args: &[&str]| {
+        let out = env.idem().arg("-q").args(args).output().unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (code, stderr) = quiet(&["run", "-k", "k", "--on-duplicate", "fail", "--", "true"]);
+    assert_eq!(code, Some(76));
     assert!(
         stderr.starts_with("idem: key 'k' already completed"),
         "{stderr}"
     );
     // A notice (the timeout's) is silenced, its exit code stays.
-    let out = env
-        .idem()
-        .args([
-            "-q",
-            "run",
-            "-k",
-            "t",
-            "--timeout",
-            "1s",
-            "--",
-            "sleep",
-            "5",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(124));
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let (code, stderr) = quiet(&["run", "-k", "t", "--timeout", "1s", "--", "sleep", "5"]);
+    assert_eq!((code, stderr.as_str()), (Some(124), ""));
 }
 
 #[test]
@@ -149,26 +136,72 @@ fn an_existing_store_directory_keeps_its_permissions() {
 #[test]
 fn stderr_is_streamed_live() {
     let env = Env::new();
-    let release = env.path("release");
     let mut idem = env
         .idem_std()
         .args(["run", "-k", "k", "--"])
-        .args(sh(&format!(
-            "echo first >&2; while [ ! -e {} ]; do sleep 0.01; done; echo second >&2",
-            release.display()
-        )))
+        .args(sh(
+            "echo first >&2; while [ ! -e release ]; do sleep 0.01; done; echo second >&2",
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(idem.stderr.take().unwrap()).lines();
+    // Lines come through a thread, so that a broken idem that holds them
+    // back fails the test instead of hanging it (Env's drop releases the
+    // command).
+    let stderr = idem.stderr.take().unwrap();
+    let (lines, from_idem) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let _ = lines.send(line.unwrap());
+        }
+    });
+    let next = || from_idem.recv_timeout(Duration::from_secs(30));
     // The first line arrives while the command still waits.
-    assert_eq!(lines.next().unwrap().unwrap(), "first");
+    assert_eq!(next().as_deref(), Ok("first"));
     assert!(idem.try_wait().unwrap().is_none());
-    std::fs::write(&release, "").unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), "second");
+    std::fs::write(env.path("release"), "").unwrap();
+    assert_eq!(next().as_deref(), Ok("second"));
     assert!(idem.wait().unwrap().success());
+}
+
+/// SQLite: waiters attached to a run notice its end within 100 ms (they
+/// look at the file every 50 ms). The median of five waiters is judged, so
+/// that one waiter slowed by a loaded machine does not fail the test,
+/// while a poll of a second or more cannot pass it.
+#[test]
+fn waiters_notice_the_end_within_100_ms() {
+    let env = Env::sqlite();
+    let holder = Holder::start(&env, "w", &[]);
+    let script = Holder::script(&env);
+    let waiter = run_sh(&["-k", "w", "--on-duplicate", "wait"], &script);
+    // Each waiter is attached once it shows the run's first bytes.
+    // Their stdout stays open: a closed one would end them early.
+    let (mut waiters, _stdouts): (Vec<_>, Vec<_>) =
+        (0..5).map(|_| start_reading(&env, &waiter)).unzip();
+    assert!(holder.release().status.success());
+    let ended = Instant::now();
+    let mut noticed = vec![None; waiters.len()];
+    while noticed.iter().any(Option::is_none) {
+        assert!(
+            ended.elapsed() < Duration::from_secs(60),
+            "waiters still running a minute after the end"
+        );
+        for (waiter, at) in waiters.iter_mut().zip(&mut noticed) {
+            if at.is_none() && waiter.try_wait().unwrap().is_some() {
+                *at = Some(ended.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut noticed: Vec<Duration> = noticed.into_iter().flatten().collect();
+    noticed.sort();
+    assert!(
+        noticed[noticed.len() / 2] < Duration::from_millis(100),
+        "waiters exited {noticed:?} after the end"
+    );
+    assert_eq!(env.count("n"), 1);
 }
 
 /// Every code idem chooses itself comes with exactly one `idem: ` line.

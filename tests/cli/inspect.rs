@@ -1,7 +1,9 @@
 //! `idem inspect`: listing, filters, the detail view, raw output, the JSON
 //! schema, escaping, a closed pipe, and a store that does not exist.
 
-use crate::support::{backend, keys, make, make_expired, records, sh, start_reading, Backend, Env};
+use crate::support::{
+    backend, keys, make, make_expired, records, start_reading, Backend, Env, Holder,
+};
 use serde_json::Value;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -19,9 +21,9 @@ fn stdout_of(env: &Env, args: &[&str]) -> String {
 #[test]
 fn lists_newest_first_with_every_column() {
     let env = Env::new();
-    make(&env, "first", &[], "echo one");
-    make(&env, "second", &[], "exit 3");
-    make(&env, "third", &[], "echo three");
+    assert_eq!(make(&env, "first", &[], "echo one"), 0);
+    assert_eq!(make(&env, "second", &[], "exit 3"), 3);
+    assert_eq!(make(&env, "third", &[], "echo three"), 0);
     let table = stdout_of(&env, &["inspect"]);
     let lines: Vec<&str> = table.lines().collect();
     let header: Vec<&str> = lines[0].split_whitespace().collect();
@@ -49,9 +51,9 @@ fn lists_newest_first_with_every_column() {
 #[test]
 fn each_filter_alone_and_combined() {
     let env = Env::new();
-    make(&env, "job-ok", &[], "true");
-    make(&env, "job-bad", &[], "exit 1");
-    make(&env, "other-ok", &[], "true");
+    assert_eq!(make(&env, "job-ok", &[], "true"), 0);
+    assert_eq!(make(&env, "job-bad", &[], "exit 1"), 1);
+    assert_eq!(make(&env, "other-ok", &[], "true"), 0);
     make_expired(&env, "job-old");
     assert_eq!(keys(&env, &["--status", "failed"]), ["job-bad"]);
     assert_eq!(
@@ -88,7 +90,7 @@ fn each_filter_alone_and_combined() {
 #[test]
 fn detail_view_and_missing_key() {
     let env = Env::new();
-    make(&env, "k", &[], "echo out; echo err >&2; exit 4");
+    assert_eq!(make(&env, "k", &[], "echo out; echo err >&2; exit 4"), 4);
     let detail = stdout_of(&env, &["inspect", "k"]);
     for line in [
         "key:         k",
@@ -129,7 +131,10 @@ fn stdout_and_stderr_are_byte_exact() {
     let env = Env::new();
     let all: Vec<u8> = (0..=255u8).collect();
     std::fs::write(env.path("bytes"), &all).unwrap();
-    make(&env, "b", &[], "cat bytes; printf 'e\\033\\007' >&2");
+    assert_eq!(
+        make(&env, "b", &[], "cat bytes; printf 'e\\033\\007' >&2"),
+        0
+    );
     let out = env
         .idem()
         .args(["inspect", "b", "--stdout"])
@@ -152,8 +157,8 @@ fn stdout_and_stderr_are_byte_exact() {
 #[test]
 fn json_schema_is_pinned() {
     let env = Env::new();
-    make(&env, "done", &[], "echo hi");
-    make(&env, "killed", &[], "kill -9 $$");
+    assert_eq!(make(&env, "done", &[], "echo hi"), 0);
+    assert_eq!(make(&env, "killed", &[], "kill -9 $$"), 137);
     let [killed, done] = &records(&env, &[])[..] else {
         panic!("two records expected")
     };
@@ -245,15 +250,7 @@ fn json_schema_is_pinned() {
         assert!(at.ends_with('Z') && at.len() == 24, "{field}: {at}");
     }
     // A running record: nulls where nothing is known yet, a live owner.
-    let mut holder = env
-        .idem_std()
-        .args(["run", "-k", "running", "--"])
-        .args(sh(
-            "touch ready; while [ ! -e release ]; do sleep 0.01; done",
-        ))
-        .spawn()
-        .unwrap();
-    crate::support::wait_for(&env.path("ready"));
+    let holder = Holder::start(&env, "running", &[]);
     let running = records(&env, &["--status", "in_progress"]);
     let running = &running[0];
     for field in [
@@ -271,15 +268,14 @@ fn json_schema_is_pinned() {
     assert!(running["child_pid"].as_i64().unwrap() > 1);
     // A running owner holds a lease on every store (SQLite too).
     assert!(running["lease_until"].is_string(), "{running}");
-    std::fs::write(env.path("release"), "").unwrap();
-    assert!(holder.wait().unwrap().success());
+    assert!(holder.release().status.success());
 }
 
 #[test]
 fn labels_are_stored_and_shown_and_crashed_runs_found() {
     let env = Env::new();
-    make(&env, "evt", &["--label", "delivery 7\x1b"], "true");
-    make(&env, "old", &[], "true");
+    assert_eq!(make(&env, "evt", &["--label", "delivery 7\x1b"], "true"), 0);
+    assert_eq!(make(&env, "old", &[], "true"), 0);
     let all = records(&env, &[]);
     assert_eq!(all[1]["label"], "delivery 7\x1b");
     assert_eq!(all[0]["label"], Value::Null);
@@ -295,20 +291,12 @@ fn labels_are_stored_and_shown_and_crashed_runs_found() {
     assert!(table.contains(" delivery 7"), "{table}");
     // --older-than: by started_at.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    make(&env, "new", &[], "true");
+    assert_eq!(make(&env, "new", &[], "true"), 0);
     assert_eq!(keys(&env, &["--older-than", "1s"]), ["old", "evt"]);
     // --status crashed: in_progress with a dead owner (its idem SIGKILLed
     // with the child gone), not a running one.
     crate::support::make_crashed(&env, "dead");
-    let mut holder = env
-        .idem_std()
-        .args(["run", "-k", "running", "--"])
-        .args(sh(
-            "touch ready; while [ ! -e release ]; do sleep 0.01; done",
-        ))
-        .spawn()
-        .unwrap();
-    crate::support::wait_for(&env.path("ready"));
+    let holder = Holder::start(&env, "running", &[]);
     assert_eq!(keys(&env, &["--status", "crashed"]), ["dead"]);
     assert_eq!(
         keys(&env, &["--status", "crashed", "--limit", "1"]),
@@ -316,15 +304,14 @@ fn labels_are_stored_and_shown_and_crashed_runs_found() {
     );
     let crashed = records(&env, &["--status", "crashed"]);
     assert_eq!(crashed[0]["crashed"], true);
-    std::fs::write(env.path("release"), "").unwrap();
-    assert!(holder.wait().unwrap().success());
+    assert!(holder.release().status.success());
 }
 
 #[test]
 fn control_characters_never_reach_stdout_raw() {
     let env = Env::new();
     let key = "evil\x1b]0;pwned\x07\nkey\u{9b}31m\u{202e}";
-    make(&env, key, &[], "true");
+    assert_eq!(make(&env, key, &[], "true"), 0);
     // An argv element that is not UTF-8.
     let status = env
         .idem()
@@ -383,7 +370,7 @@ fn control_characters_never_reach_stdout_raw() {
 fn make_big_listing(env: &Env) {
     let long = "x".repeat(20_000);
     for i in 0..24 {
-        make(env, &format!("k{i}"), &[], &format!("true {long}"));
+        assert_eq!(make(env, &format!("k{i}"), &[], &format!("true {long}")), 0);
     }
 }
 

@@ -4,7 +4,7 @@
 //! resumes after `fg`. A small Python program drives `bash -i` through
 //! `pty.fork`, as a user at a keyboard would.
 
-use crate::support::{bin, path_with_idem, Env};
+use crate::support::{bin, path_with_idem, pty::DRIVER, Env};
 use std::process::Command;
 
 /// Types each `(text, wait_for)` step into `bash -i` on a pty and waits
@@ -13,30 +13,9 @@ use std::process::Command;
 /// the record of key `k` instead. The prompt is `PS> `. Returns the transcript, or
 /// panics with it when a step timed out.
 fn drive(env: &Env, steps: &[(&str, &str)]) -> String {
-    const DRIVER: &str = r#"
-import os, pty, select, subprocess, sys, time
+    const STEPS: &str = r#"
 steps = [tuple(s.split("\x1f", 1)) for s in sys.argv[1].split("\x1e")]
-pid, fd = pty.fork()
-if pid == 0:
-    os.execvp("bash", ["bash", "--norc", "--noprofile", "-i"])
-seen = b""
-def until(token):
-    global seen
-    deadline = time.time() + 20
-    while token.encode() not in seen:
-        if time.time() > deadline:
-            sys.stdout.write(seen.decode(errors="replace"))
-            sys.stdout.write("\nTIMEOUT waiting for %r\n" % token)
-            sys.exit(1)
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            try:
-                seen += os.read(fd, 4096)
-            except OSError:
-                break
-    # Later steps wait for what comes after this point.
-    t = token.encode()
-    seen = seen.replace(t, t[:1] + b"\0" + t[1:], 1)
+start(["bash", "--norc", "--noprofile", "-i"])
 os.write(fd, b"stty -echo; PS1='P''S> '\n")
 until("PS> ")
 for text, token in steps:
@@ -47,11 +26,11 @@ for text, token in steps:
         os.write(fd, text.encode())
     until(token)
 os.write(fd, b"exit\n")
-sys.stdout.write(seen.decode(errors="replace"))
+sys.stdout.write(transcript())
 "#;
     let steps: Vec<String> = steps.iter().map(|(t, w)| format!("{t}\x1f{w}")).collect();
     let out = Command::new("python3")
-        .args(["-c", DRIVER, &steps.join("\x1e")])
+        .args(["-c", &format!("{DRIVER}{STEPS}"), &steps.join("\x1e")])
         .env("IDEM_DB", &env.db)
         .env("IDEM_BIN", bin())
         .env("WAIT_FOR_GO", WAIT_FOR_GO)

@@ -2,9 +2,7 @@
 //! order in which the run wrote stdout and stderr, a waiter shares the run
 //! it attached to, and a crashed run's output can still be read.
 
-use crate::support::{bin, wait_for, wait_until, Env};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use crate::support::{bin, run_sh, wait_until, Env, Holder};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -43,13 +41,13 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// stderr, stdout, stderr with pauses, then `ready`, then waits for
-/// `release` and writes once more; exits 3. Counts its runs in `n`.
+/// A holder's script that writes stderr, stdout, stderr with pauses before
+/// it is ready, and once more after its release; exits 3.
 fn script(env: &Env) -> String {
-    format!(
-        "{}; echo e1 >&2; sleep 0.05; echo o1; sleep 0.05; echo e2 >&2; touch ready; \
-         while [ ! -e release ]; do sleep 0.01; done; echo o2; exit 3",
-        env.count_run("n")
+    Holder::script_with(
+        env,
+        "echo e1 >&2; sleep 0.05; echo o1; sleep 0.05; echo e2 >&2",
+        "echo o2; exit 3",
     )
 }
 
@@ -92,19 +90,14 @@ fn a_cap_hit_mid_journal_keeps_the_order_of_what_was_stored() {
 fn twenty_waiters_attach_live_and_share_the_output_and_failure() {
     let env = Env::new();
     let script = script(&env);
-    let run = [
-        "run",
-        "-k",
+    let run = run_sh(&["-k", "w", "--on-duplicate", "wait"], &script);
+    let owner = Holder::start_running(
+        &env,
+        merged(&env, &env.path("owner.out"), &[]),
         "w",
-        "--on-duplicate",
-        "wait",
-        "--",
-        "sh",
-        "-c",
+        &["--on-duplicate", "wait"],
         &script,
-    ];
-    let mut owner = merged(&env, &env.path("owner.out"), &run).spawn().unwrap();
-    wait_for(&env.path("ready"));
+    );
     let waiters: Vec<Child> = (0..20)
         .map(|i| {
             merged(&env, &env.path(&format!("w{i}.out")), &run)
@@ -119,8 +112,7 @@ fn twenty_waiters_attach_live_and_share_the_output_and_failure() {
             read(&out) == "e1\no1\ne2\n"
         });
     }
-    std::fs::write(env.path("release"), "").unwrap();
-    assert_eq!(owner.wait().unwrap().code(), Some(3));
+    assert_eq!(owner.release().status.code(), Some(3));
     let expected = "e1\no1\ne2\no2\n";
     assert_eq!(read(&env.path("owner.out")), expected);
     for (i, mut waiter) in waiters.into_iter().enumerate() {
@@ -138,14 +130,7 @@ fn twenty_waiters_attach_live_and_share_the_output_and_failure() {
 fn logs_follow_ends_with_the_run_and_its_status() {
     let env = Env::new();
     let script = script(&env);
-    let mut owner = env
-        .idem_std()
-        .args(["run", "-k", "f", "--", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&env.path("ready"));
+    let owner = Holder::start_running(&env, env.idem_std(), "f", &[], &script);
     // The journal is at most about a second behind the run.
     wait_until("logs of a run in progress", || {
         run_merged(&env, &["logs", "f"]) == (0, "e1\no1\ne2\n".into())
@@ -155,8 +140,7 @@ fn logs_follow_ends_with_the_run_and_its_status() {
     wait_until("logs -f to show the output so far", || {
         read(&out) == "e1\no1\ne2\n"
     });
-    std::fs::write(env.path("release"), "").unwrap();
-    assert_eq!(owner.wait().unwrap().code(), Some(3));
+    assert_eq!(owner.release().status.code(), Some(3));
     assert_eq!(follower.wait().unwrap().code(), Some(3));
     assert_eq!(read(&out), "e1\no1\ne2\no2\n");
     // A finished record: -f exits 0 at once; no record: exit 1.
@@ -169,26 +153,15 @@ fn logs_follow_ends_with_the_run_and_its_status() {
     );
 }
 
-/// Starts an owner whose first attempt prints, writes `ready` and its
-/// group id to `pgid`, then hangs; later attempts print `again`.
-fn start_crashing_owner(env: &Env, key: &str) -> (Child, String) {
+/// Starts a holder whose first attempt prints before it is ready and then
+/// waits; later attempts print `again` at once.
+fn start_crashing_owner(env: &Env, key: &str) -> (Holder, String) {
     let script = format!(
-        "if [ \"$IDEM_ATTEMPT\" = 1 ]; then echo e1 >&2; sleep 0.05; echo o1; echo $$ > pgid; \
-         touch ready; \
-         sleep 60; else {}; echo again; fi",
+        "if [ \"$IDEM_ATTEMPT\" = 1 ]; then {}; else {}; echo again; fi",
+        Holder::script_with(env, "echo e1 >&2; sleep 0.05; echo o1", "true"),
         env.count_run("again")
     );
-    let owner = env
-        .idem_std()
-        .args(["run", "-k", key, "--", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&env.path("ready"));
-    wait_until("the pgid file", || {
-        !read(&env.path("pgid")).trim().is_empty()
-    });
+    let owner = Holder::start_running(env, env.idem_std(), key, &[], &script);
     // What it printed is in the journal (at most about a second behind).
     wait_until("the journal", || {
         run_merged(env, &["logs", key]) == (0, "e1\no1\n".into())
@@ -196,19 +169,11 @@ fn start_crashing_owner(env: &Env, key: &str) -> (Child, String) {
     (owner, script)
 }
 
-/// SIGKILLs idem, then its child's group: the owner is dead.
-fn crash(env: &Env, owner: &mut Child) {
-    kill(Pid::from_raw(owner.id() as i32), Signal::SIGKILL).unwrap();
-    owner.wait().unwrap();
-    let pgid: i32 = read(&env.path("pgid")).trim().parse().unwrap();
-    let _ = kill(Pid::from_raw(-pgid), Signal::SIGKILL);
-}
-
 #[test]
 fn logs_of_a_crashed_run_show_what_it_printed() {
     let env = Env::new();
-    let (mut owner, _) = start_crashing_owner(&env, "c");
-    crash(&env, &mut owner);
+    let (owner, _) = start_crashing_owner(&env, "c");
+    owner.crash();
     assert_eq!(run_merged(&env, &["logs", "c"]), (0, "e1\no1\n".into()));
     let (code, out) = run_merged(&env, &["logs", "-f", "c"]);
     assert_eq!(code, 77);
@@ -221,18 +186,8 @@ fn logs_of_a_crashed_run_show_what_it_printed() {
 #[test]
 fn waiters_of_a_crashed_run_rerun_it_once_and_attach_to_the_new_attempt() {
     let env = Env::new();
-    let (mut owner, script) = start_crashing_owner(&env, "r");
-    let run = [
-        "run",
-        "-k",
-        "r",
-        "--on-duplicate",
-        "wait",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ];
+    let (owner, script) = start_crashing_owner(&env, "r");
+    let run = run_sh(&["-k", "r", "--on-duplicate", "wait"], &script);
     let waiters: Vec<Child> = (0..3)
         .map(|i| {
             merged(&env, &env.path(&format!("w{i}.out")), &run)
@@ -244,7 +199,7 @@ fn waiters_of_a_crashed_run_rerun_it_once_and_attach_to_the_new_attempt() {
         let out = env.path(&format!("w{i}.out"));
         wait_until("a waiter to attach", || read(&out) == "e1\no1\n");
     }
-    crash(&env, &mut owner);
+    owner.crash();
     for (i, mut waiter) in waiters.into_iter().enumerate() {
         assert_eq!(waiter.wait().unwrap().code(), Some(0), "waiter {i}");
         let out = read(&env.path(&format!("w{i}.out")));
@@ -262,24 +217,15 @@ fn waiters_of_a_crashed_run_rerun_it_once_and_attach_to_the_new_attempt() {
 #[test]
 fn a_waiter_of_a_crashed_run_under_block_exits_77_after_its_output() {
     let env = Env::new();
-    let (mut owner, script) = start_crashing_owner(&env, "b");
+    let (owner, script) = start_crashing_owner(&env, "b");
     let out = env.path("w.out");
-    let args = [
-        "run",
-        "-k",
-        "b",
-        "--on-duplicate",
-        "wait",
-        "--on-crash",
-        "block",
-        "--",
-        "sh",
-        "-c",
+    let args = run_sh(
+        &["-k", "b", "--on-duplicate", "wait", "--on-crash", "block"],
         &script,
-    ];
+    );
     let mut waiter = merged(&env, &out, &args).spawn().unwrap();
     wait_until("the waiter to attach", || read(&out) == "e1\no1\n");
-    crash(&env, &mut owner);
+    owner.crash();
     assert_eq!(waiter.wait().unwrap().code(), Some(77));
     let said = read(&out);
     assert!(

@@ -26,6 +26,21 @@ fn script(env: &Env) -> String {
     )
 }
 
+/// Starts `idem run -k k --lease 3s` with the script as its first run;
+/// returns once its child has started.
+fn start_owner(env: &Env, mut idem: std::process::Command) -> Child {
+    let owner = idem
+        .args(["run", "-k", "k", "--lease", "3s", "--"])
+        .args(sh(&script(env)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&env.path("started"));
+    owner
+}
+
 fn run_in_namespace(env: &Env, args: &[&str]) -> Output {
     env.idem_in_pid_namespace()
         .args(["run", "-k", "k"])
@@ -70,16 +85,7 @@ fn assert_code(out: &Output, code: i32) {
 #[test]
 fn two_pid_namespaces_sharing_a_store_run_a_key_once() {
     let env = Env::new();
-    let owner = env
-        .idem_in_pid_namespace()
-        .args(["run", "-k", "k", "--lease", "3s", "--"])
-        .args(sh(&script(&env)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&env.path("started"));
+    let owner = start_owner(&env, env.idem_in_pid_namespace());
     // More than a lease: only renewals keep the owner alive now.
     std::thread::sleep(Duration::from_millis(4000));
     let second = run_in_namespace(&env, &[]);
@@ -147,16 +153,7 @@ fn set_owner_boot(env: &Env, key: &str, boot: &str) {
 fn same_host_name_other_boot_on_a_shared_store_is_judged_by_the_lease() {
     require_shared_store();
     let env = Env::new();
-    let owner = env
-        .idem_std()
-        .args(["run", "-k", "k", "--lease", "3s", "--"])
-        .args(sh(&script(&env)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&env.path("started"));
+    let owner = start_owner(&env, env.idem_std());
     set_owner_boot(&env, "k", "the-other-machine");
     let second = env
         .idem()

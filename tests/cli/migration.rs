@@ -6,7 +6,7 @@
 //! PostgreSQL 1 and 3, Redis 1 and 2; labels, owners' PID namespaces and
 //! Redis's cluster layout came in between).
 
-use crate::support::{backend, psql, Backend, Env};
+use crate::support::{backend, psql, run_sh, Backend, Env};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The previous release's SQLite schema (its migrations 1 and 2).
@@ -229,16 +229,13 @@ fn replay_an_old_store(latest: bool) {
         ));
     // ... and after a new run has upgraded the store.
     env.idem()
-        .args([
-            "-q",
-            "run",
-            "-k",
-            "new",
-            "--",
-            "sh",
-            "-c",
-            "echo e >&2; sleep 0.05; echo o",
-        ])
+        .args(
+            [
+                &["-q"][..],
+                &run_sh(&["-k", "new"], "echo e >&2; sleep 0.05; echo o"),
+            ]
+            .concat(),
+        )
         .assert()
         .success();
     assert!(version(&env) > old, "the store was upgraded");

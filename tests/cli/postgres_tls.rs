@@ -6,42 +6,32 @@
 //! with a client certificate works with one; a Unix socket URL and the
 //! PG* variables work. Runs with `IDEM_TEST_BACKEND=postgres`.
 
-use crate::support::{require, sh, Backend, Env};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use tempfile::TempDir;
+use crate::support::{free_port, require, sh, Backend, Env, ScriptedServer};
 
 /// The private server, stopped when dropped.
 struct Server {
-    dir: TempDir,
+    server: ScriptedServer,
     port: u16,
 }
 
 impl Server {
     fn start() -> Server {
-        let dir = TempDir::new().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let status = Command::new(script())
-            .args(["start"])
-            .arg(dir.path())
-            .arg(port.to_string())
-            .status()
-            .expect("bash");
-        let server = Server { dir, port };
-        assert!(
-            status.success(),
-            "tests/pg_tls_server.sh could not start PostgreSQL (needs the postgresql package and root)"
+        let port = free_port();
+        let server = ScriptedServer::start(
+            "pg_tls_server.sh",
+            &[port.to_string()],
+            "needs the postgresql package and root",
         );
-        server
+        Server { server, port }
     }
 
     fn file(&self, name: &str) -> String {
-        self.dir.path().join(name).to_string_lossy().into_owned()
+        self.server
+            .dir
+            .path()
+            .join(name)
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// A URL to 127.0.0.1 (or `host`) with `params` after the table.
@@ -56,19 +46,6 @@ impl Server {
     fn verify_full(&self, ca: &str) -> String {
         format!("sslmode=verify-full&sslrootcert={}", self.file(ca))
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new(script())
-            .arg("stop")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pg_tls_server.sh")
 }
 
 /// Runs `idem run` counting into `n`; returns (exit code, stderr).

@@ -1,6 +1,6 @@
 //! `idem run`: keys, states, duplicates, the child, exit codes.
 
-use crate::support::{sh, start_reading, wait_for, Env, Holder};
+use crate::support::{run_sh, sh, start_reading, wait_for, Env, Holder};
 use predicates::prelude::*;
 use std::io::Read;
 use std::process::Stdio;
@@ -412,17 +412,7 @@ fn waiters_share_a_failure_and_the_next_call_runs_again() {
         .spawn()
         .unwrap();
     wait_for(&env.path("ready"));
-    let run = [
-        "run",
-        "-k",
-        "f",
-        "--on-duplicate",
-        "wait",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ];
+    let run = run_sh(&["-k", "f", "--on-duplicate", "wait"], &script);
     // Each waiter is attached once it shows the run's first line.
     let waiters: Vec<_> = (0..10).map(|_| start_reading(&env, &run)).collect();
     std::fs::write(env.path("release"), "").unwrap();
@@ -527,17 +517,7 @@ fn max_output_cuts_and_flags_the_stored_copy() {
     let env = Env::new();
     let script = "printf 0123456789; printf abcdefghij >&2";
     env.idem()
-        .args([
-            "run",
-            "-k",
-            "cap",
-            "--max-output",
-            "4",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
+        .args(run_sh(&["-k", "cap", "--max-output", "4"], script))
         .assert()
         .success()
         .stdout("0123456789");
@@ -593,19 +573,10 @@ fn timeout_terminates_and_exits_124() {
     let script = format!("{}; sleep 30", env.count_run("n"));
     for _ in 0..2 {
         env.idem()
-            .args([
-                "run",
-                "-k",
-                "slow",
-                "--timeout",
-                "300ms",
-                "--on-failure",
-                "lock",
-                "--",
-                "sh",
-                "-c",
+            .args(run_sh(
+                &["-k", "slow", "--timeout", "300ms", "--on-failure", "lock"],
                 &script,
-            ])
+            ))
             .assert()
             .code(124);
     }

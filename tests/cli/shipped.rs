@@ -360,7 +360,12 @@ fn help_never_shows_the_store_url() {
             .args(args)
             .output()
             .expect("idem");
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "idem {args:?}: {out:?}"
+        );
         let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("Usage:"), "idem {args:?}: {help}");
         assert!(
             !help.contains("s3cret"),
             "idem {args:?} shows IDEM_DB:\n{help}"

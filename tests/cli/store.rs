@@ -1,7 +1,7 @@
 //! The SQLite store file: where it lives, its permissions, and files that
 //! are not (or no longer) idem stores, which must be refused untouched.
 
-use crate::support::Env;
+use crate::support::{run_sh, Env};
 use std::os::unix::fs::PermissionsExt;
 
 fn mode(path: &std::path::Path) -> u32 {
@@ -53,17 +53,13 @@ fn refused_untouched(contents: &[u8], expect: &str) {
     std::fs::write(env.path("store.db"), contents).unwrap();
     let out = env
         .idem()
-        .args([
-            "--db",
-            "store.db",
-            "run",
-            "-k",
-            "k",
-            "--",
-            "sh",
-            "-c",
-            &env.count_run("n"),
-        ])
+        .args(
+            [
+                &["--db", "store.db"][..],
+                &run_sh(&["-k", "k"], &env.count_run("n")),
+            ]
+            .concat(),
+        )
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -143,22 +139,7 @@ fn a_corrupt_store_is_refused_untouched() {
 fn a_read_only_directory_fails_before_the_command_runs() {
     let env = Env::sqlite();
     // /proc refuses file creation even to root.
-    env.idem()
-        .args([
-            "--db",
-            "/proc/idem-test/idem.db",
-            "run",
-            "-k",
-            "k",
-            "--",
-            "sh",
-            "-c",
-            &env.count_run("n"),
-        ])
-        .assert()
-        .code(125)
-        .stderr(predicates::str::starts_with("idem: "));
-    assert_eq!(env.count("n"), 0);
+    env.refused(&["--db", "/proc/idem-test/idem.db"]);
 }
 
 #[test]

@@ -6,46 +6,32 @@
 //! follow the slot, and the record replays from its new master.
 
 use super::{connect, query};
-use crate::support::{require, sh, wait_for, Backend, Env};
+use crate::support::{free_port, require, sh, Backend, Env, Holder, ScriptedServer};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use tempfile::TempDir;
 
 /// The cluster, stopped when dropped.
 struct Cluster {
-    dir: TempDir,
+    _server: ScriptedServer,
     ports: Vec<u16>,
 }
 
 impl Cluster {
     fn start() -> Cluster {
-        let dir = TempDir::new().unwrap();
         // Each node also listens on port + 10000 (the cluster bus).
         let ports: Vec<u16> = (0..3)
             .map(|_| loop {
-                let port = TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port();
+                let port = free_port();
                 if port < 55000 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
                     break port;
                 }
             })
             .collect();
-        let status = Command::new(script())
-            .arg("start")
-            .arg(dir.path())
-            .args(ports.iter().map(u16::to_string))
-            .status()
-            .unwrap();
-        let cluster = Cluster { dir, ports };
-        assert!(
-            status.success(),
-            "tests/redis_cluster.sh could not start the cluster"
-        );
-        cluster
+        let args: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let server = ScriptedServer::start("redis_cluster.sh", &args, "needs redis-server");
+        Cluster {
+            _server: server,
+            ports,
+        }
     }
 
     fn url(&self, node: usize) -> String {
@@ -57,19 +43,6 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(script())
-            .arg("stop")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis_cluster.sh")
-}
-
 #[test]
 #[ignore = "needs IDEM_TEST_BACKEND=redis"]
 fn a_key_whose_slot_moves_mid_run_runs_once() {
@@ -78,18 +51,18 @@ fn a_key_whose_slot_moves_mid_run_runs_once() {
     let env = Env::new();
     let db = format!("{}?prefix=c:", cluster.url(0));
     let record = crate::support::record_key("c:", "moving");
-    let run = |node: usize| {
+    let on_node = |node: usize| {
         let mut idem = env.idem_std();
-        idem.env("IDEM_DB", format!("{}?prefix=c:", cluster.url(node)))
-            .args(["run", "-k", "moving", "--lease", "3s", "--"])
-            .args(sh(&format!(
-                "{}; touch ready; while [ ! -e release ]; do sleep 0.01; done; echo done",
-                env.count_run("n")
-            )));
+        idem.env("IDEM_DB", format!("{}?prefix=c:", cluster.url(node)));
         idem
     };
-    let owner = run(0).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    wait_for(&env.path("ready"));
+    let run = |node: usize| {
+        let mut idem = on_node(node);
+        idem.args(["run", "-k", "moving", "--lease", "3s", "--"])
+            .args(sh(&Holder::script(&env)));
+        idem
+    };
+    let owner = Holder::start_from(&env, on_node(0), "moving", &["--lease", "3s"]);
 
     let slot: i64 = query(&mut cluster.node(0), &["CLUSTER", "KEYSLOT", &record]);
     let ids: Vec<String> = (0..3)
@@ -146,15 +119,14 @@ fn a_key_whose_slot_moves_mid_run_runs_once() {
     }
     std::thread::sleep(std::time::Duration::from_millis(3500));
     refused(from);
-    std::fs::write(env.path("release"), "").unwrap();
-    let out = owner.wait_with_output().unwrap();
+    let out = owner.release();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(query::<i64>(&mut cluster.node(to), &["EXISTS", &record]), 1);
     // Finished on the new master: replayed from any node, run once.
     for node in 0..3 {
         let out = run(node).output().unwrap();
         assert!(out.status.success());
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "held\ndone\n");
     }
     assert_eq!(env.count("n"), 1);
     // inspect and purge see every master.

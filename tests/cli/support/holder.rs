@@ -1,6 +1,9 @@
 //! `Holder`: an `idem run` that holds a key until the test lets it go. Its
-//! child counts its run in `n`, prints `held`, writes its pid (its process
-//! group) to `ready` and waits for the file `release`; then prints `done`.
+//! child counts its run in `n` and its attempt (`$IDEM_ATTEMPT`) in
+//! `attempts`, marks itself running (a second execution at the same time
+//! leaves a line in `violations`), prints `held`, writes its pid (its
+//! process group) to `ready` and waits for the file `release`; then prints
+//! `done`.
 //! The holder is released and reaped, or killed with its child's group, when
 //! dropped, so a failing test never leaves it behind; every wait on it is
 //! bounded.
@@ -25,9 +28,16 @@ impl Holder {
     /// The child's script: `release` is relative to the test's directory,
     /// idem's working directory.
     pub fn script(env: &Env) -> String {
+        Holder::script_with(env, "echo held", "echo done")
+    }
+
+    /// The child's script with `before` in place of `echo held` (run before
+    /// `ready` is written) and `after` in place of `echo done`.
+    pub fn script_with(env: &Env, before: &str, after: &str) -> String {
         format!(
-            "{}; echo held; echo $$ > ready.tmp; mv ready.tmp ready; \
-             while [ ! -e release ]; do sleep 0.01; done; echo done",
+            "mkdir running 2>/dev/null || echo overlap >> violations; {}; \
+             echo $IDEM_ATTEMPT >> attempts; {before}; echo $$ > ready.tmp; mv ready.tmp ready; \
+             while [ ! -e release ]; do sleep 0.01; done; rmdir running; {after}",
             env.count_run("n")
         )
     }
@@ -41,13 +51,26 @@ impl Holder {
 
     /// `start` with a prepared `idem` command (another store, another host).
     #[track_caller]
-    pub fn start_from(env: &Env, mut idem: Command, key: &str, extra: &[&str]) -> Holder {
+    pub fn start_from(env: &Env, idem: Command, key: &str, extra: &[&str]) -> Holder {
+        Holder::start_running(env, idem, key, extra, &Holder::script(env))
+    }
+
+    /// `start_from` with another script, which writes its pid to `ready`
+    /// once it holds the key (`script_with` makes one).
+    #[track_caller]
+    pub fn start_running(
+        env: &Env,
+        mut idem: Command,
+        key: &str,
+        extra: &[&str],
+        script: &str,
+    ) -> Holder {
         let ready = env.path("ready");
         let _ = std::fs::remove_file(&ready);
         let child = idem
             .args(["run", "-k", key])
             .args(extra)
-            .args(["--", "sh", "-c", &Holder::script(env)])
+            .args(["--", "sh", "-c", script])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -65,6 +88,19 @@ impl Holder {
             .parse()
             .expect("a pid in ready");
         holder
+    }
+
+    /// The child's pid, also its process group.
+    pub fn child_pid(&self) -> i32 {
+        self.child_pid
+    }
+
+    /// SIGKILLs idem alone, as a crash of idem would; its child runs on
+    /// until released (or killed with the holder).
+    pub fn crash_idem(&mut self) {
+        let idem = self.idem.as_mut().expect("idem still held");
+        let _ = idem.kill();
+        let _ = idem.wait();
     }
 
     /// Lets the child finish; returns idem's output once it exited.
@@ -94,15 +130,31 @@ impl Holder {
             // idem first, or it could see its child die and record a failure.
             let _ = idem.kill();
             let _ = idem.wait();
-            let group = Pid::from_raw(-self.child_pid);
-            let _ = kill(group, Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(-self.child_pid), Signal::SIGKILL);
             // Bounded without panicking: this also runs in a failing test.
             let deadline = Instant::now() + FINISH_WITHIN;
-            while kill(group, None).is_ok() && Instant::now() < deadline {
+            while group_alive(self.child_pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
     }
+}
+
+/// Whether a process of group `pgid` is alive. Zombies do not count: the
+/// orphans' reaper (PID 1 of a container) may take its time.
+fn group_alive(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
+            // After the command name: state, ppid, pgrp.
+            let fields: Vec<&str> = stat[stat.rfind(')').map_or(0, |at| at + 2)..]
+                .splitn(4, ' ')
+                .collect();
+            fields.len() == 4 && fields[0] != "Z" && fields[2] == pgid.to_string()
+        })
+    })
 }
 
 impl Drop for Holder {

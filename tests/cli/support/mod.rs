@@ -10,11 +10,14 @@
 //! file itself uses `Env::sqlite()` and runs under any backend.
 
 mod holder;
+pub mod pty;
 mod records;
 pub mod redis_server;
+mod scripted;
 
 pub use holder::Holder;
 pub use records::{keys, make, make_crashed, make_expired, record_key, records};
+pub use scripted::{free_port, ScriptedServer};
 
 use assert_cmd::Command;
 use std::io::Read;
@@ -212,6 +215,28 @@ impl Env {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).expect("UTF-8 stdout")
+    }
+
+    /// Runs `idem GLOBAL run -k refused -- sh -c COUNT` and asserts that
+    /// the store was refused before the command ran: exit 125, one
+    /// `idem: ` line, nothing counted in `n`. Returns the line.
+    #[track_caller]
+    pub fn refused(&self, global: &[&str]) -> String {
+        let out = self
+            .idem()
+            .args(global)
+            .args(["run", "-k", "refused", "--"])
+            .args(sh(&self.count_run("n")))
+            .output()
+            .expect("start idem");
+        let stderr = String::from_utf8(out.stderr).expect("UTF-8 stderr");
+        assert_eq!(out.status.code(), Some(125), "{stderr}");
+        assert!(
+            stderr.starts_with("idem: ") && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+        assert_eq!(self.count("n"), 0, "the command ran");
+        stderr
     }
 
     /// A name no other test uses (the table or key prefix of this test).
@@ -427,6 +452,14 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// `run FLAGS -- sh -c SCRIPT`: idem's argv for a shell script.
+pub fn run_sh<'a>(flags: &[&'a str], script: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["run"];
+    args.extend_from_slice(flags);
+    args.extend(["--", "sh", "-c", script]);
+    args
 }
 
 /// `sh -c SCRIPT` as argv after `--`.
