@@ -103,7 +103,11 @@ fn a_stalled_reader_does_not_delay_the_timeout() {
     // written the whole megabyte before its TERM; most of it, surely).
     let mut out = Vec::new();
     idem.stdout.take().unwrap().read_to_end(&mut out).unwrap();
-    assert_eq!(Some(out.len() as u64), record["stdout_bytes"].as_u64(), "{record}");
+    assert_eq!(
+        Some(out.len() as u64),
+        record["stdout_bytes"].as_u64(),
+        "{record}"
+    );
     assert!(out.len() > 500_000, "only {} bytes", out.len());
     assert_eq!(idem.wait().unwrap().code(), Some(124));
 }

@@ -25,5 +25,6 @@ mod postgres_tls;
 mod purge;
 mod redis;
 mod run;
+mod running;
 mod shipped;
 mod store;
