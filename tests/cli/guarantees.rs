@@ -169,8 +169,7 @@ fn stderr_is_streamed_live() {
 /// SQLite: waiters attached to a run notice its end within 100 ms (they
 /// look at the file every 50 ms). The median of five waiters is judged, and
 /// against 300 ms, which leaves a loaded CI machine time to schedule them
-/// and let them exit; a poll of a second or more (or a waiter that sleeps
-/// 150 ms between looks) still cannot pass.
+/// and let them exit; a poll of a second or more still cannot pass.
 #[test]
 fn waiters_notice_the_end_within_100_ms() {
     let env = Env::sqlite();
