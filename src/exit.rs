@@ -184,6 +184,13 @@ mod tests {
     }
 
     #[test]
+    fn a_status_shows_its_number_and_a_child_status_none() {
+        assert_eq!(Status::Child.number(), None);
+        assert_eq!(Status::Number(3).number(), Some(3));
+        assert_eq!(Status::Chosen(Code::Timeout).number(), Some(124));
+    }
+
+    #[test]
     fn a_child_status_is_its_code_or_128_plus_its_signal() {
         assert_eq!(child_status(Some(0), None), 0);
         assert_eq!(child_status(Some(3), None), 3);

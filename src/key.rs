@@ -188,4 +188,40 @@ mod tests {
         assert_eq!(out, data);
         assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&data)));
     }
+
+    /// A reader that first fails with `kind`, then yields `data`.
+    struct FailsOnce {
+        kind: Option<io::ErrorKind>,
+        data: &'static [u8],
+    }
+
+    impl Read for FailsOnce {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if let Some(kind) = self.kind.take() {
+                return Err(kind.into());
+            }
+            let n = self.data.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn spool_retries_an_interrupted_read_and_stops_at_an_error() {
+        let interrupted = FailsOnce {
+            kind: Some(io::ErrorKind::Interrupted),
+            data: b"abc",
+        };
+        let mut out = Vec::new();
+        let digest = hash_and_spool(interrupted, &mut out).unwrap();
+        assert_eq!(out, b"abc");
+        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(b"abc")));
+        let broken = FailsOnce {
+            kind: Some(io::ErrorKind::BrokenPipe),
+            data: b"abc",
+        };
+        let err = hash_and_spool(broken, Vec::new()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    }
 }

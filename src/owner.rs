@@ -239,12 +239,70 @@ mod tests {
             .unwrap();
         let pgid = i64::from(child.id());
         // Exited but not reaped: a zombie, alone in its group.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while proc_stat(pgid).is_some_and(|s| s.state != 'Z') {
+            assert!(std::time::Instant::now() < deadline, "{pgid} never exited");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        assert_eq!(proc_stat(pgid).map(|s| s.state), Some('Z'));
         assert!(!group_alive(pgid));
         child.wait().unwrap();
         assert!(!group_alive(pgid));
+    }
+
+    /// A SIGKILLed idem can leave its child's group running: the group
+    /// keeps the owner alive while any member lives, leader or not.
+    #[test]
+    fn a_group_lives_while_any_member_does() {
+        let leader = std::process::Command::new("sh")
+            .args(["-c", "sleep 60 >/dev/null & echo $!"])
+            .process_group(0)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pgid = i64::from(leader.id());
+        let output = leader.wait_with_output().unwrap();
+        let member: i32 = String::from_utf8(output.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The leader is gone and reaped; its member is not.
+        assert!(!signalable(pgid));
+        assert!(group_alive(pgid));
+        let mut owner = Here::detect().me();
+        owner.start += 1;
+        owner.child = Some(ChildId {
+            pid: pgid,
+            pgid,
+            start: 0,
+        });
+        assert!(owner.process_alive());
+        kill(Pid::from_raw(member), nix::sys::signal::Signal::SIGKILL).unwrap();
+        // Reaped by init or left a zombie: dead either way.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while group_alive(pgid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "group {pgid} lives on"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!owner.process_alive());
+    }
+
+    #[test]
+    fn signalable_means_an_existing_pid_or_group() {
+        let me = i64::from(std::process::id());
+        assert!(signalable(me));
+        assert!(signalable(-i64::from(nix::unistd::getpgrp().as_raw())));
+        // 0 would be "this process's group": never an owner.
+        assert!(!signalable(0));
+        assert!(!signalable(i64::from(i32::MAX) + 1));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = i64::from(child.id());
+        child.wait().unwrap();
+        assert!(!signalable(pid));
     }
 
     #[test]

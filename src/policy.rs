@@ -234,6 +234,15 @@ mod tests {
             decide(Some(&expired), 100, &[1], policy, |_| true),
             Verdict::Run { attempt: 1, .. }
         ));
+        // A takeover of a crashed owner's record is its next attempt too.
+        let crashed = record(Status::InProgress, None);
+        assert!(matches!(
+            decide(Some(&crashed), 100, &[1], policy, |_| false),
+            Verdict::Run {
+                attempt: 3,
+                crashed: Some(_)
+            }
+        ));
     }
 
     /// SPEC.md "Crashed owners", place by place, on a local file and on a

@@ -333,6 +333,13 @@ fn commands_that_cannot_start_are_never_locked() {
         .assert()
         .code(127)
         .stderr(predicates::str::starts_with("idem: ").and(predicates::str::contains("not found")));
+    // Recorded as a failure with the status the caller saw.
+    let record = &crate::support::records(&env, &["nf"])[0];
+    assert_eq!(
+        (&record["status"], &record["exit_code"]),
+        (&"failed".into(), &127.into()),
+        "{record}"
+    );
     std::fs::write(env.path("script"), "#!/bin/sh\necho now\n").unwrap();
     env.idem()
         .args(["run", "-k", "ne", "--on-failure", "lock", "--", "./script"])
