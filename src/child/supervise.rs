@@ -37,6 +37,8 @@ const LINGER: Duration = Duration::from_millis(100);
 /// How often to look again at a queue that was full, or at a group that
 /// outlived its leader.
 const RECHECK: Duration = Duration::from_millis(10);
+/// How often the supervisor looks for the child's exit without a SIGCHLD.
+const REAP_CHECK: Duration = Duration::from_secs(1);
 /// The most read from a pipe at once.
 const CHUNK: usize = 64 * 1024;
 /// The journal is appended when this much is waiting, or `BATCH_AGE` after
@@ -224,6 +226,11 @@ impl Watch<'_> {
             let stalled = self.held.is_some() || self.streams.iter().any(|s| s.unwritten.is_some());
             if stalled || (reaped_at.is_some() && kill_at.is_some()) {
                 wait = Some(wait.map_or(RECHECK, |w| w.min(RECHECK)));
+            }
+            // SIGCHLD wakes this loop; should it ever not come (a thread of
+            // a library that does not block it), the child is still reaped.
+            if status.is_none() {
+                wait = Some(wait.map_or(REAP_CHECK, |w| w.min(REAP_CHECK)));
             }
             let poll_timeout = match wait {
                 Some(d) => PollTimeout::try_from(d.as_millis().min(60_000) as i32 + 1)

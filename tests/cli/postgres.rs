@@ -409,3 +409,53 @@ fn an_outcome_that_cannot_be_written_is_reported_after_a_bounded_time() {
     assert!(err.contains("stays in_progress"), "{err}");
     assert_eq!(out.stdout, b"done\n", "the command itself ran");
 }
+
+/// A host name (not an address) makes the client resolve it on a thread of
+/// its own, which lives on for seconds. Every thread of idem must block the
+/// signals idem forwards and SIGCHLD while the command runs: a signal goes
+/// to any thread that does not block it, and there SIGCHLD was lost (idem
+/// waited for the finished child for ever) and SIGTERM would kill idem
+/// before its record. The command reads each thread's blocked set.
+#[test]
+#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
+fn every_thread_blocks_the_signals_while_the_command_runs() {
+    require(Backend::Postgres);
+    let env = Env::new();
+    assert!(
+        env.db.contains("@127.0.0.1:"),
+        "expected a 127.0.0.1 URL: {}",
+        env.db
+    );
+    let by_name = env.db.replacen("@127.0.0.1:", "@localhost:", 1);
+    let script = "for t in /proc/$PPID/task/*; do \
+                  echo \"$(cat $t/comm) $(sed -n 's/^SigBlk:[[:space:]]*//p' $t/status)\"; done";
+    let out = env
+        .idem()
+        .args(["--db", &by_name, "run", "-k", "threads", "--"])
+        .args(sh(script))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8(out.stdout).unwrap();
+    let threads: Vec<(&str, u64)> = listing
+        .lines()
+        .map(|line| {
+            let (name, mask) = line.rsplit_once(' ').unwrap();
+            (name, u64::from_str_radix(mask, 16).unwrap())
+        })
+        .collect();
+    assert!(threads.len() > 1, "{listing}");
+    for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let bit = 1u64 << (sig - 1);
+        for (name, mask) in &threads {
+            assert!(
+                mask & bit != 0,
+                "thread {name} does not block signal {sig}:\n{listing}"
+            );
+        }
+    }
+}

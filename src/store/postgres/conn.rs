@@ -50,10 +50,22 @@ impl Failure {
     }
 }
 
+/// Runs on each thread the runtime starts (the blocking pool that resolves
+/// a host name, which outlives the lookup by seconds): every signal stays
+/// blocked there. A process-directed signal goes to any thread that does
+/// not block it, and this one may have been started before idem blocked
+/// the signals it forwards: a SIGCHLD taken there was lost (the supervisor
+/// waited for it for ever), a SIGTERM would kill idem before its record.
+fn block_signals() {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None);
+}
+
 impl Conn {
     pub fn new(target: Target) -> Result<Conn> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_start(block_signals)
             .build()
             .context("cannot start the PostgreSQL client")?;
         let tls = match target.tls.connector() {

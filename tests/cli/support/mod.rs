@@ -136,7 +136,14 @@ fn set_up_process() {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some((name, _)) = live.iter().find(|(_, at)| at.elapsed() > WATCHDOG) {
-                eprintln!("watchdog: test {name} ran longer than {WATCHDOG:?}; failing the run");
+                // Straight to stderr: this thread inherits the output
+                // capture of the test that started it, which `eprintln!`
+                // would write into, never to be shown.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "watchdog: test {name} ran longer than {WATCHDOG:?}; failing the run"
+                );
                 std::process::exit(101);
             }
         });
