@@ -45,10 +45,12 @@ fi
 if [ "$phase" != --unit ]; then
     cargo mutants --no-shuffle --jobs 1 --timeout 50 --output mutants.out/cli \
         -f src/cmd/run.rs -f src/cmd/run/execute.rs -f src/store/sqlite.rs \
+        -f src/store/sqlite/purge.rs \
         -F "Call<'_>::(run|act|claim|alive|execute|finish)\b" \
         -F '\bmillis\b' \
         -F 'SqliteStore::(sync|next_token|write_claim|write_outcome)\b' \
+        -F '\bdelete_some_expired\b' \
         -F 'SqliteStore>::(claim|finish|set_child|renew)\b' \
         -- --bins --test cli -- \
-        run:: crash:: guarantees:: store:: callers:: liveness:: disk:: journal::
+        run:: running:: crash:: guarantees:: store:: callers:: liveness:: disk:: journal::
 fi
