@@ -405,13 +405,7 @@ fn keep(supervisor: &mut dyn Supervisor, chunks: &Receiver<(Stream, Vec<u8>)>) {
     let mut next_renewal = supervisor.renew_every().map(|every| Instant::now() + every);
     let mut reported = false;
     let mut append = |supervisor: &mut dyn Supervisor, batch: &mut Vec<(Stream, Vec<u8>)>| {
-        let chunks: Vec<Chunk<'_>> = batch
-            .iter()
-            .map(|(stream, bytes)| Chunk {
-                stream: *stream,
-                bytes,
-            })
-            .collect();
+        let chunks = Chunk::all_of(batch);
         if let Err(e) = supervisor.journal(&chunks) {
             if !std::mem::replace(&mut reported, true) {
                 crate::say::error(format_args!(

@@ -140,6 +140,19 @@ pub struct Chunk<'a> {
     pub bytes: &'a [u8],
 }
 
+impl Chunk<'_> {
+    /// A batch of captured pieces as the stores take it.
+    pub fn all_of(batch: &[(Stream, Vec<u8>)]) -> Vec<Chunk<'_>> {
+        batch
+            .iter()
+            .map(|(stream, bytes)| Chunk {
+                stream: *stream,
+                bytes,
+            })
+            .collect()
+    }
+}
+
 /// How often a follower looks at a local store again (a shared store
 /// wakes it up instead).
 pub const LOCAL_POLL: Duration = Duration::from_millis(50);

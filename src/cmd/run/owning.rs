@@ -110,13 +110,7 @@ impl Owning<'_> {
     /// rest waiting.
     fn try_flush(&mut self) -> Result<()> {
         while let Some(batch) = self.pending.front() {
-            let chunks: Vec<Chunk<'_>> = batch
-                .iter()
-                .map(|(stream, bytes)| Chunk {
-                    stream: *stream,
-                    bytes,
-                })
-                .collect();
+            let chunks = Chunk::all_of(batch);
             let ours = self
                 .store
                 .append_journal(self.key, self.token, self.seq, &chunks)?;
