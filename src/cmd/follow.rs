@@ -17,7 +17,7 @@ use crate::store::{Millis, Record, Status, Store, Stream};
 use anyhow::Result;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 /// How long a follower waits for a wake-up before it looks at the record
@@ -26,15 +26,54 @@ const ROUND: Duration = Duration::from_secs(1);
 
 /// idem's stdout and stderr, written unbuffered.
 pub struct Sink {
-    out: Option<File>,
-    err: Option<File>,
+    out: Option<Target>,
+    err: Option<Target>,
     /// What is written, for messages: "replayed output", "output".
     what: &'static str,
 }
 
+/// One of the two streams, and how much has been written to it.
+struct Target {
+    file: File,
+    written: usize,
+}
+
+/// After this much output to one stream, a pipe behind it is grown to
+/// `PIPE_SIZE`: with Linux's default 64 KiB, writer and reader take turns
+/// every 64 KiB, and a replay of 48 MiB spent more time switching than
+/// copying (1.5x `cat`; 0.8x with the bigger pipe). Small outputs, nearly
+/// every replay, cost no extra system call.
+const GROW_AFTER: usize = 1 << 20;
+/// 64 pages: far below the 16,384 pages an unprivileged user's pipes may
+/// hold before Linux makes that user's new pipes small.
+const PIPE_SIZE: usize = 256 * 1024;
+
+impl Target {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.written < GROW_AFTER && self.written + bytes.len() >= GROW_AFTER {
+            grow_pipe(&self.file);
+        }
+        self.written = self.written.saturating_add(bytes.len());
+        self.file.write_all(bytes)
+    }
+}
+
+/// Grows the pipe `file` writes to (if it is one) to `PIPE_SIZE`; never
+/// shrinks it. Best effort: a refusal leaves the pipe as it was.
+fn grow_pipe(file: &File) {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let fd = file.as_raw_fd();
+    if matches!(fcntl(fd, FcntlArg::F_GETPIPE_SZ), Ok(size) if (size as usize) < PIPE_SIZE) {
+        let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as libc::c_int));
+    }
+}
+
 impl Sink {
     pub fn new(what: &'static str) -> Sink {
-        let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().ok().map(File::from);
+        let dup = |fd: std::os::fd::BorrowedFd<'_>| {
+            let file = File::from(fd.try_clone_to_owned().ok()?);
+            Some(Target { file, written: 0 })
+        };
         Sink {
             out: dup(io::stdout().as_fd()),
             err: dup(io::stderr().as_fd()),
@@ -49,8 +88,8 @@ impl Sink {
             Stream::Stdout => (&mut self.out, "stdout"),
             Stream::Stderr => (&mut self.err, "stderr"),
         };
-        if let Some(file) = slot {
-            match file.write_all(bytes) {
+        if let Some(target) = slot {
+            match target.write(bytes) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => *slot = None,
                 Err(e) => {

@@ -234,3 +234,63 @@ fn a_waiter_of_a_crashed_run_under_block_exits_77_after_its_output() {
     );
     assert_eq!(env.count("again"), 0);
 }
+
+/// What idem leaves of a pipe's buffer size after it wrote `args`'s output
+/// into it: (size before, size after, bytes read). `preset` grows the pipe
+/// first, as a caller may have.
+fn pipe_size_after(env: &Env, args: &[&str], preset: Option<usize>) -> (usize, usize, usize) {
+    use nix::fcntl::{fcntl, FcntlArg};
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    if let Some(size) = preset {
+        fcntl(read_end.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(size as i32)).unwrap();
+    }
+    let size = |fd: &std::os::fd::OwnedFd| fcntl(fd.as_raw_fd(), FcntlArg::F_GETPIPE_SZ).unwrap();
+    let before = size(&read_end) as usize;
+    let mut child = env
+        .idem_std()
+        .args(args)
+        .stdout(Stdio::from(write_end))
+        .spawn()
+        .unwrap();
+    let mut reader = std::fs::File::from(read_end.try_clone().unwrap());
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).unwrap();
+    assert!(child.wait().unwrap().success());
+    (before, size(&read_end) as usize, bytes.len())
+}
+
+#[test]
+fn a_big_replay_grows_the_pipe_it_writes_to_and_a_small_one_leaves_it_alone() {
+    let env = Env::new();
+    let big = [
+        "-q",
+        "run",
+        "-k",
+        "big",
+        "--",
+        "sh",
+        "-c",
+        "head -c 3000000 /dev/zero",
+    ];
+    env.run_ok(&big);
+    let one_mib = 1 << 20;
+    let grown = 256 * 1024;
+    // The default pipe (64 KiB): the replay and `logs` make it bigger.
+    for args in [&big[..], &["logs", "big"]] {
+        let (before, after, read) = pipe_size_after(&env, args, None);
+        assert!(before < grown, "{before}");
+        assert_eq!((after, read), (grown, 3_000_000), "{args:?}");
+    }
+    // A bigger pipe is never made smaller.
+    assert_eq!(
+        pipe_size_after(&env, &big, Some(one_mib)),
+        (one_mib, one_mib, 3_000_000)
+    );
+    // A small output costs no system call: the pipe stays as it was.
+    let small = ["-q", "run", "-k", "small", "--", "echo", "hi"];
+    env.run_ok(&small);
+    let (before, after, read) = pipe_size_after(&env, &small, None);
+    assert_eq!((after, read), (before, 3));
+}
