@@ -111,6 +111,7 @@ fn no_record<T>(key: &str) -> Result<T> {
 
 /// `inspect KEY`: the detailed view, or the raw stored output.
 fn one(args: &Args, key: &str, store: &mut dyn Store, out: &mut dyn Write) -> Result<u8> {
+    store.count_replays_exactly();
     let (now, record) = store.get(key)?;
     let vantage = Vantage::new(now, store.is_shared());
     let Some(record) = record else {

@@ -241,6 +241,9 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
         ));
         let mut store =
             store::open(&location, Mode::Create)?.context("the store could not be created")?;
+        if args.report.is_some() {
+            store.count_replays_exactly();
+        }
         if let (true, store::Location::Redis(url)) = (global.verbose, &location) {
             if let Some(warning) = store::redis::persistence_warning(url) {
                 crate::say::notice(format_args!("{warning}"));

@@ -250,6 +250,12 @@ pub trait Store: Send {
     /// Counts one replay (cheaply: not worth an fsync).
     fn count_replay(&mut self, key: &str, token: i64) -> Result<()>;
 
+    /// Makes `get` count every replay so far, for those who show counts
+    /// (`inspect`, `--report`). A store that counts with some delay (SQLite
+    /// appends replays to a file, folded in now and then) then adds in what
+    /// it has not folded yet; `list` always does.
+    fn count_replays_exactly(&mut self) {}
+
     /// Calls `each` for every record the filter selects, newest first.
     fn list(&mut self, filter: &Filter, each: &mut dyn FnMut(Record) -> Result<()>) -> Result<()>;
 

@@ -24,6 +24,7 @@ mod postgres;
 mod postgres_tls;
 mod purge;
 mod redis;
+mod replays;
 mod run;
 mod running;
 mod shipped;

@@ -7,7 +7,7 @@
 
 use super::errors::{describe, is_busy, store_error};
 use super::file::check_identity;
-use super::{journal, SqliteStore, Sync, LOCK_PATIENCE, NEVER_INITIALISED};
+use super::{journal, replays, SqliteStore, Sync, LOCK_PATIENCE, NEVER_INITIALISED};
 use crate::store::Mode;
 use anyhow::Result;
 use std::time::{Duration, Instant};
@@ -106,6 +106,8 @@ impl SqliteStore {
         }
         if tables == 0 {
             self.created = true;
+            // Counts left by a store that was here before are not this one's.
+            replays::forget(&self.path);
             // auto_vacuum must be chosen before the first table exists.
             self.pragma("auto_vacuum", "INCREMENTAL")?;
         }
