@@ -184,7 +184,8 @@ pub trait Store: Send {
     fn now(&mut self) -> Result<Millis>;
 
     /// Reads a record, with the store's time, without taking any lock (one
-    /// round trip on a shared store: the replay path runs on it).
+    /// round trip on a shared store: the replay path runs on it). Its
+    /// `replays` may be short unless `count_replays_exactly` was called.
     fn get(&mut self, key: &str) -> Result<(Millis, Option<Record>)>;
 
     /// Under the store's lock for `key`, reads the record and passes it with

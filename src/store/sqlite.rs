@@ -22,7 +22,7 @@ mod upkeep;
 
 use errors::{describe, describe_at, store_error, store_failure};
 use file::{create_file, identify, Creating, Found};
-use records::{filter_sql, record_from_row, RECORD_COLUMNS, RECORD_COLUMN_COUNT};
+use records::{filter_sql, record_from_row, DECISION_COLUMNS, RECORD_COLUMNS, RECORD_COLUMN_COUNT};
 
 use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
 use crate::owner::ChildId;
@@ -156,11 +156,16 @@ impl SqliteStore {
         result.or_else(|e| self.fail(&format!("{doing}: {}", describe_at(&self.path, &e))))
     }
 
-    fn read_record(&self, key: &str) -> rusqlite::Result<Option<Record>> {
+    /// The record of `key`, its replay count short (see `DECISION_COLUMNS`)
+    /// unless `exactly`.
+    fn read_record(&self, key: &str, exactly: bool) -> rusqlite::Result<Option<Record>> {
+        let columns = if exactly {
+            RECORD_COLUMNS
+        } else {
+            DECISION_COLUMNS
+        };
         self.conn
-            .prepare_cached(&format!(
-                "SELECT {RECORD_COLUMNS} FROM records WHERE key = ?1"
-            ))?
+            .prepare_cached(&format!("SELECT {columns} FROM records WHERE key = ?1"))?
             .query_row([key], record_from_row)
             .optional()
     }
@@ -271,7 +276,7 @@ impl Store for SqliteStore {
         let record = if self.exact_counts {
             self.read_record_exactly(key)
         } else {
-            self.read_record(key)
+            self.read_record(key, false)
         };
         Ok((now_millis(), self.sql(record, "cannot read a record")?))
     }
@@ -289,7 +294,7 @@ impl Store for SqliteStore {
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let existing = tx
                 .prepare_cached(&format!(
-                    "SELECT {RECORD_COLUMNS} FROM records WHERE key = ?1"
+                    "SELECT {DECISION_COLUMNS} FROM records WHERE key = ?1"
                 ))?
                 .query_row([key], record_from_row)
                 .optional()?;

@@ -288,7 +288,7 @@ impl SqliteStore {
     pub(super) fn read_record_exactly(&self, key: &str) -> rusqlite::Result<Option<Record>> {
         let tx = self.conn.unchecked_transaction()?;
         let (pending, _lock) = pending(&tx, &self.path)?;
-        let mut record = self.read_record(key)?;
+        let mut record = self.read_record(key, true)?;
         if let Some(record) = &mut record {
             add_pending(record, &pending);
         }
