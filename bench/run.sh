@@ -107,10 +107,21 @@ say "5: replay of a 48 MiB output vs cat"
 head -c 48MiB /dev/urandom >big.out
 idem --db empty.db run --key big --max-output 64MiB -- cat big.out >/dev/null
 read -r _ capture_kib < <(measure idem --db empty.db run --key big-capture --max-output 64MiB -- cat big.out)
-hyperfine -N --runs 1 -P i 1 $((rounds * 2)) --output=pipe --export-json big.json \
-    'cat big.out' 'idem --db empty.db run --key big --max-output 64MiB -- cat big.out' >>"$log" 2>&1
+hyperfine -N --runs 1 -P i 1 $((rounds * 8)) --output=pipe --export-json big.json \
+    'cat big.out' 'idem --db empty.db run --key big --max-output 64MiB -- cat big.out' \
+    'idem --db empty.db logs big' >>"$log" 2>&1
 printf 'time\t5\treplay of 48 MiB (to a pipe)\tbig.json\t%s\tbig.json\tcat big.out\t1.5\n' \
     'idem --db empty.db run --key big --max-output 64MiB -- cat big.out' >>"$figures"
+printf 'time\t5d\tidem logs of 48 MiB (to a pipe)\tbig.json\t%s\tbig.json\tcat big.out\t1.5\n' \
+    'idem --db empty.db logs big' >>"$figures"
+# Into a file (each call truncates it first, as `>` would).
+hyperfine -N --runs 1 -P i 1 $((rounds * 4)) --export-json big-file.json \
+    "sh -c 'exec cat big.out >out.file'" \
+    "sh -c 'exec idem --db empty.db run --key big --max-output 64MiB -- cat big.out >out.file'" \
+    >>"$log" 2>&1
+printf 'time\t5e\treplay of 48 MiB (into a file)\tbig-file.json\t%s\tbig-file.json\t%s\t1.5\n' \
+    "sh -c 'exec idem --db empty.db run --key big --max-output 64MiB -- cat big.out >out.file'" \
+    "sh -c 'exec cat big.out >out.file'" >>"$figures"
 read -r _ cat_kib < <(measure cat big.out)
 rss_kib=0
 for _ in 1 2 3; do

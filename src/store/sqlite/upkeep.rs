@@ -5,10 +5,8 @@
 //! its `-wal` is lost by an operator who copies `idem.db` alone or deletes
 //! the `-wal` as a temporary file. So a writer empties the WAL on its way
 //! out once the WAL is larger than `WAL_LIMIT`, the process that made the
-//! store does after its first run, and `purge` always does. The limit does
-//! not shrink with a small store: a store of a few pages would then be
-//! checkpointed every few calls, two fsyncs each time (a replay counts, so
-//! replays would fsync).
+//! store does after its first run, and `purge` always does. Replays never
+//! write the store (see `replays`), so only writers pay for emptying it.
 
 use super::file::with_suffix;
 use super::SqliteStore;
@@ -16,9 +14,12 @@ use std::time::Duration;
 
 /// WAL size past which a writer checkpoints and empties it on its way out.
 /// A process that opens the store alone rebuilds the WAL index by reading
-/// the whole WAL, so a long WAL slows every later call; emptying it costs
-/// two fsyncs, so not after every call. 64 frames of 4 KiB pages.
-const WAL_LIMIT: u64 = 64 * (4096 + 24);
+/// the whole WAL (about 4 k instructions a frame), so a long WAL slows
+/// every later call; emptying it costs two fsyncs, so not after every call.
+/// 16 frames of 4 KiB pages, two or three first runs (7 frames each):
+/// measured against 8, 24 and 64 frames (bench/RESULTS.md), 16 and 24 were
+/// best for first runs and replays alike, and 64 was 5% slower at both.
+const WAL_LIMIT: u64 = 16 * (4096 + 24);
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
