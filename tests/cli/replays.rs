@@ -98,4 +98,14 @@ fn counts_left_beside_a_deleted_store_do_not_reach_the_new_one() {
     }
     run(&env, "a");
     assert_eq!(replays(&env, "a"), 0);
+    // A file of that name that is not idem's is never removed.
+    let foreign = replays_file(&env);
+    std::fs::write(&foreign, "notes\n").unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = env.db_path().into_os_string();
+        name.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(name));
+    }
+    run(&env, "b");
+    assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "notes\n");
 }

@@ -49,9 +49,23 @@ fn log_path(store: &Path) -> PathBuf {
 }
 
 /// Removes the file of a store that is no more, when a new one is made
-/// in its place: its tokens would match the new store's.
+/// in its place: its tokens would match the new store's. Only a regular
+/// file that is empty or starts like one of these lines is removed.
 pub(super) fn forget(store: &Path) {
-    let _ = std::fs::remove_file(log_path(store));
+    let path = log_path(store);
+    let Ok(file) = open(&path, OpenOptions::new().read(true)) else {
+        return;
+    };
+    let mut start = [0u8; 2];
+    let n = file.read_at(&mut start, 0).unwrap_or(usize::MAX);
+    let ours = match n {
+        0 => true,
+        2 => start[0] == b'+' && start[1].is_ascii_digit(),
+        _ => false,
+    };
+    if ours && file.metadata().is_ok_and(|m| m.is_file()) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Appends one replay of the claim `(key, token)`; returns the file's size

@@ -14,12 +14,14 @@ use std::time::Duration;
 
 /// WAL size past which a writer checkpoints and empties it on its way out.
 /// A process that opens the store alone rebuilds the WAL index by reading
-/// the whole WAL (about 4 k instructions a frame), so a long WAL slows
-/// every later call; emptying it costs two fsyncs, so not after every call.
-/// 16 frames of 4 KiB pages, two or three first runs (7 frames each):
-/// measured against 8, 24 and 64 frames (bench/RESULTS.md), 16 and 24 were
-/// best for first runs and replays alike, and 64 was 5% slower at both.
-const WAL_LIMIT: u64 = 16 * (4096 + 24);
+/// the whole WAL (about 4 k instructions and 2 µs a frame), so a long WAL
+/// slows every later call; emptying it costs a writer about 1.5 ms of
+/// fsyncs. Only first runs write (7 frames each); with R replays per first
+/// run, the two balance at about sqrt(10,500 / (1 + R)) frames: 72 for
+/// R = 1, 31 for R = 10. 64 frames of 4 KiB pages: measured in bench/run.sh's
+/// mix (one replay per first run), 16 frames made first runs 8% slower and
+/// replays no faster.
+const WAL_LIMIT: u64 = 64 * (4096 + 24);
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
