@@ -52,6 +52,10 @@ const FILES: &[(&str, &[&str], &str)] = &[
     ("$XDG_STATE_HOME/idem/idem.db", &[], "The default store, an SQLite file; \
         ~/.local/state/idem/idem.db when XDG_STATE_HOME is unset. A new directory is created \
         with mode 0700 and a new file with mode 0600: stored output can hold secrets."),
+    ("$XDG_STATE_HOME/idem/idem.db-replays", &["run", "inspect", "stats", "purge"], "Replay \
+        counts not yet added to the store beside it: a replay appends one line here instead of \
+        writing the store. A purge adds them in and empties the file; losing it loses only \
+        those counts."),
     ("~/.pgpass", &[], "PostgreSQL: passwords for what a postgres:// URL and PGPASSWORD leave \
         out, as libpq reads them (ignored, with a notice, when others may read it)."),
 ];
