@@ -29,3 +29,4 @@ mod run;
 mod running;
 mod shipped;
 mod store;
+mod trips;

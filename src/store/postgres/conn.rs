@@ -43,7 +43,7 @@ pub enum Failure {
 }
 
 impl Failure {
-    fn text(&self) -> &str {
+    pub fn text(&self) -> &str {
         match self {
             Failure::Server(text) | Failure::Lost(text) => text,
         }

@@ -25,7 +25,7 @@ use crate::store::{finish_patiently, FinishFailure};
 use anyhow::Result;
 use conn::{Conn, Failure, CALL_LIMIT};
 use records::{record_from_row, COLUMNS};
-use schema::{Found, Names, SCHEMA_VERSION};
+use schema::Names;
 use std::future::Future;
 use std::pin::pin;
 use std::task::Poll;
@@ -48,6 +48,8 @@ type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 pub struct PgStore {
     conn: Conn,
     names: Names,
+    /// Whether the tables are known to be there at this build's version.
+    settled: bool,
 }
 
 pub fn open(url: &str, mode: Mode) -> Result<Option<Box<dyn Store>>> {
@@ -63,38 +65,17 @@ impl PgStore {
     fn open(url: &str, mode: Mode) -> Result<Option<PgStore>> {
         let target = Target::parse(url, mode == Mode::ReadOnly)?;
         let names = Names::new(&target.table);
-        let mut conn = Conn::new(target)?;
-        let found = conn.call("cannot read the store", CALL_LIMIT, async |c| {
-            schema::inspect(c, &names).await
-        })?;
-        let found = match (found, mode) {
-            (Found::Missing, Mode::Create) => {
-                conn.call("cannot create the store", CALL_LIMIT, async |c| {
-                    schema::create(c, &names).await
-                })?
-            }
-            (Found::Missing, Mode::Existing | Mode::ReadOnly) => return Ok(None),
-            (Found::Older(_), _) => {
-                conn.call("cannot upgrade the store", CALL_LIMIT, async |c| {
-                    schema::migrate(c, &names).await
-                })?
-            }
-            (found, _) => found,
+        let mut store = PgStore {
+            conn: Conn::new(target)?,
+            names,
+            settled: false,
         };
-        match found {
-        Found::Ready => Ok(Some(PgStore { conn, names })),
-        Found::Missing => conn.fail("it vanished while it was being created; try again"),
-        Found::Older(version) => conn.fail(&format!(
-            "it still has schema version {version} after an upgrade to {SCHEMA_VERSION}; try again"
-        )),
-        Found::Newer(version) => conn.fail(&format!(
-            "it has schema version {version}, newer than this idem understands ({SCHEMA_VERSION}); upgrade idem"
-        )),
-        Found::Foreign => conn.fail(&format!(
-            "table {} exists but is not an idem store; it was left untouched (choose another ?table=)",
-            conn.target.table
-        )),
-    }
+        // `run` learns that the store is ready from its first read, in the
+        // same round trip; the commands that must not create one look first.
+        if mode == Mode::Create {
+            return Ok(Some(store));
+        }
+        Ok(store.settle(mode)?.then_some(store))
     }
 
     /// `SELECT` of the server's time and the record of `$1`, if any: one
@@ -165,6 +146,7 @@ async fn rolled_back<T>(
 
 impl Store for PgStore {
     fn now(&mut self) -> Result<Millis> {
+        self.ready()?;
         let sql = format!("SELECT {NOW}");
         self.conn
             .call("cannot read the server's clock", CALL_LIMIT, async |c| {
@@ -173,6 +155,12 @@ impl Store for PgStore {
     }
 
     fn get(&mut self, key: &str) -> Result<(Millis, Option<Record>)> {
+        if !self.settled {
+            if let Some(found) = self.first_read(key)? {
+                return Ok(found);
+            }
+            self.ready()?;
+        }
         let sql = self.read_sql(false);
         self.conn
             .call("cannot read a record", CALL_LIMIT, async |c| {
@@ -186,6 +174,7 @@ impl Store for PgStore {
         key: &str,
         decide: &mut dyn FnMut(Option<&Record>, Millis) -> Option<Claim>,
     ) -> Result<Option<i64>> {
+        self.ready()?;
         let read = self.read_sql(true);
         let (records, sequence) = (&self.names.records, &self.names.token);
         let fields = "status = 'in_progress', fingerprint = $2, command = $3, cwd = $4, \
@@ -291,6 +280,7 @@ impl Store for PgStore {
     }
 
     fn set_child(&mut self, key: &str, token: i64, child: ChildId) -> Result<bool> {
+        self.ready()?;
         let sql = format!(
             "UPDATE {} SET child_pid = $3, child_pgid = $4, child_start = $5 \
              WHERE key = $1 AND token = $2 AND status = 'in_progress'",
@@ -311,6 +301,7 @@ impl Store for PgStore {
     }
 
     fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool> {
+        self.ready()?;
         let sql = format!(
             "UPDATE {} SET lease_until = {NOW} + $3 \
              WHERE key = $1 AND token = $2 AND status = 'in_progress'",
@@ -333,6 +324,7 @@ impl Store for PgStore {
     }
 
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
+        self.ready()?;
         let shown = self.conn.target.shown.clone();
         finish_patiently(&shown, |with_output, left| {
             let limit = left.min(CALL_LIMIT).max(Duration::from_secs(1));
@@ -351,6 +343,7 @@ impl Store for PgStore {
         seq: u64,
         chunks: &[Chunk<'_>],
     ) -> Result<bool> {
+        self.ready()?;
         self.append(key, token, seq, chunks)
     }
 
@@ -361,6 +354,7 @@ impl Store for PgStore {
         from: u64,
         each: &mut dyn FnMut(Stream, &[u8]) -> Result<()>,
     ) -> Result<Option<u64>> {
+        self.ready()?;
         self.read(key, token, from, each)
     }
 
@@ -371,10 +365,12 @@ impl Store for PgStore {
         _from: u64,
         timeout: Duration,
     ) -> Result<()> {
+        self.ready()?;
         self.await_notification(key, timeout)
     }
 
     fn count_replay(&mut self, key: &str, token: i64) -> Result<()> {
+        self.ready()?;
         let sql = format!(
             "UPDATE {} SET replays = replays + 1 WHERE key = $1 AND token = $2",
             self.names.records
@@ -385,12 +381,14 @@ impl Store for PgStore {
     }
 
     fn list(&mut self, filter: &Filter, each: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
+        self.ready()?;
         let now = self.now()?;
         let table = &self.names.records;
         records::list(&mut self.conn, table, filter, now, each)
     }
 
     fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
+        self.ready()?;
         let sql = format!(
             "DELETE FROM {} AS r USING unnest($1::text[], $2::bigint[]) AS d(key, token) \
              WHERE r.key = d.key AND r.token = d.token",
@@ -411,6 +409,7 @@ impl Store for PgStore {
     /// The records table and the journal, with their indexes and TOAST
     /// (stored output).
     fn size(&mut self) -> Result<Option<u64>> {
+        self.ready()?;
         let sql = "SELECT pg_total_relation_size(to_regclass($1)) \
             + coalesce(pg_total_relation_size(to_regclass($2)), 0)";
         let (table, journal) = (self.names.records.clone(), self.names.journal.clone());
@@ -427,6 +426,7 @@ impl Store for PgStore {
     }
 
     fn check(&mut self) -> Result<Vec<super::Finding>> {
+        self.ready()?;
         self.run_checks()
     }
 }

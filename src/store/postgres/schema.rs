@@ -9,9 +9,17 @@
 //! 1 to 3 had no journal: their records keep their output in the `stdout`
 //! and `stderr` columns, which later records leave empty). A newer version
 //! is refused untouched; a table of that name that idem did not create is
-//! never adopted.
+//! never adopted. `inspect`, `stats` and the other commands that must not
+//! create a store look at it when they open it; `run` learns that it is
+//! ready from its first read, which carries the version check in the same
+//! round trip, and settles it the long way only when it is not.
 
+use super::conn::{Failure, CALL_LIMIT};
+use super::records::record_from_row;
+use super::{both, PgStore};
+use crate::store::{Millis, Mode, Record};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Error, GenericClient};
 
 /// The layout this build reads and writes.
@@ -104,11 +112,17 @@ pub async fn inspect(client: &Client, names: &Names) -> Result<Found, Error> {
     }
 }
 
-async fn read_version(client: &impl GenericClient, names: &Names) -> Result<Found, Error> {
-    let sql = format!(
+/// The statement that reads the store's schema version (one row, or none
+/// in a table that is not idem's).
+pub fn version_sql(names: &Names) -> String {
+    format!(
         "SELECT value FROM {} WHERE name = 'schema_version'",
         names.meta
-    );
+    )
+}
+
+async fn read_version(client: &impl GenericClient, names: &Names) -> Result<Found, Error> {
+    let sql = version_sql(names);
     Ok(match client.query_typed_opt(&sql, &[]).await? {
         Some(row) => classify(row.get(0)),
         None => Found::Foreign,
@@ -246,4 +260,89 @@ async fn create_locked(client: &mut Client, names: &Names) -> Result<Found, Erro
     .await?;
     tx.commit().await?;
     Ok(Found::Ready)
+}
+
+impl PgStore {
+    /// Makes sure the tables are there at this build's version, creating
+    /// or upgrading them as `mode` allows; false if they are missing and
+    /// `mode` does not create.
+    pub(super) fn settle(&mut self, mode: Mode) -> anyhow::Result<bool> {
+        let (conn, names) = (&mut self.conn, &self.names);
+        let found = conn.call("cannot read the store", CALL_LIMIT, async |c| {
+            inspect(c, names).await
+        })?;
+        let found = match (found, mode) {
+            (Found::Missing, Mode::Create) => {
+                conn.call("cannot create the store", CALL_LIMIT, async |c| {
+                    create(c, names).await
+                })?
+            }
+            (Found::Missing, Mode::Existing | Mode::ReadOnly) => return Ok(false),
+            (Found::Older(_), _) => {
+                conn.call("cannot upgrade the store", CALL_LIMIT, async |c| {
+                    migrate(c, names).await
+                })?
+            }
+            (found, _) => found,
+        };
+        match found {
+            Found::Ready => {
+                self.settled = true;
+                Ok(true)
+            }
+            Found::Missing => conn.fail("it vanished while it was being created; try again"),
+            Found::Older(version) => conn.fail(&format!(
+                "it still has schema version {version} after an upgrade to {SCHEMA_VERSION}; try again"
+            )),
+            Found::Newer(version) => conn.fail(&format!(
+                "it has schema version {version}, newer than this idem understands ({SCHEMA_VERSION}); upgrade idem"
+            )),
+            Found::Foreign => conn.fail(&format!(
+                "table {} exists but is not an idem store; it was left untouched (choose another ?table=)",
+                conn.target.table
+            )),
+        }
+    }
+
+    /// Settles the store before its first use (a store `run` opened).
+    pub(super) fn ready(&mut self) -> anyhow::Result<()> {
+        if !self.settled {
+            self.settle(Mode::Create)?;
+        }
+        Ok(())
+    }
+
+    /// `get`'s first read of a store `run` opened: the schema version and
+    /// the record in one round trip. `None` unless the store is ready (the
+    /// caller then settles it the long way and reads again); a server that
+    /// cannot be reached fails at once, as `open` would have.
+    pub(super) fn first_read(
+        &mut self,
+        key: &str,
+    ) -> anyhow::Result<Option<(Millis, Option<Record>)>> {
+        let (version, read) = (version_sql(&self.names), self.read_sql(false));
+        let first = self.conn.try_call(CALL_LIMIT, async |c| {
+            let (version, row) = both(
+                c.query_typed_opt(&version, &[]),
+                c.query_typed_one(&read, &[(&key, Type::TEXT)]),
+            )
+            .await;
+            let ready = matches!(version, Ok(Some(v)) if v.try_get::<_, i64>(0).ok() == Some(SCHEMA_VERSION));
+            if !ready {
+                return Ok(None);
+            }
+            let row = row?;
+            Ok(Some((row.try_get(0)?, record_from_row(&row, 1)?)))
+        });
+        match first {
+            Ok(Some(found)) => {
+                self.settled = true;
+                Ok(Some(found))
+            }
+            Ok(None) | Err(Failure::Server(_)) => Ok(None),
+            Err(lost) => self
+                .conn
+                .fail(&format!("cannot read the store: {}", lost.text())),
+        }
+    }
 }

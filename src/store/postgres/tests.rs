@@ -20,7 +20,9 @@ impl Scratch {
         let base = std::env::var("IDEM_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         let url = format!("{base}?table=u{}_{name}", std::process::id());
-        let store = PgStore::open(&url, Mode::Create).unwrap().unwrap();
+        let mut store = PgStore::open(&url, Mode::Create).unwrap().unwrap();
+        // The tables exist from here on, for the raw SQL of the tests.
+        store.ready().unwrap();
         Scratch { store }
     }
 

@@ -1,0 +1,101 @@
+//! Round trips per call on the shared stores, counted from the system calls
+//! idem makes on its TCP sockets (strace): the connection, then each turn
+//! from sending to receiving. A change that adds a round trip to a replay or
+//! a first run fails here; the README's Speed section gives these counts.
+
+use crate::support::{require, tool, Backend, Env};
+use std::process::Stdio;
+
+/// Round trips of `idem --db URL ARGS`, which must succeed.
+fn round_trips(env: &Env, url: &str, args: &[&str]) -> usize {
+    let trace = env.path("trips.trace");
+    let status = std::process::Command::new(tool("strace"))
+        .args(["-f", "-qq", "-yy", "-o"])
+        .arg(&trace)
+        .args([
+            "-e",
+            "trace=connect,sendto,write,writev,sendmsg,recvfrom,read,recvmsg",
+        ])
+        .arg(crate::support::bin())
+        .arg("--db")
+        .arg(url)
+        .args(args)
+        .current_dir(env.dir.path())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    turns(&std::fs::read_to_string(trace).unwrap())
+}
+
+/// Counts connections and send-then-receive turns on TCP sockets.
+fn turns(trace: &str) -> usize {
+    let (mut count, mut sent) = (0, false);
+    for line in trace.lines() {
+        let Some(call) = [
+            "connect", "sendto", "write", "writev", "sendmsg", "recvfrom", "read", "recvmsg",
+        ]
+        .into_iter()
+        .find(|call| line.contains(&format!("{call}(")) && line.contains("<TCP")) else {
+            continue;
+        };
+        let result: i64 = line
+            .rsplit_once("= ")
+            .and_then(|(_, r)| r.split_whitespace().next()?.parse().ok())
+            .unwrap_or(-1);
+        match call {
+            "connect" => {
+                count += 1;
+                sent = true;
+            }
+            "sendto" | "write" | "writev" | "sendmsg" if result > 0 => sent = true,
+            "recvfrom" | "read" | "recvmsg" if result > 0 && sent => {
+                count += 1;
+                sent = false;
+            }
+            _ => {}
+        }
+    }
+    count
+}
+
+/// (replay, first run) of `-- true` on an existing store.
+fn per_call(env: &Env, url: &str) -> (usize, usize) {
+    env.run_ok(&["-q", "--db", url, "run", "-k", "made", "--", "true"]);
+    let replay = round_trips(env, url, &["run", "-k", "made", "--", "true"]);
+    let first = round_trips(env, url, &["run", "-k", "fresh", "--", "true"]);
+    (replay, first)
+}
+
+mod postgres {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs IDEM_TEST_BACKEND=postgres"]
+    fn replays_in_4_round_trips_and_runs_first_in_7() {
+        require(Backend::Postgres);
+        let env = Env::new();
+        // Without TLS, whatever the server offers: the handshake's turns would
+        // depend on its settings. TCP, start-up, then the schema version and the
+        // record together, and the replay counter; a first run instead takes
+        // the claim (BEGIN with the locking read, then the write with COMMIT),
+        // records the child, and the outcome.
+        let url = format!("{}&sslmode=disable", env.db);
+        assert_eq!(per_call(&env, &url), (4, 7));
+    }
+}
+
+mod redis {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs IDEM_TEST_BACKEND=redis"]
+    fn replays_in_2_round_trips_and_runs_first_in_5() {
+        require(Backend::Redis);
+        let env = Env::new();
+        // TCP, then one pipeline (INFO cluster, the schema, the record; the
+        // replay counter goes without waiting for its answer). A first run:
+        // the pipelined read, the claim, the child, the outcome.
+        assert_eq!(per_call(&env, &env.db.clone()), (2, 5));
+    }
+}
