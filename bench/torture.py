@@ -105,6 +105,10 @@ def main():
                     killed += 1
                 elif proc in signalled and (proc.returncode < 0 or proc.returncode > 128):
                     pass  # ended by the signal, after its record was safe
+                elif signalled and proc.returncode > 128:
+                    # A signal forwarded to the child before its trap was
+                    # set killed the run; a waiter shares that result.
+                    pass
                 elif proc.returncode not in (0, 1, 75, 76):
                     violations.append(f"{key}: exit {proc.returncode}: {err}")
             kills += killed
