@@ -12,7 +12,6 @@
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::Mutex;
 
 const NORMAL: u8 = 1;
@@ -21,17 +20,21 @@ const VERBOSE: u8 = 2;
 
 static LEVEL: AtomicU8 = AtomicU8::new(NORMAL);
 
-/// While a child runs, lines go to the stderr writer thread instead (see
-/// `child::output`): a stalled reader of stderr must not block the thread
-/// that renews the lease or forwards signals.
-static DIVERTED: Mutex<Option<SyncSender<Vec<u8>>>> = Mutex::new(None);
+/// Where lines go instead of stderr: the stderr writer thread while a child
+/// runs (see `child::output`), which drops a line rather than wait.
+pub type Diversion = Box<dyn Fn(Vec<u8>) + Send>;
 
-/// Sends every later line to `queue` (dropped when it is full), or, with
-/// `None`, straight to stderr again.
-pub fn divert(queue: Option<SyncSender<Vec<u8>>>) {
+/// While a child runs, lines go to the stderr writer thread instead: a
+/// stalled reader of stderr must not block the thread that renews the lease
+/// or forwards signals.
+static DIVERTED: Mutex<Option<Diversion>> = Mutex::new(None);
+
+/// Sends every later line to `to` (which must never wait), or, with `None`,
+/// straight to stderr again.
+pub fn divert(to: Option<Diversion>) {
     *DIVERTED
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = queue;
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = to;
 }
 
 /// Sets the level from `-q` / `-v`, once, before anything is printed.
@@ -72,12 +75,12 @@ pub fn explain(what: fmt::Arguments<'_>) {
 
 fn write_line(what: fmt::Arguments<'_>) {
     let line = format!("idem: {what}\n");
-    if let Some(queue) = DIVERTED
+    if let Some(diverted) = DIVERTED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .as_ref()
     {
-        let _ = queue.try_send(line.into_bytes());
+        diverted(line.into_bytes());
         return;
     }
     // One write, so concurrent idems do not interleave within a line; any

@@ -148,8 +148,9 @@ impl Drop for Signals {
     }
 }
 
-/// Runs `spec` to the end. `signals` must have been blocked before, and
-/// `output` started after, so that every thread keeps them blocked.
+/// Runs `spec` to the end. `signals` must have been blocked before, so that
+/// every thread started meanwhile keeps them blocked (the output writers
+/// block them all themselves).
 pub fn run(
     spec: &Spec<'_>,
     signals: &Signals,

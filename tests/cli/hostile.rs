@@ -402,3 +402,68 @@ fn inherited_idem_variables_never_reach_the_child() {
         assert_ne!(fields[2], "7", "{line}");
     }
 }
+
+/// idem's threads while `script` runs (the child writes `ready` first):
+/// each thread's name and whether it blocks every catchable signal.
+fn threads_while(env: &Env, global: &[&str], key: &str, script: &str) -> Vec<(String, bool)> {
+    let mut idem = env
+        .idem_std()
+        .args(global)
+        .args(["run", "-k", key, "--"])
+        .args(sh(&format!("{script}; touch ready; sleep 5")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&env.path("ready"));
+    let task = format!("/proc/{}/task", idem.id());
+    let mut threads = Vec::new();
+    for entry in std::fs::read_dir(&task).unwrap() {
+        let dir = entry.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let blocked = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .unwrap_or(0);
+        // Every standard signal but KILL (9) and STOP (19), which cannot be
+        // blocked; bit N - 1 stands for signal N.
+        let all = ((1u64 << 31) - 1) & !(1 << 8) & !(1 << 18);
+        threads.push((name.trim().to_owned(), blocked & all == all));
+    }
+    signal(&idem, Signal::SIGTERM);
+    idem.wait().unwrap();
+    let _ = std::fs::remove_file(env.path("ready"));
+    threads.sort();
+    threads
+}
+
+/// A stream's writer thread starts with its first output (a silent command
+/// costs none), and blocks every signal, whichever thread started it.
+#[test]
+fn output_threads_start_with_the_first_output_and_take_no_signal() {
+    let env = Env::new();
+    let names = |threads: &[(String, bool)]| -> Vec<String> {
+        threads.iter().map(|(name, _)| name.clone()).collect()
+    };
+    let silent = threads_while(&env, &[], "silent", "true");
+    assert!(
+        !names(&silent).iter().any(|n| n.starts_with("idem-fd")),
+        "{silent:?}"
+    );
+    let both = threads_while(&env, &[], "both", "echo out; echo err >&2");
+    for fd in ["idem-fd1", "idem-fd2"] {
+        assert!(both.contains(&(fd.to_owned(), true)), "{fd}: {both:?}");
+    }
+    // idem's own lines (here `-v`'s) start stderr's writer, not stdout's.
+    let noticed = threads_while(&env, &["-v"], "noticed", "true");
+    assert!(
+        noticed.contains(&("idem-fd2".to_owned(), true)),
+        "{noticed:?}"
+    );
+    assert!(
+        !names(&noticed).contains(&"idem-fd1".to_owned()),
+        "{noticed:?}"
+    );
+}

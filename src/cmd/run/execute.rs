@@ -12,7 +12,7 @@ use crate::exit::{child_status, fail, Code};
 use crate::policy::OnFailure;
 use crate::store::{Captured, Outcome, Status, Store};
 use crate::text::escape;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::time::Instant;
@@ -28,7 +28,7 @@ impl Call<'_> {
     ) -> Result<u8> {
         // Declared before the claim's holder, so dropped after the record:
         // what the writers still hold waits for no reader before it.
-        let output = child::Output::start().context("cannot start the output threads")?;
+        let output = child::Output::start();
         pause_point("after-claim");
         self.explain(format_args!(
             "key {}: running (attempt {attempt})",
