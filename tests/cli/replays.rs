@@ -82,6 +82,13 @@ fn a_replay_that_cannot_use_the_file_is_counted_in_the_store() {
     run(&env, "a");
     run(&env, "a");
     assert_eq!(replays(&env, "a"), 2);
+    // A FIFO in its place: no replay, inspect or purge waits on it.
+    std::fs::remove_dir(replays_file(&env)).unwrap();
+    nix::unistd::mkfifo(&replays_file(&env), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    run(&env, "a");
+    assert_eq!(replays(&env, "a"), 3);
+    env.run_ok(&["purge", "--expired"]);
+    assert_eq!(replays(&env, "a"), 3);
 }
 
 #[test]

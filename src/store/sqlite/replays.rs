@@ -63,7 +63,7 @@ pub(super) fn forget(store: &Path) {
         2 => start[0] == b'+' && start[1].is_ascii_digit(),
         _ => false,
     };
-    if ours && file.metadata().is_ok_and(|m| m.is_file()) {
+    if ours {
         let _ = std::fs::remove_file(path);
     }
 }
@@ -82,10 +82,16 @@ pub(super) fn append(store: &Path, key: &str, token: i64) -> io::Result<u64> {
     Ok(file.metadata()?.len())
 }
 
+/// Opens the file if it is a regular one: never a symlink, and never
+/// waits on a FIFO put in its place (nor writes to a device).
 fn open(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
-    options
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(file)
 }
 
 /// Makes the file with the store's permissions and, as SQLite does for its
