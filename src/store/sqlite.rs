@@ -155,116 +155,6 @@ impl SqliteStore {
     fn sql<T>(&self, result: rusqlite::Result<T>, doing: &str) -> Result<T> {
         result.or_else(|e| self.fail(&format!("{doing}: {}", describe_at(&self.path, &e))))
     }
-
-    /// The record of `key`, its replay count short (see `DECISION_COLUMNS`)
-    /// unless `exactly`.
-    fn read_record(&self, key: &str, exactly: bool) -> rusqlite::Result<Option<Record>> {
-        let columns = if exactly {
-            RECORD_COLUMNS
-        } else {
-            DECISION_COLUMNS
-        };
-        self.conn
-            .prepare_cached(&format!("SELECT {columns} FROM records WHERE key = ?1"))?
-            .query_row([key], record_from_row)
-            .optional()
-    }
-
-    fn next_token(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
-        tx.query_row(
-            "UPDATE counters SET value = value + 1 WHERE name = 'token' RETURNING value",
-            [],
-            |r| r.get(0),
-        )
-    }
-
-    /// Writes the claim; `replacing` when a record of `key` exists (a
-    /// takeover, a re-run, an expired record). Each statement is prepared
-    /// by every call, so it is kept simple: a plain `INSERT OR REPLACE`
-    /// (every column it does not name starts again from its default).
-    fn write_claim(
-        tx: &rusqlite::Transaction<'_>,
-        key: &str,
-        claim: &Claim,
-        replacing: bool,
-        token: i64,
-        now: Millis,
-    ) -> rusqlite::Result<()> {
-        if replacing {
-            // A takeover or re-run starts a new journal.
-            tx.prepare_cached("DELETE FROM journal WHERE key = ?1")?
-                .execute([key])?;
-        }
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO records (key, status, fingerprint, command, cwd, attempt, token,
-                started_at, owner_host, owner_boot, owner_pid, owner_start, label, owner_pid_ns,
-                lease_until, stdout_bytes, stderr_bytes)
-             VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 0, 0)",
-        )?
-        .execute(params![
-            key,
-            claim.fingerprint,
-            claim.command,
-            claim.cwd,
-            claim.attempt,
-            token,
-            now,
-            claim.owner.host,
-            claim.owner.boot_id,
-            claim.owner.pid,
-            claim.owner.start,
-            claim.label,
-            claim.owner.pid_ns,
-            now.saturating_add(claim.lease_ms),
-        ])?;
-        purge::delete_some_expired(tx, key, now, CLEANUP_BATCH)
-    }
-
-    /// `with_output` false drops the journal (the outcome matters more
-    /// than its output: a full disk) and flags what it held as cut.
-    fn write_outcome(
-        &mut self,
-        key: &str,
-        token: i64,
-        outcome: &Outcome,
-        with_output: bool,
-    ) -> rusqlite::Result<bool> {
-        let now = now_millis();
-        self.sync(Sync::Full)?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        if !with_output {
-            tx.execute(
-                "DELETE FROM journal WHERE key = ?1 AND token = ?2",
-                params![key, token],
-            )?;
-        }
-        let changed = tx.execute(
-            "UPDATE records SET status = ?3, finished_at = ?4, expires_at = ?4 + ?5, exit_code = ?6,
-                signal = ?7, timed_out = ?8,
-                stdout_truncated = ?9 OR (NOT ?11 AND stdout_bytes > 0),
-                stderr_truncated = ?10 OR (NOT ?11 AND stderr_bytes > 0),
-                stdout_bytes = CASE WHEN ?11 THEN stdout_bytes ELSE 0 END,
-                stderr_bytes = CASE WHEN ?11 THEN stderr_bytes ELSE 0 END, lease_until = NULL
-             WHERE key = ?1 AND token = ?2 AND status = 'in_progress'",
-            params![
-                key,
-                token,
-                outcome.status.as_str(),
-                now,
-                outcome.ttl_ms,
-                outcome.exit_code,
-                outcome.signal,
-                outcome.timed_out,
-                outcome.stdout.truncated,
-                outcome.stderr.truncated,
-                with_output,
-            ],
-        )?;
-        tx.commit()?;
-        Ok(changed == 1)
-    }
 }
 
 impl Store for SqliteStore {
@@ -302,8 +192,8 @@ impl Store for SqliteStore {
             let Some(claim) = decide(existing.as_ref(), now) else {
                 return Ok(None);
             };
-            let token = Self::next_token(&tx)?;
-            Self::write_claim(&tx, key, &claim, existing.is_some(), token, now)?;
+            let token = records::next_token(&tx)?;
+            records::write_claim(&tx, key, &claim, existing.is_some(), token, now)?;
             tx.commit()?;
             Ok(Some(token))
         })();
