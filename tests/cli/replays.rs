@@ -45,6 +45,20 @@ fn a_replay_never_writes_the_store() {
     assert_eq!(replays(&env, "a"), 5);
     let stats: Value = serde_json::from_str(&env.run_ok(&["stats", "--json"])).unwrap();
     assert_eq!(stats["replays"], 5, "{stats}");
+    // `--report` counts the replays still in the file, and this one.
+    env.run_ok(&[
+        "-q",
+        "run",
+        "--report",
+        "report.json",
+        "-k",
+        "a",
+        "--",
+        "true",
+    ]);
+    let report = std::fs::read_to_string(env.path("report.json")).unwrap();
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["replays"], 6, "{report}");
 }
 
 #[test]
