@@ -32,6 +32,8 @@ say() { printf '== %s\n' "$*" >&2; }
 
 say "building idem (release)"
 (cd "$root" && cargo build --release --quiet)
+# .cargo/config.toml builds for the host's target triple, named.
+host=$(rustc -vV | sed -n 's/^host: //p')
 
 if ! command -v hyperfine >/dev/null; then
     say "installing hyperfine"
@@ -49,7 +51,7 @@ rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
 mkdir -p "$work/bin"
-ln -sf "${BENCH_IDEM:-$root/target/release/idem}" "$work/bin/idem"
+ln -sf "${BENCH_IDEM:-$root/target/$host/release/idem}" "$work/bin/idem"
 before=()
 if [ -n "${BENCH_BEFORE:-}" ]; then
     ln -sf "$BENCH_BEFORE" "$work/bin/idem-before"

@@ -43,11 +43,21 @@ CHILD = (
 )
 
 
+def release_binary():
+    """Where `cargo build --release` puts idem: .cargo/config.toml names the
+    host's target triple, so the build lands in target/TRIPLE/release."""
+    version = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True)
+    host = next(line.split()[1] for line in version.stdout.splitlines()
+                if line.startswith("host:"))
+    return os.path.join("target", host, "release", "idem")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--callers", type=int, default=8)
-    parser.add_argument("--idem", default="target/release/idem")
+    parser.add_argument("--idem", help="the idem binary (default: the release build, "
+                        "target/HOST-TRIPLE/release/idem)")
     parser.add_argument("--db", help="store to use (default: a SQLite file in a temp dir; "
                         "a postgres:// or redis:// URL works too)")
     parser.add_argument("--hostile", action="store_true",
@@ -55,7 +65,7 @@ def main():
     parser.add_argument("--pidns", action="store_true",
                         help="each caller in its own PID namespace (unshare -p; root)")
     args = parser.parse_args()
-    idem = os.path.abspath(args.idem)
+    idem = os.path.abspath(args.idem or release_binary())
     violations = []
     kills = executions = signals_sent = 0
     started = time.time()
