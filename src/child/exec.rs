@@ -1,4 +1,5 @@
-//! Starting COMMAND: find it like `execvp(3)`, fork, wait at the gate, exec.
+//! Starting COMMAND: find it like `execvp(3)`, fork, fsync the store's
+//! directory, wait at the gate, exec.
 //!
 //! Everything the child needs is built before the fork, because between
 //! fork and exec it may only call async-signal-safe functions. The child
@@ -91,6 +92,8 @@ pub struct ChildFds {
     pub gate_writer: i32,
     /// Where a failed exec writes its errno (the pipe closes on success).
     pub status: i32,
+    /// A directory to fsync before exec (the store's).
+    pub sync_dir: Option<i32>,
 }
 
 const SHELL: &std::ffi::CStr = c"/bin/sh";
@@ -167,6 +170,12 @@ impl Exec {
         }
         libc::dup2(fds.stdout, 1);
         libc::dup2(fds.stderr, 2);
+        // The claim's last step to disk, done here while idem records this
+        // pid. An error is ignored, as SQLite ignores it (a file system
+        // that cannot sync directories).
+        if let Some(dir) = fds.sync_dir {
+            libc::fsync(dir);
+        }
         // Wait until idem has recorded this pid; EOF means idem died first.
         libc::close(fds.gate_writer);
         let mut byte = 0u8;

@@ -35,6 +35,9 @@ pub struct Spec<'a> {
     pub env: Vec<(&'a str, String)>,
     /// Replaces the inherited stdin (the spool of `--fingerprint-stdin`).
     pub stdin: Option<File>,
+    /// A directory the child fsyncs before it may exec, so that the claim
+    /// is on disk before COMMAND starts (`Store::directory_to_sync`).
+    pub sync_dir: Option<File>,
     pub max_output: u64,
     pub timeout: Option<Duration>,
 }

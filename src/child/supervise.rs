@@ -66,6 +66,7 @@ pub(super) fn supervise(
         gate: gate_r.as_raw_fd(),
         gate_writer: gate_w.as_raw_fd(),
         status: status_w.as_raw_fd(),
+        sync_dir: spec.sync_dir.as_ref().map(AsRawFd::as_raw_fd),
     })?;
     // Both sides set the group, so neither can run ahead of it.
     let _ = nix::unistd::setpgid(pid, pid);

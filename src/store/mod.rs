@@ -198,6 +198,16 @@ pub trait Store: Send {
         decide: &mut dyn FnMut(Option<&Record>, Millis) -> Option<Claim>,
     ) -> Result<Option<i64>>;
 
+    /// A directory to fsync before the claim counts, for a store whose
+    /// commits are durable only once their file's entry is (SQLite: the
+    /// WAL's). The child fsyncs it before it may exec, in parallel with
+    /// idem's own work; the store then owes no sync of its own. None: the
+    /// store needs none (a server), or cannot open it (SQLite ignores that
+    /// too).
+    fn directory_to_sync(&mut self) -> Option<std::fs::File> {
+        None
+    }
+
     /// Records the child's identity. False if the claim is no longer ours.
     fn set_child(&mut self, key: &str, token: i64, child: ChildId) -> Result<bool>;
 

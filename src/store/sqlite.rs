@@ -62,6 +62,10 @@ pub struct SqliteStore {
     /// Whether `get` adds the replays not folded into the store yet (for
     /// those who show counts; the decision of a run does not need them).
     exact_counts: bool,
+    /// Whether someone else fsyncs the directory, so that the WAL's entry
+    /// in it is on disk (the child of a run, before it execs); otherwise a
+    /// writer does on its way out (`upkeep`).
+    directory_synced: bool,
 }
 
 /// How a write reaches the disk. Claims and outcomes are fsynced before
@@ -81,6 +85,10 @@ impl SqliteStore {
             Found::Missing if mode != Mode::Create => return Ok(None),
             Found::Missing => {
                 create_file(path)?;
+                // The new file's name on disk, before anything goes in it.
+                if let Some(dir) = upkeep::open_directory(path) {
+                    let _ = dir.sync_all();
+                }
                 (false, Some(Creating::lock(path)?))
             }
             Found::Empty if mode == Mode::ReadOnly => return store_error(path, NEVER_INITIALISED),
@@ -110,6 +118,7 @@ impl SqliteStore {
             broken: Cell::new(false),
             sync: None,
             exact_counts: false,
+            directory_synced: false,
         };
         if !ready {
             store.prepare(mode)?;
@@ -198,6 +207,12 @@ impl Store for SqliteStore {
             Ok(Some(token))
         })();
         self.sql(result, "cannot claim the key")
+    }
+
+    fn directory_to_sync(&mut self) -> Option<std::fs::File> {
+        let dir = upkeep::open_directory(&self.path)?;
+        self.directory_synced = true;
+        Some(dir)
     }
 
     fn set_child(&mut self, key: &str, token: i64, child: ChildId) -> Result<bool> {

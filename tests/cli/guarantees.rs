@@ -10,14 +10,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// Runs idem under `strace -f` and returns the trace: which syscalls of
-/// interest happened in which order.
+/// Runs idem under `strace -f -y` and returns the trace: which syscalls of
+/// interest happened in which order, and on which file (`fsync(5</dir>)`).
 fn traced(env: &Env, args: &[&str]) -> Vec<String> {
     let trace = env.path("trace");
     let status = std::process::Command::new(crate::support::tool("strace"))
         .args([
             "-f",
             "-qq",
+            "-y",
             "-e",
             "trace=fsync,fdatasync,execve,exit_group",
             "-o",
@@ -38,38 +39,36 @@ fn traced(env: &Env, args: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// SQLite: the claim is fsynced before COMMAND is exec'd, and the outcome
-/// before idem exits (`synchronous=FULL` for both).
-#[test]
-fn the_claim_is_on_disk_before_the_command_starts_and_the_outcome_before_idem_exits() {
-    let env = Env::sqlite();
-    // idem empties the WAL on its way out once it outgrows the main file,
-    // and starts a new one with a header synced whatever `synchronous`
-    // says: either fsync would hide a claim or an outcome that is not. So
-    // the first call makes the main file big (its 300 kB of output, moved
-    // there when it empties the WAL of the fresh store), the second starts
-    // the WAL, and the traced claim appends to it.
-    let output = env.run_ok(&[
-        "run",
-        "-k",
-        "big",
-        "--",
-        "head",
-        "-c",
-        "300000",
-        "/dev/zero",
-    ]);
-    assert_eq!(output.len(), 300_000);
-    env.run_ok(&["run", "-k", "warm", "--", "true"]);
-    let trace = traced(&env, &["run", "-k", "k", "--", "/bin/echo", "hi"]);
+fn synced(line: &str) -> bool {
+    line.contains("fsync(") || line.contains("fdatasync(")
+}
+
+/// Whether a traced line fsyncs the store's directory.
+fn syncs_directory(env: &Env, line: &str) -> bool {
+    let store = env.dir.path().join(&env.db);
+    let dir = store.parent().unwrap().canonicalize().unwrap();
+    synced(line) && line.contains(&format!("<{}>", dir.display()))
+}
+
+/// SQLite, a claim before COMMAND starts: the WAL's commit is fsynced, and
+/// so is the directory that holds the WAL (by the child, while idem
+/// records its pid), or the WAL itself could be gone after a power loss.
+/// The outcome is fsynced before idem exits (`synchronous=FULL` for both).
+fn assert_durable_order(env: &Env, trace: &[String]) {
     let position = |what: &dyn Fn(&str) -> bool| trace.iter().position(|l| what(l));
     let exec_child = position(&|l| l.contains("execve(\"/bin/echo\""))
         .unwrap_or_else(|| panic!("no execve of the child in {trace:#?}"));
-    let synced = |l: &str| l.contains("fsync(") || l.contains("fdatasync(");
-    let first_sync = position(&synced).expect("no fsync at all");
+    let wal_synced = position(&|l| synced(l) && l.contains("-wal>"))
+        .unwrap_or_else(|| panic!("the WAL was never fsynced: {trace:#?}"));
     assert!(
-        first_sync < exec_child,
+        wal_synced < exec_child,
         "claim not synced before exec: {trace:#?}"
+    );
+    let dir_synced = position(&|l| syncs_directory(env, l))
+        .unwrap_or_else(|| panic!("the store's directory was never fsynced: {trace:#?}"));
+    assert!(
+        dir_synced < exec_child,
+        "the directory was not synced before exec: {trace:#?}"
     );
     let child_exit = exec_child
         + trace[exec_child..]
@@ -83,6 +82,52 @@ fn the_claim_is_on_disk_before_the_command_starts_and_the_outcome_before_idem_ex
     assert!(
         trace[child_exit..idem_exit].iter().any(|l| synced(l)),
         "outcome not synced before idem exits: {trace:#?}"
+    );
+}
+
+#[test]
+fn the_claim_is_on_disk_before_the_command_starts_and_the_outcome_before_idem_exits() {
+    let env = Env::sqlite();
+    // A new store: the first call makes the file and its WAL.
+    let trace = traced(&env, &["run", "-k", "new", "--", "/bin/echo", "hi"]);
+    assert_durable_order(&env, &trace);
+    // idem empties the WAL on its way out once it outgrows the main file,
+    // and starts a new one with a header synced whatever `synchronous`
+    // says: either fsync would hide a claim or an outcome that is not. So
+    // the next call makes the main file big (its 300 kB of output, moved
+    // there when it empties the WAL), the one after starts the WAL, and
+    // the traced claim appends to it.
+    let output = env.run_ok(&[
+        "run",
+        "-k",
+        "big",
+        "--",
+        "head",
+        "-c",
+        "300000",
+        "/dev/zero",
+    ]);
+    assert_eq!(output.len(), 300_000);
+    env.run_ok(&["run", "-k", "warm", "--", "true"]);
+    let trace = traced(&env, &["run", "-k", "k", "--", "/bin/echo", "hi"]);
+    assert_durable_order(&env, &trace);
+}
+
+/// SQLite: a writer without a child (here `purge`) fsyncs the store's
+/// directory itself before it exits; a reader (`inspect`) fsyncs nothing.
+#[test]
+fn other_writers_sync_the_directory_and_readers_sync_nothing() {
+    let env = Env::sqlite();
+    env.run_ok(&["run", "-k", "a", "--", "true"]);
+    let trace = traced(&env, &["inspect", "a"]);
+    assert!(
+        !trace.iter().any(|l| synced(l)),
+        "inspect synced: {trace:#?}"
+    );
+    let trace = traced(&env, &["purge", "a"]);
+    assert!(
+        trace.iter().any(|l| syncs_directory(&env, l)),
+        "purge did not sync the directory: {trace:#?}"
     );
 }
 
@@ -280,10 +325,7 @@ fn replays_do_not_fsync_on_a_small_store() {
     }
     for _ in 0..20 {
         let trace = traced(&env, &["run", "-k", "a", "--", "/bin/echo", "hi"]);
-        let synced: Vec<_> = trace
-            .iter()
-            .filter(|l| l.contains("fsync(") || l.contains("fdatasync("))
-            .collect();
+        let synced: Vec<_> = trace.iter().filter(|l| synced(l)).collect();
         assert!(synced.is_empty(), "a replay fsynced: {trace:#?}");
         assert!(
             !trace.iter().any(|l| l.contains("execve(\"/bin/echo\"")),

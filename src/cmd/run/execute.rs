@@ -45,6 +45,7 @@ impl Call<'_> {
             argv: &self.args.command,
             env,
             stdin,
+            sync_dir: store.directory_to_sync(),
             max_output: self.args.max_output,
             timeout: self.args.timeout,
         };

@@ -7,9 +7,21 @@
 //! out once the WAL is larger than `WAL_LIMIT`, the process that made the
 //! store does after its first run, and `purge` always does. Replays never
 //! write the store (see `replays`), so only writers pay for emptying it.
+//!
+//! A commit fsyncs the WAL, but the WAL's entry in its directory is on disk
+//! only once the directory is fsynced too. SQLite would do that in every
+//! writing process, on the critical path of its first commit; idem builds
+//! it without (`SQLITE_DISABLE_DIRSYNC`) and fsyncs the directory itself:
+//! a run's child does, before it may exec (`Store::directory_to_sync`), so
+//! in parallel with the claim's own work; any other writer does on its way
+//! out.
 
 use super::file::with_suffix;
 use super::SqliteStore;
+use nix::fcntl::OFlag;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::time::Duration;
 
 /// WAL size past which a writer checkpoints and empties it on its way out.
@@ -29,6 +41,11 @@ impl Drop for SqliteStore {
         if !self.wrote || self.broken.get() {
             return;
         }
+        if !self.directory_synced {
+            if let Some(dir) = open_directory(&self.path) {
+                let _ = dir.sync_all();
+            }
+        }
         let wal = std::fs::metadata(with_suffix(&self.path, "-wal")).map_or(0, |m| m.len());
         if !self.shrunk && !self.created && wal <= WAL_LIMIT {
             return;
@@ -46,4 +63,19 @@ impl Drop for SqliteStore {
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     }
+}
+
+/// The directory holding the store and its WAL, opened to be fsynced. None
+/// when it cannot be opened (no read permission): SQLite, too, skips the
+/// sync then.
+pub(super) fn open_directory(store: &Path) -> Option<File> {
+    let dir = match store.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlag::O_DIRECTORY.bits())
+        .open(dir)
+        .ok()
 }
