@@ -3,9 +3,12 @@
 //!
 //! Everything the child needs is built before the fork, because between
 //! fork and exec it may only call async-signal-safe functions. The child
-//! waits on a gate pipe until idem has recorded its pid in the store: if
-//! idem dies first, the gate reads EOF and the child exits without running
-//! COMMAND, so no child ever runs unrecorded. A file that is executable but
+//! is forked before the claim, so that the claim records it, and waits on
+//! a gate pipe until the claim is written: if idem dies first, or loses
+//! the race for the key, the gate reads EOF and the child exits without
+//! running COMMAND, so no child ever runs unrecorded. What only the claim
+//! decides (`IDEM_ATTEMPT`, `IDEM_FENCING_TOKEN`) comes through the gate,
+//! into slots of the environment reserved before the fork. A file that is executable but
 //! not a binary nor a `#!` script (exec fails with ENOEXEC) runs under
 //! `/bin/sh`, as execvp(3) and env(1) do.
 
@@ -70,6 +73,13 @@ fn executable(path: &Path) -> bool {
     nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok()
 }
 
+/// The room a value sent through the gate has: an `i64` in decimal, its
+/// sign and a NUL.
+const SLOT: usize = 21;
+/// The gate's message: one byte, then each late value in its slot.
+const MAX_LATE: usize = 2;
+const MESSAGE: usize = 1 + MAX_LATE * SLOT;
+
 /// The exec arguments, built before the fork (the child must not allocate).
 pub struct Exec {
     path: CString,
@@ -78,7 +88,23 @@ pub struct Exec {
     /// `/bin/sh PATH ARGS…`, for a file exec refuses with ENOEXEC.
     shell_argv: Vec<*const libc::c_char>,
     env: Vec<CString>,
+    /// `NAME=` and `SLOT` NULs for each variable the gate fills in.
+    late: Vec<Box<[u8]>>,
+    /// Where each late value goes (inside `late`, which never moves).
+    late_slots: Vec<*mut u8>,
     env_ptrs: Vec<*const libc::c_char>,
+}
+
+/// The gate's message for `values` (at most `MAX_LATE`, each at most
+/// `SLOT - 1` bytes): what `Exec` writes into its late variables.
+pub fn gate_message(values: &[String]) -> Vec<u8> {
+    let mut message = vec![0u8; 1 + values.len() * SLOT];
+    message[0] = b'x';
+    for (i, value) in values.iter().enumerate() {
+        let bytes = &value.as_bytes()[..value.len().min(SLOT - 1)];
+        message[1 + i * SLOT..][..bytes.len()].copy_from_slice(bytes);
+    }
+    message
 }
 
 /// The descriptors the child rearranges before exec.
@@ -99,7 +125,15 @@ pub struct ChildFds {
 const SHELL: &std::ffi::CStr = c"/bin/sh";
 
 impl Exec {
-    pub fn prepare(path: &Path, argv: &[OsString], extra: &[(&str, String)]) -> Result<Exec> {
+    /// `extra` variables are set now; each of `late` gets its value through
+    /// the gate (`gate_message`).
+    pub fn prepare(
+        path: &Path,
+        argv: &[OsString],
+        extra: &[(&str, String)],
+        late: &[&str],
+    ) -> Result<Exec> {
+        anyhow::ensure!(late.len() <= MAX_LATE, "too many variables for the gate");
         let cstring = |bytes: &[u8]| CString::new(bytes).context("an argument holds a NUL byte");
         let path = cstring(path.as_os_str().as_bytes())?;
         let argv = argv
@@ -109,7 +143,10 @@ impl Exec {
         let mut env = Vec::new();
         for (name, value) in std::env::vars_os() {
             let ours = |n: &&str| OsStr::new(n) == name;
-            if OWN_VARIABLES.iter().any(ours) || extra.iter().map(|(n, _)| n).any(ours) {
+            if OWN_VARIABLES.iter().any(ours)
+                || extra.iter().map(|(n, _)| n).any(ours)
+                || late.iter().any(ours)
+            {
                 continue;
             }
             let mut pair = name.as_bytes().to_vec();
@@ -125,16 +162,40 @@ impl Exec {
             p.push(std::ptr::null());
             p
         };
+        let mut late: Vec<Box<[u8]>> = late
+            .iter()
+            .map(|name| {
+                let mut entry = format!("{name}=").into_bytes();
+                entry.resize(entry.len() + SLOT, 0);
+                entry.into_boxed_slice()
+            })
+            .collect();
+        let late_slots = late
+            .iter_mut()
+            .map(|entry| {
+                let value = entry.len() - SLOT;
+                entry[value..].as_mut_ptr()
+            })
+            .collect();
         let argv_ptrs = pointers(&argv);
         let mut shell_argv = vec![SHELL.as_ptr(), path.as_ptr()];
         shell_argv.extend_from_slice(&argv_ptrs[1..]);
+        let mut env_ptrs = pointers(&env);
+        env_ptrs.pop();
+        env_ptrs.extend(
+            late.iter()
+                .map(|entry| entry.as_ptr().cast::<libc::c_char>()),
+        );
+        env_ptrs.push(std::ptr::null());
         Ok(Exec {
             argv_ptrs,
             shell_argv,
-            env_ptrs: pointers(&env),
+            env_ptrs,
             path,
             argv,
             env,
+            late,
+            late_slots,
         })
     }
 
@@ -156,7 +217,7 @@ impl Exec {
     /// Must be called in a freshly forked child; uses only async-signal-safe
     /// calls on memory prepared before the fork.
     unsafe fn in_child(&self, fds: &ChildFds) -> ! {
-        let _ = (&self.argv, &self.env);
+        let _ = (&self.argv, &self.env, &self.late);
         libc::setpgid(0, 0);
         // Undo what idem changed for itself: the blocked signals, and Rust's
         // ignored SIGPIPE (ignored dispositions survive exec). Dispositions
@@ -176,18 +237,25 @@ impl Exec {
         if let Some(dir) = fds.sync_dir {
             libc::fsync(dir);
         }
-        // Wait until idem has recorded this pid; EOF means idem died first.
+        // Wait until idem's claim has recorded this pid; EOF means idem
+        // died first, or will not run COMMAND.
         libc::close(fds.gate_writer);
-        let mut byte = 0u8;
-        loop {
-            let n = libc::read(fds.gate, std::ptr::addr_of_mut!(byte).cast(), 1);
-            if n == 1 {
-                break;
-            }
-            if n < 0 && *libc::__errno_location() == libc::EINTR {
+        let mut message = [0u8; MESSAGE];
+        let wanted = 1 + self.late_slots.len() * SLOT;
+        let mut got = 0;
+        while got < wanted {
+            let n = libc::read(fds.gate, message[got..].as_mut_ptr().cast(), wanted - got);
+            if n > 0 {
+                got += n as usize;
+            } else if n < 0 && *libc::__errno_location() == libc::EINTR {
                 continue;
+            } else {
+                libc::_exit(125);
             }
-            libc::_exit(125);
+        }
+        // This process's own copy of the slots (the fork copied them).
+        for (i, slot) in self.late_slots.iter().enumerate() {
+            std::ptr::copy_nonoverlapping(message[1 + i * SLOT..].as_ptr(), *slot, SLOT - 1);
         }
         libc::execve(
             self.path.as_ptr(),

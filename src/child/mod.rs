@@ -13,14 +13,15 @@
 //! between. Linux is the supported platform (signalfd, /proc).
 
 mod exec;
+mod gated;
 mod output;
 pub mod process;
 mod supervise;
 mod terminal;
 
 pub use self::exec::SpawnError;
+pub use self::gated::Gated;
 pub use self::output::Output;
-use crate::owner::ChildId;
 use crate::store::Chunk;
 use anyhow::{Context, Result};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
@@ -33,8 +34,11 @@ use std::time::Duration;
 pub struct Spec<'a> {
     pub argv: &'a [OsString],
     pub env: Vec<(&'a str, String)>,
+    /// Variables whose values only the claim decides: they reach the
+    /// child through its gate (`run`'s `late`).
+    pub late: Vec<&'static str>,
     /// Replaces the inherited stdin (the spool of `--fingerprint-stdin`).
-    pub stdin: Option<File>,
+    pub stdin: Option<&'a File>,
     /// A directory the child fsyncs before it may exec, so that the claim
     /// is on disk before COMMAND starts (`Store::directory_to_sync`).
     pub sync_dir: Option<File>,
@@ -66,13 +70,9 @@ impl Finished {
     }
 }
 
-/// What the caller does while the child lives. `started` runs on the
-/// supervising thread before COMMAND may exec; the rest on the keeper
-/// thread, which owns the supervisor meanwhile.
+/// What the caller does while the child lives, on the keeper thread,
+/// which owns the supervisor meanwhile.
 pub trait Supervisor: Send {
-    /// The child exists but has not exec'd yet: record it. An error kills
-    /// the child before COMMAND starts.
-    fn started(&mut self, child: ChildId) -> Result<()>;
     /// Called every `renew_every` while the child runs.
     fn renew(&mut self);
     fn renew_every(&self) -> Option<Duration>;
@@ -151,19 +151,18 @@ impl Drop for Signals {
     }
 }
 
-/// Runs `spec` to the end. `signals` must have been blocked before, so that
-/// every thread started meanwhile keeps them blocked (the output writers
-/// block them all themselves).
+/// Opens the gate of `child` (forked from `spec`, recorded by the claim),
+/// with the values of `spec.late`, and runs it to the end. `signals` must
+/// have been blocked before the fork, so that every thread started
+/// meanwhile keeps them blocked (the output writers block them all
+/// themselves).
 pub fn run(
+    child: Gated,
+    late: &[String],
     spec: &Spec<'_>,
     signals: &Signals,
     output: &Output,
     supervisor: &mut dyn Supervisor,
 ) -> Result<std::result::Result<Finished, SpawnError>> {
-    let program = match exec::resolve(&spec.argv[0]) {
-        Ok(path) => path,
-        Err(e) => return Ok(Err(e)),
-    };
-    let exec = exec::Exec::prepare(&program, spec.argv, &spec.env)?;
-    supervise::supervise(spec, &exec, &signals.fd, output, supervisor)
+    supervise::supervise(child, late, spec, &signals.fd, output, supervisor)
 }

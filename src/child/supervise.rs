@@ -9,11 +9,12 @@
 //! on its own clock and appends the journal in batches (at most about 1 s
 //! or 1 MiB behind), so a slow store slows neither the other.
 
-use super::exec::{ChildFds, Exec, SpawnError};
+use super::exec::SpawnError;
+use super::gated::{open_gate, Gated};
 use super::output::{Offer, Output};
 use super::terminal::Terminal;
 use super::{Finished, Spec, Supervisor, Tally, FORWARDED};
-use crate::owner::{group_alive, start_time, ChildId};
+use crate::owner::group_alive;
 use crate::store::{Chunk, Stream};
 use anyhow::{Context, Result};
 use nix::errno::Errno;
@@ -22,9 +23,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{pipe2, Pid};
+use nix::unistd::Pid;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
@@ -49,39 +50,14 @@ const BATCH_AGE: Duration = Duration::from_secs(1);
 const KEEPER_QUEUE: usize = 16;
 
 pub(super) fn supervise(
+    mut child: Gated,
+    late: &[String],
     spec: &Spec<'_>,
-    exec: &Exec,
     signals: &SignalFd,
     output: &Output,
     supervisor: &mut dyn Supervisor,
 ) -> Result<std::result::Result<Finished, SpawnError>> {
-    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
-    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
-    let (gate_r, gate_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
-    let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
-    let pid = exec.spawn(&ChildFds {
-        stdin: spec.stdin.as_ref().map(AsRawFd::as_raw_fd),
-        stdout: out_w.as_raw_fd(),
-        stderr: err_w.as_raw_fd(),
-        gate: gate_r.as_raw_fd(),
-        gate_writer: gate_w.as_raw_fd(),
-        status: status_w.as_raw_fd(),
-        sync_dir: spec.sync_dir.as_ref().map(AsRawFd::as_raw_fd),
-    })?;
-    // Both sides set the group, so neither can run ahead of it.
-    let _ = nix::unistd::setpgid(pid, pid);
-    drop((out_w, err_w, gate_r, status_w));
-
-    let child = ChildId {
-        pid: i64::from(pid.as_raw()),
-        pgid: i64::from(pid.as_raw()),
-        start: start_time(i64::from(pid.as_raw())).unwrap_or(0),
-    };
-    if let Err(e) = supervisor.started(child) {
-        let _ = kill(pid, Signal::SIGKILL);
-        let _ = waitpid(pid, None);
-        return Err(e);
-    }
+    let pid = child.pid;
     let mut terminal = Terminal::hand_to(pid, spec.stdin.is_none());
     std::thread::scope(|scope| {
         let (to_keeper, chunks) = sync_channel(KEEPER_QUEUE);
@@ -89,10 +65,13 @@ pub(super) fn supervise(
             .name("idem-keeper".into())
             .spawn_scoped(scope, move || keep(supervisor, &chunks))
             .context("start the keeper thread")?;
-        // Open the gate: COMMAND may start now.
-        File::from(gate_w)
-            .write_all(b"x")
-            .context("open the gate")?;
+        // Open the gate: COMMAND may start now. From here on the child is
+        // waited for, not killed, however this ends.
+        let Some(pipes) = child.pipes.take() else {
+            anyhow::bail!("the gate was opened before");
+        };
+        let (out_r, err_r, status_r) = (pipes.stdout, pipes.stderr, pipes.status);
+        open_gate(pipes.gate, late)?;
         if let Some(errno) = read_exec_status(status_r) {
             let _ = waitpid(pid, None);
             drop(to_keeper);

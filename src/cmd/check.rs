@@ -94,6 +94,7 @@ fn probe(store: &mut dyn Store) -> Finding {
             owner: here.me(),
             lease_ms: 60_000,
             label: None,
+            child: None,
         })
     };
     let written = store.claim(&key, &mut claim).and_then(|token| match token {

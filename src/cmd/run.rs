@@ -12,7 +12,7 @@ use super::{byte_size, env_name, positive_duration, Global};
 use crate::child;
 use crate::exit::{fail, Code};
 use crate::key::{self, Fingerprint};
-use crate::owner::Here;
+use crate::owner::{ChildId, Here};
 use crate::policy::{decide, owner_alive, OnCrash, OnDuplicate, OnFailure, Policy, Verdict};
 use crate::store::{self, Claim, Millis, Mode, Record, Status, Store};
 use crate::text::{command_line, escape};
@@ -270,7 +270,7 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
             report: &report,
             waited: Cell::new(false),
         };
-        call.run(store.as_mut(), stdin)
+        call.run(store.as_mut(), stdin.as_ref())
     })();
     write_report(args, &report.borrow(), &result);
     result
@@ -319,7 +319,7 @@ enum Next {
 }
 
 impl Call<'_> {
-    fn run(&self, store: &mut dyn Store, stdin: Option<File>) -> Result<u8> {
+    fn run(&self, store: &mut dyn Store, stdin: Option<&File>) -> Result<u8> {
         // None: no bound (a bound past what the clock can hold is none).
         let wait_until = self
             .args
@@ -334,9 +334,15 @@ impl Call<'_> {
                     // no signal may end idem (one that arrives meanwhile is
                     // forwarded to the child, or held until the record is safe).
                     let signals = child::Signals::block()?;
-                    match self.claim(store)? {
+                    // The child is forked first, held at its gate, so that
+                    // the claim records it; a lost race kills it unopened.
+                    let spec = self.spec(store, stdin);
+                    let forked = child::Gated::fork(&spec)?;
+                    owning::pause_point("forked");
+                    let id = forked.as_ref().ok().map(child::Gated::id);
+                    match self.claim(store, id)? {
                         Ok((token, attempt)) => {
-                            return self.execute(store, token, attempt, stdin, &signals)
+                            return self.execute(store, token, attempt, forked, &spec, &signals)
                         }
                         Err(next) => next,
                     }
@@ -437,7 +443,11 @@ impl Call<'_> {
 
     /// Claims the key under the store's lock. `Err(next)` when the record
     /// under the lock says something else than run.
-    fn claim(&self, store: &mut dyn Store) -> Result<std::result::Result<(i64, i64), Next>> {
+    fn claim(
+        &self,
+        store: &mut dyn Store,
+        child: Option<ChildId>,
+    ) -> Result<std::result::Result<(i64, i64), Next>> {
         let shared = store.is_shared();
         let me = self.here().me();
         let mut outcome = None;
@@ -467,6 +477,7 @@ impl Call<'_> {
                     owner: me.clone(),
                     lease_ms: millis(self.args.lease),
                     label: self.args.label.clone(),
+                    child,
                 })
             }
             _ => None,

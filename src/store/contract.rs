@@ -19,6 +19,7 @@ pub fn claim() -> Claim {
         },
         lease_ms: 30_000,
         label: None,
+        child: None,
     }
 }
 
@@ -122,20 +123,30 @@ pub fn the_journal_comes_back_in_order_byte_exact_for_its_token_only(store: &mut
     }
 }
 
-/// Once `k` is claimed again, the old token renews, records a child and
-/// finishes nothing; the new one renews for the lease asked and finishes,
-/// its record then expiring `ttl` after it finished. Returns the new token.
+/// Once `k` is claimed again, the old token renews and finishes nothing;
+/// the new one renews for the lease asked and finishes, its record then
+/// expiring `ttl` after it finished. A claim records its child, and a
+/// claim that replaces a record keeps none of the old one's. Returns the
+/// new token.
 pub fn fencing_refuses_every_write_of_an_old_token(store: &mut dyn Store) -> i64 {
-    let old = claim_key(store, "k");
+    let child = ChildId {
+        pid: 7,
+        pgid: 7,
+        start: 11,
+    };
+    let with_child = Claim {
+        child: Some(child),
+        ..claim()
+    };
+    let old = store
+        .claim("k", &mut |_, _| Some(with_child.clone()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.get("k").unwrap().1.unwrap().owner.child, Some(child));
     let new = claim_key(store, "k");
     assert!(new > old);
-    let child = ChildId {
-        pid: 1,
-        pgid: 1,
-        start: 1,
-    };
+    assert_eq!(store.get("k").unwrap().1.unwrap().owner.child, None);
     assert!(!store.renew("k", old, 1000).unwrap());
-    assert!(!store.set_child("k", old, child).unwrap());
     assert!(store.renew("k", new, 1000).unwrap());
     let record = store.get("k").unwrap().1.unwrap();
     let now = store.now().unwrap();

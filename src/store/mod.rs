@@ -103,6 +103,9 @@ pub struct Claim {
     pub owner: Owner,
     pub lease_ms: Millis,
     pub label: Option<String>,
+    /// The child, forked and held at its gate until the claim is written
+    /// (none when COMMAND cannot be started at all).
+    pub child: Option<ChildId>,
 }
 
 /// A finished run as `finish` stores it (its output is in the journal
@@ -207,9 +210,6 @@ pub trait Store: Send {
     fn directory_to_sync(&mut self) -> Option<std::fs::File> {
         None
     }
-
-    /// Records the child's identity. False if the claim is no longer ours.
-    fn set_child(&mut self, key: &str, token: i64, child: ChildId) -> Result<bool>;
 
     /// Extends the lease of a running claim. False if it is no longer ours.
     fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool>;

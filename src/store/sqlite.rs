@@ -25,7 +25,6 @@ use file::{create_file, identify, Creating, Found};
 use records::{filter_sql, record_from_row, DECISION_COLUMNS, RECORD_COLUMNS, RECORD_COLUMN_COUNT};
 
 use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
-use crate::owner::ChildId;
 use anyhow::{Context, Result};
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, ToSql};
@@ -213,21 +212,6 @@ impl Store for SqliteStore {
         let dir = upkeep::open_directory(&self.path)?;
         self.directory_synced = true;
         Some(dir)
-    }
-
-    fn set_child(&mut self, key: &str, token: i64, child: ChildId) -> Result<bool> {
-        self.wrote = true;
-        // A process crash cannot lose this commit (it is in the WAL); a power
-        // loss changes the boot id, which makes the owner dead anyway.
-        let result = (|| {
-            self.sync(Sync::Normal)?;
-            self.conn.execute(
-                "UPDATE records SET child_pid = ?3, child_pgid = ?4, child_start = ?5
-                 WHERE key = ?1 AND token = ?2 AND status = 'in_progress'",
-                params![key, token, child.pid, child.pgid, child.start],
-            )
-        })();
-        Ok(self.sql(result, "cannot record the child")? == 1)
     }
 
     /// Cheap and short: no fsync (a renewal lost to a power loss only makes

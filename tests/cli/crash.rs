@@ -1,15 +1,15 @@
 //! Crashed owners, signals and races: at most once, under SIGKILL at each
 //! phase, under forwarded signals, and with 64 processes on one key.
 //!
-//! How each crash phase is reached: (a) "just after the claim", (a')
-//! "child recorded, gate not yet open" and (c)
+//! How each crash phase is reached: (a) "just after the claim" (the claim
+//! records the child, forked before it and held at its gate) and (c)
 //! "after the child exited, before the record is finished" use idem's
 //! debug-build pause points (`IDEM_TEST_PAUSE`), which stop idem there and
 //! create a file; (b) "while the child runs" uses a child that waits for a
 //! `release` file. The child marks itself running with `mkdir`, so two
 //! concurrent executions leave a line in `violations`.
 
-use crate::support::{race, run_sh, start_time, tool, wait_for, wait_until, Env, Holder};
+use crate::support::{race, records, run_sh, start_time, tool, wait_for, wait_until, Env, Holder};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use predicates::prelude::*;
@@ -106,12 +106,31 @@ fn crash_while_the_child_runs_leaves_an_owner_until_the_child_ends() {
     no_overlap(&env);
 }
 
-/// Between recording the child and letting it exec: the child, still held
-/// at the gate, must see idem die and exit without running the command.
+/// Between the claim and letting the child exec: the claim records the
+/// child, forked before it, which is still idem's own code at its gate; it
+/// must see idem die and exit without running the command.
 #[test]
 fn crash_before_the_gate_opens_never_runs_the_command() {
     let env = Env::new();
-    sigkill(paused_at(&env, "g", "child-recorded"));
+    let idem = paused_at(&env, "g", "after-claim");
+    let record = records(&env, &["g"]).remove(0);
+    let child = record["child_pid"].as_i64().expect("no child in the claim");
+    let child = i32::try_from(child).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap();
+    let ppid: u32 = stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ppid, idem.id(), "the claim's child is not idem's");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{child}/exe")).unwrap(),
+        crate::support::bin().canonicalize().unwrap(),
+        "the child exec'd before the gate opened"
+    );
+    sigkill(idem);
+    wait_until("the gated child to exit", || !running(child));
     release(&env);
     // The gated child exits by itself; a waiter then takes over.
     run_child(
@@ -122,6 +141,24 @@ fn crash_before_the_gate_opens_never_runs_the_command() {
     .assert_code(0);
     assert_eq!(env.count("n"), 1);
     assert_eq!(attempts(&env), "2\n", "the crashed attempt never ran");
+    no_overlap(&env);
+}
+
+/// The child is forked before the claim. When the claim then finds the key
+/// taken (a faster caller ran it meanwhile), that child is killed at its
+/// gate, never running the command, and this call replays the other's run.
+#[test]
+fn a_child_forked_for_a_claim_lost_to_a_faster_caller_never_runs() {
+    let env = Env::new();
+    release(&env);
+    let slow = paused_at(&env, "r", "forked");
+    assert!(run_child(&env, "r", &[]).status().unwrap().success());
+    assert_eq!(env.count("n"), 1);
+    std::fs::remove_file(env.path("paused")).unwrap();
+    let status = slow.wait_with_output().unwrap().status;
+    assert!(status.success(), "the slower caller: {status}");
+    assert_eq!(env.count("n"), 1, "the forked child ran the command");
+    assert_eq!(attempts(&env), "1\n");
     no_overlap(&env);
 }
 

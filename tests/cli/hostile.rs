@@ -405,7 +405,13 @@ fn inherited_idem_variables_never_reach_the_child() {
 
 /// idem's threads while `script` runs (the child writes `ready` first):
 /// each thread's name and whether it blocks every catchable signal.
-fn threads_while(env: &Env, global: &[&str], key: &str, script: &str) -> Vec<(String, bool)> {
+fn threads_while(
+    env: &Env,
+    global: &[&str],
+    key: &str,
+    script: &str,
+    settled: impl Fn(&[(String, bool)]) -> bool,
+) -> Vec<(String, bool)> {
     let mut idem = env
         .idem_std()
         .args(global)
@@ -416,9 +422,27 @@ fn threads_while(env: &Env, global: &[&str], key: &str, script: &str) -> Vec<(St
         .spawn()
         .unwrap();
     wait_for(&env.path("ready"));
-    let task = format!("/proc/{}/task", idem.id());
+    // idem reads the output a moment after the child wrote it: look again
+    // until `settled` (for at most 5 s, while the child sleeps).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let threads = loop {
+        let threads = threads_of(idem.id());
+        if settled(&threads) || Instant::now() > deadline {
+            break threads;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    signal(&idem, Signal::SIGTERM);
+    idem.wait().unwrap();
+    let _ = std::fs::remove_file(env.path("ready"));
+    threads
+}
+
+/// Each thread of process `pid`: its name, and whether it blocks every
+/// signal that can be blocked; sorted.
+fn threads_of(pid: u32) -> Vec<(String, bool)> {
     let mut threads = Vec::new();
-    for entry in std::fs::read_dir(&task).unwrap() {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let dir = entry.unwrap().path();
         let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
@@ -432,9 +456,6 @@ fn threads_while(env: &Env, global: &[&str], key: &str, script: &str) -> Vec<(St
         let all = ((1u64 << 31) - 1) & !(1 << 8) & !(1 << 18);
         threads.push((name.trim().to_owned(), blocked & all == all));
     }
-    signal(&idem, Signal::SIGTERM);
-    idem.wait().unwrap();
-    let _ = std::fs::remove_file(env.path("ready"));
     threads.sort();
     threads
 }
@@ -447,17 +468,22 @@ fn output_threads_start_with_the_first_output_and_take_no_signal() {
     let names = |threads: &[(String, bool)]| -> Vec<String> {
         threads.iter().map(|(name, _)| name.clone()).collect()
     };
-    let silent = threads_while(&env, &[], "silent", "true");
+    let has = |name: &'static str| {
+        move |threads: &[(String, bool)]| threads.iter().any(|(n, _)| n == name)
+    };
+    let silent = threads_while(&env, &[], "silent", "true", |_| true);
     assert!(
         !names(&silent).iter().any(|n| n.starts_with("idem-fd")),
         "{silent:?}"
     );
-    let both = threads_while(&env, &[], "both", "echo out; echo err >&2");
+    let both = threads_while(&env, &[], "both", "echo out; echo err >&2", |t| {
+        has("idem-fd1")(t) && has("idem-fd2")(t)
+    });
     for fd in ["idem-fd1", "idem-fd2"] {
         assert!(both.contains(&(fd.to_owned(), true)), "{fd}: {both:?}");
     }
     // idem's own lines (here `-v`'s) start stderr's writer, not stdout's.
-    let noticed = threads_while(&env, &["-v"], "noticed", "true");
+    let noticed = threads_while(&env, &["-v"], "noticed", "true", has("idem-fd2"));
     assert!(
         noticed.contains(&("idem-fd2".to_owned(), true)),
         "{noticed:?}"

@@ -18,12 +18,34 @@ use std::fs::File;
 use std::time::Instant;
 
 impl Call<'_> {
+    /// What the child is forked from, before the claim.
+    pub(super) fn spec<'s>(
+        &'s self,
+        store: &mut dyn Store,
+        stdin: Option<&'s File>,
+    ) -> child::Spec<'s> {
+        let mut late = vec!["IDEM_ATTEMPT"];
+        if store.is_shared() {
+            late.push("IDEM_FENCING_TOKEN");
+        }
+        child::Spec {
+            argv: &self.args.command,
+            env: vec![("IDEM_KEY", self.key.clone())],
+            late,
+            stdin,
+            sync_dir: store.directory_to_sync(),
+            max_output: self.args.max_output,
+            timeout: self.args.timeout,
+        }
+    }
+
     pub(super) fn execute(
         &self,
         store: &mut dyn Store,
         token: i64,
         attempt: i64,
-        stdin: Option<File>,
+        forked: std::result::Result<child::Gated, SpawnError>,
+        spec: &child::Spec<'_>,
         signals: &child::Signals,
     ) -> Result<u8> {
         // Declared before the claim's holder, so dropped after the record:
@@ -34,21 +56,11 @@ impl Call<'_> {
             "key {}: running (attempt {attempt})",
             self.shown_key()
         ));
-        let mut env = vec![
-            ("IDEM_KEY", self.key.clone()),
-            ("IDEM_ATTEMPT", attempt.to_string()),
-        ];
-        if store.is_shared() {
-            env.push(("IDEM_FENCING_TOKEN", token.to_string()));
-        }
-        let spec = child::Spec {
-            argv: &self.args.command,
-            env,
-            stdin,
-            sync_dir: store.directory_to_sync(),
-            max_output: self.args.max_output,
-            timeout: self.args.timeout,
-        };
+        // The values of `spec.late`, in order.
+        let late = [attempt, token][..spec.late.len()]
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>();
         let mut owner = Owning {
             store: &mut *store,
             key: &self.key,
@@ -60,7 +72,10 @@ impl Call<'_> {
             pending: VecDeque::new(),
             seq: 0,
         };
-        let ran = child::run(&spec, signals, &output, &mut owner)?;
+        let ran = match forked {
+            Ok(child) => child::run(child, &late, spec, signals, &output, &mut owner)?,
+            Err(e) => Err(e),
+        };
         owner.flush();
         let lost_lease = owner.lost;
         let output_lost = owner.output_lost;

@@ -1,11 +1,9 @@
-//! Holding a claim while the child runs: record the child before it may
-//! exec, renew the lease, append the output to the record's journal; plus the debug-build pause
-//! points the crash tests use to SIGKILL idem at exact moments.
+//! Holding a claim while the child runs: renew the lease, append the
+//! output to the record's journal; plus the debug-build pause points the
+//! crash tests use to SIGKILL idem at exact moments.
 
 use super::millis;
 use crate::child::Supervisor;
-use crate::exit::{fail, Code};
-use crate::owner::ChildId;
 use crate::store::{Chunk, Store, Stream, FINISH_PATIENCE};
 use crate::text::escape;
 use anyhow::Result;
@@ -36,18 +34,6 @@ pub(super) struct Owning<'a> {
 const PENDING_LIMIT: usize = 16 << 20;
 
 impl Supervisor for Owning<'_> {
-    fn started(&mut self, child: ChildId) -> Result<()> {
-        if self.store.set_child(self.key, self.token, child)? {
-            pause_point("child-recorded");
-            Ok(())
-        } else {
-            fail(
-                Code::Internal,
-                "lost the claim before the command started; it was not run",
-            )
-        }
-    }
-
     /// Renews the lease; a refusal, or failures until the lease has run
     /// out, mean another owner may have taken over.
     fn renew(&mut self) {
@@ -172,16 +158,20 @@ impl Owning<'_> {
 
 /// Test-only pause points, in debug builds: with `IDEM_TEST_PAUSE=NAME`,
 /// idem creates the file named by `IDEM_TEST_PAUSE_FILE` when it reaches
-/// point NAME and sleeps until it is killed, so crash tests can SIGKILL it
-/// in phases that timing alone cannot reach reliably.
+/// point NAME and sleeps until it is killed (so crash tests can SIGKILL it
+/// in phases that timing alone cannot reach reliably), or until the test
+/// removes the file (to let another caller overtake it there).
 #[cfg(debug_assertions)]
 pub(super) fn pause_point(name: &str) {
     if std::env::var_os("IDEM_TEST_PAUSE").is_some_and(|point| point == name) {
-        if let Some(file) = std::env::var_os("IDEM_TEST_PAUSE_FILE") {
-            let _ = std::fs::File::create(file);
-        }
-        loop {
-            std::thread::sleep(Duration::from_secs(60));
+        let Some(file) = std::env::var_os("IDEM_TEST_PAUSE_FILE") else {
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        };
+        let _ = std::fs::File::create(&file);
+        while std::path::Path::new(&file).exists() {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }

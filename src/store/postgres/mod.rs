@@ -20,7 +20,6 @@ mod tests;
 mod tls;
 
 use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
-use crate::owner::ChildId;
 use crate::store::{finish_patiently, FinishFailure};
 use anyhow::Result;
 use conn::{Conn, Failure, CALL_LIMIT};
@@ -179,7 +178,7 @@ impl Store for PgStore {
         let (records, sequence) = (&self.names.records, &self.names.token);
         let fields = "status = 'in_progress', fingerprint = $2, command = $3, cwd = $4, \
             attempt = $5, owner_host = $6, owner_boot = $7, owner_pid = $8, owner_start = $9, label = $11, \
-            owner_pid_ns = $12";
+            owner_pid_ns = $12, child_pid = $13, child_pgid = $14, child_start = $15";
         let cleanup = format!(
             "c AS (DELETE FROM {records} WHERE key IN (SELECT key FROM {records} \
              WHERE expires_at <= {NOW} AND key <> $1 LIMIT {CLEANUP_BATCH} FOR UPDATE SKIP LOCKED))"
@@ -191,10 +190,9 @@ impl Store for PgStore {
             "WITH w AS (UPDATE {records} SET {fields}, token = nextval('{sequence}'), started_at = {NOW}, \
                 lease_until = {NOW} + $10, finished_at = NULL, expires_at = NULL, \
                 exit_code = NULL, signal = NULL, timed_out = false, replays = 0, \
-                child_pid = NULL, child_pgid = NULL, child_start = NULL, \
                 stdout = '', stderr = '', stdout_truncated = false, stderr_truncated = false, \
                 stdout_bytes = 0, stderr_bytes = 0 \
-             WHERE key = $1 AND token = $13 RETURNING token), \
+             WHERE key = $1 AND token = $16 RETURNING token), \
              f AS (DELETE FROM {} WHERE key = $1 AND EXISTS (SELECT 1 FROM w)), {cleanup} \
              SELECT token FROM w",
             self.names.journal
@@ -202,9 +200,9 @@ impl Store for PgStore {
         let insert = format!(
             "WITH w AS (INSERT INTO {records} (key, status, fingerprint, command, cwd, attempt, owner_host, \
                 owner_boot, owner_pid, owner_start, label, token, started_at, lease_until, \
-                owner_pid_ns, stdout_bytes, stderr_bytes) \
+                owner_pid_ns, child_pid, child_pgid, child_start, stdout_bytes, stderr_bytes) \
              VALUES ($1, 'in_progress', $2, $3, $4, $5, $6, $7, $8, $9, $11, \
-                nextval('{sequence}'), {NOW}, {NOW} + $10, $12, 0, 0) \
+                nextval('{sequence}'), {NOW}, {NOW} + $10, $12, $13, $14, $15, 0, 0) \
              ON CONFLICT (key) DO NOTHING RETURNING token), {cleanup} SELECT token FROM w"
         );
         for _ in 0..CLAIM_ROUNDS {
@@ -240,7 +238,13 @@ impl Store for PgStore {
                         owner,
                         lease_ms,
                         label,
+                        child,
                     } = &claim;
+                    let (child_pid, child_pgid, child_start) = (
+                        child.map(|c| c.pid),
+                        child.map(|c| c.pgid),
+                        child.map(|c| c.start),
+                    );
                     let mut params: Vec<Param> = vec![
                         (&key, Type::TEXT),
                         (fingerprint, Type::BYTEA),
@@ -254,6 +258,9 @@ impl Store for PgStore {
                         (lease_ms, Type::INT8),
                         (label, Type::TEXT),
                         (&owner.pid_ns, Type::INT8),
+                        (&child_pid, Type::INT8),
+                        (&child_pgid, Type::INT8),
+                        (&child_start, Type::INT8),
                     ];
                     let observed = existing.as_ref().map(|r| r.token);
                     let write = match &observed {
@@ -277,27 +284,6 @@ impl Store for PgStore {
         }
         self.conn
             .fail("cannot claim the key: it kept changing under contention; try again")
-    }
-
-    fn set_child(&mut self, key: &str, token: i64, child: ChildId) -> Result<bool> {
-        self.ready()?;
-        let sql = format!(
-            "UPDATE {} SET child_pid = $3, child_pgid = $4, child_start = $5 \
-             WHERE key = $1 AND token = $2 AND status = 'in_progress'",
-            self.names.records
-        );
-        self.update(
-            "cannot record the child",
-            CALL_LIMIT,
-            &sql,
-            &[
-                (&key, Type::TEXT),
-                (&token, Type::INT8),
-                (&child.pid, Type::INT8),
-                (&child.pgid, Type::INT8),
-                (&child.start, Type::INT8),
-            ],
-        )
     }
 
     fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool> {

@@ -32,7 +32,6 @@ use self::schema::SCHEMA_VERSION;
 use self::target::Target;
 pub use self::warning::persistence_warning;
 use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
-use crate::owner::ChildId;
 use crate::store::{finish_patiently, FinishFailure};
 use anyhow::Result;
 use redis::{Client, IntoConnectionInfo, Script};
@@ -54,7 +53,6 @@ struct Scripts {
     read: Script,
     claim: Script,
     renew: Script,
-    set_child: Script,
     finish: Script,
     append: Script,
     journal: Script,
@@ -69,7 +67,6 @@ impl Scripts {
             read: Script::new(include_str!("lua/read.lua")),
             claim: Script::new(include_str!("lua/claim.lua")),
             renew: Script::new(include_str!("lua/renew.lua")),
-            set_child: Script::new(include_str!("lua/set_child.lua")),
             finish: Script::new(include_str!("lua/finish.lua")),
             append: Script::new(include_str!("lua/append.lua")),
             journal: Script::new(include_str!("lua/journal.lua")),
@@ -302,6 +299,14 @@ impl Store for RedisStore {
                 if let Some(label) = &claim.label {
                     call.arg("label").arg(label);
                 }
+                if let Some(child) = claim.child {
+                    call.arg("child_pid")
+                        .arg(child.pid)
+                        .arg("child_pgid")
+                        .arg(child.pgid)
+                        .arg("child_start")
+                        .arg(child.start);
+                }
                 call.invoke::<i64>(c.like())
             })?;
             if new != 0 {
@@ -316,24 +321,6 @@ impl Store for RedisStore {
                 ));
             }
         }
-    }
-
-    fn set_child(&mut self, key: &str, token: i64, child: ChildId) -> Result<bool> {
-        self.ready()?;
-        let rkey = self.record_key(key);
-        self.exec("cannot record the child", true, |c, s| {
-            s.set_child
-                .key(&rkey)
-                .arg(token)
-                .arg("child_pid")
-                .arg(child.pid)
-                .arg("child_pgid")
-                .arg(child.pgid)
-                .arg("child_start")
-                .arg(child.start)
-                .invoke::<i64>(c.like())
-        })
-        .map(|ours| ours == 1)
     }
 
     /// Within a third of the lease (at most `TIME_LIMIT`) and without a

@@ -200,8 +200,9 @@ pub(super) fn write_claim(
     tx.prepare_cached(
         "INSERT OR REPLACE INTO records (key, status, fingerprint, command, cwd, attempt, token,
             started_at, owner_host, owner_boot, owner_pid, owner_start, label, owner_pid_ns,
-            lease_until, stdout_bytes, stderr_bytes)
-         VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 0, 0)",
+            lease_until, child_pid, child_pgid, child_start, stdout_bytes, stderr_bytes)
+         VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+            ?15, ?16, ?17, 0, 0)",
     )?
     .execute(params![
         key,
@@ -218,6 +219,9 @@ pub(super) fn write_claim(
         claim.label,
         claim.owner.pid_ns,
         now.saturating_add(claim.lease_ms),
+        claim.child.map(|c| c.pid),
+        claim.child.map(|c| c.pgid),
+        claim.child.map(|c| c.start),
     ])?;
     purge::delete_some_expired(tx, key, now, CLEANUP_BATCH)
 }

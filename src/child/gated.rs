@@ -1,0 +1,99 @@
+//! A child forked before the claim and held at its gate.
+//!
+//! The claim records the child (its pid, group and start time) in the same
+//! write that takes the key: one commit, and no moment when a claim has no
+//! child to show. Until the gate opens the child runs nothing but fsync the
+//! store's directory (`exec`); a child whose gate never opens (the claim
+//! went to someone else, or failed) is killed and reaped when dropped.
+
+use super::exec::{resolve, ChildFds, Exec, SpawnError};
+use super::Spec;
+use crate::owner::{start_time, ChildId};
+use anyhow::{Context, Result};
+use nix::fcntl::OFlag;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{pipe2, Pid};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// The parent's ends of the child's pipes.
+pub(super) struct Pipes {
+    pub(super) stdout: OwnedFd,
+    pub(super) stderr: OwnedFd,
+    /// Closed on a successful exec; four bytes of errno on a failed one.
+    pub(super) status: OwnedFd,
+    pub(super) gate: OwnedFd,
+}
+
+/// Lets COMMAND start, with `late` (the values of `Spec::late`, in order).
+pub(super) fn open_gate(gate: OwnedFd, late: &[String]) -> Result<()> {
+    File::from(gate)
+        .write_all(&super::exec::gate_message(late))
+        .context("open the gate")
+}
+
+/// A forked child waiting at its gate.
+pub struct Gated {
+    pub(super) pid: Pid,
+    id: ChildId,
+    /// Taken when the gate opens; while here, dropping kills the child.
+    pub(super) pipes: Option<Pipes>,
+}
+
+impl Gated {
+    /// Forks the child of `spec`, held at its gate; `Ok(Err(_))` when
+    /// COMMAND cannot be started at all (nothing was forked).
+    pub fn fork(spec: &Spec<'_>) -> Result<std::result::Result<Gated, SpawnError>> {
+        let program = match resolve(&spec.argv[0]) {
+            Ok(path) => path,
+            Err(e) => return Ok(Err(e)),
+        };
+        let exec = Exec::prepare(&program, spec.argv, &spec.env, &spec.late)?;
+        let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+        let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+        let (gate_r, gate_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+        let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+        let pid = exec.spawn(&ChildFds {
+            stdin: spec.stdin.map(AsRawFd::as_raw_fd),
+            stdout: out_w.as_raw_fd(),
+            stderr: err_w.as_raw_fd(),
+            gate: gate_r.as_raw_fd(),
+            gate_writer: gate_w.as_raw_fd(),
+            status: status_w.as_raw_fd(),
+            sync_dir: spec.sync_dir.as_ref().map(AsRawFd::as_raw_fd),
+        })?;
+        // Both sides set the group, so neither can run ahead of it.
+        let _ = nix::unistd::setpgid(pid, pid);
+        let raw = i64::from(pid.as_raw());
+        Ok(Ok(Gated {
+            pid,
+            id: ChildId {
+                pid: raw,
+                pgid: raw,
+                start: start_time(raw).unwrap_or(0),
+            },
+            pipes: Some(Pipes {
+                stdout: out_r,
+                stderr: err_r,
+                status: status_r,
+                gate: gate_w,
+            }),
+        }))
+    }
+
+    /// Who the claim records.
+    pub fn id(&self) -> ChildId {
+        self.id
+    }
+}
+
+impl Drop for Gated {
+    fn drop(&mut self) {
+        if self.pipes.take().is_some() {
+            let _ = kill(self.pid, Signal::SIGKILL);
+            let _ = waitpid(self.pid, None);
+        }
+    }
+}
