@@ -14,6 +14,7 @@
 
 #![allow(unsafe_code)]
 
+use super::raw;
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -199,78 +200,184 @@ impl Exec {
         })
     }
 
-    /// Forks the child, which waits at the gate, then execs.
-    pub fn spawn(&self, fds: &ChildFds) -> Result<Pid> {
-        // SAFETY: the child only calls async-signal-safe functions on memory
-        // prepared before the fork (in_child); the parent goes on normally.
-        match unsafe { libc::fork() } {
-            -1 => Err(Errno::last()).context("fork"),
-            // SAFETY: this is the freshly forked child that in_child requires.
-            0 => unsafe { self.in_child(fds) },
+    /// Starts the child, which fsyncs `fds.sync_dir`, waits at the gate,
+    /// then execs. It runs in idem's memory until then (`raw`), reading
+    /// this `Exec` and writing its late slots and its own stack: both stay
+    /// in `Started` until the child has exec'd or is reaped.
+    pub fn start(self, fds: ChildFds) -> Result<Started> {
+        let exec = Box::new(Launch { exec: self, fds });
+        let stack = Stack::new()?;
+        let pid = exec.clone_child(&stack)?;
+        Ok(Started {
+            pid,
+            _launch: exec,
+            _stack: stack,
+        })
+    }
+}
+
+/// What the child reads: where nothing moves while it runs.
+struct Launch {
+    exec: Exec,
+    fds: ChildFds,
+}
+
+/// A started child and what it may still be using.
+pub struct Started {
+    pub pid: Pid,
+    _launch: Box<Launch>,
+    _stack: Stack,
+}
+
+/// The child's stack until it execs, with a guard page below it.
+struct Stack {
+    base: *mut libc::c_void,
+}
+
+const STACK: usize = 256 * 1024;
+const GUARD: usize = 4096;
+
+impl Stack {
+    fn new() -> Result<Stack> {
+        // SAFETY: a fresh anonymous mapping, owned by the Stack.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                STACK + GUARD,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Errno::last()).context("map the child's stack");
+        }
+        let stack = Stack { base };
+        // SAFETY: the lowest page of the mapping just made.
+        if unsafe { libc::mprotect(base, GUARD, libc::PROT_NONE) } != 0 {
+            return Err(Errno::last()).context("guard the child's stack");
+        }
+        Ok(stack)
+    }
+
+    /// The stack's top (it grows down), 16-byte aligned.
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of the mapping.
+        unsafe { self.base.cast::<u8>().add(STACK + GUARD).cast() }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `new` made; the child no longer runs on it
+        // (`Started` outlives the child's exec or its reaping).
+        unsafe { libc::munmap(self.base, STACK + GUARD) };
+    }
+}
+
+/// The child's entry point, on its own stack.
+extern "C" fn child_main(launch: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `clone_child` passes the Launch, which `Started` keeps
+    // alive and unmoved until this child has exec'd or is reaped.
+    let launch = unsafe { &*launch.cast::<Launch>() };
+    // SAFETY: this is the newly started child that in_child requires.
+    unsafe { launch.in_child() }
+}
+
+impl Launch {
+    /// Starts the child like `posix_spawn`: in idem's memory (no page
+    /// tables copied, none torn down at its exec), but without stopping
+    /// idem until it execs, since it waits at the gate first.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn clone_child(&self, stack: &Stack) -> Result<Pid> {
+        let me = std::ptr::from_ref(self).cast_mut().cast();
+        // SAFETY: child_main only makes raw system calls (`raw`) and reads
+        // `self`, which lives and stays put until the child has exec'd or
+        // is reaped; the stack is its own.
+        match unsafe { libc::clone(child_main, stack.top(), libc::CLONE_VM | libc::SIGCHLD, me) } {
+            -1 => Err(Errno::last()).context("start the command"),
             pid => Ok(Pid::from_raw(pid)),
         }
     }
 
-    /// The child's side of the fork. Never returns.
+    /// Elsewhere, a plain fork: the child's memory is its own.
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    fn clone_child(&self, _stack: &Stack) -> Result<Pid> {
+        // SAFETY: the child only makes raw system calls on memory prepared
+        // before the fork (in_child); the parent goes on normally.
+        match unsafe { libc::fork() } {
+            -1 => Err(Errno::last()).context("fork"),
+            // SAFETY: this is the freshly forked child that in_child requires.
+            0 => unsafe { self.in_child() },
+            pid => Ok(Pid::from_raw(pid)),
+        }
+    }
+
+    /// The child's side. Never returns.
     ///
     /// # Safety
-    /// Must be called in a freshly forked child; uses only async-signal-safe
-    /// calls on memory prepared before the fork.
-    unsafe fn in_child(&self, fds: &ChildFds) -> ! {
-        let _ = (&self.argv, &self.env, &self.late);
-        libc::setpgid(0, 0);
+    /// Must run in the newly started child. It shares idem's memory, so it
+    /// only makes raw system calls (which leave idem's errno alone), reads
+    /// what was prepared before, and writes only its late slots and stack.
+    unsafe fn in_child(&self) -> ! {
+        let (exec, fds) = (&self.exec, &self.fds);
+        let _ = (&exec.argv, &exec.env, &exec.late);
+        raw::own_process_group();
         // Undo what idem changed for itself: the blocked signals, and Rust's
         // ignored SIGPIPE (ignored dispositions survive exec). Dispositions
         // idem inherited (nohup's ignored SIGHUP) pass through unchanged.
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        raw::default_signals();
         if let Some(stdin) = fds.stdin {
-            libc::dup2(stdin, 0);
+            raw::move_fd(stdin, 0);
         }
-        libc::dup2(fds.stdout, 1);
-        libc::dup2(fds.stderr, 2);
-        // The claim's last step to disk, done here while idem records this
-        // pid. An error is ignored, as SQLite ignores it (a file system
+        raw::move_fd(fds.stdout, 1);
+        raw::move_fd(fds.stderr, 2);
+        // The claim's last step to disk, done here while idem writes the
+        // claim. An error is ignored, as SQLite ignores it (a file system
         // that cannot sync directories).
         if let Some(dir) = fds.sync_dir {
-            libc::fsync(dir);
+            raw::fsync(dir);
         }
         // Wait until idem's claim has recorded this pid; EOF means idem
         // died first, or will not run COMMAND.
-        libc::close(fds.gate_writer);
+        raw::close(fds.gate_writer);
         let mut message = [0u8; MESSAGE];
-        let wanted = 1 + self.late_slots.len() * SLOT;
+        let wanted = 1 + exec.late_slots.len() * SLOT;
         let mut got = 0;
         while got < wanted {
-            let n = libc::read(fds.gate, message[got..].as_mut_ptr().cast(), wanted - got);
-            if n > 0 {
-                got += n as usize;
-            } else if n < 0 && *libc::__errno_location() == libc::EINTR {
-                continue;
-            } else {
-                libc::_exit(125);
+            match raw::read(fds.gate, &mut message[got..wanted]) {
+                n if n > 0 => got += n.unsigned_abs(),
+                n if n == -(libc::EINTR as isize) => {}
+                _ => raw::exit(125),
             }
         }
-        // This process's own copy of the slots (the fork copied them).
-        for (i, slot) in self.late_slots.iter().enumerate() {
-            std::ptr::copy_nonoverlapping(message[1 + i * SLOT..].as_ptr(), *slot, SLOT - 1);
+        for (i, slot) in exec.late_slots.iter().enumerate() {
+            let value = &message[1 + i * SLOT..][..SLOT - 1];
+            for (j, byte) in value.iter().enumerate() {
+                // SAFETY: each slot holds SLOT bytes; the last stays NUL.
+                unsafe { slot.add(j).write(*byte) };
+            }
         }
-        libc::execve(
-            self.path.as_ptr(),
-            self.argv_ptrs.as_ptr(),
-            self.env_ptrs.as_ptr(),
-        );
-        if *libc::__errno_location() == libc::ENOEXEC {
-            libc::execve(
-                SHELL.as_ptr(),
-                self.shell_argv.as_ptr(),
-                self.env_ptrs.as_ptr(),
-            );
+        // SAFETY: C strings and null-terminated arrays built in `prepare`.
+        let mut errno = unsafe {
+            raw::execve(
+                exec.path.as_ptr(),
+                exec.argv_ptrs.as_ptr(),
+                exec.env_ptrs.as_ptr(),
+            )
+        };
+        if errno == libc::ENOEXEC {
+            // SAFETY: as above.
+            errno = unsafe {
+                raw::execve(
+                    SHELL.as_ptr(),
+                    exec.shell_argv.as_ptr(),
+                    exec.env_ptrs.as_ptr(),
+                )
+            };
         }
-        let errno = (*libc::__errno_location()).to_ne_bytes();
-        libc::write(fds.status, errno.as_ptr().cast(), 4);
-        libc::_exit(127);
+        raw::write(fds.status, &errno.to_ne_bytes());
+        raw::exit(127);
     }
 }

@@ -6,7 +6,7 @@
 //! store's directory (`exec`); a child whose gate never opens (the claim
 //! went to someone else, or failed) is killed and reaped when dropped.
 
-use super::exec::{resolve, ChildFds, Exec, SpawnError};
+use super::exec::{resolve, ChildFds, Exec, SpawnError, Started};
 use super::Spec;
 use crate::owner::{start_time, ChildId};
 use anyhow::{Context, Result};
@@ -34,12 +34,17 @@ pub(super) fn open_gate(gate: OwnedFd, late: &[String]) -> Result<()> {
         .context("open the gate")
 }
 
-/// A forked child waiting at its gate.
+/// A started child waiting at its gate.
 pub struct Gated {
     pub(super) pid: Pid,
     id: ChildId,
     /// Taken when the gate opens; while here, dropping kills the child.
     pub(super) pipes: Option<Pipes>,
+    /// Set once the child has exec'd or was reaped: until then it may run
+    /// in idem's memory, and dropping kills and reaps it first.
+    pub(super) settled: bool,
+    /// What the child may still be using (dropped after it, see `Drop`).
+    _started: Started,
 }
 
 impl Gated {
@@ -55,7 +60,7 @@ impl Gated {
         let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
         let (gate_r, gate_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
         let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
-        let pid = exec.spawn(&ChildFds {
+        let started = exec.start(ChildFds {
             stdin: spec.stdin.map(AsRawFd::as_raw_fd),
             stdout: out_w.as_raw_fd(),
             stderr: err_w.as_raw_fd(),
@@ -64,6 +69,7 @@ impl Gated {
             status: status_w.as_raw_fd(),
             sync_dir: spec.sync_dir.as_ref().map(AsRawFd::as_raw_fd),
         })?;
+        let pid = started.pid;
         // Both sides set the group, so neither can run ahead of it.
         let _ = nix::unistd::setpgid(pid, pid);
         let raw = i64::from(pid.as_raw());
@@ -80,6 +86,8 @@ impl Gated {
                 status: status_r,
                 gate: gate_w,
             }),
+            settled: false,
+            _started: started,
         }))
     }
 
@@ -90,8 +98,11 @@ impl Gated {
 }
 
 impl Drop for Gated {
+    /// A child whose gate never opened, or that has not exec'd yet, is
+    /// killed and reaped: it runs nothing, and its stack and what it reads
+    /// are freed only after it is gone.
     fn drop(&mut self) {
-        if self.pipes.take().is_some() {
+        if !self.settled {
             let _ = kill(self.pid, Signal::SIGKILL);
             let _ = waitpid(self.pid, None);
         }

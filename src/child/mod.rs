@@ -16,6 +16,7 @@ mod exec;
 mod gated;
 mod output;
 pub mod process;
+mod raw;
 mod supervise;
 mod terminal;
 

@@ -72,8 +72,12 @@ pub(super) fn supervise(
         };
         let (out_r, err_r, status_r) = (pipes.stdout, pipes.stderr, pipes.status);
         open_gate(pipes.gate, late)?;
-        if let Some(errno) = read_exec_status(status_r) {
+        // EOF: the child has exec'd (or died), so it no longer runs in
+        // idem's memory; an errno: it exits at once.
+        let exec_failed = read_exec_status(status_r);
+        if let Some(errno) = exec_failed {
             let _ = waitpid(pid, None);
+            child.settled = true;
             drop(to_keeper);
             let _ = keeper.join();
             let name = spec.argv[0].to_string_lossy().into_owned();
@@ -82,6 +86,7 @@ pub(super) fn supervise(
                 e => SpawnError::NotExecutable(format!("{name}: {}", e.desc())),
             }));
         }
+        child.settled = true;
         let mut watch = Watch {
             pid,
             streams: [
