@@ -354,3 +354,36 @@ fn commands_that_cannot_start_are_never_locked() {
         .success()
         .stdout("now\n");
 }
+
+/// COMMAND starts with the signal state of whoever started idem, not
+/// idem's own: no signal blocked (idem blocks most while it runs), SIGPIPE
+/// at its default action (idem ignores it), and what the caller ignored
+/// (nohup's SIGHUP) still ignored. The child sets this up itself between
+/// its start and its exec.
+#[test]
+fn the_command_gets_the_callers_signal_state_not_idems() {
+    let env = Env::new();
+    let status = |program: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "trap '' HUP; exec {program} grep '^Sig\\(Blk\\|Ign\\)' /proc/self/status"
+            ))
+            .env("IDEM_DB", &env.db)
+            .current_dir(env.dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let idem = format!("{} run -k signals --", crate::support::bin().display());
+    let (under_idem, direct) = (status(&idem), status(""));
+    assert_eq!(under_idem, direct);
+    let mask = |name: &str| {
+        let line = direct.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line[name.len()..].trim(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0);
+    assert_eq!(mask("SigIgn:") & 1, 1, "SIGHUP ignored: {direct}");
+    assert_eq!(mask("SigIgn:") & (1 << 12), 0, "SIGPIPE default: {direct}");
+}
