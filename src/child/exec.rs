@@ -1,15 +1,17 @@
-//! Starting COMMAND: find it like `execvp(3)`, fork, fsync the store's
-//! directory, wait at the gate, exec.
+//! Starting COMMAND: find it like `execvp(3)`, start the child, which
+//! fsyncs the store's directory, waits at the gate, and execs.
 //!
-//! Everything the child needs is built before the fork, because between
-//! fork and exec it may only call async-signal-safe functions. The child
-//! is forked before the claim, so that the claim records it, and waits on
-//! a gate pipe until the claim is written: if idem dies first, or loses
-//! the race for the key, the gate reads EOF and the child exits without
-//! running COMMAND, so no child ever runs unrecorded. What only the claim
-//! decides (`IDEM_ATTEMPT`, `IDEM_FENCING_TOKEN`) comes through the gate,
-//! into slots of the environment reserved before the fork. A file that is executable but
-//! not a binary nor a `#!` script (exec fails with ENOEXEC) runs under
+//! The child starts as `posix_spawn(3)` starts one, in idem's memory (no
+//! page tables copied for it, and none torn down at its exec), but idem
+//! goes on meanwhile. Until it execs it makes raw system calls only
+//! (`raw`), on what was built before it started. It starts before the
+//! claim, so that the claim records it, and waits on a gate pipe until the
+//! claim is written: if idem dies first, or loses the race for the key,
+//! the gate reads EOF and the child exits without running COMMAND, so no
+//! child ever runs unrecorded. What only the claim decides
+//! (`IDEM_ATTEMPT`, `IDEM_FENCING_TOKEN`) comes through the gate, into
+//! slots of the environment reserved beforehand. A file that is executable
+//! but not a binary nor a `#!` script (exec fails with ENOEXEC) runs under
 //! `/bin/sh`, as execvp(3) and env(1) do.
 
 #![allow(unsafe_code)]
@@ -33,7 +35,7 @@ pub enum SpawnError {
 const OWN_VARIABLES: [&str; 3] = ["IDEM_KEY", "IDEM_ATTEMPT", "IDEM_FENCING_TOKEN"];
 
 /// Finds COMMAND like `execvp` would, so "not found" (127) and "not
-/// executable" (126) are told apart before the fork.
+/// executable" (126) are told apart before the child starts.
 pub fn resolve(program: &OsStr) -> std::result::Result<PathBuf, SpawnError> {
     let name = program.to_string_lossy().into_owned();
     if program.is_empty() {
@@ -81,7 +83,7 @@ const SLOT: usize = 21;
 const MAX_LATE: usize = 2;
 const MESSAGE: usize = 1 + MAX_LATE * SLOT;
 
-/// The exec arguments, built before the fork (the child must not allocate).
+/// The exec arguments, built before the child starts (it must not allocate).
 pub struct Exec {
     path: CString,
     argv: Vec<CString>,

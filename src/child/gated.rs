@@ -1,4 +1,4 @@
-//! A child forked before the claim and held at its gate.
+//! A child started before the claim and held at its gate.
 //!
 //! The claim records the child (its pid, group and start time) in the same
 //! write that takes the key: one commit, and no moment when a claim has no
@@ -48,9 +48,9 @@ pub struct Gated {
 }
 
 impl Gated {
-    /// Forks the child of `spec`, held at its gate; `Ok(Err(_))` when
-    /// COMMAND cannot be started at all (nothing was forked).
-    pub fn fork(spec: &Spec<'_>) -> Result<std::result::Result<Gated, SpawnError>> {
+    /// Starts the child of `spec`, held at its gate; `Ok(Err(_))` when
+    /// COMMAND cannot be started at all (nothing was started).
+    pub fn start(spec: &Spec<'_>) -> Result<std::result::Result<Gated, SpawnError>> {
         let program = match resolve(&spec.argv[0]) {
             Ok(path) => path,
             Err(e) => return Ok(Err(e)),

@@ -152,9 +152,9 @@ impl Drop for Signals {
     }
 }
 
-/// Opens the gate of `child` (forked from `spec`, recorded by the claim),
+/// Opens the gate of `child` (started from `spec`, recorded by the claim),
 /// with the values of `spec.late`, and runs it to the end. `signals` must
-/// have been blocked before the fork, so that every thread started
+/// have been blocked before the child started, so that every thread started
 /// meanwhile keeps them blocked (the output writers block them all
 /// themselves).
 pub fn run(

@@ -334,15 +334,15 @@ impl Call<'_> {
                     // no signal may end idem (one that arrives meanwhile is
                     // forwarded to the child, or held until the record is safe).
                     let signals = child::Signals::block()?;
-                    // The child is forked first, held at its gate, so that
+                    // The child starts first, held at its gate, so that
                     // the claim records it; a lost race kills it unopened.
                     let spec = self.spec(store, stdin);
-                    let forked = child::Gated::fork(&spec)?;
-                    owning::pause_point("forked");
-                    let id = forked.as_ref().ok().map(child::Gated::id);
+                    let started = child::Gated::start(&spec)?;
+                    owning::pause_point("child-started");
+                    let id = started.as_ref().ok().map(child::Gated::id);
                     match self.claim(store, id)? {
                         Ok((token, attempt)) => {
-                            return self.execute(store, token, attempt, forked, &spec, &signals)
+                            return self.execute(store, token, attempt, started, &spec, &signals)
                         }
                         Err(next) => next,
                     }

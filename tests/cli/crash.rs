@@ -2,7 +2,7 @@
 //! phase, under forwarded signals, and with 64 processes on one key.
 //!
 //! How each crash phase is reached: (a) "just after the claim" (the claim
-//! records the child, forked before it and held at its gate) and (c)
+//! records the child, started before it and held at its gate) and (c)
 //! "after the child exited, before the record is finished" use idem's
 //! debug-build pause points (`IDEM_TEST_PAUSE`), which stop idem there and
 //! create a file; (b) "while the child runs" uses a child that waits for a
@@ -107,7 +107,7 @@ fn crash_while_the_child_runs_leaves_an_owner_until_the_child_ends() {
 }
 
 /// Between the claim and letting the child exec: the claim records the
-/// child, forked before it, which is still idem's own code at its gate; it
+/// child, started before it, which is still idem's own code at its gate; it
 /// must see idem die and exit without running the command.
 #[test]
 fn crash_before_the_gate_opens_never_runs_the_command() {
@@ -144,20 +144,24 @@ fn crash_before_the_gate_opens_never_runs_the_command() {
     no_overlap(&env);
 }
 
-/// The child is forked before the claim. When the claim then finds the key
+/// The child starts before the claim. When the claim then finds the key
 /// taken (a faster caller ran it meanwhile), that child is killed at its
 /// gate, never running the command, and this call replays the other's run.
 #[test]
-fn a_child_forked_for_a_claim_lost_to_a_faster_caller_never_runs() {
+fn a_child_started_for_a_claim_lost_to_a_faster_caller_never_runs() {
     let env = Env::new();
     release(&env);
-    let slow = paused_at(&env, "r", "forked");
+    let slow = paused_at(&env, "r", "child-started");
     assert!(run_child(&env, "r", &[]).status().unwrap().success());
     assert_eq!(env.count("n"), 1);
     std::fs::remove_file(env.path("paused")).unwrap();
     let status = slow.wait_with_output().unwrap().status;
     assert!(status.success(), "the slower caller: {status}");
-    assert_eq!(env.count("n"), 1, "the forked child ran the command");
+    assert_eq!(
+        env.count("n"),
+        1,
+        "the child started for the lost claim ran the command"
+    );
     assert_eq!(attempts(&env), "1\n");
     no_overlap(&env);
 }

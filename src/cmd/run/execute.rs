@@ -18,7 +18,7 @@ use std::fs::File;
 use std::time::Instant;
 
 impl Call<'_> {
-    /// What the child is forked from, before the claim.
+    /// What the child is started from, before the claim.
     pub(super) fn spec<'s>(
         &'s self,
         store: &mut dyn Store,
@@ -44,7 +44,7 @@ impl Call<'_> {
         store: &mut dyn Store,
         token: i64,
         attempt: i64,
-        forked: std::result::Result<child::Gated, SpawnError>,
+        started: std::result::Result<child::Gated, SpawnError>,
         spec: &child::Spec<'_>,
         signals: &child::Signals,
     ) -> Result<u8> {
@@ -72,7 +72,7 @@ impl Call<'_> {
             pending: VecDeque::new(),
             seq: 0,
         };
-        let ran = match forked {
+        let ran = match started {
             Ok(child) => child::run(child, &late, spec, signals, &output, &mut owner)?,
             Err(e) => Err(e),
         };
