@@ -209,7 +209,7 @@ impl Exec {
     pub fn start(self, fds: ChildFds) -> Result<Started> {
         let exec = Box::new(Launch { exec: self, fds });
         let stack = Stack::new()?;
-        let pid = exec.clone_child(&stack)?;
+        let pid = exec.start_child(&stack)?;
         Ok(Started {
             pid,
             _launch: exec,
@@ -288,10 +288,22 @@ extern "C" fn child_main(launch: *mut libc::c_void) -> libc::c_int {
 }
 
 impl Launch {
+    fn start_child(&self, stack: &Stack) -> Result<Pid> {
+        // valgrind runs no child in its parent's memory unless the parent
+        // waits for its exec (vfork), which the gate rules out; it marks
+        // the programs it runs with its own LD_PRELOAD.
+        let valgrind = std::env::var_os("LD_PRELOAD")
+            .is_some_and(|p| p.as_encoded_bytes().windows(9).any(|w| w == b"vgpreload"));
+        if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) && !valgrind {
+            self.clone_child(stack)
+        } else {
+            self.fork_child()
+        }
+    }
+
     /// Starts the child like `posix_spawn`: in idem's memory (no page
     /// tables copied, none torn down at its exec), but without stopping
     /// idem until it execs, since it waits at the gate first.
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn clone_child(&self, stack: &Stack) -> Result<Pid> {
         let me = std::ptr::from_ref(self).cast_mut().cast();
         // SAFETY: child_main only makes raw system calls (`raw`) and reads
@@ -303,9 +315,9 @@ impl Launch {
         }
     }
 
-    /// Elsewhere, a plain fork: the child's memory is its own.
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    fn clone_child(&self, _stack: &Stack) -> Result<Pid> {
+    /// Elsewhere, and under valgrind, a plain fork: the child's memory is
+    /// its own.
+    fn fork_child(&self) -> Result<Pid> {
         // SAFETY: the child only makes raw system calls on memory prepared
         // before the fork (in_child); the parent goes on normally.
         match unsafe { libc::fork() } {
