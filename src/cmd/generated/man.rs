@@ -38,6 +38,8 @@ pub const ENVIRONMENT: &[(&str, &[&str], &str)] = &[
     ("REDISCLI_AUTH", &[], "Redis: the password when a redis:// or rediss:// URL has none."),
     ("NO_COLOR", &["inspect"], "When set and not empty, the table has no colours."),
     ("PATH", &["run"], "Where COMMAND is looked up when its name has no slash."),
+    ("LD_PRELOAD", &["run"], "When it names valgrind's preload (valgrind sets it), COMMAND \
+        is started with a plain fork: valgrind cannot run a child in its parent's memory."),
     ("IDEM_KEY", &["run"], "Set for COMMAND: the key it runs under, \
         to pass on as a downstream API's idempotency key."),
     ("IDEM_ATTEMPT", &["run"], "Set for COMMAND: 1 for the first run of a record, \
