@@ -9,7 +9,10 @@
 //! `release` file. The child marks itself running with `mkdir`, so two
 //! concurrent executions leave a line in `violations`.
 
-use crate::support::{race, records, run_sh, start_time, tool, wait_for, wait_until, Env, Holder};
+use crate::support::{
+    kill_paused_owner, race, records, run_sh, running, start_time, tool, wait_for, wait_until, Env,
+    Holder,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use predicates::prelude::*;
@@ -57,16 +60,10 @@ fn no_overlap(env: &Env) {
     );
 }
 
-/// Whether a process exists and is not a zombie.
-fn running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
-}
-
 #[test]
 fn crash_just_after_the_claim() {
     let env = Env::new();
-    sigkill(paused_at(&env, "a", "after-claim"));
+    kill_paused_owner(&env, "a", paused_at(&env, "a", "after-claim"));
     assert_eq!(env.count("n"), 0, "the command had not started");
     run_child(&env, "a", &["--on-crash", "block"]).assert_blocked("a");
     release(&env);
@@ -225,7 +222,7 @@ fn waiters_that_find_the_owner_dead_block_under_on_crash_block() {
 #[test]
 fn a_reused_pid_is_not_the_owner() {
     let env = Env::sqlite();
-    sigkill(paused_at(&env, "p", "after-claim"));
+    kill_paused_owner(&env, "p", paused_at(&env, "p", "after-claim"));
     let conn = rusqlite::Connection::open(env.db_path()).unwrap();
     let me = std::process::id();
     // The pid is alive (it is this test) with the start time it had: alive.
@@ -444,7 +441,7 @@ impl Expect for std::process::Command {
 #[test]
 fn an_owner_on_another_host_is_judged_by_its_lease_on_a_local_store() {
     let env = Env::sqlite();
-    sigkill(paused_at(&env, "h", "after-claim"));
+    kill_paused_owner(&env, "h", paused_at(&env, "h", "after-claim"));
     let conn = rusqlite::Connection::open(env.db_path()).unwrap();
     conn.execute("UPDATE records SET owner_host = 'elsewhere'", ())
         .unwrap();

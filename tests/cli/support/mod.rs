@@ -16,7 +16,7 @@ pub mod redis_server;
 mod scripted;
 
 pub use holder::Holder;
-pub use records::{keys, make, make_crashed, make_expired, record_key, records};
+pub use records::{keys, kill_paused_owner, make, make_crashed, make_expired, record_key, records};
 pub use scripted::{free_port, ScriptedServer};
 
 use assert_cmd::Command;
@@ -496,4 +496,10 @@ pub fn race(
             (out.status.code().unwrap_or(-1), out.stdout, out.stderr)
         })
         .collect()
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
 }

@@ -81,7 +81,7 @@ pub fn move_expiry_back(env: &Env, key: &str) {
 /// point just after its claim, before the command started.
 pub fn make_crashed(env: &Env, key: &str) {
     let paused = env.path(&format!("paused-{key}"));
-    let mut idem = env
+    let idem = env
         .idem_std()
         .args(["run", "-k", key, "--", "true"])
         .env("IDEM_TEST_PAUSE", "after-claim")
@@ -89,6 +89,20 @@ pub fn make_crashed(env: &Env, key: &str) {
         .spawn()
         .unwrap();
     super::wait_for(&paused);
+    kill_paused_owner(env, key, idem);
+}
+
+/// SIGKILLs `idem`, paused after its claim of `key`, and waits until the
+/// child that claim records is gone too (held at its gate, it exits once
+/// idem is): the record's owner is then dead, with no process left.
+pub fn kill_paused_owner(env: &Env, key: &str, mut idem: std::process::Child) {
+    let child = records(env, &[key])
+        .first()
+        .and_then(|r| r["child_pid"].as_i64())
+        .map(|pid| i32::try_from(pid).unwrap());
     idem.kill().unwrap();
     idem.wait().unwrap();
+    if let Some(child) = child {
+        wait_until("the gated child to exit", || !super::running(child));
+    }
 }
