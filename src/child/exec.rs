@@ -294,7 +294,7 @@ impl Launch {
         // the programs it runs with its own LD_PRELOAD.
         let valgrind = std::env::var_os("LD_PRELOAD")
             .is_some_and(|p| p.as_encoded_bytes().windows(9).any(|w| w == b"vgpreload"));
-        if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) && !valgrind {
+        if cfg!(target_arch = "x86_64") && !valgrind {
             self.clone_child(stack)
         } else {
             self.fork_child()
@@ -315,8 +315,8 @@ impl Launch {
         }
     }
 
-    /// Elsewhere, and under valgrind, a plain fork: the child's memory is
-    /// its own.
+    /// Elsewhere than x86_64 (see `raw`), and under valgrind, a plain
+    /// fork: the child's memory is its own.
     fn fork_child(&self) -> Result<Pid> {
         // SAFETY: the child only makes raw system calls on memory prepared
         // before the fork (in_child); the parent goes on normally.

@@ -6,9 +6,9 @@
 //! torn down again at its exec), idem's thread-local `errno` included:
 //! libc's wrappers would write a failed call's error there, under the feet
 //! of idem's own code. These make the call directly and return what the
-//! kernel returned, a negative errno on failure. Elsewhere than x86_64 and
-//! aarch64 the child is forked (its memory its own) and libc's generic
-//! `syscall(2)` serves.
+//! kernel returned, a negative errno on failure. Elsewhere than x86_64 (the
+//! only architecture this is tested on) the child is forked, its memory its
+//! own, and libc's generic `syscall(2)` serves.
 
 #![allow(unsafe_code)]
 
@@ -39,26 +39,7 @@ unsafe fn call(number: c_long, args: [usize; 4]) -> isize {
     ret
 }
 
-#[cfg(target_arch = "aarch64")]
-unsafe fn call(number: c_long, args: [usize; 4]) -> isize {
-    let ret: isize;
-    // SAFETY: the Linux aarch64 system call convention (number in x8, the
-    // result in x0). The caller vouches for the arguments.
-    unsafe {
-        std::arch::asm!(
-            "svc 0",
-            in("x8") number,
-            inlateout("x0") args[0] as isize => ret,
-            in("x1") args[1],
-            in("x2") args[2],
-            in("x3") args[3],
-            options(nostack),
-        );
-    }
-    ret
-}
-
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[cfg(not(target_arch = "x86_64"))]
 unsafe fn call(number: c_long, args: [usize; 4]) -> isize {
     // SAFETY: the caller vouches for the arguments; this child was forked,
     // so the errno written here is its own.
