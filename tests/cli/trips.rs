@@ -31,7 +31,8 @@ fn round_trips(env: &Env, url: &str, args: &[&str]) -> usize {
 /// Counts connections and send-then-receive turns on TCP sockets.
 fn turns(trace: &str) -> usize {
     let (mut count, mut sent) = (0, false);
-    for line in trace.lines() {
+    for line in whole_calls(trace) {
+        let line = line.as_str();
         let Some(call) = [
             "connect", "sendto", "write", "writev", "sendmsg", "recvfrom", "read", "recvmsg",
         ]
@@ -59,12 +60,48 @@ fn turns(trace: &str) -> usize {
     count
 }
 
+/// The trace's lines with each call whole: `strace -f` splits a call that
+/// another process or thread interrupts (the child, waiting at its gate
+/// while idem claims) into `PID call(args <unfinished ...>` and, later,
+/// `PID <... call resumed>rest`; these are joined back.
+fn whole_calls(trace: &str) -> Vec<String> {
+    let mut started: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut calls = Vec::new();
+    for line in trace.lines() {
+        let (pid, call) = line.split_once(' ').unwrap_or(("", line));
+        if let Some(head) = call.strip_suffix(" <unfinished ...>") {
+            started.insert(pid, head);
+        } else if let Some((_, rest)) = call
+            .strip_prefix("<... ")
+            .and_then(|c| c.split_once(" resumed>"))
+        {
+            let head = started.remove(pid).unwrap_or_default();
+            calls.push(format!("{pid} {head}{rest}"));
+        } else {
+            calls.push(line.to_owned());
+        }
+    }
+    calls
+}
+
 /// (replay, first run) of `-- true` on an existing store.
 fn per_call(env: &Env, url: &str) -> (usize, usize) {
     env.run_ok(&["-q", "--db", url, "run", "-k", "made", "--", "true"]);
     let replay = round_trips(env, url, &["run", "-k", "made", "--", "true"]);
     let first = round_trips(env, url, &["run", "-k", "fresh", "--", "true"]);
     (replay, first)
+}
+
+/// A receive that strace split around another process's call (here the
+/// child's read at its gate) still counts as the turn it is.
+#[test]
+fn a_call_split_by_another_process_counts_once() {
+    let trace = "1 sendto(3<TCP:[1]>, \"q\", 1, 0, NULL, 0) = 1\n\
+                 1 recvfrom(3<TCP:[1]>,  <unfinished ...>\n\
+                 2 read(5<pipe:[2]>,  <unfinished ...>\n\
+                 1 <... recvfrom resumed>\"r\", 8192, 0, NULL, NULL) = 1\n\
+                 2 <... read resumed>\"x\", 43) = 43\n";
+    assert_eq!(turns(trace), 1);
 }
 
 mod postgres {
