@@ -201,28 +201,57 @@ fn post(port: u16, event: Option<&str>, body: &str) -> (u16, String) {
     (code, body)
 }
 
+/// Starts webhook on a free port and waits until it answers HTTP there.
+/// The port is free when picked, but another test may take it before
+/// webhook binds it (webhook then exits, and something else answers on
+/// that port): then it tries another.
+fn start_webhook(env: &Env) -> (std::process::Child, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut server = client(env, "webhook")
+            .args([
+                "-hooks",
+                "hooks.json",
+                "-ip",
+                "127.0.0.1",
+                "-port",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let answers_http = || {
+            let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                return false;
+            };
+            let mut answer = String::new();
+            write!(stream, "GET / HTTP/1.0\r\n\r\n").is_ok()
+                && stream.read_to_string(&mut answer).is_ok()
+                && answer.starts_with("HTTP/1.")
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if server.try_wait().unwrap().is_some() {
+                break;
+            }
+            if answers_http() && server.try_wait().unwrap().is_none() {
+                return (server, port);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+    panic!("webhook never answered on a port of its own");
+}
+
 #[test]
 fn the_webhook_example_works_under_debians_webhook() {
     tool("webhook");
     let env = Env::new();
     copy_examples(&env);
-    let port = free_port();
-    let mut server = client(&env, "webhook")
-        .args([
-            "-hooks",
-            "hooks.json",
-            "-ip",
-            "127.0.0.1",
-            "-port",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("webhook to listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let (mut server, port) = start_webhook(&env);
     let events = || std::fs::read_to_string(env.path("events.log")).unwrap_or_default();
 
     let (code, first) = post(port, Some("7"), "{\"id\":7}");
