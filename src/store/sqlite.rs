@@ -130,8 +130,12 @@ impl SqliteStore {
     }
 
     /// Sets the `synchronous` level for the next commits; a no-op when the
-    /// connection is there already (the replay path sets it once).
+    /// connection is there already. Every write goes through here first,
+    /// so the first also sets how the WAL is kept (`upkeep::WAL_PRAGMAS`).
     fn sync(&mut self, level: Sync) -> rusqlite::Result<()> {
+        if self.sync.is_none() {
+            self.conn.execute_batch(upkeep::WAL_PRAGMAS)?;
+        }
         if self.sync != Some(level) {
             let name = match level {
                 Sync::Full => "FULL",

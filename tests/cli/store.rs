@@ -214,6 +214,35 @@ fn the_wal_stays_short_across_many_calls() {
     assert_eq!(stats["replays"], 157, "every replay is counted: {stats}");
 }
 
+/// Many first runs: their records reach the store's main file (a copy of
+/// `idem.db` alone holds all but the last few), and the WAL is written
+/// again from its start rather than truncated and grown anew, so it keeps
+/// about 64 frames' worth of blocks, and no more.
+#[test]
+fn first_runs_reach_the_main_file_and_the_wal_is_reused_not_regrown() {
+    let env = Env::sqlite();
+    let runs = 60;
+    for i in 0..runs {
+        env.run_ok(&["run", "-k", &format!("f{i}"), "--", "true"]);
+    }
+    let mut wal = env.db_path().into_os_string();
+    wal.push("-wal");
+    let len = std::fs::metadata(&wal).map_or(0, |m| m.len());
+    let frame = 4096 + 24;
+    assert!(len <= 2 * 64 * frame, "the WAL grew to {len} bytes");
+    assert!(len >= 60 * frame, "the WAL was cut to {len} bytes");
+    let copy = env.path("copy.db");
+    std::fs::copy(env.db_path(), &copy).unwrap();
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    let in_main: i64 = conn
+        .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        in_main >= runs - 11,
+        "only {in_main} of {runs} records are in the main file"
+    );
+}
+
 /// A store written before labels (schema 2) is upgraded by the next run
 /// and keeps its records.
 #[test]

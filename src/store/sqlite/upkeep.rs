@@ -1,12 +1,20 @@
-//! Keeping the store's records in its main file: when the WAL is emptied.
+//! Keeping the store's records in its main file, and the WAL short.
 //!
 //! idem keeps the WAL between calls (a checkpoint on every close cost every
 //! call two fsyncs), but not for long: a store whose records live only in
 //! its `-wal` is lost by an operator who copies `idem.db` alone or deletes
-//! the `-wal` as a temporary file. So a writer empties the WAL on its way
-//! out once the WAL is larger than `WAL_LIMIT`, the process that made the
-//! store does after its first run, and `purge` always does. Replays never
-//! write the store (see `replays`), so only writers pay for emptying it.
+//! the `-wal` as a temporary file. So the commit that takes the WAL to 64
+//! frames copies it into the main file (SQLite's automatic, passive
+//! checkpoint), and the next writer then writes the WAL again from its
+//! start, over blocks the file already has: the WAL is not truncated.
+//! A commit's fsync costs about half as much when it rewrites a file's
+//! blocks as when it adds blocks to it (on this machine's ext4, 125-170
+//! against 300-360 µs), and a first run makes two. A WAL that a big output
+//! grew past 1 MiB is cut back to that when it starts again. The
+//! process that made the store, and `purge`, which frees pages (the file
+//! only shrinks at a checkpoint), empty the WAL on their way out. Replays
+//! never write the store (see `replays`), so only writers pay for any of
+//! this.
 //!
 //! A commit fsyncs the WAL, but the WAL's entry in its directory is on disk
 //! only once the directory is fsynced too. SQLite would do that in every
@@ -16,7 +24,6 @@
 //! in parallel with the claim's own work; any other writer does on its way
 //! out.
 
-use super::file::with_suffix;
 use super::SqliteStore;
 use nix::fcntl::OFlag;
 use std::fs::{File, OpenOptions};
@@ -24,16 +31,18 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-/// WAL size past which a writer checkpoints and empties it on its way out.
-/// A process that opens the store alone rebuilds the WAL index by reading
-/// the whole WAL (about 4 k instructions and 2 µs a frame), so a long WAL
-/// slows every later call; emptying it costs a writer about 1.5 ms of
-/// fsyncs. Only first runs write (7 frames each); with R replays per first
-/// run, the two balance at about sqrt(10,500 / (1 + R)) frames: 72 for
-/// R = 1, 31 for R = 10. 64 frames of 4 KiB pages: measured in bench/run.sh's
-/// mix (one replay per first run), 16 frames made first runs 8% slower and
+/// Set by a connection before its first write: checkpoint once the WAL
+/// holds 64 frames, and cut a WAL that grew past 1 MiB back to that when
+/// it starts again. A process that opens the
+/// store alone rebuilds the WAL index by reading the whole WAL (about 4 k
+/// instructions and 2 µs a frame), so a long WAL slows every later call; a
+/// checkpoint costs the writer that makes it two fsyncs. Only first runs
+/// write (6 frames each); with R replays per first run the two balance at
+/// about sqrt(10,500 / (1 + R)) frames: 72 for R = 1, 31 for R = 10.
+/// Measured in bench/run.sh's mix, 16 frames made first runs 8% slower and
 /// replays no faster.
-const WAL_LIMIT: u64 = 64 * (4096 + 24);
+pub(super) const WAL_PRAGMAS: &str =
+    "PRAGMA wal_autocheckpoint = 64; PRAGMA journal_size_limit = 1048576;";
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
@@ -46,8 +55,7 @@ impl Drop for SqliteStore {
                 let _ = dir.sync_all();
             }
         }
-        let wal = std::fs::metadata(with_suffix(&self.path, "-wal")).map_or(0, |m| m.len());
-        if !self.shrunk && !self.created && wal <= WAL_LIMIT {
+        if !self.shrunk && !self.created {
             return;
         }
         // Best effort. A run or a replay never waits for it: readers or a
