@@ -53,7 +53,15 @@ impl Gated {
     pub fn start(spec: &Spec<'_>) -> Result<std::result::Result<Gated, SpawnError>> {
         let program = match resolve(&spec.argv[0]) {
             Ok(path) => path,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => {
+                // No child to fsync the directory: the claim of a command
+                // that cannot start is recorded too (as failed), so do it
+                // here, where it would have.
+                if let Some(dir) = &spec.sync_dir {
+                    let _ = dir.sync_all();
+                }
+                return Ok(Err(e));
+            }
         };
         let exec = Exec::prepare(&program, spec.argv, &spec.env, &spec.late)?;
         let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;

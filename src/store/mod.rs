@@ -1,7 +1,7 @@
 //! The store: where records live, behind one trait.
 //!
-//! A backend offers atomic primitives only — read, claim under a lock,
-//! record the child, renew, append to and read the output journal, finish,
+//! A backend offers atomic primitives only — read, claim under a lock
+//! (with the child that will run), renew, append to and read the output journal, finish,
 //! list, delete. What to do
 //! with a record (run, replay, wait, refuse, take over) is decided by
 //! `crate::policy`, which every backend shares. `open` picks the backend from
@@ -103,7 +103,7 @@ pub struct Claim {
     pub owner: Owner,
     pub lease_ms: Millis,
     pub label: Option<String>,
-    /// The child, forked and held at its gate until the claim is written
+    /// The child, started and held at its gate until the claim is written
     /// (none when COMMAND cannot be started at all).
     pub child: Option<ChildId>,
 }

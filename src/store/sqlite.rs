@@ -68,9 +68,10 @@ pub struct SqliteStore {
 }
 
 /// How a write reaches the disk. Claims and outcomes are fsynced before
-/// their commit returns; the child's pid and the replay counter are not
-/// worth an fsync (a power loss makes the owner dead anyway; a replay count
-/// is a statistic). Checkpoints fsync at either level.
+/// their commit returns; lease renewals, journal appends (the outcome's
+/// commit makes them durable), purges and replay counts are not worth an
+/// fsync (a power loss makes an owner dead anyway; a count is a
+/// statistic). Checkpoints fsync at either level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sync {
     Full,

@@ -10,9 +10,17 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// Runs idem under `strace -f -y` and returns the trace: which syscalls of
-/// interest happened in which order, and on which file (`fsync(5</dir>)`).
+/// Runs idem under `strace -f -y`, which must succeed, and returns the
+/// trace: which syscalls of interest happened in which order, and on which
+/// file (`fsync(5</dir>)`).
 fn traced(env: &Env, args: &[&str]) -> Vec<String> {
+    let (status, trace) = traced_status(env, args);
+    assert!(status.success());
+    trace
+}
+
+/// `traced`, for a call that may fail: its status too.
+fn traced_status(env: &Env, args: &[&str]) -> (std::process::ExitStatus, Vec<String>) {
     let trace = env.path("trace");
     let status = std::process::Command::new(crate::support::tool("strace"))
         .args([
@@ -29,14 +37,15 @@ fn traced(env: &Env, args: &[&str]) -> Vec<String> {
         .env("IDEM_DB", &env.db)
         .current_dir(env.dir.path())
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .unwrap();
-    assert!(status.success());
-    std::fs::read_to_string(trace)
+    let lines = std::fs::read_to_string(trace)
         .unwrap()
         .lines()
         .map(str::to_owned)
-        .collect()
+        .collect();
+    (status, lines)
 }
 
 fn synced(line: &str) -> bool {
@@ -111,6 +120,24 @@ fn the_claim_is_on_disk_before_the_command_starts_and_the_outcome_before_idem_ex
     env.run_ok(&["run", "-k", "warm", "--", "true"]);
     let trace = traced(&env, &["run", "-k", "k", "--", "/bin/echo", "hi"]);
     assert_durable_order(&env, &trace);
+}
+
+/// SQLite: a command that cannot start is recorded as failed, and that
+/// record is as durable as any claim: with no child to do it, idem fsyncs
+/// the store's directory itself.
+#[test]
+fn a_command_that_cannot_start_is_recorded_durably() {
+    let env = Env::sqlite();
+    env.run_ok(&["run", "-k", "warm", "--", "true"]);
+    let (status, trace) = traced_status(
+        &env,
+        &["run", "-k", "missing", "--", "/nonexistent/command"],
+    );
+    assert_eq!(status.code(), Some(127));
+    assert!(
+        trace.iter().any(|l| syncs_directory(&env, l)),
+        "the store's directory was not fsynced: {trace:#?}"
+    );
 }
 
 /// SQLite: a writer without a child (here `purge`) fsyncs the store's

@@ -115,8 +115,8 @@ mod postgres {
         // Without TLS, whatever the server offers: the handshake's turns would
         // depend on its settings. TCP, start-up, then the schema version and the
         // record together, and the replay counter; a first run instead takes
-        // the claim (BEGIN with the locking read, then the write with COMMIT),
-        // records the child, and the outcome.
+        // the claim (BEGIN with the locking read, then the write, which
+        // records the child too, with COMMIT), and the outcome.
         let url = format!("{}&sslmode=disable", env.db);
         assert_eq!(per_call(&env, &url), (4, 6));
     }
@@ -132,7 +132,7 @@ mod redis {
         let env = Env::new();
         // TCP, then one pipeline (INFO cluster, the schema, the record; the
         // replay counter goes without waiting for its answer). A first run:
-        // the pipelined read, the claim, the child, the outcome.
+        // the pipelined read, the claim (with the child), the outcome.
         assert_eq!(per_call(&env, &env.db.clone()), (2, 4));
     }
 }

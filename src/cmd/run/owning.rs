@@ -10,7 +10,8 @@ use anyhow::Result;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Holds the claim while the child runs: records the child, renews the lease.
+/// Holds the claim while the child runs: renews the lease, appends the
+/// journal.
 pub(super) struct Owning<'a> {
     pub(super) store: &'a mut dyn Store,
     pub(super) key: &'a str,
