@@ -208,8 +208,7 @@ impl Exec {
     /// in `Started` until the child has exec'd or is reaped.
     pub fn start(self, fds: ChildFds) -> Result<Started> {
         let exec = Box::new(Launch { exec: self, fds });
-        let stack = Stack::new()?;
-        let pid = exec.start_child(&stack)?;
+        let (pid, stack) = exec.start_child()?;
         Ok(Started {
             pid,
             _launch: exec,
@@ -228,7 +227,8 @@ struct Launch {
 pub struct Started {
     pub pid: Pid,
     _launch: Box<Launch>,
-    _stack: Stack,
+    /// None when the child was forked (its memory its own).
+    _stack: Option<Stack>,
 }
 
 /// The child's stack until it execs, with a guard page below it.
@@ -288,16 +288,17 @@ extern "C" fn child_main(launch: *mut libc::c_void) -> libc::c_int {
 }
 
 impl Launch {
-    fn start_child(&self, stack: &Stack) -> Result<Pid> {
+    fn start_child(&self) -> Result<(Pid, Option<Stack>)> {
         // valgrind runs no child in its parent's memory unless the parent
         // waits for its exec (vfork), which the gate rules out; it marks
         // the programs it runs with its own LD_PRELOAD.
         let valgrind = std::env::var_os("LD_PRELOAD")
             .is_some_and(|p| p.as_encoded_bytes().windows(9).any(|w| w == b"vgpreload"));
         if cfg!(target_arch = "x86_64") && !valgrind {
-            self.clone_child(stack)
+            let stack = Stack::new()?;
+            Ok((self.clone_child(&stack)?, Some(stack)))
         } else {
-            self.fork_child()
+            Ok((self.fork_child()?, None))
         }
     }
 

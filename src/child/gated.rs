@@ -36,7 +36,6 @@ pub(super) fn open_gate(gate: OwnedFd, late: &[String]) -> Result<()> {
 
 /// A started child waiting at its gate.
 pub struct Gated {
-    pub(super) pid: Pid,
     id: ChildId,
     /// Taken when the gate opens; while here, dropping kills the child.
     pub(super) pipes: Option<Pipes>,
@@ -82,7 +81,6 @@ impl Gated {
         let _ = nix::unistd::setpgid(pid, pid);
         let raw = i64::from(pid.as_raw());
         Ok(Ok(Gated {
-            pid,
             id: ChildId {
                 pid: raw,
                 pgid: raw,
@@ -103,6 +101,11 @@ impl Gated {
     pub fn id(&self) -> ChildId {
         self.id
     }
+
+    /// The child's pid (its group is the same number).
+    pub(super) fn pid(&self) -> Pid {
+        Pid::from_raw(self.id.pid as i32)
+    }
 }
 
 impl Drop for Gated {
@@ -111,8 +114,8 @@ impl Drop for Gated {
     /// are freed only after it is gone.
     fn drop(&mut self) {
         if !self.settled {
-            let _ = kill(self.pid, Signal::SIGKILL);
-            let _ = waitpid(self.pid, None);
+            let _ = kill(self.pid(), Signal::SIGKILL);
+            let _ = waitpid(self.pid(), None);
         }
     }
 }

@@ -57,7 +57,7 @@ pub(super) fn supervise(
     output: &Output,
     supervisor: &mut dyn Supervisor,
 ) -> Result<std::result::Result<Finished, SpawnError>> {
-    let pid = child.pid;
+    let pid = child.pid();
     let mut terminal = Terminal::hand_to(pid, spec.stdin.is_none());
     std::thread::scope(|scope| {
         let (to_keeper, chunks) = sync_channel(KEEPER_QUEUE);
