@@ -387,3 +387,29 @@ fn the_command_gets_the_callers_signal_state_not_idems() {
     assert_eq!(mask("SigIgn:") & 1, 1, "SIGHUP ignored: {direct}");
     assert_eq!(mask("SigIgn:") & (1 << 12), 0, "SIGPIPE default: {direct}");
 }
+
+/// Under valgrind, which cannot run a child in its parent's memory while
+/// the parent goes on, idem forks its child instead: the run works.
+#[test]
+fn a_run_under_valgrind_forks_its_child_and_works() {
+    let env = Env::new();
+    let out = std::process::Command::new(crate::support::tool("valgrind"))
+        .args(["--tool=none", "-q", "--error-exitcode=99"])
+        .arg(crate::support::bin())
+        .args(["run", "-k", "under-valgrind", "--", "echo", "hi"])
+        .env("IDEM_DB", &env.db)
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    env.idem()
+        .args(["run", "-k", "under-valgrind", "--", "echo", "hi"])
+        .assert()
+        .success()
+        .stdout("hi\n");
+    assert_eq!(
+        crate::support::records(&env, &["under-valgrind"])[0]["status"],
+        "completed"
+    );
+}
