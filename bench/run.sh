@@ -200,6 +200,19 @@ if command -v valgrind >/dev/null; then
 else
     printf 'plain\t8\tinstructions\tn/a: valgrind is not installed\t\t\t\t\n' >>"$figures"
 fi
+# Page faults (minor: the program's pages mapped as it touches them), and
+# how many of the functions link/hot-symbols.txt asks the linker to place
+# together this build has (fewer after a compiler or dependency upgrade:
+# bench/hot-symbols.sh rewrites the list).
+faults() { /usr/bin/time -f '%R' -o "$work/time.out" "$@" >/dev/null && cat "$work/time.out"; }
+printf 'plain\t8c\tpage faults, replay\t%s\tbkt hit: %s\t\t\t\n' \
+    "$(faults idem --db empty.db run --key hot -- true)" "$(faults bkt --ttl 1d -- true)" >>"$figures"
+hot=$root/link/hot-symbols.txt
+listed=$(grep -vc '^#' "$hot")
+present=$(nm --defined-only "$work/bin/idem" | awk '{ print $3 }' | sort -u |
+    grep -c -x -F -f <(grep -v '^#' "$hot") || true)
+printf 'plain\t8d\tfunctions of link/hot-symbols.txt in this build\t%s of %s\t\t\t\t\n' \
+    "$present" "$listed" >>"$figures"
 
 {
     echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)," \

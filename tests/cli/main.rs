@@ -16,6 +16,7 @@ mod hosts;
 mod inspect;
 mod jobs;
 mod journal;
+mod layout;
 mod limits;
 mod lint;
 mod liveness;

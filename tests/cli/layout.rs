@@ -1,0 +1,58 @@
+//! The program's layout (issue 15): the functions a usual call runs, listed
+//! in link/hot-symbols.txt, lie side by side, so a call maps few pages of
+//! code. The list comes from a release build; a debug build shares its C
+//! functions (SQLite's, the C library's), whose names carry no hash.
+
+use crate::support::bin;
+use std::collections::HashMap;
+use std::process::Command;
+
+#[test]
+fn the_functions_a_usual_call_runs_lie_together() {
+    if option_env!("IDEM_HOT_SYMBOLS").is_none() {
+        // build.rs found a linker that cannot order functions (not lld).
+        eprintln!("skipped: this build's linker does not take --symbol-ordering-file");
+        return;
+    }
+    let nm = Command::new("nm")
+        .args(["--defined-only", "--print-size"])
+        .arg(bin())
+        .output()
+        .expect("nm (binutils) runs");
+    assert!(nm.status.success(), "nm failed: {nm:?}");
+    // name -> (address, size), for functions.
+    let mut code = HashMap::new();
+    for line in String::from_utf8_lossy(&nm.stdout).lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let [address, size, kind, name] = fields[..] {
+            if kind.eq_ignore_ascii_case("t") {
+                let hex = |s: &str| u64::from_str_radix(s, 16).unwrap();
+                code.insert(name.to_owned(), (hex(address), hex(size)));
+            }
+        }
+    }
+    let list =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/link/hot-symbols.txt"))
+            .unwrap();
+    let found: Vec<(u64, u64)> = list
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|name| code.get(name).copied())
+        .collect();
+    assert!(
+        found.len() >= 200,
+        "only {} of the listed functions are in the binary",
+        found.len()
+    );
+    let start = found.iter().map(|(a, _)| a).min().unwrap();
+    let end = found.iter().map(|(a, s)| a + s).max().unwrap();
+    let size: u64 = found.iter().map(|(_, s)| s).sum();
+    let all_code: u64 = code.values().map(|(_, s)| s).sum();
+    // Scattered, they would span most of the program's code.
+    assert!(
+        end - start <= 2 * size,
+        "the {} listed functions ({size} bytes) span {} bytes of {all_code}",
+        found.len(),
+        end - start
+    );
+}
