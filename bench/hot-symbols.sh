@@ -63,10 +63,15 @@ out=$root/link/hot-symbols.txt
 # bench/hot-symbols.sh; build.rs passes it to the linker (lld's
 # --symbol-ordering-file), which places them side by side.
 HEAD
+    # Each trace adds the functions no earlier one ran, sorted by name (the
+    # order callgrind lists them in varies from run to run).
+    : >"$work/traced"
     for ((i = 1; i <= n; i++)); do
-        cat "$work/$i".*.cg
-    done | sed -n -E 's/^c?fn=\([0-9]+\) (.*)/\1/p' | sed -E "s/'[0-9]+$//" |
-        grep -v -E '^(\(|0x)' | awk '!seen[$0]++' >"$work/traced"
+        cat "$work/$i".*.cg | sed -n -E 's/^c?fn=\([0-9]+\) (.*)/\1/p' |
+            sed -E "s/'[0-9]+$//" | grep -v -E '^(\(|0x)' | LC_ALL=C sort -u |
+            { grep -v -x -F -f "$work/traced" || true; } >"$work/new"
+        cat "$work/new" >>"$work/traced"
+    done
     # Run natively at start-up, not under valgrind.
     printf "%s\n" _dl_new_object _dl_setup_hash frame_dummy
     variants <"$work/traced" | grep -v -x -F -f "$work/traced"
