@@ -9,8 +9,18 @@ use std::process::Command;
 
 #[test]
 fn the_functions_a_usual_call_runs_lie_together() {
+    let comment = Command::new("readelf")
+        .args(["-p", ".comment"])
+        .arg(bin())
+        .output()
+        .expect("readelf (binutils) runs");
+    let linked_by_lld = String::from_utf8_lossy(&comment.stdout).contains("Linker: LLD");
     if option_env!("IDEM_HOT_SYMBOLS").is_none() {
-        // build.rs found a linker that cannot order functions (not lld).
+        // build.rs found a linker that cannot order functions.
+        assert!(
+            !linked_by_lld,
+            "lld linked idem, yet build.rs did not give it link/hot-symbols.txt"
+        );
         eprintln!("skipped: this build's linker does not take --symbol-ordering-file");
         return;
     }
