@@ -65,8 +65,10 @@ figures=$work/figures.tsv
 : >"$figures"
 log=$work/hyperfine.log
 fill() { python3 "$root/bench/fill_store.py" "$@"; }
-# Peak RSS in KiB and wall seconds of one command: "SECONDS KIB".
-measure() { /usr/bin/time -f '%e %M' -o "$work/time.out" "$@" >/dev/null && cat "$work/time.out"; }
+# gnu_time FORMAT COMMAND...: what GNU time's FORMAT says of one command.
+gnu_time() { /usr/bin/time -f "$1" -o "$work/time.out" "${@:2}" >/dev/null && cat "$work/time.out"; }
+# Wall seconds and peak RSS in KiB of one command: "SECONDS KIB".
+measure() { gnu_time '%e %M' "$@"; }
 
 say "preparing stores: empty, and $records records"
 idem --db empty.db run --key hot -- true
@@ -204,7 +206,7 @@ fi
 # how many of the functions link/hot-symbols.txt asks the linker to place
 # together this build has (fewer after a compiler or dependency upgrade:
 # bench/hot-symbols.sh rewrites the list).
-faults() { /usr/bin/time -f '%R' -o "$work/time.out" "$@" >/dev/null && cat "$work/time.out"; }
+faults() { gnu_time '%R' "$@"; }
 printf 'plain\t8c\tpage faults, replay\t%s\tbkt hit: %s\t\t\t\n' \
     "$(faults idem --db empty.db run --key hot -- true)" "$(faults bkt --ttl 1d -- true)" >>"$figures"
 hot=$root/link/hot-symbols.txt

@@ -59,6 +59,13 @@ fn syncs_directory(env: &Env, line: &str) -> bool {
     synced(line) && line.contains(&format!("<{}>", dir.display()))
 }
 
+fn assert_syncs_directory(env: &Env, trace: &[String], who: &str) {
+    assert!(
+        trace.iter().any(|l| syncs_directory(env, l)),
+        "{who} did not fsync the store's directory: {trace:#?}"
+    );
+}
+
 /// SQLite, a claim before COMMAND starts: the WAL's commit is fsynced, and
 /// so is the directory that holds the WAL (by the child, while idem
 /// records its pid), or the WAL itself could be gone after a power loss.
@@ -134,10 +141,7 @@ fn a_command_that_cannot_start_is_recorded_durably() {
         &["run", "-k", "missing", "--", "/nonexistent/command"],
     );
     assert_eq!(status.code(), Some(127));
-    assert!(
-        trace.iter().any(|l| syncs_directory(&env, l)),
-        "the store's directory was not fsynced: {trace:#?}"
-    );
+    assert_syncs_directory(&env, &trace, "the run of a missing command");
 }
 
 /// SQLite: a writer without a child (here `purge`) fsyncs the store's
@@ -152,10 +156,7 @@ fn other_writers_sync_the_directory_and_readers_sync_nothing() {
         "inspect synced: {trace:#?}"
     );
     let trace = traced(&env, &["purge", "a"]);
-    assert!(
-        trace.iter().any(|l| syncs_directory(&env, l)),
-        "purge did not sync the directory: {trace:#?}"
-    );
+    assert_syncs_directory(&env, &trace, "purge");
 }
 
 #[test]
