@@ -11,6 +11,7 @@ mod child;
 mod cmd;
 mod exit;
 mod key;
+mod lease;
 mod owner;
 mod policy;
 mod say;
