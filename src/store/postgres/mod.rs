@@ -293,8 +293,8 @@ impl Store for PgStore {
              WHERE key = $1 AND token = $2 AND status = 'in_progress'",
             self.names.records
         );
-        // A third of the lease at most (within sane bounds): the run loop
-        // forwards signals from this thread and renews again soon.
+        // A third of the lease at most (within sane bounds): the keeper
+        // thread renews again soon, and must not wait past the lease.
         let limit = Duration::from_millis(u64::try_from(lease_ms / 3).unwrap_or(0))
             .clamp(Duration::from_secs(1), Duration::from_secs(10));
         self.update(
