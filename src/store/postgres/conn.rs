@@ -6,8 +6,8 @@
 //! server never hangs idem: while a command runs, the keeper thread
 //! renews the lease through this connection, and a renewal that never
 //! returned would let the lease run out unnoticed. After a limit runs out
-//! or the connection drops, the next call connects afresh. Notifications (`LISTEN`)
-//! are passed from the connection's task to `wait_note`.
+//! or the connection drops, the next call connects afresh. Notifications
+//! (`LISTEN`) are passed from the connection's task to `wait_note`.
 
 use super::target::Target;
 use crate::exit::{fail, Code};
