@@ -11,13 +11,17 @@
 //! in order with the child's stderr, and are dropped rather than wait.
 //!
 //! A reader that went away (EPIPE) ends the copying, never the capture, and
-//! never the child. Inherited descriptors stay blocking: other processes
-//! share them, so idem never sets O_NONBLOCK on them.
+//! never the child. idem never sets O_NONBLOCK on the descriptors it
+//! inherits (other processes share them); when another process did, a
+//! full pipe answers EAGAIN, and the writer waits for room with `poll`
+//! rather than writing again at once, which would spin at full CPU for as
+//! long as the reader is slow.
 
 #![allow(unsafe_code)]
 
 use crate::say;
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use std::os::fd::BorrowedFd;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -196,9 +200,18 @@ fn write_all(fd: i32, mut bytes: &[u8]) -> bool {
     while !bytes.is_empty() {
         match nix::unistd::write(target, bytes) {
             Ok(n) => bytes = &bytes[n..],
-            Err(Errno::EINTR | Errno::EAGAIN) => {}
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => wait_for_room(target),
             Err(_) => return false,
         }
     }
     true
+}
+
+/// Waits until `fd` takes more bytes, or its reader is gone (the next
+/// write then says EPIPE). An interrupted wait just returns: the caller
+/// writes again, and comes back here if there is still no room.
+fn wait_for_room(fd: BorrowedFd<'_>) {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+    let _ = poll(&mut fds, PollTimeout::NONE);
 }

@@ -412,13 +412,7 @@ trait Expect {
 impl Expect for std::process::Command {
     #[track_caller]
     fn assert_code(&mut self, code: i32) {
-        let out = self.output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::support::assert_code(&self.output().unwrap(), code);
     }
 
     #[track_caller]

@@ -6,7 +6,7 @@
 //! CGI handler, and a `set -e` deploy script whose steps resume after a
 //! crash.
 
-use crate::support::{bin, tool, wait_until, Env};
+use crate::support::{bin, free_port, tool, wait_until, Env};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -170,15 +170,6 @@ fn the_crontab_works_under_cron() {
         .output()
         .unwrap();
     assert_eq!(lost.status.code(), Some(127));
-}
-
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// POSTs `body` with optional `X-Event-Id`; returns (status line code, body).

@@ -4,10 +4,14 @@
 //! host name (`Env::idem_on_host`, needs root). Generic over the shared
 //! backends; skipped on SQLite, which is for one machine.
 
-use crate::support::{race, require_shared_store, sh, wait_for, wait_until, Env};
+use crate::support::{
+    race, require_shared_store, sh, wait_for, wait_renewed_past_first_lease, wait_until, Env,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use std::path::Path;
 use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
 fn on(env: &Env, host: &str) -> assert_cmd::Command {
     assert_cmd::Command::from_std(env.idem_on_host(host))
@@ -64,8 +68,13 @@ fn twenty_hosts_racing_one_key_run_it_once() {
     let opener = std::thread::spawn({
         let gate = gate.clone();
         move || {
-            // Long enough for twenty namespaces to be set up, on a busy machine too.
-            std::thread::sleep(std::time::Duration::from_millis(500));
+            // Once all twenty namespaces are set up and wait at the gate
+            // (or a minute has passed: the gate opens whatever happens).
+            let at_gate = |i| Path::new(&format!("{}.host{i}", gate.display())).exists();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !(0..20).all(at_gate) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             std::fs::write(gate, "").unwrap();
         }
     });
@@ -96,8 +105,8 @@ fn a_live_remote_owner_keeps_its_lease() {
                   while [ ! -e go ]; do sleep 0.02; done; fi; echo done";
     let owner = start_on(&env, "h1", &["run", "-k", "k", "--lease", "2s"], script);
     wait_for(&env.path("started"));
-    // More than a lease passes: only renewals keep the owner alive.
-    std::thread::sleep(std::time::Duration::from_millis(3000));
+    // Only renewals keep the owner alive from here on.
+    wait_renewed_past_first_lease(&env, "k", Duration::from_secs(2));
     let second = on(&env, "h2")
         .args(["run", "-k", "k", "--"])
         .args(sh(script))

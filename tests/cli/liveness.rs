@@ -5,7 +5,8 @@
 //! by rewriting the owner's boot id in the store.
 
 use crate::support::{
-    backend, psql, require_shared_store, sh, start_time, wait_for, wait_until, Backend, Env,
+    assert_code, backend, psql, require_shared_store, sh, start_time, wait_for,
+    wait_renewed_past_first_lease, wait_until, Backend, Env,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -67,17 +68,6 @@ fn kill_and_wait(mut owner: Child, env: &Env) {
     });
 }
 
-#[track_caller]
-fn assert_code(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout {:?}, stderr {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Two containers on one machine share the store: each has its own PID
 /// namespace, where the other's pids mean nothing. The live owner's lease
 /// (renewed past its first term) keeps the key; once the owner is killed
@@ -86,8 +76,8 @@ fn assert_code(out: &Output, code: i32) {
 fn two_pid_namespaces_sharing_a_store_run_a_key_once() {
     let env = Env::new();
     let owner = start_owner(&env, env.idem_in_pid_namespace());
-    // More than a lease: only renewals keep the owner alive now.
-    std::thread::sleep(Duration::from_millis(4000));
+    // Only renewals keep the owner alive from here on.
+    wait_renewed_past_first_lease(&env, "k", Duration::from_secs(3));
     let second = run_in_namespace(&env, &[]);
     let ran = env.count("n");
     // Seen from this test's namespace too, the owner lives by its lease.

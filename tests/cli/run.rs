@@ -1,21 +1,25 @@
 //! `idem run`: keys, states, replays, fingerprints, exit codes and usage
 //! (a key in progress and the running command: `running.rs`).
 
-use crate::support::{sh, start_reading, Env};
-use predicates::prelude::*;
+use crate::support::{start_reading, wait_until, Env};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::unistd::{sysconf, SysconfVar};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 #[test]
 fn runs_once_then_replays_output_and_status() {
     let env = Env::new();
     let script = format!("{}; echo out; echo err >&2; exit 0", env.count_run("n"));
     for _ in 0..3 {
-        env.idem()
-            .args(["run", "--key", "k", "--"])
-            .args(sh(&script))
-            .assert()
-            .success()
+        env.test()
+            .args(["run", "--key", "k"])
+            .sh(&script)
             .stdout("out\n")
-            .stderr("err\n");
+            .stderr("err\n")
+            .run();
     }
     assert_eq!(env.count("n"), 1);
 }
@@ -26,22 +30,14 @@ fn replay_is_byte_exact_on_both_streams() {
     let all: Vec<u8> = (0..=255u8).collect();
     std::fs::write(env.path("bytes"), &all).unwrap();
     let script = format!("{}; cat bytes; cat bytes >&2; exit 0", env.count_run("n"));
-    let first = env
-        .idem()
-        .args(["run", "-k", "bytes", "--"])
-        .args(sh(&script))
-        .output()
-        .unwrap();
-    let again = env
-        .idem()
-        .args(["run", "-k", "bytes", "--"])
-        .args(sh(&script))
-        .output()
-        .unwrap();
-    assert_eq!(first.stdout, all);
-    assert_eq!(first.stderr, all);
-    assert_eq!(again.stdout, all);
-    assert_eq!(again.stderr, all);
+    for _ in 0..2 {
+        env.test()
+            .args(["run", "-k", "bytes"])
+            .sh(&script)
+            .stdout(all.clone())
+            .stderr(all.clone())
+            .run();
+    }
     assert_eq!(env.count("n"), 1);
 }
 
@@ -49,18 +45,14 @@ fn replay_is_byte_exact_on_both_streams() {
 fn failure_unlocks_by_default_and_counts_attempts() {
     let env = Env::new();
     let script = format!("{}; echo attempt $IDEM_ATTEMPT; exit 3", env.count_run("n"));
-    env.idem()
-        .args(["run", "-k", "f", "--"])
-        .args(sh(&script))
-        .assert()
-        .code(3)
-        .stdout("attempt 1\n");
-    env.idem()
-        .args(["run", "-k", "f", "--"])
-        .args(sh(&script))
-        .assert()
-        .code(3)
-        .stdout("attempt 2\n");
+    for attempt in ["attempt 1\n", "attempt 2\n"] {
+        env.test()
+            .args(["run", "-k", "f"])
+            .sh(&script)
+            .status(3)
+            .stdout(attempt)
+            .run();
+    }
     assert_eq!(env.count("n"), 2);
 }
 
@@ -69,19 +61,20 @@ fn on_failure_lock_replays_the_failure() {
     let env = Env::new();
     let script = format!("{}; echo nope; exit 4", env.count_run("n"));
     for _ in 0..2 {
-        env.idem()
-            .args(["run", "-k", "f", "--on-failure", "lock", "--"])
-            .args(sh(&script))
-            .assert()
-            .code(4)
-            .stdout("nope\n");
+        env.test()
+            .args(["run", "-k", "f", "--on-failure", "lock"])
+            .sh(&script)
+            .status(4)
+            .stdout("nope\n")
+            .run();
     }
     // Without the flag, the locked record still replays: it is completed.
-    env.idem()
-        .args(["run", "-k", "f", "--"])
-        .args(sh(&script))
-        .assert()
-        .code(4);
+    env.test()
+        .args(["run", "-k", "f"])
+        .sh(&script)
+        .status(4)
+        .stdout("nope\n")
+        .run();
     assert_eq!(env.count("n"), 1);
 }
 
@@ -90,11 +83,11 @@ fn death_by_signal_exits_128_plus_n_and_replays_it() {
     let env = Env::new();
     let script = format!("{}; kill -9 $$", env.count_run("n"));
     for _ in 0..2 {
-        env.idem()
-            .args(["run", "-k", "s", "--on-failure", "lock", "--"])
-            .args(sh(&script))
-            .assert()
-            .code(137);
+        env.test()
+            .args(["run", "-k", "s", "--on-failure", "lock"])
+            .sh(&script)
+            .status(137)
+            .run();
     }
     assert_eq!(env.count("n"), 1);
 }
@@ -104,17 +97,15 @@ fn child_sees_key_and_attempt() {
     let env = Env::new();
     // Tokens of a new table start at 1, like attempts: move them apart.
     for key in ["a", "b"] {
-        env.run_ok(&["run", "-k", key, "--", "true"]);
+        env.test().args(["run", "-k", key, "--", "true"]).run();
     }
-    let out = env
-        .idem()
-        .args(["run", "-k", "my key", "--"])
-        .args(sh(
-            "echo \"$IDEM_KEY|$IDEM_ATTEMPT|${IDEM_FENCING_TOKEN-none}\"",
-        ))
-        .output()
-        .unwrap();
-    let line = String::from_utf8(out.stdout).unwrap();
+    let line = env
+        .test()
+        .args(["run", "-k", "my key"])
+        .sh("echo \"$IDEM_KEY|$IDEM_ATTEMPT|${IDEM_FENCING_TOKEN-none}\"")
+        .stdout_any()
+        .run()
+        .stdout;
     let fields: Vec<&str> = line.trim_end().split('|').collect();
     assert_eq!(fields[..2], ["my key", "1"]);
     if crate::support::backend() == crate::support::Backend::Sqlite {
@@ -133,68 +124,38 @@ fn child_sees_key_and_attempt() {
 #[test]
 fn mismatch_exits_65_and_changes_nothing() {
     let env = Env::new();
-    env.idem()
-        .args(["run", "-k", "m", "--", "echo", "one"])
-        .assert()
-        .success()
-        .stdout("one\n");
-    let refused = env
-        .idem()
-        .args(["run", "-k", "m", "--", "echo", "two"])
-        .assert()
-        .code(65);
-    let err = String::from_utf8(refused.get_output().stderr.clone()).unwrap();
-    assert!(
-        err.starts_with("idem: ") && err.contains("echo one") && err.contains("echo two"),
-        "{err}"
-    );
-    assert!(refused.get_output().stdout.is_empty());
+    let echo = |word| env.test().args(["run", "-k", "m", "--", "echo", word]);
+    echo("one").stdout("one\n").run();
+    echo("two")
+        .status(65)
+        .error(&["echo one", "echo two"])
+        .run();
     // The stored record is untouched: the first command still replays.
-    env.idem()
-        .args(["run", "-k", "m", "--", "echo", "one"])
-        .assert()
-        .success()
-        .stdout("one\n");
-    env.idem()
+    echo("one").stdout("one\n").run();
+    env.test()
         .args(["run", "-k", "m", "--allow-mismatch", "--", "echo", "two"])
-        .assert()
-        .success()
-        .stdout("one\n");
+        .stdout("one\n")
+        .run();
 }
 
 #[test]
 fn derived_keys_follow_the_fingerprint() {
     let env = Env::new();
     let count = env.count_run("n");
-    let run = |extra: &[&str], arg: &str| {
-        env.idem()
-            .arg("run")
-            .args(extra)
-            .args(["--", "sh", "-c", &format!("{count}; echo {arg}")])
-            .assert()
-            .success();
+    let run = |arg: &str| {
+        let script = format!("{count}; echo {arg}");
+        env.test().arg("run").sh(&script).stdout_any().run();
     };
-    run(&[], "a");
-    run(&[], "a");
+    run("a");
+    run("a");
     assert_eq!(env.count("n"), 1);
-    run(&[], "b");
+    run("b");
     assert_eq!(env.count("n"), 2);
     // --env NAME: unset and empty are different calls.
-    env.idem()
-        .args(["run", "--env", "IDEM_T_VAR", "--", "sh", "-c", &count])
-        .env_remove("IDEM_T_VAR")
-        .assert()
-        .success();
-    env.idem()
-        .args(["run", "--env", "IDEM_T_VAR", "--", "sh", "-c", &count])
-        .env("IDEM_T_VAR", "")
-        .assert()
-        .success();
-    env.idem()
-        .args(["run", "--env", "IDEM_T_VAR", "--", "sh", "-c", &count])
-        .env("IDEM_T_VAR", "")
-        .assert()
-        .success();
+    let with_var = || env.test().args(["run", "--env", "IDEM_T_VAR"]).sh(&count);
+    with_var().run();
+    with_var().env("IDEM_T_VAR", "").run();
+    with_var().env("IDEM_T_VAR", "").run();
     assert_eq!(env.count("n"), 4);
 }
 
@@ -202,22 +163,15 @@ fn derived_keys_follow_the_fingerprint() {
 fn cwd_joins_the_fingerprint_only_when_asked() {
     let env = Env::new();
     let count = env.count_run("n");
-    std::fs::create_dir(env.path("a")).unwrap();
-    std::fs::create_dir(env.path("b")).unwrap();
     for dir in ["a", "b"] {
-        env.idem()
-            .current_dir(env.path(dir))
-            .args(["run", "--", "sh", "-c", &count])
-            .assert()
-            .success();
+        std::fs::create_dir(env.path(dir)).unwrap();
+    }
+    for dir in ["a", "b"] {
+        env.test().dir(dir).arg("run").sh(&count).run();
     }
     assert_eq!(env.count("n"), 1);
     for dir in ["a", "b"] {
-        env.idem()
-            .current_dir(env.path(dir))
-            .args(["run", "--cwd", "--", "sh", "-c", &count])
-            .assert()
-            .success();
+        env.test().dir(dir).args(["run", "--cwd"]).sh(&count).run();
     }
     assert_eq!(env.count("n"), 3);
 }
@@ -225,36 +179,40 @@ fn cwd_joins_the_fingerprint_only_when_asked() {
 #[test]
 fn derived_key_is_cmd_and_32_hex_digits() {
     let env = Env::new();
-    env.idem()
-        .args(["run", "--", "sh", "-c", "printf %s \"$IDEM_KEY\""])
-        .assert()
-        .success()
-        .stdout(predicates::str::is_match("^cmd:[0-9a-f]{32}$").unwrap());
+    let key = env
+        .test()
+        .arg("run")
+        .sh("printf %s \"$IDEM_KEY\"")
+        .stdout_any()
+        .run()
+        .stdout;
+    let digits = key.strip_prefix("cmd:").unwrap_or_default();
+    assert!(
+        digits.len() == 32
+            && digits
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        "{key}"
+    );
 }
 
 #[test]
 fn fingerprint_stdin_feeds_the_child_unchanged() {
     let env = Env::new();
-    let count = env.count_run("n");
+    let script = format!("{}; cat > got", env.count_run("n"));
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    let script = format!("{count}; cat > got");
-    env.idem()
-        .args(["run", "--fingerprint-stdin", "--", "sh", "-c", &script])
-        .write_stdin(big.clone())
-        .assert()
-        .success();
+    let run = |stdin: Vec<u8>| {
+        env.test()
+            .args(["run", "--fingerprint-stdin"])
+            .sh(&script)
+            .stdin(stdin)
+            .run();
+    };
+    run(big.clone());
     assert_eq!(std::fs::read(env.path("got")).unwrap(), big);
-    env.idem()
-        .args(["run", "--fingerprint-stdin", "--", "sh", "-c", &script])
-        .write_stdin(big.clone())
-        .assert()
-        .success();
+    run(big);
     assert_eq!(env.count("n"), 1);
-    env.idem()
-        .args(["run", "--fingerprint-stdin", "--", "sh", "-c", &script])
-        .write_stdin("other")
-        .assert()
-        .success();
+    run(b"other".to_vec());
     assert_eq!(env.count("n"), 2);
     assert_eq!(std::fs::read(env.path("got")).unwrap(), b"other");
 }
@@ -262,59 +220,60 @@ fn fingerprint_stdin_feeds_the_child_unchanged() {
 #[test]
 fn stdin_is_inherited() {
     let env = Env::new();
-    env.idem()
+    env.test()
         .args(["run", "-k", "in", "--", "cat"])
-        .write_stdin("hello\n")
-        .assert()
-        .success()
-        .stdout("hello\n");
+        .stdin("hello\n")
+        .stdout("hello\n")
+        .run();
 }
 
 #[test]
 fn on_duplicate_fail_refuses_a_completed_key() {
     let env = Env::new();
-    env.idem()
-        .args(["run", "-k", "d", "--", "true"])
-        .assert()
-        .success();
-    env.idem()
+    env.test().args(["run", "-k", "d", "--", "true"]).run();
+    env.test()
         .args(["run", "-k", "d", "--on-duplicate", "fail", "--", "true"])
-        .assert()
-        .code(76)
-        .stderr(
-            predicates::str::starts_with("idem: ").and(predicates::str::contains("idem purge d")),
-        );
+        .status(76)
+        .error(&["idem purge d"])
+        .run();
 }
 
 #[test]
 fn ttl_expiry_makes_the_key_absent() {
     let env = Env::new();
     let count = env.count_run("n");
-    env.idem()
-        .args(["run", "-k", "t", "--ttl", "1s", "--", "sh", "-c", &count])
-        .assert()
-        .success();
-    env.idem()
-        .args(["run", "-k", "t", "--ttl", "1s", "--", "sh", "-c", &count])
-        .assert()
-        .success();
+    let run = || {
+        env.test()
+            .args(["run", "-k", "t", "--ttl", "1s"])
+            .sh(&count)
+            .run()
+    };
+    run();
+    run();
     assert_eq!(env.count("n"), 1);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    env.idem()
-        .args(["run", "-k", "t", "--ttl", "1s", "--", "sh", "-c", &count])
-        .assert()
-        .success();
+    // Expired, the record is gone or marked so (Redis deletes it).
+    wait_until("the record to expire", || {
+        let shown = env
+            .test()
+            .args(["inspect", "--json", "t"])
+            .stdout_any()
+            .stderr_any();
+        let out = shown.status_any().run().stdout;
+        out.is_empty() || out.contains(r#""expired":true"#)
+    });
+    run();
     assert_eq!(env.count("n"), 2);
 }
 
 #[test]
 fn ttl_comes_from_the_environment_too() {
     let env = Env::new();
-    env.idem()
+    env.test()
         .args(["run", "-k", "t", "--", "true"])
         .env("IDEM_TTL", "0s")
-        .assert()
-        .code(2);
+        .status(2)
+        .error(&["--ttl"])
+        .run();
 }
 
 #[test]
@@ -349,48 +308,83 @@ fn usage_errors_exit_2_naming_the_flag() {
         (&["run", "--bogus", "--", "true"], "--bogus"),
     ];
     for (args, flag) in cases {
-        let out = env.idem().args(*args).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(
-            err.starts_with("idem: ") && err.contains(flag),
-            "{args:?}: {err}"
-        );
-        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        env.test().args(*args).status(2).error(&[flag]).run();
     }
 }
 
 #[test]
 fn quiet_and_verbose() {
     let env = Env::new();
-    env.idem()
-        .args(["-v", "run", "-k", "v", "--", "true"])
-        .assert()
-        .success()
-        .stderr(predicates::str::contains("running"));
-    env.idem()
-        .args(["-v", "run", "-k", "v", "--", "true"])
-        .assert()
-        .success()
-        .stderr(predicates::str::contains("replaying"));
-    env.idem()
-        .args(["run", "-k", "v", "--", "true"])
-        .assert()
-        .success()
-        .stderr("");
+    let verbose = || env.test().args(["-v", "run", "-k", "v", "--", "true"]);
+    verbose().stderr_has("running").run();
+    verbose().stderr_has("replaying").run();
+    env.test().args(["run", "-k", "v", "--", "true"]).run();
 }
 
 #[test]
 fn replay_to_a_closed_pipe_still_exits_with_the_stored_status() {
     let env = Env::new();
-    env.idem()
-        .args(["run", "-k", "big", "--", "sh", "-c", "seq 1 100000; exit 5"])
-        .assert()
-        .code(5);
-    let (mut idem, stdout) = start_reading(
-        &env,
-        &["run", "-k", "big", "--", "sh", "-c", "seq 1 100000; exit 5"],
-    );
+    let args = ["run", "-k", "big", "--", "sh", "-c", "seq 1 100000; exit 5"];
+    env.test().args(args).status(5).stdout_any().run();
+    let (mut idem, stdout) = start_reading(&env, &args);
     drop(stdout);
     assert_eq!(idem.wait().unwrap().code(), Some(5));
+}
+
+/// Another process set O_NONBLOCK on the pipe idem's stdout is (they share
+/// the open file description), and the reader is slow: idem waits for room
+/// in the pipe rather than writing again and again, so it uses little CPU
+/// while the reader takes its time.
+#[test]
+fn a_non_blocking_stdout_and_a_slow_reader_cost_no_cpu() {
+    let env = Env::new();
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    fcntl(writer.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+    let size = 2 << 20;
+    let mut idem = env
+        .idem_std()
+        .args([
+            "run",
+            "-k",
+            "k",
+            "--",
+            "head",
+            "-c",
+            &size.to_string(),
+            "/dev/zero",
+        ])
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // 16 KiB every 10 ms: at least 1.3 s for the 2 MiB.
+    let started = Instant::now();
+    let mut chunk = vec![0; 16 << 10];
+    let mut read = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(10));
+        match reader.read(&mut chunk).unwrap() {
+            0 => break,
+            n => read += n,
+        }
+    }
+    let reading = started.elapsed();
+    let cpu = cpu_time(idem.id());
+    assert_eq!(idem.wait().unwrap().code(), Some(0));
+    assert_eq!(read, size);
+    assert!(
+        cpu < reading / 10,
+        "idem used {cpu:?} of CPU while the reader took {reading:?}"
+    );
+}
+
+/// The user and system CPU time a process (not yet reaped) has used.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    // Fields 14 and 15 (utime, stime), counted from the state (field 3).
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_second = sysconf(SysconfVar::CLK_TCK).unwrap().unwrap();
+    Duration::from_millis(ticks * 1000 / u64::try_from(per_second).unwrap())
 }

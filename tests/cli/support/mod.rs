@@ -14,10 +14,15 @@ pub mod pty;
 mod records;
 pub mod redis_server;
 mod scripted;
+mod test;
 
 pub use holder::Holder;
-pub use records::{keys, kill_paused_owner, make, make_crashed, make_expired, record_key, records};
+pub use records::{
+    keys, kill_paused_owner, make, make_crashed, make_expired, record_key, records,
+    wait_renewed_past_first_lease,
+};
 pub use scripted::{free_port, ScriptedServer};
+pub use test::assert_code;
 
 use assert_cmd::Command;
 use std::io::Read;
@@ -281,12 +286,12 @@ impl Env {
     }
 
     /// `idem_on_host` that starts idem only once the file `gate` exists, so
-    /// that many hosts set up first and then start at the same moment.
+    /// that many hosts set up first and then start at the same moment. Each
+    /// host creates `GATE.HOST` once it waits at the gate.
     pub fn idem_on_host_after(&self, host: &str, gate: &Path) -> std::process::Command {
-        let wait = format!(
-            "while [ ! -e '{}' ]; do sleep 0.001; done && ",
-            gate.display()
-        );
+        let gate = gate.display();
+        let wait =
+            format!(": > '{gate}.{host}' && while [ ! -e '{gate}' ]; do sleep 0.001; done && ");
         self.host_command(host, &wait)
     }
 

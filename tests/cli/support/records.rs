@@ -106,3 +106,23 @@ pub fn kill_paused_owner(env: &Env, key: &str, mut idem: std::process::Child) {
         wait_until("the gated child to exit", || !super::running(child));
     }
 }
+
+/// Waits until the owner of `key`, which claimed it with a lease of
+/// `lease`, has renewed it after its first term ran out: a renewal at `t`
+/// sets `lease_until` to `t + lease`, so once that passes `started_at + 2 ·
+/// lease`, only renewals keep the owner alive. The record is polled; the
+/// wait fails if no renewal gets there.
+#[track_caller]
+pub fn wait_renewed_past_first_lease(env: &Env, key: &str, lease: std::time::Duration) {
+    let at = |record: &Value, field: &str| {
+        let text = record[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field}: {record}"));
+        humantime::parse_rfc3339(text).unwrap()
+    };
+    wait_until("a renewal past the first lease", || {
+        let record = records(env, &[key]).remove(0);
+        assert_eq!(record["status"], "in_progress", "{record}");
+        at(&record, "lease_until") >= at(&record, "started_at") + 2 * lease
+    });
+}
