@@ -8,34 +8,31 @@
 use crate::support::{require_shared_store, Env};
 use std::os::unix::fs::PermissionsExt;
 
-fn check(env: &Env, db: Option<&str>) -> (i32, String) {
-    let mut idem = env.idem();
+/// `idem check` (of `db` when given), which must exit with `code`: its
+/// lines, stdout's then stderr's.
+#[track_caller]
+fn check(env: &Env, db: Option<&str>, code: i32) -> String {
+    let mut call = env.test().arg("check").status(code);
     if let Some(db) = db {
-        idem.env("IDEM_DB", db);
+        call = call.env("IDEM_DB", db);
     }
-    let out = idem.arg("check").output().unwrap();
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
+    let ran = call.stdout_any().stderr_any().run();
+    ran.stdout + &ran.stderr
 }
 
 #[test]
 fn check_reads_a_sqlite_file_without_changing_it() {
     let env = Env::sqlite();
-    let (code, out) = check(&env, None);
     assert_eq!(
-        (code, out.as_str()),
-        (
-            0,
-            "warn store: no store here yet; the first `idem run` creates it\n"
-        )
+        check(&env, None, 0),
+        "warn store: no store here yet; the first `idem run` creates it\n"
     );
     assert!(!env.db_path().exists(), "check creates no store");
     for i in 0..20 {
-        env.idem()
+        env.test()
             .args(["run", "-k", &format!("k{i}"), "--", "echo", "some output"])
-            .assert()
-            .success();
+            .stdout("some output\n")
+            .run();
     }
     let files = |env: &Env| -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
         let mut all: Vec<_> = std::fs::read_dir(env.db_path().parent().unwrap())
@@ -63,8 +60,7 @@ fn check_reads_a_sqlite_file_without_changing_it() {
         all
     };
     let before = files(&env);
-    let (code, out) = check(&env, None);
-    assert_eq!(code, 0, "{out}");
+    let out = check(&env, None, 0);
     for line in [
         "ok   integrity: PRAGMA integrity_check: ok",
         "ok   permissions: mode 600",
@@ -75,8 +71,7 @@ fn check_reads_a_sqlite_file_without_changing_it() {
     assert!(files(&env) == before, "check modified the store's files");
 
     std::fs::set_permissions(env.db_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (code, out) = check(&env, None);
-    assert_eq!(code, 0, "{out}");
+    let out = check(&env, None, 0);
     assert!(
         out.contains("warn permissions: mode 644: others may read"),
         "{out}"
@@ -94,8 +89,7 @@ fn check_reads_a_sqlite_file_without_changing_it() {
         *b = 0xA5;
     }
     std::fs::write(env.db_path(), &bytes).unwrap();
-    let (code, out) = check(&env, None);
-    assert_eq!(code, 1, "{out}");
+    let out = check(&env, None, 1);
     assert!(
         out.contains("fail integrity: PRAGMA integrity_check found"),
         "{out}"
@@ -107,12 +101,8 @@ fn check_reads_a_sqlite_file_without_changing_it() {
 fn check_probes_a_shared_store_and_reports_the_clock() {
     require_shared_store();
     let env = Env::new();
-    env.idem()
-        .args(["run", "-k", "k", "--", "true"])
-        .assert()
-        .success();
-    let (code, out) = check(&env, None);
-    assert_eq!(code, 0, "{out}");
+    env.test().args(["run", "-k", "k", "--", "true"]).run();
+    let out = check(&env, None, 0);
     for line in [
         "ok   store: ",
         "ok   write: claimed and removed a probe record",
@@ -125,8 +115,12 @@ fn check_probes_a_shared_store_and_reports_the_clock() {
         );
     }
     // The probe left nothing behind, and the record is untouched.
-    let listed = env.idem().args(["inspect", "--json"]).output().unwrap();
-    let listed = String::from_utf8_lossy(&listed.stdout);
+    let listed = env
+        .test()
+        .args(["inspect", "--json"])
+        .stdout_any()
+        .run()
+        .stdout;
     assert_eq!(listed.lines().count(), 1, "{listed}");
     assert!(listed.contains("\"key\":\"k\""), "{listed}");
 }
@@ -143,8 +137,7 @@ mod redis {
         require(Backend::Redis);
         let env = Env::new();
         let lru = Server::start(&["--maxmemory-policy", "allkeys-lru"]);
-        let (code, out) = check(&env, Some(&lru.url("")));
-        assert_eq!(code, 1, "{out}");
+        let out = check(&env, Some(&lru.url("")), 1);
         assert!(
             out.contains("fail eviction: maxmemory-policy allkeys-lru may evict records"),
             "{out}"
@@ -153,8 +146,7 @@ mod redis {
         drop(lru);
 
         let safe = Server::start(&["--maxmemory-policy", "noeviction", "--appendonly", "yes"]);
-        let (code, out) = check(&env, Some(&safe.url("")));
-        assert_eq!(code, 0, "{out}");
+        let out = check(&env, Some(&safe.url("")), 0);
         assert!(
             out.contains("ok   eviction: maxmemory-policy noeviction"),
             "{out}"
@@ -165,8 +157,7 @@ mod redis {
         let mut gone = safe;
         let url = gone.url("user:hunter2@");
         gone.stop();
-        let (code, out) = check(&env, Some(&url));
-        assert_eq!(code, 125, "{out}");
+        let out = check(&env, Some(&url), 125);
         assert!(
             out.contains(&format!(
                 "cannot connect to 127.0.0.1:{}: connection refused",

@@ -31,17 +31,14 @@ fn the_purge_hint_works_when_pasted_whatever_the_key() {
     ];
     for key in keys {
         let key_flag = format!("--key={key}");
-        env.idem()
-            .args(["run", &key_flag, "--", "true"])
-            .assert()
-            .success();
-        let out = env
-            .idem()
+        env.test().args(["run", &key_flag, "--", "true"]).run();
+        let err = env
+            .test()
             .args(["run", "--on-duplicate", "fail", &key_flag, "--", "true"])
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(76));
-        let err = String::from_utf8(out.stderr).unwrap();
+            .status(76)
+            .error(&["idem purge "])
+            .run()
+            .stderr;
         assert!(
             !err.trim_end().chars().any(char::is_control),
             "raw control characters on the terminal: {err:?}"
@@ -68,7 +65,11 @@ fn the_purge_hint_works_when_pasted_whatever_the_key() {
             "{hint}: {}",
             String::from_utf8_lossy(&pasted.stderr)
         );
-        env.idem().args(["inspect", "--", key]).assert().code(1);
+        env.test()
+            .args(["inspect", "--", key])
+            .status(1)
+            .stderr_any()
+            .run();
     }
     assert!(!env.path("pwned").exists() && !env.path("pwned2").exists());
 }
@@ -76,10 +77,10 @@ fn the_purge_hint_works_when_pasted_whatever_the_key() {
 #[test]
 fn a_replay_to_a_full_disk_says_so() {
     let env = Env::new();
-    env.idem()
+    env.test()
         .args(["run", "-k", "k", "--", "echo", "stored"])
-        .assert()
-        .success();
+        .stdout("stored\n")
+        .run();
     let full = std::fs::File::options()
         .write(true)
         .open("/dev/full")
@@ -102,10 +103,7 @@ fn a_replay_to_a_full_disk_says_so() {
 fn a_store_this_user_may_not_write_names_the_file() {
     require_root();
     let env = Env::sqlite();
-    env.idem()
-        .args(["run", "-k", "mine", "--", "true"])
-        .assert()
-        .success();
+    env.test().args(["run", "-k", "mine", "--", "true"]).run();
     // Another user may read the store and its directory, not write them.
     let state = env.db_path().parent().unwrap().to_owned();
     for dir in [env.dir.path(), &state] {
@@ -133,15 +131,9 @@ fn a_store_this_user_may_not_write_names_the_file() {
 #[test]
 fn a_refused_postgres_connection_names_host_and_port() {
     let env = Env::new();
-    let out = env
-        .idem()
+    env.test()
         .args(["--db", "postgres://idem@127.0.0.1:1/test", "inspect"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "{err}");
-    assert!(
-        err.contains("cannot connect to 127.0.0.1:1: connection refused"),
-        "{err}"
-    );
+        .status(125)
+        .error(&["cannot connect to 127.0.0.1:1: connection refused"])
+        .run();
 }

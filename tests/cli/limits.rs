@@ -3,58 +3,42 @@
 //! is a usage error (exit 2) or handled, never a panic, and never decided
 //! after COMMAND has started.
 
-use crate::support::{sh, Env};
+use crate::support::{records, Env};
 
-/// The output of `idem ARGS` as (code, stdout, stderr).
-fn idem(env: &Env, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = env.idem().args(args).output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// `idem ARGS` must be a usage error: exit 2, one `idem: ` line that
+/// contains `expect`.
+#[track_caller]
+fn usage_error(env: &Env, args: &[&str], expect: &str) {
+    env.test().args(args).status(2).error(&[expect]).run();
 }
 
-/// Exit 2 with one `idem: ` line that contains `expect`.
+/// `idem ARGS` succeeds silently on stderr: its stdout.
 #[track_caller]
-fn usage_error(result: (Option<i32>, String, String), expect: &str) {
-    let (code, _, err) = result;
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.starts_with("idem: ") && err.lines().count() == 1,
-        "{err}"
-    );
-    assert!(err.contains(expect), "{err}");
+fn stdout(env: &Env, args: &[&str]) -> String {
+    env.test().args(args).stdout_any().run().stdout
 }
 
 #[test]
 fn huge_durations_are_usage_errors_before_anything_runs() {
     let env = Env::new();
     let count = env.count_run("n");
-    let [shell, c, script] = sh(&count);
     for flag in ["--timeout", "--wait-timeout", "--ttl", "--lease"] {
         for value in ["300000000000y", "10001y"] {
-            usage_error(
-                idem(
-                    &env,
-                    &["run", "-k", "k", flag, value, "--", &shell, &c, &script],
-                ),
-                "at most 10000y",
-            );
+            let args = ["run", "-k", "k", flag, value, "--", "sh", "-c", &count];
+            usage_error(&env, &args, "at most 10000y");
         }
     }
-    let out = env
-        .idem()
+    env.test()
         .env("IDEM_TTL", "300000000000y")
-        .args(["run", "-k", "k", "--", &shell, &c, &script])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+        .args(["run", "-k", "k"])
+        .sh(&count)
+        .status(2)
+        .error(&["at most 10000y"])
+        .run();
     assert_eq!(env.count("n"), 0, "nothing may run");
     // The longest allowed is fine everywhere.
-    let (code, out, err) = idem(
-        &env,
-        &[
+    env.test()
+        .args([
             "run",
             "-k",
             "k",
@@ -62,60 +46,47 @@ fn huge_durations_are_usage_errors_before_anything_runs() {
             "10000y",
             "--wait-timeout",
             "10000y",
-            "--lease",
-            "10000y",
-            "--",
-            "echo",
-            "ran",
-        ],
-    );
-    assert_eq!((code, out.as_str()), (Some(0), "ran\n"), "{err}");
+        ])
+        .args(["--lease", "10000y", "--", "echo", "ran"])
+        .stdout("ran\n")
+        .run();
 }
 
 #[test]
 fn expiry_dates_past_year_9999_are_shown() {
     let env = Env::new();
-    let (code, _, err) = idem(&env, &["run", "-k", "far", "--ttl", "10000y", "--", "true"]);
-    assert_eq!(code, Some(0), "{err}");
-    let (code, out, err) = idem(&env, &["inspect", "far"]);
-    assert_eq!(code, Some(0), "{err}");
-    let expires = out.lines().find(|l| l.starts_with("expires:")).unwrap();
+    env.test()
+        .args(["run", "-k", "far", "--ttl", "10000y", "--", "true"])
+        .run();
+    let shown = stdout(&env, &["inspect", "far"]);
+    let expires = shown.lines().find(|l| l.starts_with("expires:")).unwrap();
     assert!(expires.contains(" +012"), "{expires}");
-    let (code, out, err) = idem(&env, &["inspect", "--json"]);
-    assert_eq!(code, Some(0), "{err}");
-    let record: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let record = records(&env, &[]).remove(0);
     let at = record["expires_at"].as_str().unwrap();
     // ISO 8601's expanded year: a sign and six digits.
     assert!(
         at.starts_with("+012") && at.ends_with('Z') && at.len() == 27,
         "{at}"
     );
-    let (code, out, err) = idem(&env, &["inspect"]);
-    assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("far"), "{out}");
+    let table = stdout(&env, &["inspect"]);
+    assert!(table.contains("far"), "{table}");
 }
 
 #[test]
 fn env_takes_variable_names_only() {
     let env = Env::new();
     let count = env.count_run("n");
-    let [shell, c, script] = sh(&count);
     for bad in ["A=1", "", "9A", "A-B", "=x"] {
-        usage_error(
-            idem(
-                &env,
-                &["run", "-k", "k", "--env", bad, "--", &shell, &c, &script],
-            ),
-            "--env",
-        );
+        let args = ["run", "-k", "k", "--env", bad, "--", "sh", "-c", &count];
+        usage_error(&env, &args, "--env");
     }
     usage_error(
-        idem(&env, &["run", "--env", "A=1", "--", "true"]),
+        &env,
+        &["run", "--env", "A=1", "--", "true"],
         "not an assignment: --env A",
     );
     assert_eq!(env.count("n"), 0);
-    let (code, _, err) = idem(&env, &["run", "--env", "_A_1", "--", &shell, &c, &script]);
-    assert_eq!(code, Some(0), "{err}");
+    env.test().args(["run", "--env", "_A_1"]).sh(&count).run();
     assert_eq!(env.count("n"), 1);
 }
 
@@ -137,21 +108,12 @@ fn an_empty_db_is_a_usage_error_not_the_default_store() {
         &["inspect"],
         &["purge", "--all"],
     ] {
-        let mut with_flag = vec!["--db", ""];
-        with_flag.extend_from_slice(args);
-        for via_env in [false, true] {
-            let mut cmd = env.idem();
-            cmd.env("XDG_STATE_HOME", env.path("xdg"));
-            if via_env {
-                cmd.env("IDEM_DB", "").args(args);
-            } else {
-                cmd.args(&with_flag);
-            }
-            let out = cmd.output().unwrap();
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(2), "{args:?} {via_env}: {err}");
-            assert!(err.contains("empty"), "{err}");
-        }
+        let empty = || {
+            let call = env.test().env("XDG_STATE_HOME", env.path("xdg"));
+            call.status(2).error(&["empty"])
+        };
+        empty().env("IDEM_DB", "").args(args).run();
+        empty().args(["--db", ""]).args(args).run();
     }
     assert!(
         !env.path("xdg").exists(),
@@ -179,7 +141,7 @@ fn db_schemes_are_case_insensitive_and_unknown_ones_refused() {
         ] {
             let mut all = vec!["--db", db];
             all.extend_from_slice(args);
-            usage_error(idem(&env, &all), "--db");
+            usage_error(&env, &all, "--db");
         }
     }
     // Ours in any case: a connection attempt (refused on port 1), not a file.
@@ -188,8 +150,13 @@ fn db_schemes_are_case_insensitive_and_unknown_ones_refused() {
         "PostgreSQL://127.0.0.1:1/x",
         "Redis://127.0.0.1:1",
     ] {
-        let (code, _, err) = idem(&env, &["--db", db, "inspect"]);
-        assert_eq!(code, Some(125), "{db}: {err}");
+        let err = env
+            .test()
+            .args(["--db", db, "inspect"])
+            .status(125)
+            .error(&[])
+            .run()
+            .stderr;
         assert!(err.to_lowercase().contains("refused"), "{db}: {err}");
     }
     assert_eq!(listing(&env), before, "no file or directory may appear");
@@ -199,16 +166,10 @@ fn db_schemes_are_case_insensitive_and_unknown_ones_refused() {
 fn an_inspect_limit_above_i64_is_no_limit_on_every_store() {
     let env = Env::new();
     for key in ["a", "b"] {
-        env.idem()
-            .args(["run", "-k", key, "--", "true"])
-            .assert()
-            .success();
+        env.test().args(["run", "-k", key, "--", "true"]).run();
     }
     for limit in ["18446744073709551615", "9223372036854775808"] {
-        let (code, out, err) = idem(&env, &["inspect", "--json", "--limit", limit]);
-        assert_eq!(code, Some(0), "{err}");
-        assert_eq!(out.lines().count(), 2, "{out}");
+        assert_eq!(records(&env, &["--limit", limit]).len(), 2);
     }
-    let (code, out, _) = idem(&env, &["inspect", "--json", "--limit", "1"]);
-    assert_eq!((code, out.lines().count()), (Some(0), 1));
+    assert_eq!(records(&env, &["--limit", "1"]).len(), 1);
 }

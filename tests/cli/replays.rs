@@ -3,7 +3,7 @@
 //! then, and every count shows up in `inspect` and `stats` at once, exactly
 //! once, however many replays and folds run at the same time.
 
-use crate::support::Env;
+use crate::support::{records, Env};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -15,13 +15,13 @@ fn replays_file(env: &Env) -> PathBuf {
 
 /// `replays` of `key` as `inspect --json` shows it.
 fn replays(env: &Env, key: &str) -> i64 {
-    let line = env.run_ok(&["inspect", "--json", key]);
-    let record: Value = serde_json::from_str(&line).unwrap();
-    record["replays"].as_i64().unwrap()
+    records(env, &[key])[0]["replays"].as_i64().unwrap()
 }
 
 fn run(env: &Env, key: &str) {
-    env.run_ok(&["-q", "run", "-k", key, "--", "true"]);
+    env.test()
+        .args(["-q", "run", "-k", key, "--", "true"])
+        .run();
 }
 
 #[test]
@@ -43,19 +43,27 @@ fn a_replay_never_writes_the_store() {
     );
     assert!(wal(&env) == log, "the WAL changed");
     assert_eq!(replays(&env, "a"), 5);
-    let stats: Value = serde_json::from_str(&env.run_ok(&["stats", "--json"])).unwrap();
+    let stats = env
+        .test()
+        .args(["stats", "--json"])
+        .stdout_any()
+        .run()
+        .stdout;
+    let stats: Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(stats["replays"], 5, "{stats}");
     // `--report` counts the replays still in the file, and this one.
-    env.run_ok(&[
-        "-q",
-        "run",
-        "--report",
-        "report.json",
-        "-k",
-        "a",
-        "--",
-        "true",
-    ]);
+    env.test()
+        .args([
+            "-q",
+            "run",
+            "--report",
+            "report.json",
+            "-k",
+            "a",
+            "--",
+            "true",
+        ])
+        .run();
     let report = std::fs::read_to_string(env.path("report.json")).unwrap();
     let report: Value = serde_json::from_str(&report).unwrap();
     assert_eq!(report["replays"], 6, "{report}");
@@ -81,7 +89,7 @@ fn concurrent_replays_and_folds_count_each_replay_exactly_once() {
     assert_eq!(replays(&env, &key), 90);
     // A purge folds whatever is left and empties the file.
     run(&env, "other");
-    env.run_ok(&["purge", "other"]);
+    env.test().args(["purge", "other"]).stdout_any().run();
     assert_eq!(std::fs::metadata(replays_file(&env)).unwrap().len(), 0);
     assert_eq!(replays(&env, &key), 90);
     run(&env, &key);
@@ -101,7 +109,7 @@ fn a_replay_that_cannot_use_the_file_is_counted_in_the_store() {
     nix::unistd::mkfifo(&replays_file(&env), nix::sys::stat::Mode::S_IRWXU).unwrap();
     run(&env, "a");
     assert_eq!(replays(&env, "a"), 3);
-    env.run_ok(&["purge", "--expired"]);
+    env.test().args(["purge", "--expired"]).stdout_any().run();
     assert_eq!(replays(&env, "a"), 3);
 }
 
