@@ -17,7 +17,7 @@ fn check(env: &Env, db: Option<&str>, code: i32) -> String {
         call = call.env("IDEM_DB", db);
     }
     let ran = call.stdout_any().stderr_any().run();
-    ran.stdout + &ran.stderr
+    ran.stdout() + &ran.stderr()
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn check_probes_a_shared_store_and_reports_the_clock() {
         .args(["inspect", "--json"])
         .stdout_any()
         .run()
-        .stdout;
+        .stdout();
     assert_eq!(listed.lines().count(), 1, "{listed}");
     assert!(listed.contains("\"key\":\"k\""), "{listed}");
 }

@@ -38,7 +38,7 @@ fn the_purge_hint_works_when_pasted_whatever_the_key() {
             .status(76)
             .error(&["idem purge "])
             .run()
-            .stderr;
+            .stderr();
         assert!(
             !err.trim_end().chars().any(char::is_control),
             "raw control characters on the terminal: {err:?}"

@@ -2,20 +2,16 @@
 //! schema, escaping, a closed pipe, and a store that does not exist.
 
 use crate::support::{
-    backend, keys, make, make_expired, records, start_reading, Backend, Env, Holder,
+    backend, keys, make, make_expired, records, start_reading, wait_until, Backend, Env, Holder,
 };
 use serde_json::Value;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
+/// The stdout of `idem ARGS`, which must succeed with nothing on stderr.
+#[track_caller]
 fn stdout_of(env: &Env, args: &[&str]) -> String {
-    let out = env.idem().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    env.test().args(args).stdout_any().run().stdout()
 }
 
 #[test]
@@ -114,16 +110,16 @@ fn detail_view_and_missing_key() {
     ] {
         assert!(detail.contains(label), "{label} missing from:\n{detail}");
     }
-    env.idem()
+    env.test()
         .args(["inspect", "nope"])
-        .assert()
-        .code(1)
-        .stdout("")
-        .stderr("idem: no record for key nope\n");
-    env.idem()
+        .status(1)
+        .stderr("idem: no record for key nope\n")
+        .run();
+    env.test()
         .args(["inspect", "nope", "--stdout"])
-        .assert()
-        .code(1);
+        .status(1)
+        .error(&["nope"])
+        .run();
 }
 
 #[test]
@@ -135,21 +131,14 @@ fn stdout_and_stderr_are_byte_exact() {
         make(&env, "b", &[], "cat bytes; printf 'e\\033\\007' >&2"),
         0
     );
-    let out = env
-        .idem()
+    env.test()
         .args(["inspect", "b", "--stdout"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert_eq!(out.stdout, all);
-    let err = env
-        .idem()
+        .stdout(all)
+        .run();
+    env.test()
         .args(["inspect", "b", "--stderr"])
-        .output()
-        .unwrap();
-    assert!(err.status.success());
-    assert_eq!(err.stdout, b"e\x1b\x07");
-    assert!(err.stderr.is_empty());
+        .stdout(*b"e\x1b\x07")
+        .run();
 }
 
 /// The `--json` schema of SPEC.md "Operator commands": every field, its
@@ -290,7 +279,9 @@ fn labels_are_stored_and_shown_and_crashed_runs_found() {
     let table = stdout_of(&env, &["inspect"]);
     assert!(table.contains(" delivery 7"), "{table}");
     // --older-than: by started_at.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    wait_until("both records to be a second old", || {
+        keys(&env, &["--older-than", "1s"]).len() == 2
+    });
     assert_eq!(make(&env, "new", &[], "true"), 0);
     assert_eq!(keys(&env, &["--older-than", "1s"]), ["old", "evt"]);
     // --status crashed: in_progress with a dead owner (its idem SIGKILLed
@@ -313,16 +304,12 @@ fn control_characters_never_reach_stdout_raw() {
     let key = "evil\x1b]0;pwned\x07\nkey\u{9b}31m\u{202e}";
     assert_eq!(make(&env, key, &[], "true"), 0);
     // An argv element that is not UTF-8.
-    let status = env
-        .idem()
+    env.test()
         .args(["run", "-k", "bytes", "--", "echo"])
         .arg(OsStr::from_bytes(b"\xff\xfe\x1b[2J"))
-        .output()
-        .unwrap()
-        .status;
-    assert!(status.success());
-    let raw_control = |out: &[u8]| {
-        let text = std::str::from_utf8(out).expect("stdout is UTF-8");
+        .stdout(*b"\xff\xfe\x1b[2J\n")
+        .run();
+    let raw_control = |text: &str| {
         text.chars()
             .find(|&c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
     };
@@ -334,20 +321,11 @@ fn control_characters_never_reach_stdout_raw() {
         vec!["inspect", "--json", key],
         vec!["purge", "--all", "--dry-run"],
     ] {
-        let out = env.idem().args(&args).output().unwrap();
-        assert!(out.status.success(), "{args:?}");
+        let out = stdout_of(&env, &args);
+        assert_eq!(raw_control(&out), None, "{args:?}: {out:?}");
         assert_eq!(
-            raw_control(&out.stdout),
-            None,
-            "{args:?}: {:?}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        assert_eq!(
-            out.stdout.iter().filter(|&&b| b == b'\n').count(),
-            out.stdout
-                .split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
-                .count(),
+            out.matches('\n').count(),
+            out.split('\n').filter(|l| !l.is_empty()).count(),
             "{args:?}: one line per item"
         );
     }
@@ -394,11 +372,10 @@ fn a_listing_in_progress_never_blocks_run_or_purge() {
     // inspect is mid-listing, stuck on a full pipe, its read open.
     let (idem, stdout) = start_reading(&env, &["inspect", "--json"]);
     assert_eq!(make(&env, "meanwhile", &[], "true"), 0);
-    env.idem()
+    env.test()
         .args(["purge", "k1", "k2"])
-        .assert()
-        .success()
-        .stdout("purged 2, skipped 0\n");
+        .stdout("purged 2, skipped 0\n")
+        .run();
     drop(stdout);
     assert_eq!(idem.wait_with_output().unwrap().status.code(), Some(0));
 }
@@ -406,26 +383,19 @@ fn a_listing_in_progress_never_blocks_run_or_purge() {
 #[test]
 fn a_missing_store_is_empty_and_never_created() {
     let env = Env::sqlite();
-    env.idem().arg("inspect").assert().success().stdout("");
-    env.idem()
-        .args(["inspect", "--json"])
-        .assert()
-        .success()
-        .stdout("");
-    env.idem().args(["inspect", "k"]).assert().code(1);
-    env.idem()
-        .args(["inspect", "k", "--stdout"])
-        .assert()
-        .code(1);
-    env.idem()
+    env.test().arg("inspect").run();
+    env.test().args(["inspect", "--json"]).run();
+    for args in [&["inspect", "k"][..], &["inspect", "k", "--stdout"]] {
+        env.test().args(args).status(1).error(&["no record"]).run();
+    }
+    env.test()
         .arg("purge")
-        .assert()
-        .success()
-        .stdout("purged 0, skipped 0\n");
-    env.idem()
+        .stdout("purged 0, skipped 0\n")
+        .run();
+    env.test()
         .args(["purge", "--all", "--json"])
-        .assert()
-        .success();
+        .stdout_any()
+        .run();
     assert!(!env.db_path().exists());
     assert!(
         !env.db_path().parent().unwrap().exists(),

@@ -15,7 +15,7 @@ fn usage_error(env: &Env, args: &[&str], expect: &str) {
 /// `idem ARGS` succeeds silently on stderr: its stdout.
 #[track_caller]
 fn stdout(env: &Env, args: &[&str]) -> String {
-    env.test().args(args).stdout_any().run().stdout
+    env.test().args(args).stdout_any().run().stdout()
 }
 
 #[test]
@@ -156,7 +156,7 @@ fn db_schemes_are_case_insensitive_and_unknown_ones_refused() {
             .status(125)
             .error(&[])
             .run()
-            .stderr;
+            .stderr();
         assert!(err.to_lowercase().contains("refused"), "{db}: {err}");
     }
     assert_eq!(listing(&env), before, "no file or directory may appear");

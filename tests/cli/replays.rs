@@ -48,7 +48,7 @@ fn a_replay_never_writes_the_store() {
         .args(["stats", "--json"])
         .stdout_any()
         .run()
-        .stdout;
+        .stdout();
     let stats: Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(stats["replays"], 5, "{stats}");
     // `--report` counts the replays still in the file, and this one.

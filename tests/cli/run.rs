@@ -105,7 +105,7 @@ fn child_sees_key_and_attempt() {
         .sh("echo \"$IDEM_KEY|$IDEM_ATTEMPT|${IDEM_FENCING_TOKEN-none}\"")
         .stdout_any()
         .run()
-        .stdout;
+        .stdout();
     let fields: Vec<&str> = line.trim_end().split('|').collect();
     assert_eq!(fields[..2], ["my key", "1"]);
     if crate::support::backend() == crate::support::Backend::Sqlite {
@@ -185,7 +185,7 @@ fn derived_key_is_cmd_and_32_hex_digits() {
         .sh("printf %s \"$IDEM_KEY\"")
         .stdout_any()
         .run()
-        .stdout;
+        .stdout();
     let digits = key.strip_prefix("cmd:").unwrap_or_default();
     assert!(
         digits.len() == 32
@@ -258,7 +258,7 @@ fn ttl_expiry_makes_the_key_absent() {
             .args(["inspect", "--json", "t"])
             .stdout_any()
             .stderr_any();
-        let out = shown.status_any().run().stdout;
+        let out = shown.status_any().run().stdout();
         out.is_empty() || out.contains(r#""expired":true"#)
     });
     run();

@@ -66,9 +66,20 @@ pub struct Test<'a> {
 }
 
 /// What a call printed, once `run` has checked it.
-pub struct Ran {
-    pub stdout: String,
-    pub stderr: String,
+pub struct Ran(Output);
+
+impl Ran {
+    /// stdout, which must be UTF-8.
+    #[track_caller]
+    pub fn stdout(&self) -> String {
+        String::from_utf8(self.0.stdout.clone()).expect("stdout is UTF-8")
+    }
+
+    /// stderr, which must be UTF-8.
+    #[track_caller]
+    pub fn stderr(&self) -> String {
+        String::from_utf8(self.0.stderr.clone()).expect("stderr is UTF-8")
+    }
 }
 
 impl Env {
@@ -220,7 +231,7 @@ impl Test<'_> {
             wrong.join("; "),
             out.status,
         );
-        Ran { stdout, stderr }
+        Ran(out)
     }
 }
 
