@@ -2,8 +2,7 @@
 //! duplicates that wait or refuse, live output, closed readers, the output
 //! cap, timeouts, and commands that cannot start.
 
-use crate::support::{run_sh, sh, start_reading, wait_for, Env, Holder};
-use predicates::prelude::*;
+use crate::support::{run_sh, start_reading, wait_for, Env, Holder};
 use std::io::Read;
 use std::process::Stdio;
 
@@ -12,15 +11,12 @@ fn in_progress_key_exits_75_for_replay_and_fail() {
     let env = Env::new();
     let holder = Holder::start(&env, "busy", &[]);
     for policy in ["replay", "fail"] {
-        env.idem()
-            .args(["run", "-k", "busy", "--on-duplicate", policy, "--"])
-            .args(sh(&Holder::script(&env)))
-            .assert()
-            .code(75)
-            .stderr(
-                predicates::str::starts_with("idem: ")
-                    .and(predicates::str::contains("in progress")),
-            );
+        env.test()
+            .args(["run", "-k", "busy", "--on-duplicate", policy])
+            .sh(&Holder::script(&env))
+            .status(75)
+            .error(&["in progress"])
+            .run();
     }
     assert!(holder.release().status.success());
     assert_eq!(env.count("n"), 1);
@@ -70,7 +66,7 @@ fn wait_timeout_exits_75() {
     let env = Env::new();
     let holder = Holder::start(&env, "w", &[]);
     let started = std::time::Instant::now();
-    env.idem()
+    env.test()
         .args([
             "run",
             "-k",
@@ -79,12 +75,11 @@ fn wait_timeout_exits_75() {
             "wait",
             "--wait-timeout",
             "200ms",
-            "--",
         ])
-        .args(sh(&Holder::script(&env)))
-        .assert()
-        .code(75)
-        .stderr(predicates::str::contains("timed out"));
+        .sh(&Holder::script(&env))
+        .status(75)
+        .error(&["timed out"])
+        .run();
     let took = started.elapsed();
     assert!(
         took >= std::time::Duration::from_millis(200) && took < std::time::Duration::from_secs(10),
@@ -119,7 +114,7 @@ fn waiters_share_a_failure_and_the_next_call_runs_again() {
     }
     // The failure ran once for all of them; a later call runs it again.
     assert_eq!(env.count("n"), 1);
-    env.idem().args(run).assert().success();
+    env.test().args(run).stdout("held\n").run();
     assert_eq!(env.count("n"), 2);
 }
 
@@ -161,17 +156,13 @@ fn a_closed_reader_never_kills_the_child() {
     let status = idem.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert_eq!(env.count("n"), 1, "the child ran to its end");
-    let replay = env
-        .idem()
-        .args(["run", "-k", "pipe", "--", "sh", "-c", &script])
-        .output()
-        .unwrap();
+    // The full output was captured.
     let expected: String = (1..=200_000).map(|i| format!("{i}\n")).collect();
-    assert_eq!(
-        String::from_utf8(replay.stdout).unwrap(),
-        expected,
-        "full output captured"
-    );
+    env.test()
+        .args(["run", "-k", "pipe"])
+        .sh(&script)
+        .stdout(expected)
+        .run();
 }
 
 #[test]
@@ -195,45 +186,47 @@ fn a_closed_stderr_never_kills_the_child() {
     assert!(idem.wait().unwrap().success());
     assert_eq!(stdout, "started\n");
     assert_eq!(env.count("n"), 1, "the child ran to its end");
-    let replay = env
-        .idem()
-        .args(["run", "-k", "err", "--", "sh", "-c", &script])
-        .output()
-        .unwrap();
+    // The full stderr was captured.
     let expected: String = (1..=200_000).map(|i| format!("{i}\n")).collect();
-    assert_eq!(
-        String::from_utf8(replay.stderr).unwrap(),
-        expected,
-        "full stderr captured"
-    );
+    env.test()
+        .args(["run", "-k", "err"])
+        .sh(&script)
+        .stdout("started\n")
+        .stderr(expected)
+        .run();
 }
 
 #[test]
 fn max_output_cuts_and_flags_the_stored_copy() {
     let env = Env::new();
     let script = "printf 0123456789; printf abcdefghij >&2";
-    env.idem()
-        .args(run_sh(&["-k", "cap", "--max-output", "4"], script))
-        .assert()
-        .success()
-        .stdout("0123456789");
-    env.idem()
-        .args(["run", "-k", "cap", "--", "sh", "-c", script])
-        .assert()
-        .success()
+    env.test()
+        .args(["run", "-k", "cap", "--max-output", "4"])
+        .sh(script)
+        .stdout("0123456789")
+        .stderr("abcdefghij")
+        .run();
+    let stderr = env
+        .test()
+        .args(["run", "-k", "cap"])
+        .sh(script)
         .stdout("0123")
-        .stderr(predicates::str::starts_with("abcd").and(predicates::str::contains("idem: ")));
-    env.idem()
-        .args(["-q", "run", "-k", "cap", "--", "sh", "-c", script])
-        .assert()
-        .success()
-        .stderr("abcd");
+        .stderr_has("idem: ")
+        .run()
+        .stderr();
+    assert!(stderr.starts_with("abcd"), "{stderr}");
+    env.test()
+        .args(["-q", "run", "-k", "cap"])
+        .sh(script)
+        .stdout("0123")
+        .stderr("abcd")
+        .run();
 }
 
 #[test]
 fn max_output_zero_stores_nothing() {
     let env = Env::new();
-    env.idem()
+    env.test()
         .args([
             "run",
             "-k",
@@ -244,14 +237,11 @@ fn max_output_zero_stores_nothing() {
             "echo",
             "s3cret",
         ])
-        .assert()
-        .success()
-        .stdout("s3cret\n");
-    env.idem()
+        .stdout("s3cret\n")
+        .run();
+    env.test()
         .args(["-q", "run", "-k", "secret", "--", "echo", "s3cret"])
-        .assert()
-        .success()
-        .stdout("");
+        .run();
     if crate::support::backend() == crate::support::Backend::Sqlite {
         let raw = std::fs::read(env.db_path()).unwrap();
         let wal = std::fs::read(env.db_path().with_extension("db-wal")).unwrap_or_default();
@@ -268,13 +258,20 @@ fn timeout_terminates_and_exits_124() {
     let env = Env::new();
     let script = format!("{}; sleep 30", env.count_run("n"));
     for _ in 0..2 {
-        env.idem()
-            .args(run_sh(
-                &["-k", "slow", "--timeout", "300ms", "--on-failure", "lock"],
-                &script,
-            ))
-            .assert()
-            .code(124);
+        env.test()
+            .args([
+                "run",
+                "-k",
+                "slow",
+                "--timeout",
+                "300ms",
+                "--on-failure",
+                "lock",
+            ])
+            .sh(&script)
+            .status(124)
+            .stderr_any()
+            .run();
     }
     assert_eq!(
         env.count("n"),
@@ -287,14 +284,12 @@ fn timeout_terminates_and_exits_124() {
 fn timeout_kills_a_child_that_ignores_term() {
     let env = Env::new();
     let started = std::time::Instant::now();
-    env.idem()
-        .args(["run", "-k", "stubborn", "--timeout", "200ms", "--"])
-        .args(sh(
-            "echo $$ > pid; trap 'echo > got-term' TERM; while :; do sleep 0.05; done",
-        ))
-        .assert()
-        .code(124)
-        .stderr(predicates::str::contains("timed out"));
+    env.test()
+        .args(["run", "-k", "stubborn", "--timeout", "200ms"])
+        .sh("echo $$ > pid; trap 'echo > got-term' TERM; while :; do sleep 0.05; done")
+        .status(124)
+        .stderr_has("timed out")
+        .run();
     let took = started.elapsed();
     // SIGTERM at 200 ms reached the child, which ignored it; SIGKILL came
     // 5 s later and took the whole group.
@@ -320,7 +315,7 @@ fn timeout_kills_a_child_that_ignores_term() {
 #[test]
 fn commands_that_cannot_start_are_never_locked() {
     let env = Env::new();
-    env.idem()
+    env.test()
         .args([
             "run",
             "-k",
@@ -330,9 +325,9 @@ fn commands_that_cannot_start_are_never_locked() {
             "--",
             "idem-no-such-command",
         ])
-        .assert()
-        .code(127)
-        .stderr(predicates::str::starts_with("idem: ").and(predicates::str::contains("not found")));
+        .status(127)
+        .error(&["not found"])
+        .run();
     // Recorded as a failure with the status the caller saw.
     let record = &crate::support::records(&env, &["nf"])[0];
     assert_eq!(
@@ -341,18 +336,18 @@ fn commands_that_cannot_start_are_never_locked() {
         "{record}"
     );
     std::fs::write(env.path("script"), "#!/bin/sh\necho now\n").unwrap();
-    env.idem()
+    env.test()
         .args(["run", "-k", "ne", "--on-failure", "lock", "--", "./script"])
-        .assert()
-        .code(126);
+        .status(126)
+        .error(&["./script"])
+        .run();
     // Neither key is locked: once the command exists, it runs.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(env.path("script"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    env.idem()
+    env.test()
         .args(["run", "-k", "ne", "--on-failure", "lock", "--", "./script"])
-        .assert()
-        .success()
-        .stdout("now\n");
+        .stdout("now\n")
+        .run();
 }
 
 /// COMMAND starts with the signal state of whoever started idem, not
@@ -403,11 +398,10 @@ fn a_run_under_valgrind_forks_its_child_and_works() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
-    env.idem()
+    env.test()
         .args(["run", "-k", "under-valgrind", "--", "echo", "hi"])
-        .assert()
-        .success()
-        .stdout("hi\n");
+        .stdout("hi\n")
+        .run();
     assert_eq!(
         crate::support::records(&env, &["under-valgrind"])[0]["status"],
         "completed"

@@ -150,12 +150,6 @@ impl Test<'_> {
         self
     }
 
-    /// stdout must contain `part` (and every other part so named).
-    pub fn stdout_has(mut self, part: &str) -> Self {
-        self.stdout.add(part);
-        self
-    }
-
     /// Whatever is on stdout (the test looks at it itself, or not at all).
     pub fn stdout_any(mut self) -> Self {
         self.stdout = Expect::Anything;
