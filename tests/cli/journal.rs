@@ -29,12 +29,9 @@ fn merged(env: &Env, out: &Path, args: &[&str]) -> Command {
 
 /// Runs `idem ARGS` merged; returns (status, what it wrote).
 fn run_merged(env: &Env, args: &[&str]) -> (i32, String) {
-    let out = env.path("merged.out");
-    let status = merged(env, &out, args).status().unwrap();
-    (
-        status.code().unwrap_or(-1),
-        std::fs::read_to_string(out).unwrap(),
-    )
+    let call = env.test().args(args).merged().status_any().stdout_any();
+    let ran = call.run();
+    (ran.code(), ran.stdout())
 }
 
 fn read(path: &Path) -> String {
@@ -57,29 +54,35 @@ fn replay_and_logs_keep_the_interleaving_through_2_and_1() {
     let script = "echo e1 >&2; sleep 0.05; echo o1; sleep 0.05; echo e2 >&2";
     let run = ["-q", "run", "-k", "hook", "--", "sh", "-c", script];
     let expected = "e1\no1\ne2\n";
-    assert_eq!(run_merged(&env, &run), (0, expected.into()));
-    assert_eq!(run_merged(&env, &run), (0, expected.into()));
-    assert_eq!(run_merged(&env, &["logs", "hook"]), (0, expected.into()));
-    assert_eq!(
-        run_merged(&env, &["logs", "--follow", "hook"]),
-        (0, expected.into())
-    );
+    for args in [
+        &run[..],
+        &run,
+        &["logs", "hook"],
+        &["logs", "--follow", "hook"],
+    ] {
+        env.test().args(args).merged().stdout(expected).run();
+    }
 }
 
 #[test]
 fn a_cap_hit_mid_journal_keeps_the_order_of_what_was_stored() {
     let env = Env::new();
     let script = "printf abc; sleep 0.05; printf def >&2; sleep 0.05; printf ghi; sleep 0.05; printf jkl >&2";
-    let run = |extra: &[&str]| {
-        let mut args = vec!["-q", "run", "-k", "cap"];
-        args.extend_from_slice(extra);
-        args.extend(["--", "sh", "-c", script]);
-        run_merged(&env, &args)
-    };
-    assert_eq!(run(&["--max-output", "5"]), (0, "abcdefghijkl".into()));
-    assert_eq!(run(&[]), (0, "abcdefghjk".into()));
-    let (code, out) = run_merged(&env, &["logs", "cap"]);
-    assert_eq!(code, 0);
+    let run = || env.test().args(["-q", "run", "-k", "cap"]);
+    run()
+        .args(["--max-output", "5"])
+        .sh(script)
+        .merged()
+        .stdout("abcdefghijkl")
+        .run();
+    run().sh(script).merged().stdout("abcdefghjk").run();
+    let out = env
+        .test()
+        .args(["logs", "cap"])
+        .merged()
+        .stdout_any()
+        .run()
+        .stdout();
     assert!(
         out.starts_with("abcdefghjk") && out.contains("idem: "),
         "{out}"
@@ -174,9 +177,9 @@ fn logs_of_a_crashed_run_show_what_it_printed() {
     let env = Env::new();
     let (owner, _) = start_crashing_owner(&env, "c");
     owner.crash();
-    assert_eq!(run_merged(&env, &["logs", "c"]), (0, "e1\no1\n".into()));
-    let (code, out) = run_merged(&env, &["logs", "-f", "c"]);
-    assert_eq!(code, 77);
+    let logs = |args: &[&str]| env.test().arg("logs").args(args).merged();
+    logs(&["c"]).stdout("e1\no1\n").run();
+    let out = logs(&["-f", "c"]).status(77).stdout_any().run().stdout();
     assert!(
         out.starts_with("e1\no1\nidem: ") && out.contains("crashed"),
         "{out}"

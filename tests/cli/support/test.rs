@@ -13,7 +13,7 @@
 
 use super::Env;
 use std::ffi::OsString;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 
@@ -63,12 +63,19 @@ pub struct Test<'a> {
     stderr: Expect,
     /// stderr must be one `idem: …` line.
     error: bool,
+    /// stdout and stderr into one file, as `> file 2>&1` puts them.
+    merged: bool,
 }
 
 /// What a call printed, once `run` has checked it.
 pub struct Ran(Output);
 
 impl Ran {
+    /// The exit code (-1 for a death by signal).
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+
     /// stdout, which must be UTF-8.
     #[track_caller]
     pub fn stdout(&self) -> String {
@@ -96,6 +103,7 @@ impl Env {
             stdout: Expect::Exactly(Vec::new()),
             stderr: Expect::Exactly(Vec::new()),
             error: false,
+            merged: false,
         }
     }
 }
@@ -130,6 +138,14 @@ impl Test<'_> {
     /// Bytes on idem's stdin (otherwise stdin is /dev/null).
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// stdout and stderr both into one file, as `> file 2>&1` (a CI log, a
+    /// webhook server) has them: `stdout` expectations see both, in the
+    /// order they were written, and stderr is empty.
+    pub fn merged(mut self) -> Self {
+        self.merged = true;
         self
     }
 
@@ -195,7 +211,16 @@ impl Test<'_> {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let mut log = None;
+        if self.merged {
+            let file = tempfile::tempfile_in(self.env.dir.path()).expect("a file for the output");
+            command
+                .stdout(file.try_clone().unwrap())
+                .stderr(file.try_clone().unwrap());
+            log = Some(file);
+        }
         let mut child = command.spawn().expect("start idem");
+        drop(command);
         if let Some(bytes) = self.stdin {
             let mut pipe = child.stdin.take().unwrap();
             // idem may exit without reading it all (a replay): not an error.
@@ -203,7 +228,11 @@ impl Test<'_> {
                 let _ = pipe.write_all(&bytes);
             });
         }
-        let out = child.wait_with_output().expect("wait for idem");
+        let mut out = child.wait_with_output().expect("wait for idem");
+        if let Some(mut file) = log {
+            file.seek(SeekFrom::Start(0)).unwrap();
+            file.read_to_end(&mut out.stdout).unwrap();
+        }
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let wrong = self
