@@ -220,7 +220,6 @@ impl Test<'_> {
             log = Some(file);
         }
         let mut child = command.spawn().expect("start idem");
-        drop(command);
         if let Some(bytes) = self.stdin {
             let mut pipe = child.stdin.take().unwrap();
             // idem may exit without reading it all (a replay): not an error.
