@@ -27,6 +27,7 @@ mod postgres_tls;
 mod purge;
 mod redis;
 mod replays;
+mod report_examples;
 mod run;
 mod running;
 mod shipped;
