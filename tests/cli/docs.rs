@@ -223,7 +223,10 @@ fn session(body: &str) -> Vec<(String, String)> {
 
 #[test]
 fn console_sessions_in_the_docs_run_as_shown() {
-    let consoles: Vec<Block> = blocks().into_iter().filter(|b| b.lang == "console").collect();
+    let consoles: Vec<Block> = blocks()
+        .into_iter()
+        .filter(|b| b.lang == "console")
+        .collect();
     assert!(consoles.len() >= 5, "{} console blocks", consoles.len());
     for block in consoles {
         let env = Env::sqlite();
@@ -323,7 +326,11 @@ fn server_blocks_in_the_docs_run() {
             .body
             .lines()
             .map(|line| match line.strip_prefix("export IDEM_DB='") {
-                Some(rest) => format!("export IDEM_DB='{}'{}", env.db, &rest[rest.find('\'').unwrap() + 1..]),
+                Some(rest) => format!(
+                    "export IDEM_DB='{}'{}",
+                    env.db,
+                    &rest[rest.find('\'').unwrap() + 1..]
+                ),
                 None => line.to_owned(),
             })
             .collect::<Vec<_>>()
@@ -352,16 +359,33 @@ fn build_and_test_commands_in_the_docs_are_what_ci_runs() {
     let ci = read(".ci/run");
     let tests = sources(&root().join("src"));
     let mut seen = 0;
-    for block in blocks().iter().filter(|b| b.lang == "sh" && b.body.contains("cargo ")) {
+    for block in blocks()
+        .iter()
+        .filter(|b| b.lang == "sh" && b.body.contains("cargo "))
+    {
         for line in block.body.lines() {
             let command = line.split("  #").next().unwrap().trim();
-            if let Some(name) = command.strip_prefix("IDEM_UPDATE_GENERATED=1 cargo test --locked --bin idem ") {
-                assert!(tests.contains(&format!("fn {name}(")), "{}: no test {name}", block.place());
+            if let Some(name) =
+                command.strip_prefix("IDEM_UPDATE_GENERATED=1 cargo test --locked --bin idem ")
+            {
+                assert!(
+                    tests.contains(&format!("fn {name}(")),
+                    "{}: no test {name}",
+                    block.place()
+                );
             } else if command.starts_with("cargo install") {
                 // The install lines have their own test.
-                assert!(command.starts_with("cargo install --locked --path ."), "{}", block.place());
+                assert!(
+                    command.starts_with("cargo install --locked --path ."),
+                    "{}",
+                    block.place()
+                );
             } else {
-                assert!(ci.contains(command), "{}: .ci/run does not run `{command}`", block.place());
+                assert!(
+                    ci.contains(command),
+                    "{}: .ci/run does not run `{command}`",
+                    block.place()
+                );
             }
             seen += 1;
         }
@@ -385,28 +409,48 @@ fn the_install_lines_work() {
     for page in std::fs::read_dir(root().join("man")).unwrap() {
         let page = page.unwrap();
         let installed = std::fs::read(manpath.join(page.file_name())).unwrap();
-        assert_eq!(installed, std::fs::read(page.path()).unwrap(), "{:?}", page.file_name());
+        assert_eq!(
+            installed,
+            std::fs::read(page.path()).unwrap(),
+            "{:?}",
+            page.file_name()
+        );
     }
     for (installed, shipped) in [
-        (".zfunc/_idem", "completions/_idem"),
-        (".config/fish/completions/idem.fish", "completions/idem.fish"),
+        (
+            ".local/share/bash-completion/completions/idem",
+            "completions/idem.bash",
+        ),
+        (".local/share/zsh/site-functions/_idem", "completions/_idem"),
+        (
+            ".config/fish/completions/idem.fish",
+            "completions/idem.fish",
+        ),
     ] {
         assert_eq!(
             std::fs::read(env.path(installed)).unwrap(),
-            std::fs::read(root().join(shipped)).unwrap()
+            std::fs::read(root().join(shipped)).unwrap(),
+            "{installed}"
         );
     }
-    let bashrc = std::fs::read_to_string(env.path(".bashrc")).unwrap();
     let completes = Command::new("bash")
-        .args(["-c", &format!("{bashrc}\ncomplete -p idem")])
-        .env("PATH", path_with_idem())
+        .args([
+            "-c",
+            ". .local/share/bash-completion/completions/idem && complete -p idem",
+        ])
+        .current_dir(env.dir.path())
         .output()
         .unwrap();
     assert!(completes.status.success(), "{completes:?}");
     // The lines the everyday work tried on a stock Debian, where it wrote
     // them down, are the README's.
     if let Ok(tried) = std::fs::read_to_string(root().join("docs/install-lines.md")) {
-        for line in install.body.lines().filter(|l| l.starts_with("idem ")) {
+        for line in install
+            .body
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("idem "))
+        {
             assert!(tried.contains(line), "docs/install-lines.md lacks `{line}`");
         }
     }
@@ -421,7 +465,10 @@ fn latest_results() -> HashMap<String, Vec<String>> {
         .skip(2)
         .take_while(|line| line.starts_with('|'))
         .map(|line| {
-            let cells: Vec<String> = line.split(" | ").map(|c| c.trim_matches(['|', ' ']).to_owned()).collect();
+            let cells: Vec<String> = line
+                .split(" | ")
+                .map(|c| c.trim_matches(['|', ' ']).to_owned())
+                .collect();
             (cells[0].clone(), cells)
         })
         .collect()
@@ -431,14 +478,20 @@ fn latest_results() -> HashMap<String, Vec<String>> {
 fn latest_round() -> String {
     let results = read("bench/RESULTS.md");
     let start = results.find("\n## ").unwrap() + 1;
-    let end = results[start + 3..].find("\n## ").map_or(results.len(), |e| start + 3 + e);
+    let end = results[start + 3..]
+        .find("\n## ")
+        .map_or(results.len(), |e| start + 3 + e);
     results[start..end].to_owned()
 }
 
 /// `1.44 ± 0.24 ms (1.44, n=300)` or `…: 1.57 ± 0.33 ms (1.53)`: the median.
 fn median(cell: &str) -> String {
     let open = cell.rfind('(').unwrap();
-    cell[open + 1..].split([',', ')']).next().unwrap().to_owned()
+    cell[open + 1..]
+        .split([',', ')'])
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 /// `0.92× (0.94×)`: the ratio of means.
@@ -448,7 +501,13 @@ fn ratio(cell: &str) -> String {
 
 /// `687774` instructions as `0.69` million.
 fn millions(count: &str) -> String {
-    let count: f64 = count.split(':').next_back().unwrap().trim().parse().unwrap();
+    let count: f64 = count
+        .split(':')
+        .next_back()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     format!("{:.2}", count / 1e6)
 }
 
@@ -501,9 +560,14 @@ fn figures_in_the_docs_are_bench_results_latest() {
         ("docs/operating.md", format!("records purge in about {purge}")),
     ];
     for (page, text) in expected {
-        assert!(flat(&read(page)).contains(&flat(&text)), "{page} does not say, as bench/RESULTS.md does:\n{text}");
+        assert!(
+            flat(&read(page)).contains(&flat(&text)),
+            "{page} does not say, as bench/RESULTS.md does:\n{text}"
+        );
     }
-    assert!(flat(&read("docs/speed.md")).contains(&format!("| `idem purge` of 1,000,000 expired records | {purge} |")));
+    assert!(flat(&read("docs/speed.md")).contains(&format!(
+        "| `idem purge` of 1,000,000 expired records | {purge} |"
+    )));
 }
 
 /// Every SQLite timing the pages give (a decimal number of ms in a
@@ -514,14 +578,24 @@ fn every_sqlite_timing_is_from_the_latest_bench_round() {
     let round = latest_round();
     for (page, text) in pages() {
         for paragraph in text.split("\n\n") {
-            if ["PostgreSQL", "Redis", "pgbench"].iter().any(|s| paragraph.contains(s)) {
+            if ["PostgreSQL", "Redis", "pgbench"]
+                .iter()
+                .any(|s| paragraph.contains(s))
+            {
                 continue;
             }
             let words: Vec<&str> = paragraph.split_whitespace().collect();
             for pair in words.windows(2) {
                 let number = pair[0].trim_start_matches(|c: char| !c.is_ascii_digit());
-                if pair[1].starts_with("ms") && number.contains('.') && number.parse::<f64>().is_ok() {
-                    assert!(round.contains(&format!("{number} ms")) || round.contains(&format!("({number}")), "{page}: {number} ms is not in bench/RESULTS.md's latest round");
+                if pair[1].starts_with("ms")
+                    && number.contains('.')
+                    && number.parse::<f64>().is_ok()
+                {
+                    assert!(
+                        round.contains(&format!("{number} ms"))
+                            || round.contains(&format!("({number}")),
+                        "{page}: {number} ms is not in bench/RESULTS.md's latest round"
+                    );
                 }
             }
         }
@@ -530,7 +604,10 @@ fn every_sqlite_timing_is_from_the_latest_bench_round() {
 
 #[test]
 fn defaults_the_docs_state_are_idems() {
-    let help = Command::new(bin()).args(["run", "--help"]).output().unwrap();
+    let help = Command::new(bin())
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
     let mut defaults = HashMap::new();
     let mut flag = String::new();
@@ -572,18 +649,32 @@ fn silent_server() -> (std::net::TcpListener, u16) {
 /// `PostgreSQL: 10 s to connect` in docs/stores.md: the seconds stated.
 fn stated_seconds(page: &str, before: &str) -> u64 {
     let text = flat(&read(page));
-    let at = text.find(before).unwrap_or_else(|| panic!("{page} lacks `{before}`"));
-    text[at + before.len()..].split_whitespace().next().unwrap().parse().unwrap()
+    let at = text
+        .find(before)
+        .unwrap_or_else(|| panic!("{page} lacks `{before}`"));
+    text[at + before.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[track_caller]
 fn gives_up_within(url: &str, limit: Duration) {
     let env = Env::sqlite();
     let start = Instant::now();
-    let out = env.idem().args(["--db", url, "run", "-k", "k", "--", "true"]).output().unwrap();
+    let out = env
+        .idem()
+        .args(["--db", url, "run", "-k", "k", "--", "true"])
+        .output()
+        .unwrap();
     let took = start.elapsed();
     assert_eq!(out.status.code(), Some(125), "{out:?}");
-    assert!(took <= limit + Duration::from_millis(1500), "{url}: gave up after {took:?}, the docs say {limit:?}");
+    assert!(
+        took <= limit + Duration::from_millis(1500),
+        "{url}: gave up after {took:?}, the docs say {limit:?}"
+    );
 }
 
 #[test]
@@ -591,11 +682,17 @@ fn gives_up_within(url: &str, limit: Duration) {
 fn a_silent_server_is_given_up_on_in_the_time_the_docs_state() {
     let (_pg, port) = silent_server();
     let connect = stated_seconds("docs/stores.md", "(PostgreSQL:");
-    gives_up_within(&format!("postgres://idem@127.0.0.1:{port}/jobs"), Duration::from_secs(connect));
+    gives_up_within(
+        &format!("postgres://idem@127.0.0.1:{port}/jobs"),
+        Duration::from_secs(connect),
+    );
     let (_redis, port) = silent_server();
     let connect = stated_seconds("docs/stores.md", "Connecting to Redis has a");
     let reply = stated_seconds("docs/stores.md", "limit and every reply another");
-    gives_up_within(&format!("redis://127.0.0.1:{port}/0"), Duration::from_secs(connect + reply));
+    gives_up_within(
+        &format!("redis://127.0.0.1:{port}/0"),
+        Duration::from_secs(connect + reply),
+    );
 }
 
 #[test]
@@ -603,7 +700,18 @@ fn the_readme_stays_short_and_links_its_pages() {
     let readme = read("README.md");
     let lines = readme.lines().count();
     assert!(lines <= 420, "README.md has {lines} lines");
-    for page in ["deciding", "callers", "stores", "leases", "operating", "speed", "building"] {
-        assert!(readme.contains(&format!("(docs/{page}.md)")), "README.md does not link docs/{page}.md");
+    for page in [
+        "deciding",
+        "callers",
+        "stores",
+        "leases",
+        "operating",
+        "speed",
+        "building",
+    ] {
+        assert!(
+            readme.contains(&format!("(docs/{page}.md)")),
+            "README.md does not link docs/{page}.md"
+        );
     }
 }

@@ -44,7 +44,12 @@ fn python_reads_the_report_through_pass_fds() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         (out.status.code(), String::from_utf8(out.stdout).unwrap())
     };
