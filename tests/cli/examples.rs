@@ -90,7 +90,7 @@ fn cron_jobs(crontab: &str) -> (Vec<(String, String)>, Vec<String>) {
 }
 
 #[test]
-#[ignore = "needs crontab (cron; .ci/run installs it)"]
+#[ignore = "needs cron (.ci/run installs it)"]
 fn the_crontab_works_under_cron() {
     tool("crontab");
     let env = Env::new();
