@@ -729,7 +729,7 @@ fn a_silent_server_is_given_up_on_after_the_time_the_docs_state() {
             gives_up_after(
                 &format!("postgres://idem@127.0.0.1:{pg_port}/jobs"),
                 Duration::from_secs(pg),
-            )
+            );
         });
         gives_up_after(
             &format!("redis://127.0.0.1:{redis_port}/0"),
