@@ -4,6 +4,7 @@ mod support;
 
 mod callers;
 mod check;
+mod claims;
 mod completion;
 mod crash;
 mod disk;
