@@ -7,6 +7,7 @@
 use crate::docs::{make_records, pages, read, root};
 use crate::support::{bin, Env};
 use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -383,4 +384,61 @@ fn the_fields_of_the_report_are_the_documented_ones() {
         keys_of(&String::from_utf8(out.stdout).unwrap()),
         documented_fields("docs/callers.md", "## The report")
     );
+}
+
+/// GitHub's anchor for a heading: lower case, spaces to `-`, punctuation
+/// other than `-` and `_` dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim_start_matches('#')
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_link_between_the_pages_leads_somewhere() {
+    let mut checked = 0;
+    for (page, text) in pages() {
+        let dir = Path::new(&page).parent().unwrap().to_owned();
+        for (at, _) in text.match_indices("](") {
+            let target = &text[at + 2..];
+            let target = &target[..target.find(')').unwrap()];
+            if target.contains("://") {
+                continue;
+            }
+            let (file, fragment) = target.split_once('#').unwrap_or((target, ""));
+            let path = if file.is_empty() {
+                Path::new(&page).to_owned()
+            } else {
+                dir.join(file)
+            };
+            // docs/leases.md is written by the lease work, in parallel.
+            if path.ends_with("docs/leases.md") && !root().join(&path).exists() {
+                continue;
+            }
+            assert!(
+                root().join(&path).exists(),
+                "{page}: {target} leads nowhere"
+            );
+            if !fragment.is_empty() {
+                let target_text = std::fs::read_to_string(root().join(&path)).unwrap();
+                assert!(
+                    target_text
+                        .lines()
+                        .filter(|l| l.starts_with('#'))
+                        .any(|l| anchor(l) == fragment),
+                    "{page}: {target}: no such heading"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "{checked} links");
 }
