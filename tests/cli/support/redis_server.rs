@@ -2,7 +2,7 @@
 //! restart, lock or encrypt it; and TLS certificates for it.
 
 use crate::support::wait_until;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use tempfile::TempDir;
@@ -39,11 +39,7 @@ impl Server {
     }
 
     fn launch(args: &[&str], tls: bool) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let mut server = Server {
             child: None,
             port,
