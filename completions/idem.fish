@@ -38,7 +38,7 @@ complete -c idem -n "__fish_idem_needs_command" -f -a "purge" -d 'Delete records
 complete -c idem -n "__fish_idem_needs_command" -f -a "stats" -d 'Sum up the store: records by state, replays, attempts, oldest runs, size'
 complete -c idem -n "__fish_idem_needs_command" -f -a "check" -d 'Check that the store can keep the promise'
 complete -c idem -n "__fish_idem_needs_command" -f -a "completions" -d 'Print a completion script for bash, zsh or fish'
-complete -c idem -n "__fish_idem_needs_command" -f -a "man" -d 'Print a man page: idem(1), or idem-SUBCOMMAND(1)'
+complete -c idem -n "__fish_idem_needs_command" -f -a "man" -d 'Print a man page: idem\'s own, or a subcommand\'s'
 complete -c idem -n "__fish_idem_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c idem -n "__fish_idem_using_subcommand run" -s k -l key -d 'The idempotency key (1 to 1024 bytes). Default: derived from COMMAND, `cmd:` + 32 hex digits of its fingerprint' -r
 complete -c idem -n "__fish_idem_using_subcommand run" -l ttl -d 'How long a finished run suppresses re-runs, counted from its end (90s, 5m, 1h 30m, 7d)' -r
@@ -150,7 +150,7 @@ complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subc
 complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check completions man help" -f -a "stats" -d 'Sum up the store: records by state, replays, attempts, oldest runs, size'
 complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check completions man help" -f -a "check" -d 'Check that the store can keep the promise'
 complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check completions man help" -f -a "completions" -d 'Print a completion script for bash, zsh or fish'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check completions man help" -f -a "man" -d 'Print a man page: idem(1), or idem-SUBCOMMAND(1)'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check completions man help" -f -a "man" -d 'Print a man page: idem\'s own, or a subcommand\'s'
 complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 
 # After `--` come COMMAND and its arguments: complete them as a command line of

@@ -90,6 +90,7 @@ fn cron_jobs(crontab: &str) -> (Vec<(String, String)>, Vec<String>) {
 }
 
 #[test]
+#[ignore = "needs cron (.ci/run installs it)"]
 fn the_crontab_works_under_cron() {
     tool("crontab");
     let env = Env::new();
@@ -247,6 +248,7 @@ fn start_webhook(env: &Env) -> (std::process::Child, u16) {
 }
 
 #[test]
+#[ignore = "needs webhook (.ci/run installs it)"]
 fn the_webhook_example_works_under_debians_webhook() {
     tool("webhook");
     let env = Env::new();
@@ -311,6 +313,7 @@ fn the_cgi_example_answers_a_retry_with_the_replayed_header() {
 }
 
 #[test]
+#[ignore = "needs GNU parallel (.ci/run installs it)"]
 fn gnu_parallel_resumes_where_it_stopped() {
     tool("parallel");
     let env = Env::new();

@@ -7,6 +7,7 @@ mod check;
 mod completion;
 mod crash;
 mod disk;
+mod everyday;
 mod examples;
 mod foreign;
 mod guarantees;

@@ -55,11 +55,11 @@ Examples:
   # fish
   idem completions fish > ~/.config/fish/completions/idem.fish";
 
-/// Print a man page: idem(1), or idem-SUBCOMMAND(1)
+/// Print a man page: idem's own, or a subcommand's
 #[derive(Debug, clap::Args)]
 #[command(after_help = MAN_EXAMPLES)]
 pub struct ManArgs {
-    /// The subcommand whose page to print (default: idem(1))
+    /// The subcommand whose page to print (default: the page of idem itself)
     #[arg(value_name = "SUBCOMMAND", value_parser = clap::builder::PossibleValuesParser::new(
         PAGES.iter().filter_map(|(name, _)| name.strip_prefix("idem-")),
     ))]

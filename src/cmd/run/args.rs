@@ -110,17 +110,20 @@ pub const DEFAULT_LEASE: &str = "30s";
 
 const EXAMPLES: &str = "\
 Examples:
-  # crontab (cron's PATH is /usr/bin:/bin: give idem's full path): the nightly
-  # report at most once a day; an overlapping or repeated firing exits 0 quietly
-  0 2 * * *  /usr/local/bin/idem run --on-duplicate skip --key report-$(date +\\%F) -- ./nightly-report.sh
+  # crontab (cron's PATH is /usr/bin:/bin: give idem's full path, here where
+  # cargo install puts it): the nightly report at most once a day; an
+  # overlapping or repeated firing exits 0 quietly
+  0 2 * * *  $HOME/.cargo/bin/idem run --on-duplicate skip --key report-$(date +\\%F) -- ./nightly-report.sh
 
   # A CI step, safe to retry: a success is replayed, a failure runs again
   idem run --key \"deploy-${CI_COMMIT_SHA:?}\" -- ./deploy.sh
 
   # A webhook handler: the key is the delivery's id, or a digest of the payload's
-  # content, never the path of its temp file (a new one for each delivery);
-  # duplicates wait, then replay; the report says whether this answer is a replay
-  idem run --key \"delivery-$DELIVERY_ID\" --report \"$report\" --on-duplicate wait -- ./on-event \"$payload\"
+  # content, never the path of its temp file (a new one for each delivery); a
+  # retried id with another payload exits 65; duplicates wait, then replay; the
+  # report says whether this answer is a replay
+  idem run --key \"delivery-$DELIVERY_ID\" --fingerprint-file \"$payload\" --report \"$report\" \\
+      --on-duplicate wait -- ./on-event \"$payload\"
   idem run --key \"payload-$(sha256sum < \"$payload\" | cut -d' ' -f1)\" --on-duplicate wait -- ./on-event \"$payload\"
 
   # Payments: after a crash, never charge again until a human has checked
