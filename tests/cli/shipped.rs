@@ -166,7 +166,7 @@ fn man_synopsis_shows_each_option_with_its_argument() {
     let synopsis = section("idem-run.1", "SYNOPSIS").join(" ");
     assert!(synopsis.contains("[-k|--key KEY]"), "{synopsis}");
     assert!(synopsis.contains("[--env NAME]..."), "{synopsis}");
-    assert!(synopsis.ends_with("-- COMMAND..."), "{synopsis}");
+    assert!(synopsis.ends_with("[--] COMMAND..."), "{synopsis}");
 }
 
 /// The statuses a page's EXIT STATUS lists.
