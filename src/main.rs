@@ -52,17 +52,17 @@ extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc:
             OsString::from(std::ffi::OsStr::from_bytes(arg.to_bytes()))
         })
         .collect();
-    let code = run(argv);
+    let code = run(&argv);
     // Rust's runtime flushed stdout on the way out; this replaces it.
     let _ = std::io::Write::flush(&mut std::io::stdout());
     libc::c_int::from(code)
 }
 
 #[cfg_attr(test, allow(dead_code))]
-fn run(argv: Vec<OsString>) -> u8 {
-    let parsed = match cmd::fast::parse(&argv, &|name| std::env::var_os(name)) {
+fn run(argv: &[OsString]) -> u8 {
+    let parsed = match cmd::fast::parse(argv, &|name| std::env::var_os(name)) {
         Some(cli) => Ok(cli),
-        None => cmd::Cli::try_parse_from(&argv),
+        None => cmd::Cli::try_parse_from(argv),
     };
     let cli = match parsed {
         Ok(cli) => cli,
@@ -75,7 +75,7 @@ fn run(argv: Vec<OsString>) -> u8 {
             return u8::from(Code::Usage);
         }
         Err(e) => {
-            say::use_json(asks_for_json(&argv));
+            say::use_json(asks_for_json(argv));
             say::as_event("usage_error", || {
                 say::error(format_args!("{}", usage_line(&e)));
             });

@@ -46,7 +46,9 @@ struct Unset {
 
 impl Unset {
     fn all() -> Unset {
-        let lock = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = ENVIRONMENT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut saved = Vec::new();
         for var in OPTIONS.iter().filter_map(|o| o.env) {
             if let Some(value) = std::env::var_os(var) {
@@ -66,10 +68,9 @@ impl Drop for Unset {
     }
 }
 
-/// What clap's definition says of one option, in the table's terms.
-fn from_clap(
-    arg: &clap::Arg,
-) -> (
+/// An option as the table describes it: long name, aliases, short name,
+/// how it takes values, variable, defaults, global.
+type Described = (
     String,
     Vec<String>,
     Option<char>,
@@ -77,7 +78,10 @@ fn from_clap(
     Option<String>,
     Vec<String>,
     bool,
-) {
+);
+
+/// What clap's definition says of one option, in the table's terms.
+fn from_clap(arg: &clap::Arg) -> Described {
     let takes = match arg.get_action() {
         ArgAction::SetTrue => "flag",
         ArgAction::Set => "value",
@@ -142,7 +146,7 @@ fn the_table_is_clap_s_definition_of_run() {
             Takes::Value => "value",
             Takes::Values => "values",
         };
-        let table = (
+        let table: Described = (
             opt.long.to_owned(),
             opt.aliases.iter().map(|a| (*a).to_owned()).collect(),
             opt.short,
