@@ -7,7 +7,10 @@
 //! and returns `None` for anything else: help, version, any error, an
 //! unknown or repeated option, a value that starts with `-`, short options
 //! glued to their value, an empty variable. Those go to clap, so every
-//! message stays clap's.
+//! message stays clap's. What it saves (issue 26, a release build, a
+//! replay of `idem run -k hot -- true`): 544k instructions instead of
+//! 1,012k under callgrind, clap's command tree and parse being 370k of
+//! them; 0.83 ms instead of 1.05 ms (hyperfine -N, medians, `true` 0.67 ms).
 //!
 //! `OPTIONS` is what the fast path knows of clap's definition: each
 //! option's names, variable, default and how it takes values; the value
