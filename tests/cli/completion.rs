@@ -270,16 +270,23 @@ fn fish_completes_a_command_then_files_after_dashdash() {
 }
 
 /// Types `line` and a Tab into `zsh -f -i` on a pty, with the committed
-/// `_idem` on fpath and `idem` a function that prints its arguments, then
-/// Enter: returns the arguments the completed line ran idem with.
+/// `_idem` on fpath and `idem` a function that prints its arguments (but
+/// hands `idem completions` to the idem on PATH), then Enter: returns the
+/// arguments the completed line ran idem with.
 fn zsh_complete(place: &Place, line: &str) -> String {
+    zsh_complete_in(&mut place.shell("python3"), line)
+}
+
+/// The same, from `driver` (python3 with its own environment).
+fn zsh_complete_in(driver: &mut Command, line: &str) -> String {
     const TYPING: &str = r#"
 completions, line = sys.argv[1], sys.argv[2]
 start(["zsh", "-f", "-i"])
 # The quotes keep the terminal's echo of a command from matching its output.
 os.write(fd, ("unsetopt zle_bracketed_paste; PROMPT='P''> '; fpath=(%s $fpath); "
     "autoload -Uz compinit; compinit -u -D; "
-    "idem() { print -r -- \"AR\"\"GS<$*>\" }; print RE''ADY\n" % completions).encode())
+    "idem() { if [[ $1 == completions ]]; then command idem \"$@\"; "
+    "else print -r -- \"AR\"\"GS<$*>\"; fi }; print RE''ADY\n" % completions).encode())
 until("READY")
 until("P> ")
 os.write(fd, line.encode() + b"\t")
@@ -290,13 +297,29 @@ until("ARGS<")
 sys.stdout.write(until(">"))
 os.write(fd, b"exit\n")
 "#;
-    let out = output(place.shell("python3").args([
+    let out = output(driver.args([
         "-c",
         &format!("{DRIVER}{TYPING}"),
         &root().join("completions").display().to_string(),
         line,
     ]));
     out.strip_suffix('>').unwrap_or(&out).to_owned()
+}
+
+#[test]
+#[ignore = "needs zsh (.ci/run installs it)"]
+fn zsh_completes_the_keys_in_the_store_after_logs_inspect_and_purge() {
+    tool("zsh");
+    let (env, place) = keyed_store();
+    for (typed, ran) in [
+        ("idem logs rep", "logs report"),
+        ("idem inspect rep", "inspect report"),
+        ("idem purge --dry-run rep", "purge --dry-run report"),
+        ("idem logs deploy-", "logs deploy-"),
+    ] {
+        let got = zsh_complete_in(&mut keyed_shell(&env, &place, "python3"), typed);
+        assert_eq!(got, ran, "{typed}<TAB>");
+    }
 }
 
 #[test]
