@@ -100,13 +100,16 @@ fn run(argv: &[OsString]) -> u8 {
 /// Whether a line that clap refused asked for `--log-format json` (on it,
 /// or in IDEM_LOG_FORMAT), so that its usage error is written as asked.
 fn asks_for_json(argv: &[OsString]) -> bool {
-    let mut asked = std::env::var_os("IDEM_LOG_FORMAT").is_some_and(|f| f == "json");
-    for pair in argv.windows(2) {
-        if pair[0] == "--log-format" {
-            asked = pair[1] == "json";
+    let mut format = std::env::var_os("IDEM_LOG_FORMAT");
+    let mut words = argv.iter();
+    while let Some(word) = words.next() {
+        if word == "--log-format" {
+            format = words.next().cloned();
+        } else if let Some(value) = word.to_str().and_then(|w| w.strip_prefix("--log-format=")) {
+            format = Some(value.into());
         }
     }
-    asked || argv.iter().any(|word| word == "--log-format=json")
+    format.is_some_and(|f| f == "json")
 }
 
 /// clap's message on one line, with the hint that tells what to do.
