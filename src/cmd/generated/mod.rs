@@ -44,15 +44,18 @@ pub enum Shell {
 
 const COMPLETIONS_EXAMPLES: &str = "\
 Examples:
-  # bash (Debian: needs the bash-completion package)
+  # bash: read from here by the bash-completion package (on Debian, apt install
+  # bash-completion; without it, source the file from ~/.bashrc)
   mkdir -p ~/.local/share/bash-completion/completions
   idem completions bash > ~/.local/share/bash-completion/completions/idem
 
-  # zsh: a directory on $fpath, before compinit runs in ~/.zshrc
-  mkdir -p ~/.zfunc && idem completions zsh > ~/.zfunc/_idem
-  # in ~/.zshrc: fpath=(~/.zfunc $fpath); autoload -Uz compinit; compinit
+  # zsh: a directory on $fpath, added before compinit runs in ~/.zshrc
+  mkdir -p ~/.local/share/zsh/site-functions
+  idem completions zsh > ~/.local/share/zsh/site-functions/_idem
+  # in ~/.zshrc: fpath=(~/.local/share/zsh/site-functions $fpath); autoload -Uz compinit && compinit
 
   # fish
+  mkdir -p ~/.config/fish/completions
   idem completions fish > ~/.config/fish/completions/idem.fish";
 
 /// Print a man page: idem's own, or a subcommand's
@@ -71,11 +74,12 @@ Examples:
   # Read one without installing it
   idem man run | man -l -
 
-  # Install them all where man looks (Debian: ~/.local/share/man is not on
-  # the manpath; ~/.local/man is)
-  mkdir -p ~/.local/man/man1
+  # Install them all beside idem as cargo install puts it: man looks in
+  # ~/.cargo/share/man because ~/.cargo/bin is on PATH (Debian's manpath
+  # has no ~/.local/share/man)
+  mkdir -p ~/.cargo/share/man/man1
   for page in '' run inspect logs purge stats check completions man; do
-    idem man $page > ~/.local/man/man1/idem${page:+-$page}.1
+    idem man $page > ~/.cargo/share/man/man1/idem${page:+-$page}.1
   done";
 
 /// The man pages as committed in `man/`, by name without `.1`.
