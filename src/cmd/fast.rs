@@ -114,7 +114,7 @@ pub fn parse(argv: &[OsString], env: &dyn Fn(&str) -> Option<OsString>) -> Optio
         fingerprint_file: line.fingerprint_file,
         label: line.label,
         report: report.map(PathBuf::from),
-        lease: positive_duration(line.lease.as_deref().unwrap_or(DEFAULT_LEASE)).ok()?,
+        lease: crate::lease::parse_length(line.lease.as_deref().unwrap_or(DEFAULT_LEASE)).ok()?,
         allow_mismatch: line.allow_mismatch.unwrap_or(false),
         command,
     };

@@ -12,6 +12,7 @@ use super::Global;
 use crate::child;
 use crate::exit::{fail, Code};
 use crate::key::{self, Fingerprint};
+use crate::lease::Clock;
 use crate::owner::{ChildId, Here};
 use crate::policy::{decide, owner_alive, Policy, Verdict};
 use crate::store::{self, Claim, Millis, Mode, Record, Status, Store};
@@ -220,9 +221,13 @@ impl Call<'_> {
                     let started = child::Gated::start(&spec)?;
                     owning::pause_point("child-started");
                     let id = started.as_ref().ok().map(child::Gated::id);
+                    // The owner's view of the lease starts here: no later
+                    // than the store stamps it.
+                    let sent = Clock::now();
                     match self.claim(store, id)? {
                         Ok((token, attempt)) => {
-                            return self.execute(store, token, attempt, started, &spec, &signals)
+                            return self
+                                .execute(store, token, attempt, sent, started, &spec, &signals)
                         }
                         Err(next) => next,
                     }

@@ -86,7 +86,7 @@ pub struct Args {
     pub report: Option<PathBuf>,
 
     /// How long a claim lives without renewal, on every store (the owner renews it every third of that while COMMAND runs); it decides where process checks cannot: other hosts, other PID namespaces (containers)
-    #[arg(long, default_value = DEFAULT_LEASE, value_name = "DURATION", value_parser = positive_duration)]
+    #[arg(long, default_value = DEFAULT_LEASE, value_name = "DURATION", value_parser = crate::lease::parse_length)]
     pub lease: Duration,
 
     /// Treat a key reused with a different fingerprint as a plain duplicate instead of exit 65

@@ -19,6 +19,7 @@ pub(super) enum Failure {
 }
 
 /// A standalone server, or a Redis Cluster followed from any of its nodes.
+#[derive(Clone)]
 pub(super) enum Server {
     One(Client),
     Cluster(ClusterClient),

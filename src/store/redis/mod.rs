@@ -9,9 +9,10 @@
 //! every script touches one record's hash slot only. A claim reads the record with the server's `TIME`, lets the
 //! shared policy decide, and writes only if the record is still the one it
 //! read (same token and revision; every write bumps the revision), else it
-//! reads again. All times are the server's. Redis deletes records itself:
-//! finished ones at `expires_at`, running ones `GRACE_MS` after their lease,
-//! which their owner renews.
+//! reads again. All times are the server's. Redis deletes finished records
+//! itself, at `expires_at`; a record in progress never expires (a crashed
+//! one waits for a takeover or an operator). The lease is renewed on a
+//! connection of its own (`lease_keeper`).
 
 mod conn;
 mod journal;
@@ -31,16 +32,18 @@ use self::schema::Seen;
 use self::schema::SCHEMA_VERSION;
 use self::target::Target;
 pub use self::warning::persistence_warning;
-use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
+use super::{
+    Chunk, Claim, Filter, LeaseKeeper, Millis, Mode, Outcome, Record, RenewalsOnly, Store, Stream,
+};
+use crate::lease::{Clock, Lease};
 use crate::store::{finish_patiently, FinishFailure};
 use anyhow::Result;
 use redis::{Client, IntoConnectionInfo, Script};
 use std::time::Duration;
 
-/// How long an in-progress record outlives its lease in Redis: a crashed
-/// run stays visible this long (for `--on-crash block` and an operator),
-/// then Redis deletes it, so no record lives without a deadline.
-const GRACE_MS: Millis = 7 * 24 * 3600 * 1000;
+/// How many times a claim whose answer was lost (a dropped connection, a
+/// time limit) is looked for and tried again.
+const CLAIM_RETRIES: u32 = 3;
 /// Keeps `now + ttl` exact in Lua's double-precision numbers (about 35,000
 /// years).
 const MAX_TTL_MS: Millis = 1 << 50;
@@ -95,6 +98,8 @@ pub struct RedisStore {
     /// How long connecting, or any one command, may take.
     limit: Duration,
     scripts: Scripts,
+    /// The `--db` URL, for the lease keeper's own connection.
+    url: String,
 }
 
 /// Opens the store at a `redis://` or `rediss://` URL; `None` when no idem
@@ -141,12 +146,33 @@ fn open_store(url: &str, mode: Mode) -> Result<Option<RedisStore>> {
         con: None,
         limit: TIME_LIMIT,
         scripts: Scripts::new(),
+        url: url.to_owned(),
     };
     // `run` may create the store: its first read settles it (schema.rs).
     if mode == Mode::Create {
         return Ok(Some(store));
     }
     Ok(store.settle(mode)?.map(|()| store))
+}
+
+/// A value no other claim of a key carries: the process's random hash
+/// keys (from the OS) over this moment.
+fn claim_nonce() -> String {
+    use std::hash::BuildHasher;
+    let state = std::collections::hash_map::RandomState::new();
+    format!(
+        "{:016x}",
+        state.hash_one((std::process::id(), Clock::now().as_nanos()))
+    )
+}
+
+/// Whether a call may have reached the server without its answer coming
+/// back (or never left): a dropped connection, a time limit.
+fn answer_lost(failure: &Failure) -> bool {
+    match failure {
+        Failure::Connect(_) => true,
+        Failure::Call(e) => is_connection_error(e),
+    }
 }
 
 fn millis_from_time((secs, micros): (i64, i64)) -> Millis {
@@ -222,6 +248,24 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// The token of the record at `rkey` if it is the claim with `nonce`,
+    /// still in progress.
+    fn own_claim(&mut self, rkey: &str, nonce: &str) -> Result<Option<i64>> {
+        let (found, token, status): (Option<String>, Option<i64>, Option<String>) =
+            self.exec("cannot claim the key", true, |c, _| {
+                redis::cmd("HMGET")
+                    .arg(rkey)
+                    .arg("claim_nonce")
+                    .arg("token")
+                    .arg("status")
+                    .query(c.like())
+            })?;
+        let ours = found.as_deref() == Some(nonce) && status.as_deref() == Some("in_progress");
+        Ok(token.filter(|_| ours))
+    }
+}
+
 impl Store for RedisStore {
     fn now(&mut self) -> Result<Millis> {
         self.ready()?;
@@ -251,6 +295,8 @@ impl Store for RedisStore {
         self.ready()?;
         let mut conflicted = None;
         let mut last_read = self.last_read.take().filter(|(read, _)| read == key);
+        let nonce = claim_nonce();
+        let mut lost_answers = 0;
         loop {
             let (now, seen) = match last_read.take() {
                 Some((_, seen)) => seen,
@@ -260,8 +306,7 @@ impl Store for RedisStore {
                 return Ok(None);
             };
             let (token, rev) = seen.map_or((0, String::new()), |(r, rev)| (r.token, rev));
-            // Not retried: a claim whose reply was lost may have been written.
-            let new = self.exec("cannot claim the key", false, |c, s| {
+            let sent = self.call(&mut |c, s| {
                 let mut call = s.claim.key(&rkey);
                 call.key(&jkey);
                 if let Some(counter) = &counter {
@@ -270,7 +315,8 @@ impl Store for RedisStore {
                 call.arg(token)
                     .arg(&rev)
                     .arg(claim.lease_ms)
-                    .arg(GRACE_MS)
+                    .arg("claim_nonce")
+                    .arg(&nonce)
                     .arg("fingerprint")
                     .arg(&claim.fingerprint)
                     .arg("command")
@@ -308,7 +354,19 @@ impl Store for RedisStore {
                         .arg(child.start);
                 }
                 call.invoke::<i64>(c.like())
-            })?;
+            });
+            let new = match sent {
+                Ok(new) => new,
+                Err(failure) if lost_answers < CLAIM_RETRIES && answer_lost(&failure) => {
+                    // The claim may have been written: its nonce tells.
+                    lost_answers += 1;
+                    if let Some(token) = self.own_claim(&rkey, &nonce)? {
+                        return Ok(Some(token));
+                    }
+                    continue;
+                }
+                Err(failure) => return self.failed("cannot claim the key", &failure),
+            };
             if new != 0 {
                 return Ok(Some(new));
             }
@@ -323,13 +381,14 @@ impl Store for RedisStore {
         }
     }
 
-    /// Within a third of the lease (at most `TIME_LIMIT`) and without a
-    /// retry: the run loop waits meanwhile and tries again at its next tick.
+    /// Within a third of the lease and without a retry: an attempt that
+    /// takes longer counts as failed, and the lease keeper sends the next
+    /// one at once.
     fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool> {
         self.ready()?;
         let (rkey, jkey) = (self.record_key(key), self.journal_key(key));
-        let limit = Duration::from_millis(u64::try_from(lease_ms / 3).unwrap_or(0))
-            .clamp(Duration::from_millis(100), TIME_LIMIT);
+        let limit =
+            Lease::new(Duration::from_millis(u64::try_from(lease_ms).unwrap_or(0))).attempt_limit();
         self.within(limit, |store| {
             store.exec("cannot renew the lease", false, |c, s| {
                 s.renew
@@ -337,11 +396,27 @@ impl Store for RedisStore {
                     .key(&jkey)
                     .arg(token)
                     .arg(lease_ms)
-                    .arg(GRACE_MS)
                     .invoke::<i64>(c.like())
             })
         })
         .map(|ours| ours == 1)
+    }
+
+    /// A connection of its own (made on its first renewal), each of whose
+    /// connects and answers is cut at a third of the lease.
+    fn lease_keeper(&mut self, lease: Lease) -> Result<Option<Box<dyn LeaseKeeper>>> {
+        Ok(Some(Box::new(RenewalsOnly(RedisStore {
+            target: Target::parse(&self.url)?,
+            server: self.server.clone(),
+            keys: self.keys.clone(),
+            version: self.version,
+            settled: true,
+            last_read: None,
+            con: None,
+            limit: lease.attempt_limit(),
+            scripts: Scripts::new(),
+            url: self.url.clone(),
+        }))))
     }
 
     /// COMMAND has run: a lost connection is retried for `FINISH_PATIENCE`
