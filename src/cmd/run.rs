@@ -32,6 +32,7 @@ mod refuse;
 mod report;
 
 pub use args::{label, Args, DEFAULT_LEASE, DEFAULT_MAX_OUTPUT, DEFAULT_TTL};
+use execute::Claimed;
 use join::Joined;
 use refuse::{ago, record_status};
 use report::{Outcome as Reported, Report};
@@ -221,13 +222,15 @@ impl Call<'_> {
                     let started = child::Gated::start(&spec)?;
                     owning::pause_point("child-started");
                     let id = started.as_ref().ok().map(child::Gated::id);
-                    // The owner's view of the lease starts here: no later
-                    // than the store stamps it.
                     let sent = Clock::now();
                     match self.claim(store, id)? {
                         Ok((token, attempt)) => {
-                            return self
-                                .execute(store, token, attempt, sent, started, &spec, &signals)
+                            let claimed = Claimed {
+                                token,
+                                attempt,
+                                sent,
+                            };
+                            return self.execute(store, claimed, started, &spec, &signals);
                         }
                         Err(next) => next,
                     }

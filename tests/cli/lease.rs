@@ -7,8 +7,7 @@
 //! only the lease tells whether the owner lives. The network-namespace
 //! fault tests (black holes, delays) are elsewhere.
 
-use crate::support::redis_server::Server;
-use crate::support::{psql, require, require_shared_store, sh, wait_for, wait_until, Backend, Env};
+use crate::support::{require_shared_store, sh, wait_for, wait_until, Env};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::process::{Child, Output, Stdio};
@@ -48,74 +47,6 @@ fn assert_code(out: &Output, code: i32) {
     );
 }
 
-/// Holds `LOCK TABLE table` for `held` in a psql of its own; returns once
-/// the lock is taken.
-fn lock_table(env: &Env, table: &str, held: Duration) -> Child {
-    let locked = env.path("locked");
-    let sql = format!(
-        "BEGIN; LOCK TABLE {table};\n\\! touch {}\nSELECT pg_sleep({}); COMMIT;\n",
-        locked.display(),
-        held.as_secs_f64()
-    );
-    let mut child = std::process::Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
-        .arg(crate::support::postgres_url())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    // Written whole and closed: psql runs it to the end, then exits.
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(sql.as_bytes())
-        .unwrap();
-    wait_for(&locked);
-    child
-}
-
-/// A job whose journal appends are blocked longer than its lease keeps
-/// its claim: the journal has the main connection, the lease its own.
-#[test]
-#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
-fn postgres_a_locked_journal_table_takes_no_lease_away() {
-    require(Backend::Postgres);
-    let env = Env::new();
-    let script = format!(
-        "{}; touch ready; for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.5; done",
-        env.count_run("n")
-    );
-    let owner = spawn(env.idem_std(), &["--lease", "2s"], &script);
-    wait_for(&env.path("ready"));
-    let mut lock = lock_table(
-        &env,
-        &format!("{}_journal", env.unique()),
-        Duration::from_secs(4),
-    );
-    // Past the lease: another host finds the owner alive by its lease.
-    let since = Instant::now();
-    wait_until("a lease and a half", || {
-        since.elapsed() > Duration::from_secs(3)
-    });
-    let other = spawn(env.idem_on_host("other"), &["--lease", "2s"], &script)
-        .wait_with_output()
-        .unwrap();
-    lock.wait().unwrap();
-    let owner = owner.wait_with_output().unwrap();
-    assert_code(&owner, 0);
-    assert_code(&other, 75);
-    assert_eq!(env.count("n"), 1);
-    assert_eq!(
-        env.run_ok(&["run", "-k", "k", "--", "sh", "-c", &script])
-            .lines()
-            .count(),
-        10,
-        "the replay has the whole output"
-    );
-}
-
 /// A stall longer than the lease: the owner stops COMMAND before another
 /// host can see the lease run out, and that host's run never overlaps it.
 fn no_overlap_across_a_stall(env: &Env, stall: impl FnOnce()) {
@@ -139,79 +70,6 @@ fn no_overlap_across_a_stall(env: &Env, stall: impl FnOnce()) {
     );
     assert_code(&other, 0);
     assert_eq!(log(env), "start 1\nstart 2\nend 2\n");
-}
-
-#[test]
-#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
-fn postgres_records_locked_longer_than_the_lease_never_overlap() {
-    require(Backend::Postgres);
-    let env = Env::new();
-    let table = env.unique().to_owned();
-    let mut lock = None;
-    no_overlap_across_a_stall(&env, || {
-        lock = Some(lock_table(&env, &table, Duration::from_secs(4)));
-    });
-    lock.unwrap().wait().unwrap();
-}
-
-/// A Redis server of this test's own (a pause stalls every client), with
-/// `env` pointed at it.
-fn private_redis(env: &mut Env) -> Server {
-    let server = Server::start(&[]);
-    env.db = format!("{}?prefix={}:", server.url(""), env.unique());
-    server
-}
-
-fn pause(server: &Server, millis: u64) {
-    let mut con = redis::Client::open(server.url(""))
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(millis)
-        .arg("ALL")
-        .query(&mut con)
-        .unwrap();
-}
-
-/// `CLIENT PAUSE` (what `FAILOVER` uses) longer than the lease, owner
-/// healthy: its COMMAND is dead before another host's claim is applied.
-#[test]
-#[ignore = "needs IDEM_TEST_BACKEND=redis"]
-fn redis_a_pause_longer_than_the_lease_never_overlaps() {
-    require(Backend::Redis);
-    let mut env = Env::new();
-    let server = private_redis(&mut env);
-    no_overlap_across_a_stall(&env, || pause(&server, 4000));
-}
-
-/// Renewals that fail without being refused, with COMMAND done before its
-/// stop deadline: the outcome is recorded under the token as usual.
-#[test]
-#[ignore = "needs IDEM_TEST_BACKEND=redis"]
-fn redis_renewals_that_failed_before_the_deadline_still_record_the_outcome() {
-    require(Backend::Redis);
-    let mut env = Env::new();
-    let server = private_redis(&mut env);
-    // Lease 3s: renewals at 1 s and 2 s, stop deadline 2.2 s. The pause
-    // makes the first renewal fail; COMMAND ends at about 1.5 s.
-    let script = format!("{}; touch ready; sleep 1.5; echo done", env.count_run("n"));
-    let owner = spawn(env.idem_std(), &["--lease", "3s"], &script);
-    wait_for(&env.path("ready"));
-    pause(&server, 2500);
-    let owner = owner.wait_with_output().unwrap();
-    assert_code(&owner, 0);
-    assert!(
-        String::from_utf8_lossy(&owner.stderr).contains("cannot renew the lease on k yet"),
-        "no renewal failed: {}",
-        String::from_utf8_lossy(&owner.stderr)
-    );
-    assert_eq!(
-        env.run_ok(&["run", "-k", "k", "--", "sh", "-c", &script]),
-        "done\n"
-    );
-    assert_eq!(env.count("n"), 1);
 }
 
 /// A claim whose answer comes after its stop deadline: COMMAND never
@@ -294,21 +152,178 @@ fn a_job_stopped_past_its_deadline_is_killed_not_resumed() {
     );
 }
 
-/// A slow query on the records table shorter than the lease: no renewal
-/// is refused, nothing is stopped, the run records its outcome.
-#[test]
-#[ignore = "needs IDEM_TEST_BACKEND=postgres"]
-fn postgres_a_lock_shorter_than_the_stop_deadline_loses_nothing() {
-    require(Backend::Postgres);
-    let env = Env::new();
-    let script = format!("{}; touch ready; sleep 1", env.count_run("n"));
-    let owner = spawn(env.idem_std(), &["--lease", "3s"], &script);
-    wait_for(&env.path("ready"));
-    let mut lock = lock_table(&env, env.unique(), Duration::from_millis(1500));
-    lock.wait().unwrap();
-    assert_code(&owner.wait_with_output().unwrap(), 0);
-    assert_eq!(
-        psql(&format!("SELECT status FROM {}", env.unique())),
-        "completed"
-    );
+/// PostgreSQL: tables locked by an operator.
+mod postgres {
+    use super::{assert_code, no_overlap_across_a_stall, spawn};
+    use crate::support::{psql, require, wait_for, wait_until, Backend, Env};
+    use std::process::{Child, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// Holds `LOCK TABLE table` for `held` in a psql of its own; returns once
+    /// the lock is taken.
+    fn lock_table(env: &Env, table: &str, held: Duration) -> Child {
+        let locked = env.path("locked");
+        let sql = format!(
+            "BEGIN; LOCK TABLE {table};\n\\! touch {}\nSELECT pg_sleep({}); COMMIT;\n",
+            locked.display(),
+            held.as_secs_f64()
+        );
+        let mut child = std::process::Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(crate::support::postgres_url())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        // Written whole and closed: psql runs it to the end, then exits.
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(sql.as_bytes())
+            .unwrap();
+        wait_for(&locked);
+        child
+    }
+
+    /// A job whose journal appends are blocked longer than its lease keeps
+    /// its claim: the journal has the main connection, the lease its own.
+    #[test]
+    #[ignore = "needs IDEM_TEST_BACKEND=postgres"]
+    fn a_locked_journal_table_takes_no_lease_away() {
+        require(Backend::Postgres);
+        let env = Env::new();
+        let script = format!(
+            "{}; touch ready; for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.5; done",
+            env.count_run("n")
+        );
+        let owner = spawn(env.idem_std(), &["--lease", "2s"], &script);
+        wait_for(&env.path("ready"));
+        let mut lock = lock_table(
+            &env,
+            &format!("{}_journal", env.unique()),
+            Duration::from_secs(4),
+        );
+        // Past the lease: another host finds the owner alive by its lease.
+        let since = Instant::now();
+        wait_until("a lease and a half", || {
+            since.elapsed() > Duration::from_secs(3)
+        });
+        let other = spawn(env.idem_on_host("other"), &["--lease", "2s"], &script)
+            .wait_with_output()
+            .unwrap();
+        lock.wait().unwrap();
+        let owner = owner.wait_with_output().unwrap();
+        assert_code(&owner, 0);
+        assert_code(&other, 75);
+        assert_eq!(env.count("n"), 1);
+        assert_eq!(
+            env.run_ok(&["run", "-k", "k", "--", "sh", "-c", &script])
+                .lines()
+                .count(),
+            10,
+            "the replay has the whole output"
+        );
+    }
+
+    #[test]
+    #[ignore = "needs IDEM_TEST_BACKEND=postgres"]
+    fn records_locked_longer_than_the_lease_never_overlap() {
+        require(Backend::Postgres);
+        let env = Env::new();
+        let table = env.unique().to_owned();
+        let mut lock = None;
+        no_overlap_across_a_stall(&env, || {
+            lock = Some(lock_table(&env, &table, Duration::from_secs(4)));
+        });
+        lock.unwrap().wait().unwrap();
+    }
+
+    /// A slow query on the records table shorter than the lease: no renewal
+    /// is refused, nothing is stopped, the run records its outcome.
+    #[test]
+    #[ignore = "needs IDEM_TEST_BACKEND=postgres"]
+    fn a_lock_shorter_than_the_stop_deadline_loses_nothing() {
+        require(Backend::Postgres);
+        let env = Env::new();
+        let script = format!("{}; touch ready; sleep 1", env.count_run("n"));
+        let owner = spawn(env.idem_std(), &["--lease", "3s"], &script);
+        wait_for(&env.path("ready"));
+        let mut lock = lock_table(&env, env.unique(), Duration::from_millis(1500));
+        lock.wait().unwrap();
+        assert_code(&owner.wait_with_output().unwrap(), 0);
+        assert_eq!(
+            psql(&format!("SELECT status FROM {}", env.unique())),
+            "completed"
+        );
+    }
+}
+
+/// Redis: a server paused (what `FAILOVER` does), on a server of the
+/// test's own, since a pause stalls every client.
+mod redis {
+    use super::{assert_code, no_overlap_across_a_stall, spawn};
+    use crate::support::redis_server::Server;
+    use crate::support::{require, wait_for, Backend, Env};
+
+    /// A Redis server of this test's own (a pause stalls every client), with
+    /// `env` pointed at it.
+    fn private_redis(env: &mut Env) -> Server {
+        let server = Server::start(&[]);
+        env.db = format!("{}?prefix={}:", server.url(""), env.unique());
+        server
+    }
+
+    fn pause(server: &Server, millis: u64) {
+        let mut con = redis::Client::open(server.url(""))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(millis)
+            .arg("ALL")
+            .query(&mut con)
+            .unwrap();
+    }
+
+    /// `CLIENT PAUSE` (what `FAILOVER` uses) longer than the lease, owner
+    /// healthy: its COMMAND is dead before another host's claim is applied.
+    #[test]
+    #[ignore = "needs IDEM_TEST_BACKEND=redis"]
+    fn a_pause_longer_than_the_lease_never_overlaps() {
+        require(Backend::Redis);
+        let mut env = Env::new();
+        let server = private_redis(&mut env);
+        no_overlap_across_a_stall(&env, || pause(&server, 4000));
+    }
+
+    /// Renewals that fail without being refused, with COMMAND done before its
+    /// stop deadline: the outcome is recorded under the token as usual.
+    #[test]
+    #[ignore = "needs IDEM_TEST_BACKEND=redis"]
+    fn renewals_that_failed_before_the_deadline_still_record_the_outcome() {
+        require(Backend::Redis);
+        let mut env = Env::new();
+        let server = private_redis(&mut env);
+        // Lease 3s: renewals at 1 s and 2 s, stop deadline 2.2 s. The pause
+        // makes the first renewal fail; COMMAND ends at about 1.5 s.
+        let script = format!("{}; touch ready; sleep 1.5; echo done", env.count_run("n"));
+        let owner = spawn(env.idem_std(), &["--lease", "3s"], &script);
+        wait_for(&env.path("ready"));
+        pause(&server, 2500);
+        let owner = owner.wait_with_output().unwrap();
+        assert_code(&owner, 0);
+        assert!(
+            String::from_utf8_lossy(&owner.stderr).contains("cannot renew the lease on k yet"),
+            "no renewal failed: {}",
+            String::from_utf8_lossy(&owner.stderr)
+        );
+        assert_eq!(
+            env.run_ok(&["run", "-k", "k", "--", "sh", "-c", &script]),
+            "done\n"
+        );
+        assert_eq!(env.count("n"), 1);
+    }
 }

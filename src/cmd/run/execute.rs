@@ -22,6 +22,16 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::time::Duration;
 
+/// A claim this call won.
+pub(super) struct Claimed {
+    /// Its fencing token.
+    pub(super) token: i64,
+    pub(super) attempt: i64,
+    /// When its request was sent: the owner's view of the lease starts
+    /// there, no later than the store's stamp.
+    pub(super) sent: Clock,
+}
+
 impl Call<'_> {
     /// What the child is started from, before the claim.
     pub(super) fn spec<'s>(
@@ -44,15 +54,15 @@ impl Call<'_> {
         }
     }
 
-    /// Runs COMMAND under the claim with `token`, whose request was sent
-    /// at `sent`.
-    #[allow(clippy::too_many_arguments)]
+    /// Runs COMMAND under the claim.
     pub(super) fn execute(
         &self,
         store: &mut dyn Store,
-        token: i64,
-        attempt: i64,
-        sent: Clock,
+        Claimed {
+            token,
+            attempt,
+            sent,
+        }: Claimed,
         started: std::result::Result<child::Gated, SpawnError>,
         spec: &child::Spec<'_>,
         signals: &child::Signals,
