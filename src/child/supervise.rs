@@ -174,7 +174,8 @@ impl Watch<'_> {
             self.offer_pending();
             let lease = hold.map(Hold::view);
             // Once the leader is reaped, only a kill under way goes on.
-            if status.is_none() || machine.kill_pending() {
+            let fed = status.is_none() || machine.kill_pending();
+            if fed {
                 let actions = machine.on(message, Clock::now(), lease);
                 self.carry_out(&actions, terminal);
             }
@@ -196,8 +197,13 @@ impl Watch<'_> {
             }
 
             let clock = Clock::now();
+            let fed = status.is_none() || machine.kill_pending();
+            // Deadlines matter only while the machine is fed.
             let mut wait = [
-                machine.wake_at(lease).map(|at| at.since(clock)),
+                machine
+                    .wake_at(lease)
+                    .filter(|_| fed)
+                    .map(|at| at.since(clock)),
                 reaped_at.map(|_| LINGER),
             ]
             .into_iter()
@@ -220,7 +226,7 @@ impl Watch<'_> {
 
             let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
             // A refusal wakes the loop, until the machine has seen it.
-            if let Some(hold) = hold.filter(|_| lease.is_some_and(|view| !view.refused)) {
+            if let Some(hold) = hold.filter(|_| fed && lease.is_some_and(|view| !view.refused)) {
                 fds.push(PollFd::new(hold.wake_fd(), PollFlags::POLLIN));
             }
             let mut readable = [None, None];

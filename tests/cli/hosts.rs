@@ -213,7 +213,10 @@ fn a_paused_owner_that_lost_its_lease_exits_125_and_leaves_the_new_record() {
     let out = h1.unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
-    assert!(err.contains("idem: lost the lease on k: no renewal accepted for "), "{err}");
+    assert!(
+        err.contains("idem: lost the lease on k: no renewal accepted for "),
+        "{err}"
+    );
     assert_eq!(out.stdout, b"", "the child ran on after the deadline");
 
     // The record is h2's: a duplicate replays h2's run.
