@@ -106,8 +106,8 @@ pub enum Action {
     SuspendIdem,
     /// Resume COMMAND's group (`Terminal::continued`).
     Resume,
-    /// The job was continued past its stop deadline: say that COMMAND was
-    /// killed, not resumed.
+    /// The job was stopped past its lease's stop deadline: say that
+    /// COMMAND was killed, not resumed.
     SayKilledNotResumed,
 }
 
@@ -222,6 +222,9 @@ impl Machine {
                 if stopped || now >= kill_at {
                     self.state = CommandState::Killed { why };
                     actions.push(Action::Signal(Signal::SIGKILL));
+                    if stopped && matches!(why, Stop::Lease(_)) {
+                        actions.push(Action::SayKilledNotResumed);
+                    }
                 } else {
                     self.state = CommandState::Stopping { why, kill_at };
                     actions.push(Action::Signal(Signal::SIGTERM));
@@ -360,8 +363,10 @@ mod tests {
         m.on(Message::GroupStopped, at(1.0), view(0.0));
         assert_eq!(
             m.on(Message::Tick, at(22.0), view(0.0)),
-            [Action::Signal(Signal::SIGKILL)]
+            [Action::Signal(Signal::SIGKILL), Action::SayKilledNotResumed]
         );
+        // The SIGCONT that woke idem resumes nothing.
+        assert!(m.on(Message::Continued, at(22.0), view(0.0)).is_empty());
     }
 
     #[test]

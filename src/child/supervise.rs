@@ -305,8 +305,8 @@ impl Watch<'_> {
                 Action::SayKilledNotResumed => {
                     terminal.continued_without_child();
                     crate::say::notice(format_args!(
-                        "the job was continued past its lease's stop deadline: \
-                         COMMAND was killed, not resumed"
+                        "COMMAND was stopped (job control) past its lease's stop deadline: \
+                         it was killed, not resumed"
                     ));
                 }
             }
