@@ -116,7 +116,7 @@ impl RedisStore {
 
     /// The token of the record at `rkey` if it is the claim with `nonce`,
     /// still in progress.
-    fn own_claim(&mut self, rkey: &str, nonce: &str) -> Result<Option<i64>> {
+    pub(super) fn own_claim(&mut self, rkey: &str, nonce: &str) -> Result<Option<i64>> {
         let (found, token, status): (Option<String>, Option<i64>, Option<String>) =
             self.exec("cannot claim the key", true, |c, _| {
                 redis::cmd("HMGET")
