@@ -4,6 +4,7 @@
 //! pause points the crash tests use to SIGKILL idem at exact moments.
 
 use crate::child::{Hold, JournalWriter};
+use crate::lease::Clock;
 use crate::store::{Chunk, Store, Stream, FINISH_PATIENCE};
 use crate::text::escape;
 use anyhow::Result;
@@ -43,7 +44,12 @@ impl JournalWriter for Owning<'_> {
     /// is cut there, and flagged so at the end. A claim found lost is
     /// reported like a lost lease.
     fn journal(&mut self, chunks: &[Chunk<'_>]) -> Result<()> {
-        if self.lost || self.output_lost {
+        // A claim given up for its lease appends nothing more: COMMAND is
+        // being stopped, and idem waits for no store before it exits.
+        let given_up = self
+            .hold
+            .is_some_and(|hold| hold.view().lost(Clock::now()).is_some());
+        if self.lost || self.output_lost || given_up {
             return Ok(());
         }
         self.pending.push_back(
