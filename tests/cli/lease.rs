@@ -265,7 +265,7 @@ mod postgres {
 mod redis {
     use super::{assert_code, no_overlap_across_a_stall, spawn};
     use crate::support::redis_server::Server;
-    use crate::support::{require, wait_for, Backend, Env};
+    use crate::support::{record_key, require, wait_for, Backend, Env};
 
     /// A Redis server of this test's own (a pause stalls every client), with
     /// `env` pointed at it.
@@ -325,5 +325,38 @@ mod redis {
             "done\n"
         );
         assert_eq!(env.count("n"), 1);
+    }
+
+    /// A renewal refused (the record carries another token: another caller
+    /// took the key over) stops COMMAND at once, not at the stop deadline.
+    #[test]
+    #[ignore = "needs IDEM_TEST_BACKEND=redis"]
+    fn a_refused_renewal_stops_the_command_at_once() {
+        require(Backend::Redis);
+        let env = Env::new();
+        let owner = spawn(env.idem_std(), &["--lease", "30s"], "touch ready; sleep 60");
+        wait_for(&env.path("ready"));
+        let (base, prefix) = env.db.split_once("?prefix=").unwrap();
+        let mut con = ::redis::Client::open(base)
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let _: () = ::redis::cmd("HSET")
+            .arg(record_key(prefix, "k"))
+            .arg("token")
+            .arg("1")
+            .query(&mut con)
+            .unwrap();
+        let since = std::time::Instant::now();
+        let owner = owner.wait_with_output().unwrap();
+        // The next renewal is due within 10 s (a third of the lease); the
+        // stop deadline would be 22 s after the last one.
+        assert!(since.elapsed() < std::time::Duration::from_secs(12));
+        assert_code(&owner, 125);
+        let said = String::from_utf8_lossy(&owner.stderr);
+        assert!(
+            said.contains("idem: lost the lease on k: another caller took the key over"),
+            "{said}"
+        );
     }
 }
