@@ -17,7 +17,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 /// The parsed command line, or `None` when clap should parse it.
-/// `env` reads an environment variable (`IDEM_DB`, `IDEM_TTL`, `IDEM_REPORT`).
+/// `env` reads an environment variable (`IDEM_DB`, `IDEM_TTL`, `IDEM_LEASE`,
+/// `IDEM_REPORT`).
 pub fn parse(argv: &[OsString], env: &dyn Fn(&str) -> Option<OsString>) -> Option<Cli> {
     let mut words = argv.iter().skip(1);
     let mut line = Line::default();
@@ -95,6 +96,13 @@ pub fn parse(argv: &[OsString], env: &dyn Fn(&str) -> Option<OsString>) -> Optio
             None => DEFAULT_TTL.to_owned(),
         },
     };
+    let lease = match line.lease {
+        Some(lease) => lease,
+        None => match env("IDEM_LEASE") {
+            Some(lease) => utf8(lease).filter(|l| !l.is_empty())?,
+            None => DEFAULT_LEASE.to_owned(),
+        },
+    };
     let duration = |text: Option<String>| match text {
         Some(text) => positive_duration(&text).ok().map(Some),
         None => Some(None),
@@ -114,7 +122,7 @@ pub fn parse(argv: &[OsString], env: &dyn Fn(&str) -> Option<OsString>) -> Optio
         fingerprint_file: line.fingerprint_file,
         label: line.label,
         report: report.map(PathBuf::from),
-        lease: crate::lease::parse_length(line.lease.as_deref().unwrap_or(DEFAULT_LEASE)).ok()?,
+        lease: crate::lease::parse_length(&lease).ok()?,
         allow_mismatch: line.allow_mismatch.unwrap_or(false),
         command,
     };

@@ -72,6 +72,38 @@ fn no_overlap_across_a_stall(env: &Env, stall: impl FnOnce()) {
     assert_eq!(log(env), "start 1\nstart 2\nend 2\n");
 }
 
+/// Nested steps (`idem run` inside COMMAND) use the parent's store and
+/// lease: COMMAND gets `IDEM_DB` and `IDEM_LEASE`, and `IDEM_LEASE` is what
+/// `--lease` defaults to.
+#[test]
+fn command_gets_the_store_and_the_lease_for_its_nested_steps() {
+    let env = Env::new();
+    let shown = env.run_ok(&[
+        "run",
+        "-k",
+        "k",
+        "--lease",
+        "1m 30s",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$IDEM_LEASE|$IDEM_DB\"",
+    ]);
+    assert_eq!(shown, format!("1m 30s|{}\n", env.db));
+    let out = env
+        .idem()
+        .env("IDEM_LEASE", "500ms")
+        .args(["run", "-k", "j", "--", "true"])
+        .output()
+        .unwrap();
+    assert_code(&out, 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must be at least 1s"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A claim whose answer comes after its stop deadline: COMMAND never
 /// starts, the claim is released (the next call runs at once, attempt 1).
 #[test]
