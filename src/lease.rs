@@ -29,18 +29,6 @@ pub const GRACE_PER_LEASE: u32 = 6;
 /// The shortest lease `--lease` accepts.
 pub const MIN_LEASE: Duration = Duration::from_secs(1);
 
-/// `--lease`'s parser: a duration of at least `MIN_LEASE`.
-pub fn parse_length(text: &str) -> Result<Duration, String> {
-    let length = crate::cmd::positive_duration(text)?;
-    if length < MIN_LEASE {
-        return Err(format!(
-            "must be at least {} (a renewal every third of it must fit in a round trip)",
-            humantime::format_duration(MIN_LEASE)
-        ));
-    }
-    Ok(length)
-}
-
 /// The timings of one lease length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
@@ -149,13 +137,6 @@ mod tests {
         assert_eq!(lease.kill_after(), Duration::from_millis(2700));
         // Two renewals fit before the stop deadline.
         assert!(lease.renew_every() * 2 < lease.stop_after());
-    }
-
-    #[test]
-    fn a_lease_under_a_second_is_refused() {
-        assert_eq!(parse_length("1s"), Ok(Duration::from_secs(1)));
-        assert!(parse_length("999ms").unwrap_err().contains("at least 1s"));
-        assert!(parse_length("0s").is_err());
     }
 
     #[test]

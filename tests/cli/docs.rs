@@ -423,7 +423,6 @@ fn build_and_test_commands_in_the_docs_are_what_ci_runs() {
 }
 
 #[test]
-#[ignore = "needs `idem man` and `idem completions` (land with the everyday work)"]
 fn the_install_lines_work() {
     let env = Env::sqlite();
     let install = blocks()

@@ -85,7 +85,7 @@ fn assert_code(out: &Output, code: i32) {
 /// out. (A SQLite store keeps no lease: the owner's kernel lock decides
 /// there.)
 #[test]
-#[ignore = "needs a shared store: IDEM_TEST_BACKEND=postgres or redis"]
+#[ignore = "needs a shared store (IDEM_TEST_BACKEND=postgres or redis) and root, for PID namespaces"]
 fn two_pid_namespaces_sharing_a_store_run_a_key_once() {
     require_shared_store();
     let env = Env::new();

@@ -9,6 +9,7 @@ mod completion;
 mod crash;
 mod disk;
 mod docs;
+mod everyday;
 mod examples;
 mod foreign;
 mod guarantees;

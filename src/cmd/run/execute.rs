@@ -43,7 +43,9 @@ impl Call<'_> {
         if store.is_shared() {
             late.push("IDEM_FENCING_TOKEN");
         }
-        // Nested steps (`idem run` inside COMMAND) use this store and lease.
+        // Nested steps (`idem run` inside COMMAND) use this call's store and
+        // lease. A --db that is not UTF-8 is left out: the inherited
+        // IDEM_DB, if any, is then what the steps see.
         let mut env = vec![
             ("IDEM_KEY", self.key.clone()),
             (
