@@ -144,11 +144,13 @@ fn renew(
             }
             Err(e) => {
                 if !std::mem::replace(&mut failing, true) {
-                    crate::say::notice(format_args!(
-                        "cannot renew the lease on {} yet ({e:#}); trying again every {}",
-                        escape(key.as_bytes()),
-                        humantime::format_duration(lease.renew_every())
-                    ));
+                    crate::say::as_event("store_error", || {
+                        crate::say::notice(format_args!(
+                            "cannot renew the lease on {} yet ({e:#}); trying again every {}",
+                            escape(key.as_bytes()),
+                            humantime::format_duration(lease.renew_every())
+                        ));
+                    });
                 }
             }
         }

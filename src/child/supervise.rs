@@ -304,10 +304,12 @@ impl Watch<'_> {
                 Action::Resume => terminal.continued(self.pid),
                 Action::SayKilledNotResumed => {
                     terminal.continued_without_child();
-                    crate::say::notice(format_args!(
-                        "COMMAND was stopped (job control) past its lease's stop deadline: \
-                         it was killed, not resumed"
-                    ));
+                    crate::say::as_event("lease_lost", || {
+                        crate::say::notice(format_args!(
+                            "COMMAND was stopped (job control) past its lease's stop deadline: \
+                             it was killed, not resumed"
+                        ));
+                    });
                 }
             }
         }
