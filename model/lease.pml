@@ -155,6 +155,9 @@ byte since[MAXN]; /* store ticks since the send of the last accepted one */
 byte drift[MAXN];
 byte frozen[MAXN];
 bool stopped[MAXN]; /* job stopped: idem and COMMAND */
+#if defined(FREEZE_HOST) || defined(FREEZE_IDEM)
+bool was_frozen[MAXN]; /* one freeze each is enough to show the hole */
+#endif
 #ifdef LEGACY_ANCHOR
 bool waiting[MAXN]; /* a renewal attempt is under way */
 #endif
@@ -234,7 +237,10 @@ inline answer(i, what) {
 /* A write that changes the record: it must be the current claim's. */
 inline write(i) {
   if
-  :: rec_owner != i + 1 -> stale_write = true
+  :: rec_owner != i + 1 ->
+     printf("t=%d store: %e of caller %d applied over the claim of caller %d\n", stime, req[i], i,
+            rec_owner - 1);
+     stale_write = true
   :: else -> skip
   fi;
   assert(!stale_write)
@@ -309,7 +315,7 @@ inline gone(i) {
 }
 
 inline start(i) {
-  printf("t=%d caller %d STARTS COMMAND (claim sent %d ticks ago)\n", stime, i, age[i]);
+  printf("t=%d caller %d STARTS COMMAND\n", stime, i);
   if
   :: OTHERS_EXEC(i) -> overlap = true
   :: else -> skip
@@ -420,6 +426,7 @@ proctype Net(byte i) {
 inline claim_answered(i) {
   if
   :: ans[i] == A_GRANTED ->
+     printf("t=%d caller %d: claim granted, sent %d ticks ago\n", stime, i, age[i]);
      ans[i] = A_NONE;
      if
 #ifndef LEGACY_LATE_START
@@ -538,9 +545,14 @@ proctype Caller(byte i) {
 #ifdef JOBSTOP
   /* Ctrl-Z, or SIGSTOP of idem and its command, then SIGCONT: past the
    * stop deadline idem kills COMMAND's group instead of resuming it. */
-  :: atomic { i == 0 && phase[i] == OWNING && !HELD(i) && cmd[i] != C_NONE -> stopped[i] = true }
+  :: atomic {
+       i == 0 && phase[i] == OWNING && !HELD(i) && cmd[i] != C_NONE ->
+       printf("t=%d caller %d: job stopped (Ctrl-Z)\n", stime, i);
+       stopped[i] = true
+     }
   :: atomic {
        stopped[i] ->
+       printf("t=%d caller %d: job continued\n", stime, i);
        stopped[i] = false;
        if
 #ifndef LEGACY_NO_STOP
@@ -551,12 +563,27 @@ proctype Caller(byte i) {
      }
 #endif
 #ifdef FREEZE_HOST
-  :: atomic { phase[i] == OWNING && !HELD(i) && cmd[i] != C_NONE -> frozen[i] = HOST_FROZEN }
+  :: atomic {
+       phase[i] == OWNING && !HELD(i) && cmd[i] != C_NONE && !was_frozen[i] ->
+       printf("t=%d caller %d: HOST FROZEN\n", stime, i);
+       was_frozen[i] = true;
+       frozen[i] = HOST_FROZEN
+     }
 #endif
 #ifdef FREEZE_IDEM
-  :: atomic { phase[i] == OWNING && !HELD(i) && cmd[i] != C_NONE -> frozen[i] = IDEM_FROZEN }
+  :: atomic {
+       phase[i] == OWNING && !HELD(i) && cmd[i] != C_NONE && !was_frozen[i] ->
+       printf("t=%d caller %d: IDEM FROZEN (COMMAND runs on)\n", stime, i);
+       was_frozen[i] = true;
+       frozen[i] = IDEM_FROZEN
+     }
 #endif
-  :: atomic { frozen[i] != 0 -> frozen[i] = 0; resumed(i) }
+  :: atomic {
+       frozen[i] != 0 ->
+       printf("t=%d caller %d: thawed\n", stime, i);
+       frozen[i] = 0;
+       resumed(i)
+     }
 #ifdef LEGACY_ORPHAN
   :: atomic { phase[i] == GONE && cmd[i] != C_NONE -> cmd[i] = C_NONE }
 #endif
