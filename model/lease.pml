@@ -348,7 +348,7 @@ inline resumed(i) {
 }
 
 inline killed(i) {
-  printf("t=%d caller %d: COMMAND killed (SIGKILL), %d ticks after the last accepted send\n", stime, i, since[i]);
+  printf("t=%d caller %d: lost the lease, no outcome written (exit 125)\n", stime, i);
   cmd[i] = C_NONE;
   gone(i) /* exit 125: lost the lease */
 }
@@ -366,7 +366,10 @@ inline advance(i) {
         /* The stop deadline: SIGTERM at 0.9 L - G, SIGKILL at 0.9 L. */
         if
         :: HELD(i) -> skip
-        :: !HELD(i) && LOCAL(i, since[i]) >= DEAD_BY && cmd[i] != C_NONE -> killed(i)
+        :: !HELD(i) && LOCAL(i, since[i]) >= DEAD_BY && cmd[i] != C_NONE ->
+           printf("t=%d caller %d: SIGKILL to COMMAND, %d ticks after the last accepted send\n",
+                  stime, i, since[i]);
+           killed(i)
         :: !HELD(i) && LOCAL(i, since[i]) >= STOP_AFTER && LOCAL(i, since[i]) < DEAD_BY &&
            cmd[i] == C_RUN ->
            cmd[i] = C_TERM;
@@ -556,7 +559,9 @@ proctype Caller(byte i) {
        stopped[i] = false;
        if
 #ifndef LEGACY_NO_STOP
-       :: LOCAL(i, since[i]) >= STOP_AFTER -> killed(i)
+       :: LOCAL(i, since[i]) >= STOP_AFTER ->
+          printf("t=%d caller %d: past the stop deadline: COMMAND killed, not resumed\n", stime, i);
+          killed(i)
 #endif
        :: else -> resumed(i)
        fi
