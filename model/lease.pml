@@ -141,8 +141,10 @@ byte rec_owner; /* the token: 1 + the claimer's number; 0 none */
 byte lease_left; /* store ticks until lease_until; 0: run out */
 
 /* The network. */
-mtype req[MAXN] = none;
+mtype req[MAXN] = none; /* claim, outcome, release */
 mtype ans[MAXN] = none;
+mtype kreq[MAXN] = none; /* renewals: the keeper's own connection */
+mtype kans[MAXN] = none;
 #ifdef LIVE
 byte faults;
 #endif
@@ -190,12 +192,19 @@ hidden short stime;
 #else
 #define RENEWING(i) true
 #endif
+/* Renewals go on until the outcome is recorded (today's keeper stopped
+ * with COMMAND). */
+#ifdef LEGACY_KEEPER
+#define KEEPING(i) (phase[i] == OWNING)
+#else
+#define KEEPING(i) (phase[i] == OWNING || phase[i] == FINISHING)
+#endif
 #ifdef LEGACY_ANCHOR
-#define RENEW_DUE(i) (phase[i] == OWNING && !HELD(i) && RENEWING(i) && \
+#define RENEW_DUE(i) (KEEPING(i) && !HELD(i) && RENEWING(i) && \
     ((!waiting[i] && LOCAL(i, age[i]) >= RENEW_EVERY) || \
      (waiting[i] && LOCAL(i, age[i]) >= ATTEMPT_LIMIT)))
 #else
-#define RENEW_DUE(i) (phase[i] == OWNING && !HELD(i) && RENEWING(i) && LOCAL(i, age[i]) >= RENEW_EVERY)
+#define RENEW_DUE(i) (KEEPING(i) && !HELD(i) && RENEWING(i) && LOCAL(i, age[i]) >= RENEW_EVERY)
 #endif
 /* The keeper renews on time: time does not pass while a renewal is due. */
 #ifdef LEGACY_KEEPER
@@ -203,13 +212,18 @@ hidden short stime;
 #else
 #define KEEPER_DUE (RENEW_DUE(0) || RENEW_DUE(1) || RENEW_DUE(2))
 #endif
+/* A lost outcome is sent again at once (any later time is the network's
+ * delay). */
+#define RETRY_DUE(i) (phase[i] == FINISHING && req[i] == none && ans[i] == none)
+#define RETRIES_DUE (RETRY_DUE(0) || RETRY_DUE(1) || RETRY_DUE(2))
 /* Under LIVE the network is eventually timely: a request is applied, and
  * an answer read, before time passes (unless lost). */
 #ifdef LIVE
-#define PENDING(i) (req[i] != none || (ans[i] != none && !HELD(i)))
-#define URGENT (KEEPER_DUE || PENDING(0) || PENDING(1) || PENDING(2))
+#define PENDING(i) (req[i] != none || kreq[i] != none || \
+    ((ans[i] != none || kans[i] != none) && !HELD(i)))
+#define URGENT (KEEPER_DUE || RETRIES_DUE || PENDING(0) || PENDING(1) || PENDING(2))
 #else
-#define URGENT KEEPER_DUE
+#define URGENT (KEEPER_DUE || RETRIES_DUE)
 #endif
 
 #ifdef NO_FENCING
@@ -221,7 +235,13 @@ hidden short stime;
 inline send(i, what) {
   printf("t=%d caller %d sends %e\n", stime, i, what);
   req[i] = what;
-  ans[i] = A_NONE;
+  ans[i] = A_NONE
+}
+
+inline send_renewal(i) {
+  printf("t=%d caller %d sends renewal\n", stime, i);
+  kreq[i] = R_RENEW;
+  kans[i] = A_NONE;
   age[i] = 0
 }
 
@@ -229,16 +249,25 @@ inline answer(i, what) {
   printf("t=%d store: %e from caller %d: %e (lease until t=%d)\n", stime, req[i], i, what,
          stime + lease_left);
   if
-  :: phase[i] == CLAIMING || phase[i] == OWNING || phase[i] == FINISHING -> ans[i] = what
+  :: phase[i] == CLAIMING || phase[i] == FINISHING -> ans[i] = what
+  :: else -> skip
+  fi
+}
+
+inline kanswer(i, what) {
+  printf("t=%d store: renewal from caller %d: %e (lease until t=%d)\n", stime, i, what,
+         stime + lease_left);
+  if
+  :: phase[i] == OWNING || phase[i] == FINISHING -> kans[i] = what
   :: else -> skip
   fi
 }
 
 /* A write that changes the record: it must be the current claim's. */
-inline write(i) {
+inline write(i, what) {
   if
   :: rec_owner != i + 1 ->
-     printf("t=%d store: %e of caller %d applied over the claim of caller %d\n", stime, req[i], i,
+     printf("t=%d store: %e of caller %d applied over the claim of caller %d\n", stime, what, i,
             rec_owner - 1);
      stale_write = true
   :: else -> skip
@@ -269,15 +298,10 @@ inline apply(i) {
         grant(i)
 #endif
      fi
-  :: req[i] == R_RENEW ->
-     if
-     :: rec_status == RUNNING && FENCED(i) -> write(i); lease_left = L; answer(i, A_OK)
-     :: else -> answer(i, A_REFUSED)
-     fi
   :: req[i] == R_FINISH ->
      if
      :: rec_status == RUNNING && FENCED(i) ->
-        write(i); rec_status = DONE; completed = true; orphaned = false;
+        write(i, R_FINISH); rec_status = DONE; completed = true; orphaned = false;
         lease_left = 0; answer(i, A_OK)
      /* a retry whose first answer was lost */
      :: rec_status == DONE && rec_owner == i + 1 -> answer(i, A_OK)
@@ -286,11 +310,20 @@ inline apply(i) {
   :: req[i] == R_RELEASE ->
      if
      :: rec_status == RUNNING && FENCED(i) ->
-        write(i); rec_status = FREE; rec_owner = 0; lease_left = 0; orphaned = false
+        write(i, R_RELEASE); rec_status = FREE; rec_owner = 0; lease_left = 0; orphaned = false
      :: else -> skip
      fi
   fi;
   req[i] = R_NONE
+}
+
+/* The store applies caller i's renewal. */
+inline kapply(i) {
+  if
+  :: rec_status == RUNNING && FENCED(i) -> write(i, R_RENEW); lease_left = L; kanswer(i, A_OK)
+  :: else -> kanswer(i, A_REFUSED)
+  fi;
+  kreq[i] = R_NONE
 }
 
 /* idem exits (or dies): what it held stays as it is. */
@@ -298,6 +331,7 @@ inline gone(i) {
   printf("t=%d caller %d: idem exits\n", stime, i);
   phase[i] = GONE;
   ans[i] = A_NONE;
+  kans[i] = A_NONE;
   age[i] = 0;
   since[i] = 0;
   stopped[i] = false;
@@ -357,7 +391,7 @@ inline killed(i) {
  * idem's deadlines act at once. */
 inline advance(i) {
   if
-  :: phase[i] == CLAIMING || phase[i] == OWNING ->
+  :: phase[i] == CLAIMING || phase[i] == OWNING || phase[i] == FINISHING ->
      age[i] = (age[i] < AGE_MAX -> age[i] + 1 : AGE_MAX);
      if
      :: phase[i] == OWNING ->
@@ -409,6 +443,7 @@ active proctype Clock() {
 proctype Net(byte i) {
   do
   :: atomic { req[i] != R_NONE -> apply(i) }
+  :: atomic { kreq[i] != R_NONE -> kapply(i) }
 #ifndef NO_LOSS
   :: atomic {
        req[i] != R_NONE && FAULT ->
@@ -421,6 +456,18 @@ proctype Net(byte i) {
        FAULTED;
        printf("t=%d network: answer %e to caller %d lost\n", stime, ans[i], i);
        ans[i] = A_NONE
+     }
+  :: atomic {
+       kreq[i] != R_NONE && FAULT ->
+       FAULTED;
+       printf("t=%d network: renewal of caller %d lost\n", stime, i);
+       kreq[i] = R_NONE
+     }
+  :: atomic {
+       kans[i] != A_NONE && FAULT ->
+       FAULTED;
+       printf("t=%d network: answer %e to caller %d's renewal lost\n", stime, kans[i], i);
+       kans[i] = A_NONE
      }
 #endif
   od
@@ -458,10 +505,10 @@ inline renewal_due(i) {
   :: waiting[i] ->
      /* The attempt gave up; the next one a third of a lease later. */
      waiting[i] = false;
-     req[i] = R_NONE;
-     ans[i] = A_NONE;
+     kreq[i] = R_NONE;
+     kans[i] = A_NONE;
      age[i] = 0
-  :: else -> send(i, R_RENEW); waiting[i] = true
+  :: else -> send_renewal(i); waiting[i] = true
   fi;
 #ifdef LEGACY_GIVE_UP
   if
@@ -470,22 +517,23 @@ inline renewal_due(i) {
   fi
 #endif
 #else
-  send(i, R_RENEW)
+  send_renewal(i)
 #endif
 }
 
 inline renewal_answered(i) {
   if
-  :: ans[i] == A_OK ->
+  :: kans[i] == A_OK ->
      printf("t=%d caller %d: renewal accepted (sent %d ticks ago)\n", stime, i, age[i]);
 #ifdef LEGACY_ANCHOR
      since[i] = 0;
      age[i] = 0;
      waiting[i] = false
 #else
-     since[i] = age[i]
+     /* (Once COMMAND has ended, no deadline reads it.) */
+     since[i] = (phase[i] == OWNING -> age[i] : 0)
 #endif
-  :: ans[i] == A_REFUSED ->
+  :: kans[i] == A_REFUSED ->
 #ifdef LEGACY_NO_STOP
      lost[i] = true
 #else
@@ -499,7 +547,7 @@ inline renewal_answered(i) {
 #endif
   :: else -> skip
   fi;
-  ans[i] = A_NONE
+  kans[i] = A_NONE
 }
 
 inline command_ended(i) {
@@ -525,10 +573,10 @@ proctype Caller(byte i) {
   /* The claim's call times out unanswered: idem exits with an error. */
   :: atomic { phase[i] == CLAIMING && age[i] >= AGE_MAX && ans[i] == A_NONE -> gone(i) }
   :: atomic { RENEW_DUE(i) -> renewal_due(i) }
-  :: atomic { phase[i] == OWNING && !HELD(i) && ans[i] != A_NONE -> renewal_answered(i) }
+  :: atomic { KEEPING(i) && !HELD(i) && kans[i] != A_NONE -> renewal_answered(i) }
   :: atomic { phase[i] == OWNING && !HELD(i) && cmd[i] != C_NONE -> command_ended(i) }
   /* The outcome's write is tried again until answered. */
-  :: atomic { phase[i] == FINISHING && req[i] == R_NONE && ans[i] == A_NONE -> send(i, R_FINISH) }
+  :: atomic { RETRY_DUE(i) -> send(i, R_FINISH) }
   :: atomic { phase[i] == FINISHING && ans[i] != A_NONE -> gone(i) }
   /* A crash at any step: idem dies, and its command's group with it. */
   :: atomic {
