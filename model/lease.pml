@@ -33,7 +33,8 @@
  *                  and the outcome is then not written (needs NO_STOP)
  *   LEGACY_LATE_START  COMMAND started however late the claim's answer
  *   LEGACY_ORPHAN  SIGKILL of idem leaves COMMAND running
- *   LEGACY_KEEPER  renewals wait behind journal appends (not on time)
+ *   LEGACY_KEEPER  renewals wait behind journal appends (not on time) and
+ *                 stop when COMMAND ends
  *   LEGACY         all the LEGACY_ switches: today's (7729ac2) behaviour
  */
 
