@@ -25,6 +25,7 @@ mod limits;
 mod lint;
 mod liveness;
 mod migration;
+mod model;
 mod postgres;
 mod postgres_tls;
 mod purge;
