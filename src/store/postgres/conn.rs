@@ -3,11 +3,10 @@
 //! idem is synchronous; the client library is async. A current-thread tokio
 //! runtime drives one connection, only while a call waits on it. Every call
 //! — connecting included — runs under a time limit, so a dead or stalled
-//! server never hangs idem: while a command runs, the keeper thread
-//! renews the lease through this connection, and a renewal that never
-//! returned would let the lease run out unnoticed. After a limit runs out
-//! or the connection drops, the next call connects afresh. Notifications
-//! (`LISTEN`) are passed from the connection's task to `wait_note`.
+//! server never hangs idem (the lease keeper's connection has limits of a
+//! third of the lease, `Store::lease_keeper`). After a limit runs out or the
+//! connection drops, the next call connects afresh. Notifications (`LISTEN`)
+//! are passed from the connection's task to `wait_note`.
 
 use super::target::Target;
 use crate::exit::{fail, Code};
