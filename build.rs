@@ -25,14 +25,14 @@ fn main() {
     order_hot_functions();
 }
 
-/// Lays out the C functions a usual call runs (SQLite's, the C library's)
-/// side by side, where the linker can (lld, the default linker of Rust
-/// 1.90 and later on x86-64 Linux). The kernel maps a program's code as it
-/// runs, 16 pages per page fault: together, a replay's functions cost 30
-/// faults fewer, and a replay takes about 22 % less CPU time, a first run
-/// 14 % (issue 26). `link/hot-symbols.txt` lists them (bench/hot-symbols.sh
-/// writes it; tests/cli/layout.rs fails when one is gone); Rust's functions
-/// are left out, as their names change with every compiler.
+/// Lays out the functions a usual call runs side by side, where the linker
+/// can (lld, the default linker of Rust 1.90 and later on x86-64 Linux).
+/// The kernel maps a program's code as it runs, 16 pages per page fault:
+/// together, a replay's functions cost 45 faults fewer, and a replay takes
+/// 17-28 % less time, a first run 7-16 % (issue 26). `link/hot-symbols.txt`
+/// lists them (bench/hot-symbols.sh writes it); tests/cli/layout.rs checks
+/// its C names and `bench/hot-symbols.sh --check` its Rust names, which a
+/// compiler or code change renames; names the program lacks are skipped.
 fn order_hot_functions() {
     let Some(dir) = env::var_os("CARGO_MANIFEST_DIR") else {
         return;

@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
-# bench/hot-symbols.sh: rewrites link/hot-symbols.txt (issues 15, 26).
+# bench/hot-symbols.sh: rewrites link/hot-symbols.txt (issues 15, 26), or
+# with --check, says whether a release build still has what it lists.
 #
-# The file lists the C functions (SQLite's, the C library's) that ordinary
-# `idem run` calls execute (a replay, a first run, with and without output,
-# and the call that creates a store), the most frequent first. build.rs
-# hands it to the linker (lld's --symbol-ordering-file), which lays those
-# functions out side by side: a replay takes about 22 % less CPU time, a
-# first run 14 % less (bench/RESULTS.md, issue 26). The names come from
-# valgrind's callgrind on a release build.
+# The file lists the functions that ordinary `idem run` calls execute (a
+# replay, a first run, with and without output, and the call that creates a
+# store), the most frequent first. build.rs hands it to the linker (lld's
+# --symbol-ordering-file), which lays those functions out side by side: a
+# replay then takes 17-28 % less time, a first run 7-16 % (issue 26). The
+# names come from valgrind's callgrind on a release build.
 #
-# Rust's functions are left out: their names carry hashes that change with
-# the compiler, a dependency or idem's own code, so they went stale without
-# a sign (112 of 156 were gone a round later), and ordering them bought
-# nothing measurable (issue 26). C names change only with SQLite's or the C
-# library's version, or when a usual call starts running other C code: the
-# layout test (tests/cli/layout.rs, in the plain `cargo test`) fails when a
-# listed name is no longer in the program. Run this after such a change,
-# or when the calls a replay or a first run makes have changed.
-# BENCH_IDEM=PATH traces that release binary instead of building one.
+# The C functions' names (SQLite's, the C library's) change only with their
+# versions; tests/cli/layout.rs, in the plain `cargo test`, fails when one
+# is gone. Rust's names carry a hash that changes with the compiler, a
+# dependency or the function's own code, and a debug build's hashes differ
+# from a release build's: `--check` builds for release and fails when more
+# than a tenth of the listed Rust functions are gone (a toolchain update
+# takes them all) or when the listed functions no longer lie together. Run
+# this without --check after such a change; it is the one step that brings
+# the list up to date (a release build, then 15 s of callgrind).
+# BENCH_IDEM=PATH uses that release binary instead of building one.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-command -v valgrind >/dev/null || { echo "hot-symbols.sh: needs valgrind" >&2; exit 1; }
+list=$root/link/hot-symbols.txt
+check=
+[ "${1:-}" = --check ] && check=1
+[ -n "$check" ] || command -v valgrind >/dev/null ||
+    { echo "hot-symbols.sh: needs valgrind" >&2; exit 1; }
 if [ -n "${BENCH_IDEM:-}" ]; then
     idem=$BENCH_IDEM
 else
@@ -32,6 +37,32 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
+
+if [ -n "$check" ]; then
+    nm --defined-only --print-size "$idem" >"$work/defined"
+    exec python3 - "$list" "$work/defined" <<'EOF'
+import re, sys
+listed = [l.strip() for l in open(sys.argv[1]) if l.strip() and not l.startswith("#")]
+have, code = set(), {}
+for line in open(sys.argv[2]):
+    f = line.split()
+    have.add(f[-1])
+    if len(f) == 4 and f[2] in "tT":
+        code[f[3]] = (int(f[0], 16), int(f[1], 16))
+rust = [n for n in listed if re.search(r"^_R|17h[0-9a-f]{16}E$", n)]
+rust_gone = [n for n in rust if n not in have]
+# A C name with a dot is a C compiler's clone (name.part.0): it may go.
+c_gone = [n for n in listed if n not in rust and "." not in n and n not in have]
+found = [code[n] for n in listed if n in code]
+size = sum(s for _, s in found)
+span = max(a + s for a, s in found) - min(a for a, _ in found) if found else 0
+print(f"hot-symbols.sh: {len(rust_gone)} of {len(rust)} Rust functions gone, "
+      f"{len(c_gone)} C functions gone {c_gone[:5]}; the {len(found)} found "
+      f"({size} bytes) span {span} bytes", file=sys.stderr)
+if len(rust_gone) * 10 > len(rust) or c_gone or not found or span > 2 * size:
+    sys.exit("hot-symbols.sh: link/hot-symbols.txt is stale: run bench/hot-symbols.sh")
+EOF
+fi
 
 n=0
 # trace DB ARGS...: one idem call under callgrind; its exit status is
@@ -58,31 +89,30 @@ trace new.db run --key first -- true
 # first trace that ran them.
 nm "$idem" | awk '{print $3}' | sort -u >"$work/symbols"
 # Under valgrind, glibc picks the variant of a string function (memcpy,
-# strlen) made for valgrind's virtual CPU: every variant of those goes in
-# too, so that the ones a real CPU picks are there.
+# strlen) made for valgrind's virtual CPU, and sha2 its portable code: every
+# variant of those goes in too, so that the ones a real CPU picks are there.
 variants() {
     sed -n -E 's/^__([a-z0-9]+)_(sse|avx|evex).*/\1/p' | sort -u |
         sed 's/^memcpy$/memmove/; s/^mempcpy$/memmove/' | sort -u |
         while read -r base; do grep -E "^__${base}_(sse|avx|evex)" "$work/symbols" || true; done
+    grep -E '4sha26sha256' "$work/symbols" || true
 }
-# Rust's names: legacy (_ZN...17h<hash>E) and v0 (_R...) mangling.
-without_rust() { grep -v -E '^_R|17h[0-9a-f]{16}E$' || true; }
-out=$root/link/hot-symbols.txt
+out=$list
 {
     cat <<'HEAD'
-# The C functions that ordinary `idem run` calls execute, those of the
-# most frequent calls (replays, then first runs) first; Rust's, whose
-# names change with every compiler, are left out. Written by
+# Functions that ordinary `idem run` calls execute, those of the most
+# frequent calls (replays, then first runs) first. Written by
 # bench/hot-symbols.sh; build.rs passes it to the linker (lld's
-# --symbol-ordering-file), which places them side by side;
-# tests/cli/layout.rs checks that they are all still there.
+# --symbol-ordering-file), which places them side by side.
+# tests/cli/layout.rs checks the C names; `bench/hot-symbols.sh --check`
+# (in CI) the Rust names, whose hashes only a release build has.
 HEAD
     # Each trace adds the functions no earlier one ran, sorted by name (the
     # order callgrind lists them in varies from run to run).
     : >"$work/traced"
     for ((i = 1; i <= n; i++)); do
         cat "$work/$i".*.cg | sed -n -E 's/^c?fn=\([0-9]+\) (.*)/\1/p' |
-            sed -E "s/'[0-9]+$//" | grep -v -E '^(\(|0x)' | without_rust | LC_ALL=C sort -u |
+            sed -E "s/'[0-9]+$//" | grep -v -E '^(\(|0x)' | LC_ALL=C sort -u |
             { grep -v -x -F -f "$work/traced" || true; } >"$work/new"
         cat "$work/new" >>"$work/traced"
     done

@@ -203,9 +203,9 @@ else
     printf 'plain\t8\tinstructions\tn/a: valgrind is not installed\t\t\t\t\n' >>"$figures"
 fi
 # Page faults (minor: the program's pages mapped as it touches them), and
-# how many of the C functions link/hot-symbols.txt asks the linker to place
-# together this build has (fewer after a new SQLite or C library, or when
-# the calls changed; tests/cli/layout.rs then fails and
+# how many of the functions link/hot-symbols.txt asks the linker to place
+# together this build has (fewer after a compiler or dependency upgrade, or
+# when the hot code changed: `bench/hot-symbols.sh --check` then fails, and
 # bench/hot-symbols.sh rewrites the list).
 faults() { gnu_time '%R' "$@"; }
 printf 'plain\t8c\tpage faults, replay\t%s\tbkt hit: %s\t\t\t\n' \
