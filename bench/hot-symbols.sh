@@ -17,7 +17,7 @@
 # than a tenth of the listed Rust functions are gone (a toolchain update
 # takes them all) or when the listed functions no longer lie together. Run
 # this without --check after such a change; it is the one step that brings
-# the list up to date (a release build, then 15 s of callgrind).
+# the list up to date (a release build, then seconds of callgrind).
 # BENCH_IDEM=PATH uses that release binary instead of building one.
 set -euo pipefail
 
@@ -40,7 +40,7 @@ cd "$work"
 
 if [ -n "$check" ]; then
     nm --defined-only --print-size "$idem" >"$work/defined"
-    exec python3 - "$list" "$work/defined" <<'EOF'
+    python3 - "$list" "$work/defined" <<'EOF'
 import re, sys
 listed = [l.strip() for l in open(sys.argv[1]) if l.strip() and not l.startswith("#")]
 have, code = set(), {}
@@ -62,6 +62,7 @@ print(f"hot-symbols.sh: {len(rust_gone)} of {len(rust)} Rust functions gone, "
 if len(rust_gone) * 10 > len(rust) or c_gone or not found or span > 2 * size:
     sys.exit("hot-symbols.sh: link/hot-symbols.txt is stale: run bench/hot-symbols.sh")
 EOF
+    exit
 fi
 
 n=0
