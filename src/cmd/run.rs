@@ -83,14 +83,7 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
         None
     };
     for path in &args.fingerprint_file {
-        let digest = File::open(path)
-            .and_then(|file| key::hash_and_spool(file, io::sink()))
-            .or_else(|e| {
-                fail(
-                    Code::Usage,
-                    format!("--fingerprint-file {}: cannot read it: {e}", path.display()),
-                )
-            })?;
+        let digest = fingerprint_file(path)?;
         fingerprint.file_digest(&digest);
     }
     let fingerprint = fingerprint.finish();
@@ -183,6 +176,33 @@ fn spool_stdin(fingerprint: &mut Fingerprint) -> Result<File> {
     spool.rewind().context("cannot rewind the stdin spool")?;
     fingerprint.stdin_digest(&digest);
     Ok(spool)
+}
+
+/// The SHA-256 of a `--fingerprint-file`, which must be a regular file: a
+/// FIFO or a device would hang the call or never end (`/dev/zero`). Opened
+/// without blocking, and judged by what was opened, not by a second look.
+fn fingerprint_file(path: &std::path::Path) -> Result<[u8; 32]> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = escape(path.as_os_str().as_bytes());
+    let usage = |why: String| fail(Code::Usage, format!("--fingerprint-file {shown}: {why}"));
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) => return usage(format!("cannot read it: {e}")),
+    };
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            return usage(
+                "it is not a regular file (a FIFO, a device or a directory); give a file".into(),
+            )
+        }
+        Err(e) => return usage(format!("cannot read it: {e}")),
+    }
+    key::hash_and_spool(file, io::sink()).or_else(|e| usage(format!("cannot read it: {e}")))
 }
 
 fn write_report(args: &Args, report: &Report, result: &Result<u8>) {

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 
 /// The report's fields, in the order SPEC.md lists them.
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 14] = [
     "key",
     "outcome",
     "reason",
@@ -23,6 +23,8 @@ const FIELDS: [&str; 12] = [
     "duration_ms",
     "replays",
     "store",
+    "lease_until",
+    "retry_after_ms",
 ];
 
 fn store_kind() -> &'static str {

@@ -23,6 +23,7 @@ impl Call<'_> {
     /// A run in progress under a live owner (exit 75).
     pub(super) fn refuse_busy<T>(&self, record: &Record, now: Millis) -> Result<T> {
         self.note(Reported::Refused, Some("in_progress"), record);
+        self.report.borrow_mut().judged_at(now);
         fail(
             Code::InProgress,
             format!(

@@ -51,6 +51,7 @@ pub(super) fn identify(path: &Path) -> Result<Found> {
             return store_error(path, &format!("cannot read it: {}", io_problem(path, &e)))
         }
     };
+    one_name(path, &file)?;
     let read = |file: &File| {
         read_header(file).or_else(|e| store_error(path, &format!("cannot read it: {e}")))
     };
@@ -89,6 +90,72 @@ pub(super) fn identify(path: &Path) -> Result<Found> {
     Ok(Found::Idem {
         ready: wal_mode && app == APPLICATION_ID && version == SCHEMA_VERSION,
     })
+}
+
+/// Refuses a store file reached under more than one name: SQLite finds
+/// its `-wal` and `-shm` by name, so a hard link, or a bind mount of the
+/// file itself (`docker run -v /srv/idem.db:/state/idem.db`), makes two
+/// stores over one file, without mutual exclusion, whose logs overwrite
+/// each other's records. A symbolic link is fine: it resolves to one name.
+fn one_name(path: &Path, file: &File) -> Result<()> {
+    let advice = "share the store's directory instead (docker run -v /srv/idem:/state, \
+                  not -v /srv/idem.db:/state/idem.db); it was left untouched";
+    let links = file
+        .metadata()
+        .or_else(|e| store_error(path, &format!("cannot read it: {e}")))?
+        .nlink();
+    if links > 1 {
+        return store_error(
+            path,
+            &format!("the file has {links} names (hard links), and SQLite keeps a log per name, so two names would be two stores over one file; {advice}"),
+        );
+    }
+    if is_mount_point(path) {
+        return store_error(
+            path,
+            &format!("the file is mounted on its own (a bind mount of the file), so it has another name outside, and SQLite keeps a log per name; {advice}"),
+        );
+    }
+    Ok(())
+}
+
+/// Whether `path` (its symlinks resolved) is itself the mount point of a
+/// mount, per `/proc/self/mountinfo` (field 5, octal-escaped).
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(real), Ok(table)) = (
+        std::fs::canonicalize(path),
+        std::fs::read("/proc/self/mountinfo"),
+    ) else {
+        return false;
+    };
+    table
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .any(|point| unescape_octal(point) == real.as_os_str().as_bytes())
+}
+
+/// A mountinfo field with its `\NNN` escapes (space, tab, newline,
+/// backslash) decoded.
+fn unescape_octal(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Refuses a database that is not idem's or is newer than this build; Ok
@@ -297,6 +364,16 @@ pub(super) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 
 /// Creates the store's directory (0700) and file (0600) if missing.
 pub(super) fn create_file(path: &Path) -> Result<()> {
+    if let Some((link, owner)) = foreign_symlink(path) {
+        return store_error(
+            path,
+            &format!(
+                "{} is a symbolic link owned by another user (uid {owner}), and idem does not create a store \
+                 through someone else's link (it could point anywhere); give --db the real path",
+                link.display()
+            ),
+        );
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         DirBuilder::new()
             .recursive(true)
@@ -317,6 +394,20 @@ pub(super) fn create_file(path: &Path) -> Result<()> {
         .open(path)
         .or_else(|e| store_error(path, &format!("cannot create it: {}", io_problem(path, &e))))?;
     Ok(())
+}
+
+/// The first of `path` and its ancestors that is a symbolic link owned by
+/// neither this user nor root, with its owner: in a shared directory
+/// (`/tmp`) anyone may plant `idem.db` pointing at a file of the caller's.
+fn foreign_symlink(path: &Path) -> Option<(PathBuf, u32)> {
+    let me = nix::unistd::geteuid().as_raw();
+    path.ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .find_map(|p| {
+            let meta = std::fs::symlink_metadata(p).ok()?;
+            (meta.file_type().is_symlink() && meta.uid() != me && meta.uid() != 0)
+                .then(|| (p.to_owned(), meta.uid()))
+        })
 }
 
 /// An I/O error, with the file that denies this user access where that is
