@@ -167,6 +167,29 @@ pub const LOCAL_POLL: Duration = Duration::from_millis(50);
 /// most ~0.13 s; 2,000 was ~30% slower and no kinder to them).
 pub const PURGE_BATCH: usize = 5_000;
 
+/// A record as `purge` judged it: what must still hold for it to go. An
+/// owner that finished between the look and the delete changed the
+/// status; one that renewed its lease changed `lease_until`; a new claim
+/// changed the token (and with it the owner).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judged {
+    pub key: String,
+    pub token: i64,
+    pub status: Status,
+    pub lease_until: Option<Millis>,
+}
+
+impl From<Record> for Judged {
+    fn from(record: Record) -> Judged {
+        Judged {
+            key: record.key,
+            token: record.token,
+            status: record.status,
+            lease_until: record.lease_until,
+        }
+    }
+}
+
 /// Which records `list` yields. Fields combine with AND.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -271,9 +294,11 @@ pub trait Store: Send {
     /// Calls `each` for every record the filter selects, newest first.
     fn list(&mut self, filter: &Filter, each: &mut dyn FnMut(Record) -> Result<()>) -> Result<()>;
 
-    /// Deletes each `(key, token)` whose record still carries that token;
-    /// returns how many went.
-    fn delete(&mut self, records: &[(String, i64)]) -> Result<u64>;
+    /// Deletes each record that is still as it was judged (same token,
+    /// status and lease), in one transaction or script per record at
+    /// least; returns how many went. A record that finished, was renewed
+    /// or was claimed again since the look stays.
+    fn delete(&mut self, records: &[Judged]) -> Result<u64>;
 
     /// Deletes the records `filter` selects, in batches of short
     /// transactions (running jobs are never locked out for long), and frees
@@ -292,7 +317,7 @@ pub trait Store: Send {
         let mut chosen = Vec::new();
         self.list(filter, &mut |record| {
             if record.status != Status::InProgress || take_running(&record)? {
-                chosen.push((record.key, record.token));
+                chosen.push(Judged::from(record));
             }
             Ok(())
         })?;

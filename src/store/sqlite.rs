@@ -24,7 +24,7 @@ use errors::{describe, describe_at, store_error, store_failure};
 use file::{create_file, identify, Creating, Found};
 use records::{filter_sql, record_from_row, DECISION_COLUMNS, RECORD_COLUMNS, RECORD_COLUMN_COUNT};
 
-use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
+use super::{Chunk, Claim, Filter, Judged, Millis, Mode, Outcome, Record, Store, Stream};
 use anyhow::{Context, Result};
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, ToSql};
@@ -318,7 +318,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
+    fn delete(&mut self, records: &[Judged]) -> Result<u64> {
         self.wrote = true;
         let result = (|| {
             self.sync(Sync::Full)?;
@@ -327,14 +327,22 @@ impl Store for SqliteStore {
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut gone = 0;
             {
-                let mut stmt =
-                    tx.prepare_cached("DELETE FROM records WHERE key = ?1 AND token = ?2")?;
+                let mut stmt = tx.prepare_cached(
+                    "DELETE FROM records WHERE key = ?1 AND token = ?2 AND status = ?3 \
+                     AND lease_until IS ?4",
+                )?;
                 let mut counts =
                     tx.prepare_cached("DELETE FROM replay_counts WHERE key = ?1 AND token = ?2")?;
                 let mut journals =
                     tx.prepare_cached("DELETE FROM journal WHERE key = ?1 AND token = ?2")?;
-                for (key, token) in records {
-                    let went = stmt.execute(params![key, token])?;
+                for Judged {
+                    key,
+                    token,
+                    status,
+                    lease_until,
+                } in records
+                {
+                    let went = stmt.execute(params![key, token, status.as_str(), lease_until])?;
                     if went > 0 {
                         counts.execute(params![key, token])?;
                         journals.execute(params![key, token])?;

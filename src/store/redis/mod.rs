@@ -31,7 +31,7 @@ use self::schema::Seen;
 use self::schema::SCHEMA_VERSION;
 use self::target::Target;
 pub use self::warning::persistence_warning;
-use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
+use super::{Chunk, Claim, Filter, Judged, Millis, Mode, Outcome, Record, Store, Stream};
 use crate::store::{finish_patiently, FinishFailure};
 use anyhow::Result;
 use redis::{Client, IntoConnectionInfo, Script};
@@ -426,7 +426,7 @@ impl Store for RedisStore {
         list::list(self, filter, each)
     }
 
-    fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
+    fn delete(&mut self, records: &[Judged]) -> Result<u64> {
         self.ready()?;
         let mut gone = 0;
         // One script touches one hash slot on a cluster.
@@ -437,12 +437,17 @@ impl Store for RedisStore {
         for chunk in records.chunks(per_call) {
             let keys: Vec<String> = chunk
                 .iter()
-                .map(|(k, _)| self.record_key(k))
-                .chain(chunk.iter().map(|(k, _)| self.journal_key(k)))
+                .map(|r| self.record_key(&r.key))
+                .chain(chunk.iter().map(|r| self.journal_key(&r.key)))
                 .collect();
-            let tokens: Vec<i64> = chunk.iter().map(|(_, t)| *t).collect();
+            let mut judged = Vec::with_capacity(chunk.len() * 3);
+            for record in chunk {
+                judged.push(record.token.to_string());
+                judged.push(record.status.as_str().to_owned());
+                judged.push(record.lease_until.map_or_else(String::new, |at| at.to_string()));
+            }
             gone += self.exec("cannot delete records", true, |c, s| {
-                s.delete.key(&keys).arg(&tokens).invoke::<u64>(c.like())
+                s.delete.key(&keys).arg(&judged).invoke::<u64>(c.like())
             })?;
         }
         Ok(gone)

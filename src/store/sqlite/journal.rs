@@ -234,6 +234,12 @@ mod tests {
     }
 
     #[test]
+    fn a_delete_takes_only_what_was_judged() {
+        let (_dir, mut store) = scratch();
+        contract::a_delete_takes_only_what_was_judged(&mut store);
+    }
+
+    #[test]
     fn fencing_refuses_every_write_of_an_old_token() {
         let (_dir, mut store) = scratch();
         contract::fencing_refuses_every_write_of_an_old_token(&mut store);
