@@ -271,7 +271,7 @@ impl Call<'_> {
                                 Code::InProgress,
                                 format!(
                                     "the wait timed out after --wait-timeout {}: {}; retry later, or allow a longer --wait-timeout",
-                                    humantime::format_duration(self.args.wait_timeout.unwrap_or_default()),
+                                    crate::text::duration(self.args.wait_timeout.unwrap_or_default()),
                                     self.busy(record.as_ref(), now)
                                 ),
                             );

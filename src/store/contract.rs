@@ -170,10 +170,13 @@ pub fn fencing_refuses_every_write_of_an_old_token(store: &mut dyn Store) -> i64
 /// renewed its lease, or was claimed again since the look stays; one that
 /// is still as judged goes.
 pub fn a_delete_takes_only_what_was_judged(store: &mut dyn Store) {
-    let judged = |store: &mut dyn Store, key: &str| Judged::from(store.get(key).unwrap().1.unwrap());
+    let judged =
+        |store: &mut dyn Store, key: &str| Judged::from(store.get(key).unwrap().1.unwrap());
     let finished = claim_key(store, "finished");
     let as_running = judged(store, "finished");
-    assert!(store.finish("finished", finished, &completed(3_600_000)).unwrap());
+    assert!(store
+        .finish("finished", finished, &completed(3_600_000))
+        .unwrap());
     claim_key(store, "renewed");
     let mut before_renewal = judged(store, "renewed");
     before_renewal.lease_until = before_renewal.lease_until.map(|at| at - 1);

@@ -32,3 +32,4 @@ mod running;
 mod shipped;
 mod store;
 mod trips;
+mod waits;

@@ -70,26 +70,6 @@ impl Report {
         self.judged_at = Some(now);
     }
 
-    /// The run was stopped for its lease (SPEC "Leases"): `ran`, with
-    /// reason `lease_lost`.
-    #[allow(dead_code)] // for the lease keeper of issue 23, which calls it
-    pub(super) fn lease_lost(&mut self) {
-        self.reason = Some("lease_lost");
-    }
-
-    /// A decision about an existing record: replay, skip or refuse.
-    pub(super) fn decided(
-        &mut self,
-        outcome: Outcome,
-        reason: Option<&'static str>,
-        record: &Record,
-    ) {
-        self.outcome = Some(outcome);
-        self.reason = reason;
-        self.attempt = Some(record.attempt);
-        self.record = Some(record.clone());
-    }
-
     /// This call claimed the key and runs COMMAND.
     pub(super) fn claimed(&mut self, attempt: i64, took_over: bool) {
         self.outcome = Some(Outcome::Ran);

@@ -444,7 +444,11 @@ impl Store for RedisStore {
             for record in chunk {
                 judged.push(record.token.to_string());
                 judged.push(record.status.as_str().to_owned());
-                judged.push(record.lease_until.map_or_else(String::new, |at| at.to_string()));
+                judged.push(
+                    record
+                        .lease_until
+                        .map_or_else(String::new, |at| at.to_string()),
+                );
             }
             gone += self.exec("cannot delete records", true, |c, s| {
                 s.delete.key(&keys).arg(&judged).invoke::<u64>(c.like())
