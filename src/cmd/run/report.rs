@@ -70,6 +70,19 @@ impl Report {
         self.judged_at = Some(now);
     }
 
+    /// A decision about an existing record: replay, skip or refuse.
+    pub(super) fn decided(
+        &mut self,
+        outcome: Outcome,
+        reason: Option<&'static str>,
+        record: &Record,
+    ) {
+        self.outcome = Some(outcome);
+        self.reason = reason;
+        self.attempt = Some(record.attempt);
+        self.record = Some(record.clone());
+    }
+
     /// This call claimed the key and runs COMMAND.
     pub(super) fn claimed(&mut self, attempt: i64, took_over: bool) {
         self.outcome = Some(Outcome::Ran);
