@@ -21,7 +21,7 @@ mod schema;
 mod upkeep;
 
 use errors::{describe, describe_at, store_error, store_failure};
-use file::{create_file, identify, Creating, Found};
+use file::{create_file, identify, Creating, Found, Identity};
 use records::{filter_sql, record_from_row, DECISION_COLUMNS, RECORD_COLUMNS, RECORD_COLUMN_COUNT};
 
 use super::{Chunk, Claim, Filter, Judged, Millis, Mode, Outcome, Record, Store, Stream};
@@ -45,6 +45,8 @@ const NEVER_INITIALISED: &str = "it was never initialised (run `idem run` once t
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    /// The file the path named when it was opened.
+    identity: Option<Identity>,
     /// Whether this process wrote to the WAL (so may have to empty it).
     wrote: bool,
     /// Whether this process freed pages: the file only shrinks when the
@@ -111,6 +113,7 @@ impl SqliteStore {
             .context("no checkpoint on close")?;
         let mut store = SqliteStore {
             conn,
+            identity: Identity::of(path),
             path: path.to_owned(),
             wrote: false,
             shrunk: false,
@@ -244,6 +247,14 @@ impl Store for SqliteStore {
 
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
         self.wrote = true;
+        // Written where --db points, or not at all.
+        if let Some(what) = self.identity.and_then(|id| id.gone_from(&self.path)) {
+            return self.fail(&format!(
+                "the store file {what} while the command ran; the outcome was not written \
+                 into a file nobody will read, so the next call runs the command again \
+                 (move a store only while no idem runs on it)"
+            ));
+        }
         match self.write_outcome(key, token, outcome, true) {
             Ok(ours) => Ok(ours),
             Err(first) => {

@@ -246,3 +246,41 @@ fn a_store_is_not_created_through_another_users_symlink() {
         .success();
     assert_eq!(std::fs::metadata(&target).unwrap().nlink(), 1);
 }
+
+/// An operator moves or deletes the store while COMMAND runs: the owner
+/// says so (exit 125) rather than write its outcome into a file nobody
+/// reads again, and nothing is left at the path that claims otherwise.
+#[test]
+fn a_store_moved_or_deleted_during_a_run_is_said_out_loud() {
+    for what in ["mv", "rm"] {
+        let env = Env::sqlite();
+        a_store(&env);
+        let script = "touch ready; while [ ! -e go ]; do sleep 0.01; done; echo done";
+        let idem = env
+            .idem_std()
+            .args(["run", "-k", "k", "--"])
+            .args(sh(script))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        crate::support::wait_for(&env.path("ready"));
+        let status = match what {
+            "mv" => Command::new("mv")
+                .arg(&env.db)
+                .arg(env.path("moved.db"))
+                .status(),
+            _ => Command::new("rm").arg(&env.db).status(),
+        };
+        assert!(status.unwrap().success());
+        std::fs::write(env.path("go"), "").unwrap();
+        let out = idem.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{what}: {stderr}");
+        assert!(stderr.contains("moved away or deleted"), "{what}: {stderr}");
+        assert!(
+            !env.db_path().exists(),
+            "{what}: a store appeared at the path"
+        );
+    }
+}

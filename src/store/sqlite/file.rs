@@ -362,6 +362,37 @@ pub(super) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Which file the store's path named when idem opened it. An operator who
+/// moves or deletes the store while COMMAND runs (a clean-up job, a
+/// "move" to another disk) leaves idem holding a file nobody will read
+/// again: an outcome written there is lost, and the next call runs
+/// COMMAND again. So the outcome is written only while the path still
+/// names that file, and otherwise said out loud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Identity {
+    dev: u64,
+    ino: u64,
+}
+
+impl Identity {
+    pub(super) fn of(path: &Path) -> Option<Identity> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// What became of the store, if its path no longer names this file.
+    pub(super) fn gone_from(self, path: &Path) -> Option<&'static str> {
+        match Identity::of(path) {
+            Some(now) if now == self => None,
+            Some(_) => Some("was replaced by another file (moved away, or deleted and made anew)"),
+            None => Some("was moved away or deleted"),
+        }
+    }
+}
+
 /// Creates the store's directory (0700) and file (0600) if missing.
 pub(super) fn create_file(path: &Path) -> Result<()> {
     if let Some((link, owner)) = foreign_symlink(path) {
