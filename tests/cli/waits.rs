@@ -134,3 +134,68 @@ fn the_final_writes_take_the_thirty_seconds_promised_in_all() {
         "{stderr}"
     );
 }
+
+/// A wrapper that re-enters itself with its own key and `--on-duplicate
+/// wait` used to wait for ever, its replayed output captured back into
+/// the record it read (the same line again every second).
+#[test]
+fn a_call_never_waits_for_the_run_it_is_part_of() {
+    let env = Env::new();
+    let inner =
+        "idem run -k k --on-duplicate wait --allow-mismatch -- echo inner; echo \"inner exit $?\"";
+    let mut outer = env
+        .idem_std()
+        .env("PATH", crate::support::path_with_idem())
+        .args(["run", "-k", "k", "--"])
+        .args(sh(inner))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while outer.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = outer.kill();
+            panic!("the nested wait never ended");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = outer.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(stdout, "inner exit 75\n", "{stderr}");
+    assert!(
+        stderr.contains("the very run this call is part of"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
+
+/// The same told by the environment a run gives its COMMAND: `IDEM_KEY`
+/// names this key and `IDEM_DB` this store (a step that left the run's
+/// process tree, a job queued by it).
+#[test]
+fn a_call_whose_environment_names_the_running_key_does_not_wait() {
+    let env = Env::new();
+    let holder = crate::support::Holder::start(&env, "k", &[]);
+    let out = env
+        .idem()
+        .env("IDEM_KEY", "k")
+        .args([
+            "run",
+            "-k",
+            "k",
+            "--on-duplicate",
+            "wait",
+            "--allow-mismatch",
+            "--",
+            "true",
+        ])
+        .timeout(Duration::from_secs(20))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    holder.release();
+}
