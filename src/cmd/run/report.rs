@@ -213,7 +213,7 @@ fn open_report(path: &Path) -> std::io::Result<File> {
         .open(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
-                Error::new(ErrorKind::Other, "it is a symbolic link, which idem does not follow for a report; name the file itself")
+                Error::other("it is a symbolic link, which idem does not follow for a report; name the file itself")
             } else {
                 e
             }
@@ -231,8 +231,7 @@ fn open_report(path: &Path) -> std::io::Result<File> {
             ));
         }
         if meta.nlink() > 1 {
-            return Err(Error::new(
-                ErrorKind::Other,
+            return Err(Error::other(
                 "it has other names (hard links); it was left untouched",
             ));
         }
