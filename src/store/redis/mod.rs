@@ -17,6 +17,7 @@ mod conn;
 mod journal;
 mod keys;
 mod list;
+mod migrate;
 mod record;
 mod schema;
 mod target;
@@ -129,7 +130,7 @@ fn open_store(url: &str, mode: Mode) -> Result<Option<RedisStore>> {
     };
     let keys = Keys {
         prefix: target.prefix.clone(),
-        layout: Layout::V2,
+        layout: Layout::V3,
     };
     let mut store = RedisStore {
         target,
