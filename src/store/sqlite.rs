@@ -14,6 +14,7 @@ mod check;
 mod errors;
 mod file;
 mod journal;
+mod name;
 mod purge;
 mod records;
 mod replays;
@@ -21,7 +22,8 @@ mod schema;
 mod upkeep;
 
 use errors::{describe, describe_at, store_error, store_failure};
-use file::{create_file, identify, Creating, Found, Identity};
+use file::{create_file, identify, Creating, Found};
+use name::Identity;
 use records::{filter_sql, record_from_row, DECISION_COLUMNS, RECORD_COLUMNS, RECORD_COLUMN_COUNT};
 
 use super::{Chunk, Claim, Filter, Judged, Millis, Mode, Outcome, Record, Store, Stream};
