@@ -93,6 +93,8 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
         .key
         .clone()
         .unwrap_or_else(|| key::derived_key(&fingerprint));
+    // An explicit key was named to `say` already; a derived one is known now.
+    crate::say::about_key(&key);
 
     let location = match store::Location::resolve(global.db.as_deref()) {
         Ok(location) => location,
