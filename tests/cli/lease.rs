@@ -7,10 +7,10 @@
 //! only the lease tells whether the owner lives. The network-namespace
 //! fault tests (black holes, delays) are elsewhere.
 
-use crate::support::{require_shared_store, sh, wait_for, wait_until, Env};
+use crate::support::{assert_code, require_shared_store, sh, wait_for, wait_until, Env};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// COMMAND for the overlap tests: takes the `running` lock (or logs the
@@ -34,17 +34,6 @@ fn spawn(mut idem: std::process::Command, args: &[&str], script: &str) -> Child 
 
 fn log(env: &Env) -> String {
     std::fs::read_to_string(env.path("log")).unwrap_or_default()
-}
-
-#[track_caller]
-fn assert_code(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout {:?}, stderr {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A stall longer than the lease: the owner stops COMMAND before another
