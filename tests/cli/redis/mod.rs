@@ -155,9 +155,7 @@ fn passwords_never_appear_in_errors() {
 fn an_unreachable_or_silent_server_exits_125_before_the_command_runs() {
     require(Backend::Redis);
     let env = Env::new();
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
-    let closed_port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let closed_port = crate::support::free_port();
     // Accepts connections and never answers: idem's timeouts must end it.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_port = silent.local_addr().unwrap().port();
