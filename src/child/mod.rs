@@ -16,13 +16,14 @@ mod exec;
 mod gated;
 mod output;
 pub mod process;
-mod raw;
 mod supervise;
 mod terminal;
+mod watcher;
 
 pub use self::exec::SpawnError;
 pub use self::gated::Gated;
 pub use self::output::Output;
+pub use self::watcher::Guard;
 use crate::store::Chunk;
 use anyhow::{Context, Result};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
@@ -45,6 +46,8 @@ pub struct Spec<'a> {
     pub sync_dir: Option<File>,
     pub max_output: u64,
     pub timeout: Option<Duration>,
+    /// What makes COMMAND's group die with idem, whatever ends it (`watcher`).
+    pub guard: Guard,
 }
 
 /// How the child ended.
