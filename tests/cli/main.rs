@@ -10,6 +10,7 @@ mod disk;
 mod examples;
 mod foreign;
 mod guarantees;
+mod guard;
 mod hints;
 mod hostile;
 mod hosts;
