@@ -78,12 +78,15 @@ fn assert_code(out: &Output, code: i32) {
     );
 }
 
-/// Two containers on one machine share the store: each has its own PID
-/// namespace, where the other's pids mean nothing. The live owner's lease
-/// (renewed past its first term) keeps the key; once the owner is killed
-/// with its namespace, the key is taken over when the lease has run out.
+/// Two containers on one machine share a PostgreSQL or Redis store: each
+/// has its own PID namespace, where the other's pids mean nothing. The live
+/// owner's lease (renewed past its first term) keeps the key; once the
+/// owner is killed with its namespace, the key is taken over when the lease
+/// has run out. (On SQLite the kernel decides instead: `guard.rs`.)
 #[test]
+#[ignore = "needs a shared store: IDEM_TEST_BACKEND=postgres or redis"]
 fn two_pid_namespaces_sharing_a_store_run_a_key_once() {
+    require_shared_store();
     let env = Env::new();
     let owner = start_owner(&env, env.idem_in_pid_namespace());
     // More than a lease: only renewals keep the owner alive now.
@@ -200,9 +203,10 @@ fn sql(env: &Env, sql: &str) -> String {
 }
 
 /// A store as the previous idem left it (SQLite schema 2, PostgreSQL
-/// schema 1: no PID namespace, no journal, and no lease on SQLite) keeps its records
-/// when upgraded, and judges their owners as that idem did: a live process
-/// of ours is alive, a dead one is dead once no lease says otherwise.
+/// schema 1: no PID namespace, no journal, and on SQLite no lease and no
+/// owner's lock) keeps its records when upgraded, and judges their owners
+/// as that idem did: a live process of ours is alive, a dead one is dead
+/// once no lease says otherwise.
 #[test]
 fn a_store_of_the_previous_schema_keeps_its_records_and_their_owners() {
     // Redis has no previous schema of this kind: a SQLite store stands in.
@@ -244,6 +248,7 @@ fn a_store_of_the_previous_schema_keeps_its_records_and_their_owners() {
             &env,
             &format!(
                 "{} ALTER TABLE records DROP COLUMN owner_pid_ns; \
+                 ALTER TABLE records DROP COLUMN owner_lock; \
                  ALTER TABLE records DROP COLUMN lease_until; \
                  ALTER TABLE records DROP COLUMN label; DROP TABLE journal; \
                  ALTER TABLE records DROP COLUMN stdout_bytes; \
@@ -276,7 +281,8 @@ fn a_store_of_the_previous_schema_keeps_its_records_and_their_owners() {
         .assert()
         .success()
         .stdout("hi\n");
-    assert_eq!(version(&env), "4");
+    let latest = if env.backend() == Backend::Sqlite { "5" } else { "4" };
+    assert_eq!(version(&env), latest);
     let again = || {
         env.idem()
             .args(["run", "-k", "p", "--"])
