@@ -248,12 +248,7 @@ mod tests {
         let raw = fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
         let after_name = &raw[raw.rfind(')').unwrap() + 2..];
         assert_eq!(
-            after_name
-                .split(' ')
-                .nth(19)
-                .unwrap()
-                .parse::<i64>()
-                .ok(),
+            after_name.split(' ').nth(19).unwrap().parse::<i64>().ok(),
             stat.start
         );
     }

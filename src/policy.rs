@@ -317,12 +317,18 @@ mod tests {
         let lock = |held| Some(crate::owner::Lock { byte: 7, held });
         r.owner.lock = lock(false);
         r.lease_until = Some(101);
-        assert!(!owner_alive(&r, &here, 100, false), "live pid and lease, lock free");
+        assert!(
+            !owner_alive(&r, &here, 100, false),
+            "live pid and lease, lock free"
+        );
         r.owner.lock = lock(true);
         r.owner.host = format!("not-{}", here.host);
         r.owner.start += 1;
         r.lease_until = Some(50);
-        assert!(owner_alive(&r, &here, 100, false), "dead pid, lease run out, lock held");
+        assert!(
+            owner_alive(&r, &here, 100, false),
+            "dead pid, lease run out, lock held"
+        );
     }
 
     #[test]

@@ -97,11 +97,13 @@ const LATE_ENTRY: usize = 64;
 /// The exec arguments, built before the fork (the child must not allocate).
 pub struct Exec {
     path: CString,
-    argv: Vec<CString>,
+    /// What `argv_ptrs` points at.
+    _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     /// `/bin/sh PATH ARGS…`, for a file exec refuses with ENOEXEC.
     shell_argv: Vec<*const libc::c_char>,
-    env: Vec<CString>,
+    /// What `env_ptrs` points at, but for the late variables.
+    _env: Vec<CString>,
     /// The variables the gate gives values to, in order.
     late: Vec<&'static str>,
     /// `env` then one placeholder per late variable (the child points
@@ -187,8 +189,8 @@ impl Exec {
             shell_argv,
             env_ptrs,
             path,
-            argv,
-            env,
+            _argv: argv,
+            _env: env,
             late: late.to_vec(),
         })
     }
@@ -209,7 +211,6 @@ impl Exec {
     /// The child's side, from fork to exec. Never returns.
     fn in_child(&mut self, fds: &ChildFds<'_>) -> ! {
         let _guard = ExitOnUnwind;
-        let _ = (&self.argv, &self.env);
         // Its own group (idem sets it too, so neither runs ahead of it).
         let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
         default_dispositions();
@@ -252,11 +253,23 @@ impl Exec {
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
         // SAFETY: C strings and null-terminated arrays built in `prepare`,
         // the late entries on this stack; execve returns only on failure.
-        unsafe { libc::execve(self.path.as_ptr(), self.argv_ptrs.as_ptr(), self.env_ptrs.as_ptr()) };
+        unsafe {
+            libc::execve(
+                self.path.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.env_ptrs.as_ptr(),
+            )
+        };
         let mut errno = Errno::last_raw();
         if errno == libc::ENOEXEC {
             // SAFETY: as above.
-            unsafe { libc::execve(SHELL.as_ptr(), self.shell_argv.as_ptr(), self.env_ptrs.as_ptr()) };
+            unsafe {
+                libc::execve(
+                    SHELL.as_ptr(),
+                    self.shell_argv.as_ptr(),
+                    self.env_ptrs.as_ptr(),
+                )
+            };
             errno = Errno::last_raw();
         }
         let _ = nix::unistd::write(fds.status, &errno.to_ne_bytes());

@@ -90,7 +90,12 @@ impl Guard {
     /// The outcome is recorded: the watcher exits and leaves the group
     /// alone (what is left of it is no longer the run's).
     pub fn stand_down(&self) {
-        if let Some(line) = self.watcher.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        if let Some(line) = self
+            .watcher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             let _ = nix::unistd::write(&line, &[STAND_DOWN]);
         }
     }
@@ -101,7 +106,10 @@ fn watch(parent: Pid, group: Pid, line: &OwnedFd, keep: Option<&OwnedFd>) -> ! {
     let _guard = ExitOnUnwind;
     // No signal may end it or stop it; SIGKILL and SIGSTOP cannot be blocked.
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None);
-    close_all_but(line.as_raw_fd(), keep.map_or(line.as_raw_fd(), AsRawFd::as_raw_fd));
+    close_all_but(
+        line.as_raw_fd(),
+        keep.map_or(line.as_raw_fd(), AsRawFd::as_raw_fd),
+    );
     let _ = nix::sys::prctl::set_name(c"idem-watcher");
     let _ = nix::sys::prctl::set_pdeathsig(PARENT_DIED);
     let death = SignalFd::with_flags(&SigSet::from(PARENT_DIED), SfdFlags::SFD_CLOEXEC).ok();
@@ -152,7 +160,11 @@ fn poll_fds<'a>(line: &'a OwnedFd, death: Option<&'a SignalFd>) -> [PollFd<'a>; 
 /// watcher holds none of idem's pipes, files or sockets open.
 fn close_all_but(a: RawFd, b: RawFd) {
     let (low, high) = (a.min(b).unsigned_abs(), a.max(b).unsigned_abs());
-    let ranges = [(0, low.checked_sub(1)), (low + 1, high.checked_sub(1)), (high + 1, Some(u32::MAX))];
+    let ranges = [
+        (0, low.checked_sub(1)),
+        (low + 1, high.checked_sub(1)),
+        (high + 1, Some(u32::MAX)),
+    ];
     for (first, last) in ranges {
         let Some(last) = last.filter(|&last| last >= first) else {
             continue;
@@ -187,14 +199,25 @@ fn kill_group(group: Pid) {
 /// Whether any process of `group` runs (is not a zombie), read from /proc
 /// with buffers on the stack. Without /proc: while it can be signalled.
 fn has_live_member(group: Pid) -> bool {
-    let Ok(dir) = open(c"/proc", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()) else {
+    let Ok(dir) = open(
+        c"/proc",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
         return true;
     };
     let mut entries = [0u8; 4096];
     let mut live = false;
     'read: loop {
         // SAFETY: getdents64 writes at most `entries.len()` bytes into it.
-        let n = unsafe { libc::syscall(libc::SYS_getdents64, dir, entries.as_mut_ptr(), entries.len()) };
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir,
+                entries.as_mut_ptr(),
+                entries.len(),
+            )
+        };
         let Ok(n) = usize::try_from(n) else { break };
         if n == 0 {
             break;
@@ -203,11 +226,16 @@ fn has_live_member(group: Pid) -> bool {
         // (1), then the name and a NUL.
         let mut at = 0;
         while let Some(entry) = entries.get(at..n) {
-            let Some(&[lo, hi]) = entry.get(16..18) else { break };
+            let Some(&[lo, hi]) = entry.get(16..18) else {
+                break;
+            };
             let length = usize::from(u16::from_ne_bytes([lo, hi]));
             let name = entry.get(19..length.max(19)).unwrap_or_default();
             let name = name.split(|&b| b == 0).next().unwrap_or_default();
-            if !name.is_empty() && name.iter().all(u8::is_ascii_digit) && is_live_member(name, group) {
+            if !name.is_empty()
+                && name.iter().all(u8::is_ascii_digit)
+                && is_live_member(name, group)
+            {
                 live = true;
                 break 'read;
             }

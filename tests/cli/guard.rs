@@ -99,7 +99,10 @@ fn sigkill_of_idem_kills_its_commands_group_within_a_second() {
     let env = Env::new();
     let owner = start_owner(&env, &[]);
     let took = kill_and_time(owner, &env);
-    assert!(took < Duration::from_secs(1), "the group lived on for {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "the group lived on for {took:?}"
+    );
     assert_eq!(env.count("n"), 1);
 }
 
@@ -126,11 +129,18 @@ fn ctrl_c_to_the_foreground_job_spares_the_watcher() {
     let idem = owner.id();
     let watcher = watcher_of(idem);
     let [bg, _] = members(&env);
-    assert_ne!(group_of(watcher), group_of(bg), "the watcher is in the command's group");
+    assert_ne!(
+        group_of(watcher),
+        group_of(bg),
+        "the watcher is in the command's group"
+    );
     assert_eq!(group_of(watcher), group_of(idem as i32));
     kill(Pid::from_raw(-(idem as i32)), Signal::SIGINT).unwrap();
     let took = kill_and_time(owner, &env);
-    assert!(took < Duration::from_secs(1), "the group lived on for {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "the group lived on for {took:?}"
+    );
 }
 
 /// A caller in another PID namespace (a container sharing the store's
@@ -170,7 +180,11 @@ fn a_container_sees_a_sigkilled_owner_dead_at_once() {
     let taken = run_in_container(&env);
     assert_code(&taken, 0);
     assert_eq!(taken.stdout, b"attempt 2\n");
-    assert!(asked.elapsed() < Duration::from_secs(10), "took {:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        asked.elapsed()
+    );
     assert_eq!(env.count("n"), 2);
 }
 
@@ -199,7 +213,10 @@ fn a_container_sees_a_stopped_owner_alive_while_it_stays_stopped() {
     assert!(callers > 0);
     assert_eq!(env.count("n"), 1, "COMMAND ran twice");
     let took = kill_and_time(owner, &env);
-    assert!(took < Duration::from_secs(1), "the group lived on for {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "the group lived on for {took:?}"
+    );
     let taken = run_in_container(&env);
     assert_code(&taken, 0);
     assert_eq!(taken.stdout, b"attempt 2\n");

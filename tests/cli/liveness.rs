@@ -281,7 +281,11 @@ fn a_store_of_the_previous_schema_keeps_its_records_and_their_owners() {
         .assert()
         .success()
         .stdout("hi\n");
-    let latest = if env.backend() == Backend::Sqlite { "5" } else { "4" };
+    let latest = if env.backend() == Backend::Sqlite {
+        "5"
+    } else {
+        "4"
+    };
     assert_eq!(version(&env), latest);
     let again = || {
         env.idem()

@@ -81,7 +81,10 @@ impl OwnerLocks {
     /// Lets `byte` go (a claim that did not commit).
     pub(super) fn unlock(&mut self, byte: i64) {
         if let Some(file) = &self.mine {
-            let _ = fcntl(file.as_raw_fd(), FcntlArg::F_OFD_SETLK(&range(libc::F_UNLCK, byte)));
+            let _ = fcntl(
+                file.as_raw_fd(),
+                FcntlArg::F_OFD_SETLK(&range(libc::F_UNLCK, byte)),
+            );
         }
     }
 
