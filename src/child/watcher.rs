@@ -10,9 +10,11 @@
 //! outcome) makes it SIGKILL the group, wait until no live process is left
 //! in it (bounded, polled), and exit. `PR_SET_PDEATHSIG` is its second
 //! line, should anything else hold the pipe open. It blocks every
-//! catchable signal (a Ctrl-C or Ctrl-Z to the foreground job reaches it
-//! too), stays in idem's group (out of COMMAND's), and keeps no descriptor
-//! but the pipe and what it is given to keep: SQLite's owner lock file,
+//! catchable signal and has a process group of its own, out of COMMAND's
+//! and out of idem's, so that neither a Ctrl-C to the foreground job nor
+//! a `kill -9 %1` of that job (idem's group) reaches it. It keeps no
+//! descriptor but the pipe and what it is given to keep: SQLite's owner
+//! lock file,
 //! whose lock is on the open file description the watcher shares, so the
 //! kernel releases it only when both idem and the watcher are gone.
 //!
@@ -104,8 +106,10 @@ impl Guard {
 /// The watcher's life. Never returns.
 fn watch(parent: Pid, group: Pid, line: &OwnedFd, keep: Option<&OwnedFd>) -> ! {
     let _guard = ExitOnUnwind;
-    // No signal may end it or stop it; SIGKILL and SIGSTOP cannot be blocked.
+    // No signal may end it or stop it; SIGKILL and SIGSTOP cannot be
+    // blocked, and are not sent to its group by whoever signals a job.
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None);
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
     close_all_but(
         line.as_raw_fd(),
         keep.map_or(line.as_raw_fd(), AsRawFd::as_raw_fd),

@@ -106,14 +106,15 @@ fn sigkill_of_idem_kills_its_commands_group_within_a_second() {
     assert_eq!(env.count("n"), 1);
 }
 
-/// Ctrl-C reaches the whole foreground job, idem's watcher included: the
-/// watcher shrugs it off (it is not in the command's group, and blocks every
-/// signal it can), so a SIGKILL of idem afterwards still ends the command.
+/// Signals to the job reach idem's group, not its watcher's (a group of
+/// its own, neither the command's nor idem's), and the watcher shrugs off
+/// those that do reach it: after a Ctrl-C, and even after `kill -9 %1`
+/// (SIGKILL to idem's whole group), the command's group still dies.
 #[test]
 fn ctrl_c_to_the_foreground_job_spares_the_watcher() {
     let env = Env::new();
     // The command ignores SIGINT, as a job that handles it might.
-    let owner = {
+    let mut owner = {
         use std::os::unix::process::CommandExt;
         env.idem_std()
             .args(["run", "-k", "k", "--"])
@@ -126,17 +127,31 @@ fn ctrl_c_to_the_foreground_job_spares_the_watcher() {
             .unwrap()
     };
     wait_for(&env.path("started"));
-    let idem = owner.id();
-    let watcher = watcher_of(idem);
-    let [bg, _] = members(&env);
+    let idem = owner.id() as i32;
+    let watcher = watcher_of(owner.id());
+    let members = members(&env);
     assert_ne!(
         group_of(watcher),
-        group_of(bg),
-        "the watcher is in the command's group"
+        group_of(members[0]),
+        "in the command's group"
     );
-    assert_eq!(group_of(watcher), group_of(idem as i32));
-    kill(Pid::from_raw(-(idem as i32)), Signal::SIGINT).unwrap();
-    let took = kill_and_time(owner, &env);
+    assert_ne!(group_of(watcher), group_of(idem), "in the job's group");
+    kill(Pid::from_raw(-idem), Signal::SIGINT).unwrap();
+    for signal in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGTSTP,
+    ] {
+        kill(Pid::from_raw(watcher), signal).unwrap();
+    }
+    kill(Pid::from_raw(-idem), Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    owner.wait().unwrap();
+    wait_until("the command's group to be gone", || {
+        !members.iter().any(|&pid| running(pid))
+    });
+    let took = killed.elapsed();
     assert!(
         took < Duration::from_secs(1),
         "the group lived on for {took:?}"
