@@ -148,3 +148,32 @@ fn range(kind: libc::c_int, byte: i64) -> libc::flock {
         l_pid: 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's answer: a byte is held while any descriptor of the
+    /// description that locked it is open (idem's, or its watcher's), and
+    /// by nobody else.
+    #[test]
+    fn a_byte_is_held_while_a_descriptor_of_its_description_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("s.db");
+        let reader = OwnerLocks::beside(&store);
+        assert!(!reader.held(5), "no file yet");
+        let mut owner = OwnerLocks::beside(&store);
+        let watcher = owner.share().unwrap();
+        owner.lock(5).unwrap();
+        assert!(reader.held(5));
+        assert!(!reader.held(6));
+        assert!(owner.held(5), "the owner's own probe sees it too");
+        let mut other = OwnerLocks::beside(&store);
+        assert!(other.lock(5).is_err());
+        drop(owner);
+        assert!(reader.held(5), "the watcher's descriptor keeps it");
+        drop(watcher);
+        assert!(!reader.held(5));
+        other.lock(5).unwrap();
+    }
+}
