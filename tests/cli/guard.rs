@@ -56,16 +56,21 @@ fn members(env: &Env) -> [i32; 2] {
     })
 }
 
-/// SIGKILLs idem and returns how long its command's group took to go.
+/// SIGKILLs idem and returns how long its command's group took to go;
+/// returns once its watcher is gone too (on SQLite the owner's lock is
+/// free from then on).
 fn kill_and_time(mut owner: Child, env: &Env) -> Duration {
     let members = members(env);
+    let watcher = watcher_of(owner.id());
     owner.kill().unwrap();
     let killed = Instant::now();
     owner.wait().unwrap();
     wait_until("the command's group to be gone", || {
         !members.iter().any(|&pid| running(pid))
     });
-    killed.elapsed()
+    let took = killed.elapsed();
+    wait_until("the watcher to be gone", || !running(watcher));
+    took
 }
 
 /// idem's watcher: its child named `idem-watcher`.
