@@ -23,6 +23,7 @@
 
 #![allow(unsafe_code)]
 
+use super::watcher::{start_from_child, Post};
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
@@ -136,6 +137,8 @@ pub struct ChildFds<'a> {
     pub status: BorrowedFd<'a>,
     /// A directory to fsync before exec (the store's).
     pub sync_dir: Option<BorrowedFd<'a>>,
+    /// What the child starts its watcher with.
+    pub watcher: Post<'a>,
 }
 
 const SHELL: &CStr = c"/bin/sh";
@@ -211,6 +214,13 @@ impl Exec {
     /// The child's side, from fork to exec. Never returns.
     fn in_child(&mut self, fds: &ChildFds<'_>) -> ! {
         let _guard = ExitOnUnwind;
+        // The watcher first: from here on idem may die at any moment. A
+        // child without one runs nothing (reported like a failed exec).
+        if let Err(errno) = start_from_child(&fds.watcher) {
+            let _ = nix::unistd::write(fds.status, &(errno as i32).to_ne_bytes());
+            exit(127);
+        }
+        let _ = nix::unistd::close(fds.watcher.write.as_raw_fd());
         // Its own group (idem sets it too, so neither runs ahead of it).
         let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
         default_dispositions();

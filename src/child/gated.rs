@@ -5,9 +5,9 @@
 //! child to show. Until the gate opens the child runs nothing but fsync the
 //! store's directory (`exec`); a child whose gate never opens (the claim
 //! went to someone else, or failed) is killed and reaped when dropped.
-//! Once the child exists, and before the claim, its watcher starts
-//! (`watcher`): whatever ends idem from then on, the child's group dies
-//! with it.
+//! The child starts its watcher first thing (`watcher`), while idem goes
+//! on to the claim: whatever ends idem from then on, the child's group
+//! dies with it.
 
 use super::exec::{resolve, ChildFds, Exec, SpawnError};
 use super::Spec;
@@ -68,6 +68,7 @@ impl Gated {
         let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
         let (gate_r, gate_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
         let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+        let line = spec.guard.line()?;
         let pid = exec.start(&ChildFds {
             stdin: spec.stdin.map(AsFd::as_fd),
             stdout: out_w.as_fd(),
@@ -76,7 +77,9 @@ impl Gated {
             gate_writer: gate_w.as_fd(),
             status: status_w.as_fd(),
             sync_dir: spec.sync_dir.as_ref().map(AsFd::as_fd),
+            watcher: spec.guard.post(&line),
         })?;
+        spec.guard.arm(line);
         // Both sides set the group, so neither can run ahead of it.
         let _ = nix::unistd::setpgid(pid, pid);
         let raw = i64::from(pid.as_raw());
@@ -94,8 +97,6 @@ impl Gated {
             }),
             settled: false,
         };
-        // Dropping `gated` on failure kills the child, unrun.
-        spec.guard.watch(pid)?;
         Ok(Ok(gated))
     }
 

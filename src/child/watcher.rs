@@ -4,8 +4,9 @@
 //! that group is gone.
 //!
 //! Nothing inside a process outlives its SIGKILL, so this is done from
-//! outside: the watcher, a fork of idem made once the gated child exists
-//! and before the claim. It holds the read end of a pipe from idem; EOF
+//! outside: the watcher, started by the gated child first thing after its
+//! fork, while idem goes on to its claim, as a copy of it that is idem's
+//! child (`CLONE_PARENT`). It holds the read end of a pipe from idem; EOF
 //! without the stand-down byte (idem died, or gave up before recording an
 //! outcome) makes it SIGKILL the group, wait until no live process is left
 //! in it (bounded, polled), and exit. `PR_SET_PDEATHSIG` is its second
@@ -21,10 +22,12 @@
 //! Why a forked watcher: the kernel kills no group when a parent dies
 //! (`PR_SET_PDEATHSIG` on COMMAND itself would reach its leader only, and
 //! COMMAND may reset it), a subreaper must be an ancestor of the group,
-//! and a helper binary would cost an exec on every first run. A fork of
-//! idem needs no exec: it is idem's own small code, running only
-//! async-signal-safe calls (idem may have had threads when it forked, see
-//! `exec`).
+//! and a helper binary would cost an exec on every first run. A fork needs
+//! no exec: it is idem's own small code, running only async-signal-safe
+//! calls (idem may have had threads when it forked, see `exec`). Forked
+//! by the gated child, it costs idem nothing on its way to the claim (a
+//! fork of idem is ~60 us), and the watcher is still idem's own child,
+//! which `PR_SET_PDEATHSIG` needs.
 
 #![allow(unsafe_code)]
 
@@ -37,9 +40,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::Mode;
-use nix::unistd::{getppid, pipe2, ForkResult, Pid};
+use nix::unistd::{getppid, pipe2, Pid};
 use std::ffi::CStr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -72,20 +75,31 @@ impl Guard {
         }
     }
 
-    /// Starts the watcher of `group`, the gated child's.
-    pub(super) fn watch(&self, group: Pid) -> Result<()> {
-        let (read, line) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
-        let parent = nix::unistd::getpid();
-        // SAFETY: the child runs `watch` alone, which makes only
-        // async-signal-safe calls on memory built before the fork, cannot
-        // unwind, and never returns; the parent goes on normally.
-        match unsafe { nix::unistd::fork() }.context("fork the watcher")? {
-            ForkResult::Child => watch(parent, group, &read, self.keep.as_ref()),
-            ForkResult::Parent { .. } => {
-                drop(read);
-                *self.watcher.lock().unwrap_or_else(PoisonError::into_inner) = Some(line);
-                Ok(())
-            }
+    /// The pipe to the watcher, made before the gated child is forked;
+    /// the child starts the watcher (`start_from_child`), then idem keeps
+    /// the write end (`arm`).
+    pub(super) fn line(&self) -> Result<Line> {
+        let (read, write) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+        Ok(Line {
+            read,
+            write,
+            idem: nix::unistd::getpid(),
+        })
+    }
+
+    /// The gated child exists, and with it the watcher: idem keeps the
+    /// line's write end until it stands the watcher down or dies.
+    pub(super) fn arm(&self, line: Line) {
+        *self.watcher.lock().unwrap_or_else(PoisonError::into_inner) = Some(line.write);
+    }
+
+    /// What the gated child hands its watcher.
+    pub(super) fn post<'a>(&'a self, line: &'a Line) -> Post<'a> {
+        Post {
+            read: line.read.as_fd(),
+            write: line.write.as_fd(),
+            keep: self.keep.as_ref().map(AsFd::as_fd),
+            idem: line.idem,
         }
     }
 
@@ -103,8 +117,50 @@ impl Guard {
     }
 }
 
+/// The pipe from idem to the watcher.
+pub(super) struct Line {
+    read: OwnedFd,
+    write: OwnedFd,
+    idem: Pid,
+}
+
+/// What the gated child passes on to its watcher.
+pub(super) struct Post<'a> {
+    read: BorrowedFd<'a>,
+    /// idem's end, closed in the gated child once the watcher exists.
+    pub(super) write: BorrowedFd<'a>,
+    keep: Option<BorrowedFd<'a>>,
+    idem: Pid,
+}
+
+/// In the gated child, before anything else: starts the watcher of the
+/// child's group-to-be (its pid) as idem's child, not its own (COMMAND
+/// must not find a child it did not start).
+pub(super) fn start_from_child(post: &Post<'_>) -> std::result::Result<(), Errno> {
+    let group = nix::unistd::getpid();
+    // SAFETY: a fork (no CLONE_VM: the new process gets a copy of this
+    // memory and goes on on a copy of this stack) whose parent is this
+    // process's parent; the new process runs `watch` alone, which makes
+    // only async-signal-safe calls and never returns.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_PARENT | libc::SIGCHLD,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    match pid {
+        -1 => Err(Errno::last()),
+        0 => watch(post.idem, group, post.read, post.keep),
+        _ => Ok(()),
+    }
+}
+
 /// The watcher's life. Never returns.
-fn watch(parent: Pid, group: Pid, line: &OwnedFd, keep: Option<&OwnedFd>) -> ! {
+fn watch(parent: Pid, group: Pid, line: BorrowedFd<'_>, keep: Option<BorrowedFd<'_>>) -> ! {
     let _guard = ExitOnUnwind;
     // No signal may end it or stop it; SIGKILL and SIGSTOP cannot be
     // blocked, and are not sent to its group by whoever signals a job.
@@ -112,7 +168,7 @@ fn watch(parent: Pid, group: Pid, line: &OwnedFd, keep: Option<&OwnedFd>) -> ! {
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
     close_all_but(
         line.as_raw_fd(),
-        keep.map_or(line.as_raw_fd(), AsRawFd::as_raw_fd),
+        keep.map_or(line.as_raw_fd(), |keep| keep.as_raw_fd()),
     );
     let _ = nix::sys::prctl::set_name(c"idem-watcher");
     let _ = nix::sys::prctl::set_pdeathsig(PARENT_DIED);
@@ -152,10 +208,10 @@ fn watch(parent: Pid, group: Pid, line: &OwnedFd, keep: Option<&OwnedFd>) -> ! {
 
 /// The descriptors to poll, in a fixed array (no allocation): the line,
 /// then the signalfd when there is one (else the line again).
-fn poll_fds<'a>(line: &'a OwnedFd, death: Option<&'a SignalFd>) -> [PollFd<'a>; 2] {
-    let second = death.map_or(line.as_fd(), AsFd::as_fd);
+fn poll_fds<'a>(line: BorrowedFd<'a>, death: Option<&'a SignalFd>) -> [PollFd<'a>; 2] {
+    let second = death.map_or(line, AsFd::as_fd);
     [
-        PollFd::new(line.as_fd(), PollFlags::POLLIN),
+        PollFd::new(line, PollFlags::POLLIN),
         PollFd::new(second, PollFlags::POLLIN),
     ]
 }
