@@ -214,27 +214,28 @@ impl Exec {
     /// The child's side, from fork to exec. Never returns.
     fn in_child(&mut self, fds: &ChildFds<'_>) -> ! {
         let _guard = ExitOnUnwind;
-        // The watcher first: from here on idem may die at any moment. A
-        // child without one runs nothing (reported like a failed exec).
+        // Its own group (idem sets it too, so neither runs ahead of it).
+        let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+        // The claim's last step to disk, done here while idem writes the
+        // claim: first, as idem waits for it longest. An error is ignored,
+        // as SQLite ignores it (a file system that cannot sync directories).
+        if let Some(dir) = fds.sync_dir {
+            let _ = nix::unistd::fsync(dir.as_raw_fd());
+        }
+        // The watcher, before the gate can let COMMAND start (should idem
+        // die before then, the gate reads EOF). A child without one runs
+        // nothing (reported like a failed exec).
         if let Err(errno) = start_from_child(&fds.watcher) {
             let _ = nix::unistd::write(fds.status, &(errno as i32).to_ne_bytes());
             exit(127);
         }
         let _ = nix::unistd::close(fds.watcher.write.as_raw_fd());
-        // Its own group (idem sets it too, so neither runs ahead of it).
-        let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
         default_dispositions();
         if let Some(stdin) = fds.stdin {
             let _ = nix::unistd::dup2(stdin.as_raw_fd(), 0);
         }
         let _ = nix::unistd::dup2(fds.stdout.as_raw_fd(), 1);
         let _ = nix::unistd::dup2(fds.stderr.as_raw_fd(), 2);
-        // The claim's last step to disk, done here while idem writes the
-        // claim. An error is ignored, as SQLite ignores it (a file system
-        // that cannot sync directories).
-        if let Some(dir) = fds.sync_dir {
-            let _ = nix::unistd::fsync(dir.as_raw_fd());
-        }
         // Wait until idem's claim has recorded this pid; EOF means idem
         // died first, or will not run COMMAND.
         let _ = nix::unistd::close(fds.gate_writer.as_raw_fd());
