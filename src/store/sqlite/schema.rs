@@ -113,10 +113,8 @@ impl SqliteStore {
         }
         if tables == 0 {
             self.created = true;
-            // Counts and locks left by a store that was here before are
-            // not this one's.
+            // Counts left by a store that was here before are not this one's.
             replays::forget(&self.path);
-            owner_lock::forget(&self.path);
             // auto_vacuum must be chosen before the first table exists.
             self.pragma("auto_vacuum", "INCREMENTAL")?;
         }
@@ -145,6 +143,13 @@ impl SqliteStore {
                 Err(e) => return fail("cannot read it", e),
             };
         check_identity(&path, app, version, tables)?;
+        if tables == 0 {
+            // Locks left in the file of a store that was here before are
+            // not this one's (its tokens start again). Only here, under the
+            // write lock with no table yet: a racing creator may already
+            // hold a lock in the file this store's claims use.
+            owner_lock::forget(&path);
+        }
         for (from, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             if let Err(e) = tx.execute_batch(migration) {
                 return fail(&format!("cannot migrate it from version {from}"), e);
