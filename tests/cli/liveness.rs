@@ -84,7 +84,7 @@ fn assert_code(out: &Output, code: i32) {
 /// owner is killed with its namespace, the key is taken over when the lease
 /// has run out. (On SQLite the kernel decides instead: `guard.rs`.)
 #[test]
-#[ignore = "needs a shared store: IDEM_TEST_BACKEND=postgres or redis"]
+#[ignore = "needs a shared store (IDEM_TEST_BACKEND=postgres or redis) and root, for PID namespaces"]
 fn two_pid_namespaces_sharing_a_store_run_a_key_once() {
     require_shared_store();
     let env = Env::new();
