@@ -14,8 +14,6 @@
 //! `model/` checks this rule, with these same numbers (a test compares
 //! them).
 
-#![allow(dead_code)] // until the lease keeper uses all of it (issue 23)
-
 use std::time::Duration;
 
 /// Renewals per lease: one every L/3, so two can fail before the stop

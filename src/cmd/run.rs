@@ -12,6 +12,7 @@ use super::Global;
 use crate::child;
 use crate::exit::{fail, Code};
 use crate::key::{self, Fingerprint};
+use crate::lease::Clock;
 use crate::owner::{ChildId, Here};
 use crate::policy::{decide, owner_alive, Policy, Verdict};
 use crate::store::{self, Claim, Millis, Mode, Record, Status, Store};
@@ -31,6 +32,7 @@ mod refuse;
 mod report;
 
 pub use args::{label, Args, DEFAULT_LEASE, DEFAULT_MAX_OUTPUT, DEFAULT_TTL};
+use execute::Claimed;
 use join::Joined;
 use refuse::{ago, record_status};
 use report::{Outcome as Reported, Report};
@@ -220,9 +222,15 @@ impl Call<'_> {
                     let started = child::Gated::start(&spec)?;
                     owning::pause_point("child-started");
                     let id = started.as_ref().ok().map(child::Gated::id);
+                    let sent = Clock::now();
                     match self.claim(store, id)? {
                         Ok((token, attempt)) => {
-                            return self.execute(store, token, attempt, started, &spec, &signals)
+                            let claimed = Claimed {
+                                token,
+                                attempt,
+                                sent,
+                            };
+                            return self.execute(store, claimed, started, &spec, &signals);
                         }
                         Err(next) => next,
                     }

@@ -181,8 +181,28 @@ pub struct Filter {
     pub limit: Option<u64>,
 }
 
-/// The atomic primitives a backend provides. A store moves to the keeper
-/// thread while the child runs (`child::Supervisor`), hence `Send`.
+/// Renews one claim's lease on a store connection of its own, so that no
+/// journal append, slow query or stalled reader on the main one can delay
+/// a renewal (`child::keeper` drives it from a thread of its own).
+pub trait LeaseKeeper: Send {
+    /// Extends the lease of `key`'s claim with `token` to `lease_ms` from
+    /// the store's now, giving up (an error) after a third of the lease.
+    /// False: the record carries another token, is finished, or is gone.
+    fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool>;
+}
+
+/// A second connection to a shared store, kept for renewals only: what
+/// `Store::lease_keeper` gives on PostgreSQL and Redis.
+pub struct RenewalsOnly<S>(pub S);
+
+impl<S: Store> LeaseKeeper for RenewalsOnly<S> {
+    fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool> {
+        self.0.renew(key, token, lease_ms)
+    }
+}
+
+/// The atomic primitives a backend provides. A store moves to the journal
+/// thread while the child runs (`child::JournalWriter`), hence `Send`.
 pub trait Store: Send {
     /// The store's clock (the server's, for shared stores).
     fn now(&mut self) -> Result<Millis>;
@@ -222,6 +242,17 @@ pub trait Store: Send {
 
     /// Extends the lease of a running claim. False if it is no longer ours.
     fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool>;
+
+    /// A connection of its own that renews the lease of a claim of `lease`
+    /// (each attempt bounded by `lease.attempt_limit()`, by the server too
+    /// where it can be told), for a store judged by leases. None: the store keeps no lease (SQLite, where the
+    /// kernel tells whether an owner lives).
+    fn lease_keeper(
+        &mut self,
+        _lease: crate::lease::Lease,
+    ) -> Result<Option<Box<dyn LeaseKeeper>>> {
+        Ok(None)
+    }
 
     /// Stores the outcome durably, and with it the journal written so far.
     /// False if the claim is no longer ours.

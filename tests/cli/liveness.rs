@@ -78,11 +78,12 @@ fn assert_code(out: &Output, code: i32) {
     );
 }
 
-/// Two containers on one machine share a PostgreSQL or Redis store: each
-/// has its own PID namespace, where the other's pids mean nothing. The live
-/// owner's lease (renewed past its first term) keeps the key; once the
-/// owner is killed with its namespace, the key is taken over when the lease
-/// has run out. (On SQLite the kernel decides instead: `guard.rs`.)
+/// Two containers on one machine share a shared store: each has its own
+/// PID namespace, where the other's pids mean nothing. The live owner's
+/// lease (renewed past its first term) keeps the key; once the owner is
+/// killed with its namespace, the key is taken over when the lease has run
+/// out. (A SQLite store keeps no lease: the owner's kernel lock decides
+/// there.)
 #[test]
 #[ignore = "needs a shared store (IDEM_TEST_BACKEND=postgres or redis) and root, for PID namespaces"]
 fn two_pid_namespaces_sharing_a_store_run_a_key_once() {

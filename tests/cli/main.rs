@@ -21,6 +21,7 @@ mod inspect;
 mod jobs;
 mod journal;
 mod layout;
+mod lease;
 mod limits;
 mod lint;
 mod liveness;

@@ -84,6 +84,11 @@ impl Report {
         self.record = None;
     }
 
+    /// COMMAND was stopped for its claim's lease, or never started.
+    pub(super) fn lease_lost(&mut self) {
+        self.reason = Some("lease_lost");
+    }
+
     /// The record as it stands after this call (for `ran`: after finish).
     pub(super) fn record(&mut self, record: Option<Record>) {
         self.record = record;

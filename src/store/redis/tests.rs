@@ -237,3 +237,32 @@ fn a_claim_decides_again_when_the_record_changed_after_the_read() {
         .unwrap();
     assert_eq!((token, looks), (None, 2));
 }
+
+#[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
+fn a_claim_whose_answer_was_lost_is_recognised_by_its_nonce_only() {
+    let mut s = Scratch::new("nonce");
+    let token = s.claim("k");
+    let rkey = s.store.record_key("k");
+    let nonce: String = s.redis(redis::cmd("HGET").arg(&rkey).arg("claim_nonce"));
+    assert_eq!(s.store.own_claim(&rkey, &nonce).unwrap(), Some(token));
+    assert_eq!(s.store.own_claim(&rkey, "another claim's").unwrap(), None);
+    // Finished, it is no longer a claim to go on with.
+    assert!(s.finish("k", token, 60_000, b""));
+    assert_eq!(s.store.own_claim(&rkey, &nonce).unwrap(), None);
+}
+
+#[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
+fn a_record_in_progress_never_expires_and_a_renewal_clears_an_old_expiry() {
+    let mut s = Scratch::new("persist");
+    let token = s.claim("k");
+    let rkey = s.store.record_key("k");
+    let ttl: i64 = s.redis(redis::cmd("PTTL").arg(&rkey));
+    assert_eq!(ttl, -1);
+    // As an older idem left it: a deadline in Redis.
+    let _: i64 = s.redis(redis::cmd("PEXPIRE").arg(&rkey).arg(3_600_000));
+    assert!(s.store.renew("k", token, 30_000).unwrap());
+    let ttl: i64 = s.redis(redis::cmd("PTTL").arg(&rkey));
+    assert_eq!(ttl, -1);
+}
