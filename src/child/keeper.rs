@@ -148,7 +148,7 @@ fn renew(
                         crate::say::notice(format_args!(
                             "cannot renew the lease on {} yet ({e:#}); trying again every {}",
                             escape(key.as_bytes()),
-                            humantime::format_duration(lease.renew_every())
+                            crate::text::duration(lease.renew_every())
                         ));
                     });
                 }

@@ -99,6 +99,9 @@ pub(super) fn supervise(
         };
         let machine = Machine::new(Clock::now(), spec.timeout);
         let finished = watch.run(machine, signals, hold, &mut terminal);
+        // COMMAND has ended: the final writes' budget starts now, so the
+        // journal's last append counts against it too.
+        crate::store::final_writes_deadline();
         drop(watch);
         let _ = appender.join();
         finished.map(Ok)

@@ -15,7 +15,7 @@ use crate::child::{self, Finished, Hold, Keeper, LeaseLoss, SpawnError};
 use crate::exit::{child_status, fail, Code};
 use crate::lease::{Clock, Lease};
 use crate::policy::OnFailure;
-use crate::store::{Captured, Outcome, Status, Store};
+use crate::store::{Captured, Judged, Outcome, Status, Store};
 use crate::text::escape;
 use anyhow::Result;
 use std::collections::VecDeque;
@@ -186,7 +186,7 @@ impl Call<'_> {
             crate::say::notice(format_args!(
                 "{} timed out after {}",
                 self.shown_command(),
-                humantime::format_duration(self.args.timeout.unwrap_or_default())
+                crate::text::duration(self.args.timeout.unwrap_or_default())
             ));
         }
         self.finish(store, token, &finished, captured, status, lost_lease)?;
@@ -222,7 +222,14 @@ impl Call<'_> {
     /// never starts (its gated child is gone), and the claim is released.
     fn release_late(&self, store: &mut dyn Store, token: i64, took: Duration) -> Result<u8> {
         self.report.borrow_mut().lease_lost();
-        let released = match store.delete(&[(self.key.clone(), token)]) {
+        // Deleted as it was read: only this claim's record, unchanged.
+        let release = |store: &mut dyn Store| -> Result<u64> {
+            match store.get(&self.key)?.1.filter(|r| r.token == token) {
+                Some(record) => store.delete(&[Judged::from(record)]),
+                None => Ok(0),
+            }
+        };
+        let released = match release(store) {
             Ok(_) => "the claim was released".to_owned(),
             Err(e) => format!("the claim could not be released ({e:#}); it stays in progress"),
         };

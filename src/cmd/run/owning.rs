@@ -5,7 +5,7 @@
 
 use crate::child::{Hold, JournalWriter};
 use crate::lease::Clock;
-use crate::store::{Chunk, Store, Stream, FINISH_PATIENCE};
+use crate::store::{final_writes_deadline, Chunk, Store, Stream, FINISH_PATIENCE};
 use crate::text::escape;
 use anyhow::Result;
 use std::collections::VecDeque;
@@ -31,6 +31,10 @@ pub(super) struct Owning<'a> {
     /// The number of the first pending batch (the next one, when none is).
     pub(super) seq: u64,
 }
+
+/// What the outcome keeps of the final writes' budget, whatever the
+/// output's retries took.
+const OUTCOME_RESERVE: Duration = Duration::from_secs(10);
 
 /// How much output waits for a store that fails, before the journal is
 /// given up as cut.
@@ -98,9 +102,12 @@ impl Owning<'_> {
     }
 
     /// Before the outcome: writes what still waits, trying on a shared
-    /// store for as long as the outcome itself would.
+    /// store within the final writes' budget (`store::final_writes_deadline`)
+    /// but for `OUTCOME_RESERVE` of it, which the outcome keeps.
     pub(super) fn flush(&mut self) {
-        let deadline = std::time::Instant::now() + FINISH_PATIENCE;
+        let deadline = final_writes_deadline()
+            .checked_sub(OUTCOME_RESERVE)
+            .unwrap_or_else(std::time::Instant::now);
         let mut pause = Duration::from_millis(100);
         let mut warned = false;
         while !self.lost && !self.output_lost {
@@ -114,7 +121,7 @@ impl Owning<'_> {
                 crate::say::notice(format_args!(
                     "cannot store the output of key {} yet ({e:#}); retrying for up to {}",
                     self.lease_key(),
-                    humantime::format_duration(FINISH_PATIENCE)
+                    crate::text::duration(FINISH_PATIENCE.saturating_sub(OUTCOME_RESERVE))
                 ));
                 warned = true;
             }

@@ -124,7 +124,7 @@ impl Conn {
                         return Err(Failure::Lost(format!(
                             "cannot connect to {}: timed out after {} (is the host reachable?)",
                             target.endpoint(),
-                            humantime::format_duration(limit)
+                            crate::text::duration(limit)
                         )))
                     }
                 };
@@ -210,7 +210,7 @@ impl Conn {
 fn over_limit(what: &str, limit: Duration) -> String {
     format!(
         "the server did not {what} within {}",
-        humantime::format_duration(limit)
+        crate::text::duration(limit)
     )
 }
 

@@ -20,7 +20,8 @@ mod tests;
 mod tls;
 
 use super::{
-    Chunk, Claim, Filter, LeaseKeeper, Millis, Mode, Outcome, Record, RenewalsOnly, Store, Stream,
+    Chunk, Claim, Filter, Judged, LeaseKeeper, Millis, Mode, Outcome, Record, RenewalsOnly, Store,
+    Stream,
 };
 use crate::lease::Lease;
 use crate::store::{finish_patiently, FinishFailure};
@@ -407,18 +408,24 @@ impl Store for PgStore {
         records::list(&mut self.conn, table, filter, now, each)
     }
 
-    fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
+    fn delete(&mut self, records: &[Judged]) -> Result<u64> {
         self.ready()?;
+        // One statement, so one transaction: each row goes only if it is
+        // still as judged.
         let sql = format!(
-            "DELETE FROM {} AS r USING unnest($1::text[], $2::bigint[]) AS d(key, token) \
-             WHERE r.key = d.key AND r.token = d.token",
+            "DELETE FROM {} AS r USING unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) \
+                AS d(key, token, status, lease_until) \
+             WHERE r.key = d.key AND r.token = d.token AND r.status = d.status \
+                AND r.lease_until IS NOT DISTINCT FROM d.lease_until",
             self.names.records
         );
-        let keys: Vec<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
-        let tokens: Vec<i64> = records.iter().map(|(_, t)| *t).collect();
+        let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+        let tokens: Vec<i64> = records.iter().map(|r| r.token).collect();
+        let statuses: Vec<&str> = records.iter().map(|r| r.status.as_str()).collect();
+        let leases: Vec<Option<i64>> = records.iter().map(|r| r.lease_until).collect();
         self.conn
             .call("cannot delete records", CALL_LIMIT, async |c| {
-                c.execute(&sql, &[&keys, &tokens]).await
+                c.execute(&sql, &[&keys, &tokens, &statuses, &leases]).await
             })
     }
 

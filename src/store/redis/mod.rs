@@ -19,6 +19,7 @@ mod conn;
 mod journal;
 mod keys;
 mod list;
+mod migrate;
 mod record;
 mod schema;
 mod target;
@@ -34,7 +35,8 @@ use self::schema::SCHEMA_VERSION;
 use self::target::Target;
 pub use self::warning::persistence_warning;
 use super::{
-    Chunk, Claim, Filter, LeaseKeeper, Millis, Mode, Outcome, Record, RenewalsOnly, Store, Stream,
+    Chunk, Claim, Filter, Judged, LeaseKeeper, Millis, Mode, Outcome, Record, RenewalsOnly, Store,
+    Stream,
 };
 use crate::lease::Lease;
 use crate::store::{finish_patiently, FinishFailure};
@@ -132,7 +134,7 @@ fn open_store(url: &str, mode: Mode) -> Result<Option<RedisStore>> {
     };
     let keys = Keys {
         prefix: target.prefix.clone(),
-        layout: Layout::V2,
+        layout: Layout::V3,
     };
     let mut store = RedisStore {
         target,
@@ -297,17 +299,19 @@ impl Store for RedisStore {
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
         self.ready()?;
         let shown = self.target.shown.clone();
-        finish_patiently(&shown, |with_output, _left| {
-            self.write_outcome(key, token, outcome, with_output)
-                .map_err(|failure| {
-                    let why = self
-                        .target
-                        .scrub(&describe(&failure, &self.target.endpoint));
-                    match &failure {
-                        Failure::Call(e) if !is_connection_error(e) => FinishFailure::Output(why),
-                        _ => FinishFailure::Retry(why),
-                    }
-                })
+        finish_patiently(&shown, |with_output, left| {
+            self.within(left, |store| {
+                store.write_outcome(key, token, outcome, with_output)
+            })
+            .map_err(|failure| {
+                let why = self
+                    .target
+                    .scrub(&describe(&failure, &self.target.endpoint));
+                match &failure {
+                    Failure::Call(e) if !is_connection_error(e) => FinishFailure::Output(why),
+                    _ => FinishFailure::Retry(why),
+                }
+            })
         })
     }
 
@@ -373,7 +377,7 @@ impl Store for RedisStore {
         list::list(self, filter, each)
     }
 
-    fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
+    fn delete(&mut self, records: &[Judged]) -> Result<u64> {
         self.ready()?;
         let mut gone = 0;
         // One script touches one hash slot on a cluster.
@@ -384,12 +388,21 @@ impl Store for RedisStore {
         for chunk in records.chunks(per_call) {
             let keys: Vec<String> = chunk
                 .iter()
-                .map(|(k, _)| self.record_key(k))
-                .chain(chunk.iter().map(|(k, _)| self.journal_key(k)))
+                .map(|r| self.record_key(&r.key))
+                .chain(chunk.iter().map(|r| self.journal_key(&r.key)))
                 .collect();
-            let tokens: Vec<i64> = chunk.iter().map(|(_, t)| *t).collect();
+            let mut judged = Vec::with_capacity(chunk.len() * 3);
+            for record in chunk {
+                judged.push(record.token.to_string());
+                judged.push(record.status.as_str().to_owned());
+                judged.push(
+                    record
+                        .lease_until
+                        .map_or_else(String::new, |at| at.to_string()),
+                );
+            }
             gone += self.exec("cannot delete records", true, |c, s| {
-                s.delete.key(&keys).arg(&tokens).invoke::<u64>(c.like())
+                s.delete.key(&keys).arg(&judged).invoke::<u64>(c.like())
             })?;
         }
         Ok(gone)

@@ -6,6 +6,7 @@
 //! start a private `redis-server` on a free loopback port.
 
 mod cluster;
+mod names;
 
 use crate::support::redis_server::{make_certificates, Server};
 use crate::support::{record_key, require, sh, wait_for, wait_until, Backend, Env, Holder};
