@@ -14,6 +14,7 @@ mod examples;
 mod files;
 mod foreign;
 mod guarantees;
+mod guard;
 mod hints;
 mod hostile;
 mod hosts;
