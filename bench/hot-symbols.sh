@@ -6,8 +6,9 @@
 # replay, a first run, with and without output, and the call that creates a
 # store), the most frequent first. build.rs hands it to the linker (lld's
 # --symbol-ordering-file), which lays those functions out side by side: a
-# replay then takes 17-28 % less time, a first run 7-16 % (issue 26). The
-# names come from valgrind's callgrind on a release build.
+# replay then takes 3-8 % less time on an idle machine and 17-28 % at load
+# 8, a first run 2-3 % and 7-16 % (issue 26). The names come from
+# valgrind's callgrind on a release build.
 #
 # The C functions' names (SQLite's, the C library's) change only with their
 # versions; tests/cli/layout.rs, in the plain `cargo test`, fails when one
