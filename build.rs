@@ -30,10 +30,10 @@ fn main() {
 /// The kernel maps a program's code as it runs, 16 pages per page fault:
 /// together, a replay's functions cost 23 faults fewer, and a replay takes
 /// 3-8 % less time on an idle machine, 17-28 % at load 8; a first run 2-3 %
-/// and 7-16 % (issue 26). `link/hot-symbols.txt`
-/// lists them (bench/hot-symbols.sh writes it); tests/cli/layout.rs checks
-/// its C names and `bench/hot-symbols.sh --check` its Rust names, which a
-/// compiler or code change renames; names the program lacks are skipped.
+/// and 7-16 % (issue 26). `link/hot-symbols.txt` lists them
+/// (bench/hot-symbols.sh writes it); tests/cli/layout.rs checks its C names
+/// and `bench/hot-symbols.sh --check` its Rust names, which a compiler or
+/// code change renames; names the program lacks are skipped.
 fn order_hot_functions() {
     let Some(dir) = env::var_os("CARGO_MANIFEST_DIR") else {
         return;
