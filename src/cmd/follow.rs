@@ -54,7 +54,23 @@ impl Target {
             grow_pipe(&self.file);
         }
         self.written = self.written.saturating_add(bytes.len());
-        self.file.write_all(bytes)
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            match self.file.write(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Another process made the shared stdout non-blocking:
+                // wait until the reader takes more, as a blocking write would.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                    let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLOUT)];
+                    let _ = poll(&mut fds, PollTimeout::NONE);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -3,7 +3,10 @@
 //! job control, daemons that keep the pipes. Each test here failed on the
 //! supervisor before its redesign (see the commit that added it).
 
-use crate::support::{backend, require_shared_store, sh, wait_for, wait_until, Backend, Env};
+use crate::support::{
+    backend, require_shared_store, sh, wait_for, wait_renewed_past_first_lease, wait_until,
+    Backend, Env,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::Read;
@@ -154,8 +157,8 @@ fn a_stalled_reader_does_not_stop_lease_renewal() {
         .spawn()
         .unwrap();
     wait_until("the first run", || env.count("runs") == 1);
-    // Well past the lease: only renewals keep the claim.
-    std::thread::sleep(Duration::from_secs(4));
+    // Past the first lease: only renewals keep the claim.
+    wait_renewed_past_first_lease(&env, "k", Duration::from_secs(2));
     let second = env
         .idem_on_host("h2")
         .args(["run", "--key", "k", "--lease", "2s", "--"])

@@ -379,6 +379,47 @@ fn a_non_blocking_stdout_and_a_slow_reader_cost_no_cpu() {
     );
 }
 
+/// A replay (and `idem logs`) to a stdout another process made
+/// non-blocking waits for a slow reader too, rather than failing with
+/// EAGAIN (exit 125 before).
+#[test]
+fn a_replay_to_a_non_blocking_stdout_writes_it_all() {
+    let env = Env::new();
+    let size = 2 << 20;
+    let command = ["head", "-c", &size.to_string(), "/dev/zero"];
+    let first = env
+        .idem_std()
+        .args(["run", "-k", "k", "--"])
+        .args(command)
+        .output()
+        .unwrap();
+    assert_eq!(first.stdout.len(), size);
+    for call in [vec!["run", "-k", "k", "--"], vec!["logs", "k"]] {
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        fcntl(writer.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+        let mut idem = env
+            .idem_std()
+            .args(&call)
+            .args(if call[0] == "run" { &command[..] } else { &[] })
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut chunk = vec![0; 256 << 10];
+        let mut read = 0;
+        loop {
+            std::thread::sleep(Duration::from_millis(5));
+            match reader.read(&mut chunk).unwrap() {
+                0 => break,
+                n => read += n,
+            }
+        }
+        assert_eq!(idem.wait().unwrap().code(), Some(0), "{call:?}");
+        assert_eq!(read, size, "{call:?}");
+    }
+}
+
 /// The user and system CPU time a process (not yet reaped) has used.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
