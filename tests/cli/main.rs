@@ -8,6 +8,7 @@ mod completion;
 mod crash;
 mod disk;
 mod examples;
+mod faults;
 mod foreign;
 mod guarantees;
 mod hints;
