@@ -198,6 +198,7 @@ fn claim_answered_after_the_stop_deadline(server: Server) {
     let world = World::new(server);
     world.delay_answers(Duration::from_secs(2), "slow-claim");
     let args = ["run", "-k", "slow-claim", "--lease", "2s"];
+    release(&world);
     let a = start(&world, "a", Link::Delayed, &args);
     let (a_code, _, a_err) = finish(&world, "a", a);
     assert_eq!(executions(&world), 0, "COMMAND started: {:#?}", log(&world));
@@ -250,9 +251,14 @@ fn redis_paused_longer_than_the_lease() {
 }
 
 /// An operator's `LOCK TABLE` on `table` for `held` while the owner's
-/// COMMAND prints, and another host waiting. Returns the world and the
-/// owner's and the waiter's exit codes and stderr.
-fn postgres_locked(table: &str, held: Duration) -> (World, [(Option<i32>, String); 2]) {
+/// COMMAND prints; another host starts `b_after` into it, with `b_flags`.
+/// Returns the world and the owner's and the other's exit codes and stderr.
+fn postgres_locked(
+    table: &str,
+    held: Duration,
+    b_after: Duration,
+    b_flags: &[&str],
+) -> (World, [(Option<i32>, String); 2]) {
     let world = World::new(Server::Postgres);
     let args = ["run", "-k", "k", "--lease", "3s"];
     let a = start(&world, "a", Link::A, &args);
@@ -261,9 +267,10 @@ fn postgres_locked(table: &str, held: Duration) -> (World, [(Option<i32>, String
     lock.send(&format!(
         "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;"
     ));
-    let mut b = start(&world, "b", Link::B, &waiting(&args));
-    // The fault's length, not a wait for a condition.
-    std::thread::sleep(held);
+    // The fault's length, not waits for a condition.
+    std::thread::sleep(b_after);
+    let mut b = start(&world, "b", Link::B, &[&args[..], b_flags].concat());
+    std::thread::sleep(held.saturating_sub(b_after));
     lock.end();
     settle(&world, &mut b, Duration::from_secs(6));
     release(&world);
@@ -272,9 +279,12 @@ fn postgres_locked(table: &str, held: Duration) -> (World, [(Option<i32>, String
     (world, [(a_code, a_err), (b_code, b_err)])
 }
 
-/// `ARGS` for a caller that waits for the owner (at most 30 s).
+/// Flags for a caller that waits for the owner (at most 30 s).
+const WAIT: [&str; 4] = ["--on-duplicate", "wait", "--wait-timeout", "30s"];
+
+/// `ARGS` for a caller that waits for the owner.
 fn waiting<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    [args, &["--on-duplicate", "wait", "--wait-timeout", "30s"]].concat()
+    [args, &WAIT].concat()
 }
 
 /// Gives a fault at most `limit` to show: until the waiter `b` exits, a
@@ -303,6 +313,11 @@ fn first_group(world: &World) -> i32 {
 macro_rules! on_each_server {
     ($($test:ident),* $(,)?) => {
         mod postgres {
+            use std::time::Duration;
+
+            fn secs(n: u64) -> Duration {
+                Duration::from_secs(n)
+            }
             $(
                 #[test]
                 #[ignore = "needs root, ip, nft, python3, PostgreSQL and Redis binaries"]
@@ -313,18 +328,19 @@ macro_rules! on_each_server {
             )*
 
             /// The journal append blocks on an operator's lock for more
-            /// than two leases while COMMAND prints: renewals go on, no
-            /// takeover, one run.
+            /// than two leases while COMMAND prints: renewals go on, and a
+            /// host that comes once the lease would have run out finds the
+            /// owner alive (75). One run.
             #[test]
             #[ignore = "needs root, ip, nft, python3, PostgreSQL and Redis binaries"]
             fn locked_journal_table() {
                 crate::support::require_root();
                 let (world, [(a_code, a_err), (b_code, b_err)]) =
-                    super::postgres_locked("faults_journal", std::time::Duration::from_secs(7));
+                    super::postgres_locked("faults_journal", secs(7), secs(4), &[]);
                 super::assert_no_overlap(&world);
                 assert_eq!(super::executions(&world), 1, "{:#?}", super::log(&world));
                 assert_eq!(a_code, Some(0), "{a_err}");
-                assert_eq!(b_code, Some(0), "{b_err}");
+                assert_eq!(b_code, Some(75), "{b_err}");
             }
 
             /// The records table locked for longer than the lease: no two
@@ -334,7 +350,7 @@ macro_rules! on_each_server {
             fn locked_records_table() {
                 crate::support::require_root();
                 let (world, [(a_code, a_err), (b_code, b_err)]) =
-                    super::postgres_locked("faults", std::time::Duration::from_secs(5));
+                    super::postgres_locked("faults", secs(5), secs(0), &super::WAIT);
                 super::assert_no_overlap(&world);
                 assert!(matches!(a_code, Some(0 | 125)), "{a_err}");
                 assert_eq!(b_code, Some(0), "{b_err}");

@@ -449,16 +449,23 @@ def answers(upstream, client):
                 client.shutdown(socket.SHUT_WR)
                 return
             client.sendall(data)
-    threading.Thread(target=send, daemon=True).start()
+    threading.Thread(target=quietly, args=(send,), daemon=True).start()
     while True:
         data = upstream.recv(65536)
         held.put((time.monotonic() + (delay if armed.is_set() else 0.0), data))
         if not data:
             return
 
+def quietly(pump, *ends):
+    """A connection that a killed client reset is no news."""
+    try:
+        pump(*ends)
+    except OSError:
+        pass
+
 while True:
     client, _ = server.accept()
     upstream = socket.create_connection((target, int(tport)))
     for pump, ends in ((requests, (client, upstream)), (answers, (upstream, client))):
-        threading.Thread(target=pump, args=ends, daemon=True).start()
+        threading.Thread(target=quietly, args=(pump, *ends), daemon=True).start()
 "#;
