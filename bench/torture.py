@@ -346,7 +346,7 @@ def partition(args, idem):
                         if what == "call":
                             side = SIDES[which % 2]
                             env = dict(os.environ, IDEM_DB=net.url(side), TORTURE_LOGS=logs,
-                                       TORTURE_SLEEP=f"{random.uniform(0.05, 2.5):.2f}")
+                                       TORTURE_SLEEP=f"{random.uniform(0.05, 2 * lease):.2f}")
                             procs.append(subprocess.Popen(
                                 net.inside(["unshare", "--uts", "sh", "-c",
                                             'hostname "$0" && exec "$@"', f"h{which}", idem,
