@@ -195,7 +195,7 @@ fn black_hole_shorter_than_the_stop_deadline(server: Server) {
 /// and releases the claim, so the next caller runs at once (under
 /// `--on-crash block`, an abandoned claim would stop it with 77).
 fn claim_answered_after_the_stop_deadline(server: Server) {
-    let world = World::new(server);
+    let mut world = World::new(server);
     world.delay_answers(Duration::from_secs(2), "slow-claim");
     let args = ["run", "-k", "slow-claim", "--lease", "2s"];
     release(&world);

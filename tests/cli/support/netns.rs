@@ -67,7 +67,9 @@ pub struct World {
     pub name: String,
     pub server: Server,
     pub dir: TempDir,
-    redis: Option<Child>,
+    /// Processes of the world's own (Redis, the delay line), reaped when
+    /// it is dropped.
+    daemons: Vec<Child>,
 }
 
 impl World {
@@ -90,7 +92,7 @@ impl World {
             name,
             server,
             dir,
-            redis: None,
+            daemons: Vec::new(),
         };
         run(Command::new("ip").args(["-n", &world.name, "link", "set", "lo", "up"]));
         run(world.inside("nft").args(["add", "table", "inet", "idem"]));
@@ -164,7 +166,7 @@ impl World {
     /// Starts the delay line on `Link::Delayed`: from the first time a
     /// client sends `marker`, every answer reaches its client `delay` after
     /// the server sent it.
-    pub fn delay_answers(&self, delay: Duration, marker: &str) {
+    pub fn delay_answers(&mut self, delay: Duration, marker: &str) {
         let port = self.port().to_string();
         let mut line = self
             .inside("python3")
@@ -175,13 +177,14 @@ impl World {
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3");
-        // It prints one line once it listens; the guard kills it.
+        // It prints one line once it listens; dropping the world kills it.
         let mut ready = String::new();
         std::io::BufRead::read_line(
             &mut std::io::BufReader::new(line.stdout.take().unwrap()),
             &mut ready,
         )
         .unwrap();
+        self.daemons.push(line);
         assert_eq!(ready.trim(), "ready", "the delay line did not start");
     }
 
@@ -255,7 +258,7 @@ impl World {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server");
-        self.redis = Some(child);
+        self.daemons.push(child);
         poll("redis-server to answer", Duration::from_secs(20), || {
             self.inside("redis-cli")
                 .args(["-h", "127.0.0.1", "ping"])
@@ -305,8 +308,8 @@ impl Drop for World {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        if let Some(mut redis) = self.redis.take() {
-            let _ = redis.wait();
+        for daemon in &mut self.daemons {
+            let _ = daemon.wait();
         }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
