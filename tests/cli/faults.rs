@@ -191,11 +191,18 @@ fn black_hole_shorter_than_the_stop_deadline(server: Server) {
 }
 
 /// A slow claim answer: the claim commits, its answer arrives after the
-/// stop deadline (2 s lease: 1.47 s). COMMAND never starts, idem exits 125
+/// stop deadline (2 s lease: 1.47 s; each answer 2 s late). COMMAND never starts, idem exits 125
 /// and releases the claim, so the next caller runs at once (under
 /// `--on-crash block`, an abandoned claim would stop it with 77).
 fn claim_answered_after_the_stop_deadline(server: Server) {
     let mut world = World::new(server);
+    // A store in use: made, its scripts loaded, so that the answers the
+    // delay line holds back are the claim's and its release's.
+    let warm = world
+        .idem("w", Link::B)
+        .args(["run", "-k", "warm", "--", "true"])
+        .status();
+    assert!(warm.unwrap().success());
     world.delay_answers(Duration::from_secs(2), "slow-claim");
     let args = ["run", "-k", "slow-claim", "--lease", "2s"];
     release(&world);
