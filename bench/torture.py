@@ -373,7 +373,9 @@ def partition(args, idem):
                 for key in keys:
                     log = os.path.join(logs, key)
                     executions += sum(1 for line in read_lines(log) if line.startswith("start "))
-                    violations += [f"{key}: {found}" for found in overlaps(log)]
+                    found = overlaps(log)
+                    if found:
+                        violations.append(f"{key}: " + "; ".join(found))
         finally:
             net.close()
     elapsed = time.time() - started
