@@ -64,9 +64,9 @@ const CHAIN: &str = "{ type filter hook output priority 0; policy accept; }";
 
 /// A namespace with one server in it, removed when dropped.
 pub struct World {
-    pub name: String,
-    pub server: Server,
-    pub dir: TempDir,
+    name: String,
+    server: Server,
+    dir: TempDir,
     /// Processes of the world's own (Redis, the delay line), reaped when
     /// it is dropped.
     daemons: Vec<Child>,
