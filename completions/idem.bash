@@ -19,6 +19,9 @@ _idem() {
             idem,check)
                 cmd="idem__subcmd__check"
                 ;;
+            idem,completions)
+                cmd="idem__subcmd__completions"
+                ;;
             idem,help)
                 cmd="idem__subcmd__help"
                 ;;
@@ -27,6 +30,9 @@ _idem() {
                 ;;
             idem,logs)
                 cmd="idem__subcmd__logs"
+                ;;
+            idem,man)
+                cmd="idem__subcmd__man"
                 ;;
             idem,purge)
                 cmd="idem__subcmd__purge"
@@ -40,6 +46,9 @@ _idem() {
             idem__subcmd__help,check)
                 cmd="idem__subcmd__help__subcmd__check"
                 ;;
+            idem__subcmd__help,completions)
+                cmd="idem__subcmd__help__subcmd__completions"
+                ;;
             idem__subcmd__help,help)
                 cmd="idem__subcmd__help__subcmd__help"
                 ;;
@@ -48,6 +57,9 @@ _idem() {
                 ;;
             idem__subcmd__help,logs)
                 cmd="idem__subcmd__help__subcmd__logs"
+                ;;
+            idem__subcmd__help,man)
+                cmd="idem__subcmd__help__subcmd__man"
                 ;;
             idem__subcmd__help,purge)
                 cmd="idem__subcmd__help__subcmd__purge"
@@ -80,9 +92,29 @@ _idem() {
             ;;
     esac
 
+    # After logs, inspect and purge: the keys in the store (of the line's --db).
+    case "${cmd}" in
+        idem__subcmd__inspect|idem__subcmd__logs|idem__subcmd__purge)
+            case "${prev}" in
+                --db|--limit|--log-format|--older-than|--prefix|--status)
+                    ;;
+                *)
+                    if [[ "${cur}" != -* ]]; then
+                        local j db=()
+                        for (( j = 1; j + 1 < COMP_CWORD; j++ )); do
+                            [[ "${COMP_WORDS[j]}" == --db ]] && db=(--db "${COMP_WORDS[j + 1]}")
+                        done
+                        mapfile -t COMPREPLY < <("$1" completions --keys="${cur}" "${db[@]}" 2>/dev/null)
+                        return 0
+                    fi
+                    ;;
+            esac
+            ;;
+    esac
+
     case "${cmd}" in
         idem)
-            opts="-q -v -h -V --db --quiet --verbose --help --version run inspect logs purge stats check help"
+            opts="-q -v -h -V --db --quiet --verbose --log-format --help --version run inspect logs purge stats check completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -103,6 +135,10 @@ _idem() {
                     fi
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -111,7 +147,7 @@ _idem() {
             return 0
             ;;
         idem__subcmd__check)
-            opts="-q -v -h -V --db --quiet --verbose --help --version"
+            opts="-q -v -h -V --db --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -132,6 +168,47 @@ _idem() {
                     fi
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        idem__subcmd__completions)
+            opts="-q -v -h -V --keys --db --quiet --verbose --log-format --help --version bash zsh fish"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --keys)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --db)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -140,7 +217,7 @@ _idem() {
             return 0
             ;;
         idem__subcmd__help)
-            opts="run inspect logs purge stats check help"
+            opts="run inspect logs purge stats check completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -154,6 +231,20 @@ _idem() {
             return 0
             ;;
         idem__subcmd__help__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        idem__subcmd__help__subcmd__completions)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -196,6 +287,20 @@ _idem() {
             return 0
             ;;
         idem__subcmd__help__subcmd__logs)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        idem__subcmd__help__subcmd__man)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -252,7 +357,7 @@ _idem() {
             return 0
             ;;
         idem__subcmd__inspect)
-            opts="-q -v -h -V --status --expired --prefix --older-than --limit --json --stdout --stderr --db --quiet --verbose --help --version"
+            opts="-q -v -h -V --status --expired --prefix --older-than --limit --json --stdout --stderr --db --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -289,6 +394,10 @@ _idem() {
                     fi
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -297,7 +406,7 @@ _idem() {
             return 0
             ;;
         idem__subcmd__logs)
-            opts="-f -q -v -h -V --follow --db --quiet --verbose --help --version"
+            opts="-f -q -v -h -V --follow --db --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -318,6 +427,43 @@ _idem() {
                     fi
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        idem__subcmd__man)
+            opts="-q -v -h -V --db --quiet --verbose --log-format --help --version run inspect logs purge stats check completions man"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --db)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -326,7 +472,7 @@ _idem() {
             return 0
             ;;
         idem__subcmd__purge)
-            opts="-q -v -h -V --expired --status --older-than --all --force --dry-run --json --db --quiet --verbose --help --version"
+            opts="-q -v -h -V --expired --status --older-than --all --force --dry-run --json --db --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -355,6 +501,10 @@ _idem() {
                     fi
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -363,7 +513,7 @@ _idem() {
             return 0
             ;;
         idem__subcmd__run)
-            opts="-k -q -v -h -V --key --ttl --on-duplicate --wait-timeout --on-failure --on-crash --max-output --timeout --cwd --env --fingerprint-stdin --fingerprint-file --label --report --lease --allow-mismatch --db --quiet --verbose --help --version"
+            opts="-k -q -v -h -V --key --ttl --on-duplicate --wait-timeout --on-failure --on-crash --max-output --timeout --cwd --env --fingerprint-stdin --fingerprint-file --label --report --lease --allow-mismatch --db --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -462,6 +612,10 @@ _idem() {
                     fi
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -470,7 +624,7 @@ _idem() {
             return 0
             ;;
         idem__subcmd__stats)
-            opts="-q -v -h -V --prefix --json --prometheus --db --quiet --verbose --help --version"
+            opts="-q -v -h -V --prefix --json --prometheus --db --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -493,6 +647,10 @@ _idem() {
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o filenames
                     fi
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 *)

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_idem_global_optspecs
-    string join \n db= q/quiet v/verbose h/help V/version
+    string join \n db= q/quiet v/verbose log-format= h/help V/version
 end
 
 function __fish_idem_needs_command
@@ -25,6 +25,8 @@ function __fish_idem_using_subcommand
 end
 
 complete -c idem -n "__fish_idem_needs_command" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_needs_command" -l log-format -d 'How idem writes its own stderr lines: text, or one JSON object per line (level, message, key, event) for log shippers. COMMAND\'s output is never changed' -r -f -a "text\t'`idem: ...` lines'
+json\t'One JSON object per line'"
 complete -c idem -n "__fish_idem_needs_command" -s q -l quiet -d 'Silence notices (errors are still printed)'
 complete -c idem -n "__fish_idem_needs_command" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
 complete -c idem -n "__fish_idem_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -35,6 +37,8 @@ complete -c idem -n "__fish_idem_needs_command" -f -a "logs" -d 'Show the output
 complete -c idem -n "__fish_idem_needs_command" -f -a "purge" -d 'Delete records: the named keys, or those the selectors pick'
 complete -c idem -n "__fish_idem_needs_command" -f -a "stats" -d 'Sum up the store: records by state, replays, attempts, oldest runs, size'
 complete -c idem -n "__fish_idem_needs_command" -f -a "check" -d 'Check that the store can keep the promise'
+complete -c idem -n "__fish_idem_needs_command" -f -a "completions" -d 'Print a completion script for bash, zsh or fish'
+complete -c idem -n "__fish_idem_needs_command" -f -a "man" -d 'Print a man page: idem\'s own, or a subcommand\'s'
 complete -c idem -n "__fish_idem_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c idem -n "__fish_idem_using_subcommand run" -s k -l key -d 'The idempotency key (1 to 1024 bytes). Default: derived from COMMAND, `cmd:` + 32 hex digits of its fingerprint' -r
 complete -c idem -n "__fish_idem_using_subcommand run" -l ttl -d 'How long a finished run suppresses re-runs, counted from its end (90s, 5m, 1h 30m, 7d)' -r
@@ -55,6 +59,8 @@ complete -c idem -n "__fish_idem_using_subcommand run" -l label -d 'A note store
 complete -c idem -n "__fish_idem_using_subcommand run" -l report -d 'When idem exits, write what happened as one JSON object to FILE (created 0600; /dev/fd/3 works): key, outcome (ran, replayed, joined, skipped, refused), reason, exit_code, attempt, took_over, record_status, started_at, finished_at, duration_ms, replays, store' -r -F
 complete -c idem -n "__fish_idem_using_subcommand run" -l lease -d 'How long a claim lives without renewal, on every store (the owner renews it every third of that while COMMAND runs); it decides where process checks cannot: other hosts, other PID namespaces (containers)' -r
 complete -c idem -n "__fish_idem_using_subcommand run" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand run" -l log-format -d 'How idem writes its own stderr lines: text, or one JSON object per line (level, message, key, event) for log shippers. COMMAND\'s output is never changed' -r -f -a "text\t'`idem: ...` lines'
+json\t'One JSON object per line'"
 complete -c idem -n "__fish_idem_using_subcommand run" -l cwd -d 'Add the working directory to the fingerprint'
 complete -c idem -n "__fish_idem_using_subcommand run" -l fingerprint-stdin -d 'Read all of stdin, add its SHA-256 to the fingerprint, feed it to COMMAND unchanged (stdin on a terminal is a usage error)'
 complete -c idem -n "__fish_idem_using_subcommand run" -l allow-mismatch -d 'Treat a key reused with a different fingerprint as a plain duplicate instead of exit 65'
@@ -70,6 +76,8 @@ complete -c idem -n "__fish_idem_using_subcommand inspect" -l prefix -d 'Only ke
 complete -c idem -n "__fish_idem_using_subcommand inspect" -l older-than -d 'Only records started longer ago than this (90s, 5m, 1h 30m, 7d)' -r
 complete -c idem -n "__fish_idem_using_subcommand inspect" -l limit -d 'At most this many records, newest first' -r
 complete -c idem -n "__fish_idem_using_subcommand inspect" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand inspect" -l log-format -d 'How idem writes its own stderr lines: text, or one JSON object per line (level, message, key, event) for log shippers. COMMAND\'s output is never changed' -r -f -a "text\t'`idem: ...` lines'
+json\t'One JSON object per line'"
 complete -c idem -n "__fish_idem_using_subcommand inspect" -l expired -d 'Only expired records (finished longer ago than their TTL; treated as absent)'
 complete -c idem -n "__fish_idem_using_subcommand inspect" -l json -d 'JSON Lines, one object per record: key, status, exit_code, signal, timed_out, command, cwd, label, fingerprint, started_at, finished_at, expires_at, lease_until, expired, crashed, duration_ms, attempts, replays, token (shared stores only, else null), owner {host, pid, alive}, child_pid, stdout_bytes, stderr_bytes, stdout_truncated, stderr_truncated. owner.alive is true only for an in_progress record whose owner lives'
 complete -c idem -n "__fish_idem_using_subcommand inspect" -l stdout -d 'Write KEY\'s stored stdout, byte for byte'
@@ -79,6 +87,8 @@ complete -c idem -n "__fish_idem_using_subcommand inspect" -s v -l verbose -d 'E
 complete -c idem -n "__fish_idem_using_subcommand inspect" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c idem -n "__fish_idem_using_subcommand inspect" -s V -l version -d 'Print version'
 complete -c idem -n "__fish_idem_using_subcommand logs" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand logs" -l log-format -d 'How idem writes its own stderr lines: text, or one JSON object per line (level, message, key, event) for log shippers. COMMAND\'s output is never changed' -r -f -a "text\t'`idem: ...` lines'
+json\t'One JSON object per line'"
 complete -c idem -n "__fish_idem_using_subcommand logs" -s f -l follow -d 'Keep writing as the run produces more; exit with its status when it ends (0 at once for a finished run; 77 if its owner crashed)'
 complete -c idem -n "__fish_idem_using_subcommand logs" -s q -l quiet -d 'Silence notices (errors are still printed)'
 complete -c idem -n "__fish_idem_using_subcommand logs" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
@@ -90,6 +100,8 @@ failed\t'Finished with a failure and released'
 crashed\t'In progress, but its owner is gone'"
 complete -c idem -n "__fish_idem_using_subcommand purge" -l older-than -d 'Select records started longer ago than this (90s, 5m, 1h 30m, 7d)' -r
 complete -c idem -n "__fish_idem_using_subcommand purge" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand purge" -l log-format -d 'How idem writes its own stderr lines: text, or one JSON object per line (level, message, key, event) for log shippers. COMMAND\'s output is never changed' -r -f -a "text\t'`idem: ...` lines'
+json\t'One JSON object per line'"
 complete -c idem -n "__fish_idem_using_subcommand purge" -l expired -d 'Select expired records: the default when no KEY and no selector is given'
 complete -c idem -n "__fish_idem_using_subcommand purge" -l all -d 'Select every record'
 complete -c idem -n "__fish_idem_using_subcommand purge" -l force -d 'Also purge in_progress records whose owner is alive (its command keeps running; its outcome is then lost)'
@@ -101,24 +113,45 @@ complete -c idem -n "__fish_idem_using_subcommand purge" -s h -l help -d 'Print 
 complete -c idem -n "__fish_idem_using_subcommand purge" -s V -l version -d 'Print version'
 complete -c idem -n "__fish_idem_using_subcommand stats" -l prefix -d 'Only keys that start with this' -r
 complete -c idem -n "__fish_idem_using_subcommand stats" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand stats" -l log-format -d 'How idem writes its own stderr lines: text, or one JSON object per line (level, message, key, event) for log shippers. COMMAND\'s output is never changed' -r -f -a "text\t'`idem: ...` lines'
+json\t'One JSON object per line'"
 complete -c idem -n "__fish_idem_using_subcommand stats" -l json -d 'One JSON object: store, records, running, crashed, completed, failed, expired, replays, max_attempt, oldest_running_seconds, oldest_crashed_seconds, size_bytes (null when unknown or none)'
 complete -c idem -n "__fish_idem_using_subcommand stats" -l prometheus -d 'The Prometheus text exposition format (metrics idem_...)'
 complete -c idem -n "__fish_idem_using_subcommand stats" -s q -l quiet -d 'Silence notices (errors are still printed)'
 complete -c idem -n "__fish_idem_using_subcommand stats" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
-complete -c idem -n "__fish_idem_using_subcommand stats" -s h -l help -d 'Print help'
+complete -c idem -n "__fish_idem_using_subcommand stats" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c idem -n "__fish_idem_using_subcommand stats" -s V -l version -d 'Print version'
 complete -c idem -n "__fish_idem_using_subcommand check" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand check" -l log-format -d 'How idem writes its own stderr lines: text, or one JSON object per line (level, message, key, event) for log shippers. COMMAND\'s output is never changed' -r -f -a "text\t'`idem: ...` lines'
+json\t'One JSON object per line'"
 complete -c idem -n "__fish_idem_using_subcommand check" -s q -l quiet -d 'Silence notices (errors are still printed)'
 complete -c idem -n "__fish_idem_using_subcommand check" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
-complete -c idem -n "__fish_idem_using_subcommand check" -s h -l help -d 'Print help'
+complete -c idem -n "__fish_idem_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c idem -n "__fish_idem_using_subcommand check" -s V -l version -d 'Print version'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check help" -f -a "run" -d 'Run COMMAND at most once per key'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check help" -f -a "inspect" -d 'Show the records in the store: a table, one record in detail, or JSON'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check help" -f -a "logs" -d 'Show the output of a key\'s run, in the order it was produced'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check help" -f -a "purge" -d 'Delete records: the named keys, or those the selectors pick'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check help" -f -a "stats" -d 'Sum up the store: records by state, replays, attempts, oldest runs, size'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check help" -f -a "check" -d 'Check that the store can keep the promise'
-complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c idem -n "__fish_idem_using_subcommand completions" -l keys -d 'The keys in the store that start with PREFIX, one a line (what the scripts offer after logs, inspect and purge)' -r
+complete -c idem -n "__fish_idem_using_subcommand completions" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand completions" -l log-format -d 'How idem writes its own stderr lines: text, or one JSON object per line (level, message, key, event) for log shippers. COMMAND\'s output is never changed' -r -f -a "text\t'`idem: ...` lines'
+json\t'One JSON object per line'"
+complete -c idem -n "__fish_idem_using_subcommand completions" -s q -l quiet -d 'Silence notices (errors are still printed)'
+complete -c idem -n "__fish_idem_using_subcommand completions" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
+complete -c idem -n "__fish_idem_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c idem -n "__fish_idem_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c idem -n "__fish_idem_using_subcommand man" -l db -d 'The store: a file path (SQLite), or a postgres:// or redis:// URL. Default: $XDG_STATE_HOME/idem/idem.db, else ~/.local/state/idem/idem.db' -r -F
+complete -c idem -n "__fish_idem_using_subcommand man" -l log-format -d 'How idem writes its own stderr lines: text, or one JSON object per line (level, message, key, event) for log shippers. COMMAND\'s output is never changed' -r -f -a "text\t'`idem: ...` lines'
+json\t'One JSON object per line'"
+complete -c idem -n "__fish_idem_using_subcommand man" -s q -l quiet -d 'Silence notices (errors are still printed)'
+complete -c idem -n "__fish_idem_using_subcommand man" -s v -l verbose -d 'Explain each decision: run, replay, wait, takeover'
+complete -c idem -n "__fish_idem_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c idem -n "__fish_idem_using_subcommand man" -s V -l version -d 'Print version'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check completions man help" -f -a "run" -d 'Run COMMAND at most once per key'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check completions man help" -f -a "inspect" -d 'Show the records in the store: a table, one record in detail, or JSON'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check completions man help" -f -a "logs" -d 'Show the output of a key\'s run, in the order it was produced'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check completions man help" -f -a "purge" -d 'Delete records: the named keys, or those the selectors pick'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check completions man help" -f -a "stats" -d 'Sum up the store: records by state, replays, attempts, oldest runs, size'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check completions man help" -f -a "check" -d 'Check that the store can keep the promise'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check completions man help" -f -a "completions" -d 'Print a completion script for bash, zsh or fish'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check completions man help" -f -a "man" -d 'Print a man page: idem\'s own, or a subcommand\'s'
+complete -c idem -n "__fish_idem_using_subcommand help; and not __fish_seen_subcommand_from run inspect logs purge stats check completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 
 # After `--` come COMMAND and its arguments: complete them as a command line of
 # their own (a command name, then what that command takes).
@@ -134,3 +167,14 @@ function __fish_idem_command_line
 end
 
 complete -c idem -n "__fish_idem_using_subcommand run; and contains -- -- (commandline -opc)" -f -a "(__fish_idem_command_line)"
+
+# After logs, inspect and purge: the keys in the store (of the line's --db).
+function __fish_idem_keys
+    set -l words (commandline -opc)
+    set -l db
+    set -l at (contains -i -- --db $words)
+    and set db --db $words[(math $at + 1)]
+    $words[1] completions --keys=(commandline -ct) $db 2>/dev/null
+end
+
+complete -c idem -n "__fish_idem_using_subcommand inspect logs purge; and not string match -q -- '-*' (commandline -ct)" -f -a "(__fish_idem_keys)"

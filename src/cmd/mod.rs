@@ -4,6 +4,7 @@
 pub mod check;
 pub mod fast;
 mod follow;
+pub mod generated;
 pub mod inspect;
 mod json;
 pub mod logs;
@@ -44,8 +45,24 @@ pub struct Cli {
     #[arg(short, long, global = true, conflicts_with = "quiet", help_heading = GLOBAL)]
     pub verbose: bool,
 
+    /// How idem writes its own stderr lines: text, or one JSON object per line (level,
+    /// message, key, event) for log shippers. COMMAND's output is never changed
+    #[arg(long, global = true, env = "IDEM_LOG_FORMAT", hide_env_values = true)]
+    #[arg(value_enum, default_value_t, value_name = "FORMAT", help_heading = GLOBAL)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `idem: ...` lines
+    #[default]
+    Text,
+    /// One JSON object per line
+    Json,
 }
 
 /// The heading that keeps the flags every subcommand takes apart from its own.
@@ -110,6 +127,8 @@ pub enum Command {
     Purge(purge::Args),
     Stats(stats::Args),
     Check(check::Args),
+    Completions(generated::CompletionsArgs),
+    Man(generated::ManArgs),
 }
 
 /// What every subcommand gets besides its own arguments.
@@ -122,6 +141,10 @@ pub struct Global {
 /// Runs the chosen subcommand; returns the exit status.
 pub fn dispatch(cli: Cli) -> Result<u8> {
     crate::say::configure(cli.quiet, cli.verbose);
+    crate::say::use_json(cli.log_format == LogFormat::Json);
+    if let Command::Run(run::Args { key: Some(key), .. }) = &cli.command {
+        crate::say::about_key(key);
+    }
     let global = Global {
         db: cli.db,
         quiet: cli.quiet,
@@ -134,6 +157,8 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Purge(args) => purge::run(&args, &global),
         Command::Stats(args) => stats::run(&args, &global),
         Command::Check(args) => check::run(&args, &global),
+        Command::Completions(args) => generated::completions(&args, &global),
+        Command::Man(args) => generated::man(&args),
     }
 }
 
@@ -183,6 +208,17 @@ pub fn positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--lease`: a duration of at least one second. Renewals go every third
+/// of it and the stop deadline leaves a grace of a sixth: shorter, a
+/// round trip to the store would be most of the lease.
+pub fn lease_duration(text: &str) -> Result<Duration, String> {
+    let lease = positive_duration(text)?;
+    if lease < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(lease)
+}
+
 /// An environment variable's name, `[A-Za-z_][A-Za-z0-9_]*` (`--env`).
 pub fn env_name(s: &str) -> Result<OsString, String> {
     let mut chars = s.chars();
@@ -226,9 +262,6 @@ pub fn byte_size(s: &str) -> Result<u64, String> {
 }
 
 #[cfg(test)]
-mod generated;
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
@@ -257,6 +290,8 @@ mod tests {
         assert_eq!(positive_duration("10000y"), Ok(MAX_DURATION));
         assert!(positive_duration("10001y").is_err());
         assert!(positive_duration("300000000000y").is_err());
+        assert_eq!(lease_duration("1s"), Ok(Duration::from_secs(1)));
+        assert!(lease_duration("999ms").is_err());
     }
 
     #[test]

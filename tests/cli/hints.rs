@@ -99,6 +99,7 @@ fn a_replay_to_a_full_disk_says_so() {
 }
 
 #[test]
+#[ignore = "needs root, to run idem as another user (.ci/run runs as root)"]
 fn a_store_this_user_may_not_write_names_the_file() {
     require_root();
     let env = Env::sqlite();

@@ -31,6 +31,31 @@ fn only_say_rs_prints() {
     );
 }
 
+/// idem starts from its own C `main` (no Rust runtime start-up), where
+/// `std::env::args_os()` is filled only by a glibc extension: on another C
+/// library it would be empty. `main` reads its own argc and argv instead,
+/// and nothing else may read the arguments from std.
+#[test]
+fn nothing_reads_the_arguments_from_std() {
+    let mut offenders = Vec::new();
+    visit(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src").as_path(),
+        &mut |path, text| {
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                if code.contains("env::args") || code.contains("args_os()") {
+                    offenders.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                }
+            }
+        },
+    );
+    assert!(
+        offenders.is_empty(),
+        "arguments read from std::env (main has them from argv):\n{}",
+        offenders.join("\n")
+    );
+}
+
 fn visit(dir: &Path, each: &mut dyn FnMut(&Path, &str)) {
     for entry in fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

@@ -36,12 +36,14 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 #[test]
+#[ignore = "needs mandoc (.ci/run installs it)"]
 fn man_pages_pass_mandoc_lint() {
     // -Tlint reports style notes too; any output at all fails.
     run(Command::new(tool("mandoc")).arg("-Tlint").args(man_pages()));
 }
 
 #[test]
+#[ignore = "needs groff (.ci/run installs it)"]
 fn man_pages_render_without_warnings() {
     let groff = tool("groff");
     for page in man_pages() {
@@ -143,6 +145,7 @@ fn options_in_help(args: &[&str]) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs mandoc (.ci/run installs it)"]
 fn man_synopsis_shows_each_option_with_its_argument() {
     tool("mandoc");
     let mut pages = vec![("idem.1".to_owned(), vec!["--help".to_owned()])];
@@ -163,7 +166,7 @@ fn man_synopsis_shows_each_option_with_its_argument() {
     let synopsis = section("idem-run.1", "SYNOPSIS").join(" ");
     assert!(synopsis.contains("[-k|--key KEY]"), "{synopsis}");
     assert!(synopsis.contains("[--env NAME]..."), "{synopsis}");
-    assert!(synopsis.ends_with("-- COMMAND..."), "{synopsis}");
+    assert!(synopsis.ends_with("[--] COMMAND..."), "{synopsis}");
 }
 
 /// The statuses a page's EXIT STATUS lists.
@@ -185,6 +188,7 @@ fn variables(page: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs mandoc (.ci/run installs it)"]
 fn each_subcommand_page_has_its_own_exit_status_and_environment() {
     tool("mandoc");
     let env = Env::new();
@@ -369,6 +373,70 @@ fn help_never_shows_the_store_url() {
         assert!(
             !help.contains("s3cret"),
             "idem {args:?} shows IDEM_DB:\n{help}"
+        );
+    }
+}
+
+/// `--help` of idem and of every subcommand.
+fn every_help() -> Vec<(String, String)> {
+    let mut all = vec![("--help".to_owned(), help(&["--help"]))];
+    for sub in subcommands() {
+        all.push((format!("{sub} --help"), help(&[&sub, "--help"])));
+    }
+    all
+}
+
+#[test]
+fn help_never_shows_an_unset_variable_as_empty() {
+    for (args, text) in every_help() {
+        assert!(!text.contains("=]"), "idem {args}:\n{text}");
+    }
+    let run = help(&["run", "--help"]);
+    for needle in [
+        "[env: IDEM_REPORT]",
+        "[env: IDEM_LEASE]",
+        "[env: IDEM_LOG_FORMAT]",
+    ] {
+        assert!(
+            run.contains(needle),
+            "idem run --help lacks {needle}:\n{run}"
+        );
+    }
+}
+
+#[test]
+fn the_binary_prints_the_shipped_man_pages_and_completions_byte_for_byte() {
+    let env = Env::new();
+    let printed = |args: &[&str]| {
+        let out = env.idem().args(args).output().expect("idem");
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "idem {args:?}: {out:?}"
+        );
+        out.stdout
+    };
+    for page in man_pages() {
+        let name = page.file_stem().unwrap().to_str().unwrap().to_owned();
+        let args: Vec<&str> = match name.strip_prefix("idem-") {
+            Some(sub) => vec!["man", sub],
+            None => vec!["man"],
+        };
+        let shipped = std::fs::read(&page).unwrap();
+        assert!(
+            printed(&args) == shipped,
+            "idem {args:?} differs from {}",
+            page.display()
+        );
+    }
+    for (shell, file) in [
+        ("bash", "idem.bash"),
+        ("zsh", "_idem"),
+        ("fish", "idem.fish"),
+    ] {
+        let shipped = std::fs::read(root().join("completions").join(file)).unwrap();
+        assert!(
+            printed(&["completions", shell]) == shipped,
+            "idem completions {shell} differs from completions/{file}"
         );
     }
 }

@@ -1,7 +1,6 @@
 #!/bin/sh
-# A plain CGI handler (any web server): the body on stdin, headers as
-# HTTP_* variables. The answer of a retried delivery carries
-# Idempotent-Replayed: true.
+# A CGI handler (any web server): the body on stdin, headers as HTTP_*
+# variables; a retried delivery's answer carries Idempotent-Replayed: true.
 set -u
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT

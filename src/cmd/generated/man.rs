@@ -48,6 +48,20 @@ pub const ENVIRONMENT: &[(&str, &[&str], &str)] = &[
         the claim's fencing token, which grows with every claim of the key."),
 ];
 
+/// What `idem run` sets for COMMAND among the flags' variables.
+const PASSED_ON: &[(&str, &str)] = &[
+    (
+        "IDEM_DB",
+        " idem run sets it for COMMAND to the store in use (as given), so that \
+        an idem run inside COMMAND, a step of a job, uses the same store.",
+    ),
+    (
+        "IDEM_LEASE",
+        " idem run sets it for COMMAND, so that the steps inside it hold \
+        their claims by the same lease.",
+    ),
+];
+
 /// The FILES section, with the subcommands it is about (none: every one).
 #[rustfmt::skip]
 const FILES: &[(&str, &[&str], &str)] = &[
@@ -226,6 +240,8 @@ fn synopsis(cmd: &Command) -> Roff {
         }
         if arg.is_last_set() {
             item.extend([bold("--"), roman(NO_BREAK.to_string())]);
+        } else if arg.is_trailing_var_arg_set() {
+            item.extend([roman("["), bold("--"), roman(format!("]{NO_BREAK}"))]);
         }
         item.push(italic(value_name(arg)));
         if arg.get_num_args().is_some_and(|n| n.max_values() > 1) {
@@ -289,11 +305,15 @@ fn environment(roff: &mut Roff, cmd: &Command, scope: &Scope) {
             let var = var.to_string_lossy().into_owned();
             match flags.iter_mut().find(|(name, ..)| *name == var) {
                 Some((.., users)) => users.push(sub.get_name()),
-                None => flags.push((
-                    var,
-                    format!("The value of --{long} when it is not given."),
-                    vec![sub.get_name()],
-                )),
+                None => {
+                    let passed = PASSED_ON.iter().find(|(name, _)| *name == var);
+                    let passed = passed.map_or("", |(_, text)| text);
+                    flags.push((
+                        var,
+                        format!("The value of --{long} when it is not given.{passed}"),
+                        vec![sub.get_name()],
+                    ));
+                }
             }
         }
     }

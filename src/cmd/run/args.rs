@@ -1,8 +1,9 @@
 //! The command line of `idem run`: its flags, their defaults, the examples
 //! `--help` shows, and the check of `--label`. `cmd::fast` parses a plain
-//! line into the same `Args` without clap.
+//! line into the same `Args` without clap, from the table it keeps in step
+//! with this one (its tests walk both).
 
-use crate::cmd::{byte_size, env_name, positive_duration};
+use crate::cmd::{byte_size, env_name, lease_duration, positive_duration};
 use crate::policy::{OnCrash, OnDuplicate, OnFailure};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -81,20 +82,23 @@ pub struct Args {
     /// 0600; /dev/fd/3 works): key, outcome (ran, replayed, joined, skipped,
     /// refused), reason, exit_code, attempt, took_over, record_status,
     /// started_at, finished_at, duration_ms, replays, store
-    #[arg(long, env = "IDEM_REPORT", value_name = "FILE")]
+    // hide_env_values: else --help shows an unset variable as `IDEM_REPORT=`.
+    #[arg(long, env = "IDEM_REPORT", hide_env_values = true, value_name = "FILE")]
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub report: Option<PathBuf>,
 
     /// How long a claim lives without renewal, on every store (the owner renews it every third of that while COMMAND runs); it decides where process checks cannot: other hosts, other PID namespaces (containers)
-    #[arg(long, default_value = DEFAULT_LEASE, value_name = "DURATION", value_parser = positive_duration)]
+    #[arg(long, env = "IDEM_LEASE", hide_env_values = true, default_value = DEFAULT_LEASE)]
+    #[arg(value_name = "DURATION", value_parser = lease_duration)]
     pub lease: Duration,
 
     /// Treat a key reused with a different fingerprint as a plain duplicate instead of exit 65
     #[arg(long)]
     pub allow_mismatch: bool,
 
-    /// The command and its arguments, after `--`
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// The command and its arguments: after `--`, or from the first word that is not one
+    /// of idem's options (idem's options come before COMMAND, as for timeout and env)
+    #[arg(trailing_var_arg = true, required = true, value_name = "COMMAND")]
     #[arg(value_hint = clap::ValueHint::CommandWithArguments)]
     pub command: Vec<OsString>,
 }
@@ -106,16 +110,21 @@ pub const DEFAULT_LEASE: &str = "30s";
 
 const EXAMPLES: &str = "\
 Examples:
-  # crontab (cron's PATH is /usr/bin:/bin: give idem's full path): the nightly
-  # report at most once a day; an overlapping or repeated firing exits 0 quietly
-  0 2 * * *  /usr/local/bin/idem run --on-duplicate skip --key report-$(date +\\%F) -- ./nightly-report.sh
+  # crontab (cron's PATH is /usr/bin:/bin: give idem's full path, here where
+  # cargo install puts it): the nightly report at most once a day; an
+  # overlapping or repeated firing exits 0 quietly
+  0 2 * * *  $HOME/.cargo/bin/idem run --on-duplicate skip --key report-$(date +\\%F) -- ./nightly-report.sh
 
   # A CI step, safe to retry: a success is replayed, a failure runs again
   idem run --key \"deploy-${CI_COMMIT_SHA:?}\" -- ./deploy.sh
 
-  # A webhook handler: the payload file is in the key; duplicates wait, then
-  # replay; the report says whether this answer is a replay
-  idem run --fingerprint-file \"$1\" --report \"$report\" --on-duplicate wait -- ./on-event \"$1\"
+  # A webhook handler: the key is the delivery's id, or a digest of the payload's
+  # content, never the path of its temp file (a new one for each delivery); a
+  # retried id with another payload exits 65; duplicates wait, then replay; the
+  # report says whether this answer is a replay
+  idem run --key \"delivery-$DELIVERY_ID\" --fingerprint-file \"$payload\" --report \"$report\" \\
+      --on-duplicate wait -- ./on-event \"$payload\"
+  idem run --key \"payload-$(sha256sum < \"$payload\" | cut -d' ' -f1)\" --on-duplicate wait -- ./on-event \"$payload\"
 
   # Payments: after a crash, never charge again until a human has checked
   idem run --key invoice-42 --on-crash block -- ./charge.sh 42";

@@ -28,9 +28,22 @@ impl Call<'_> {
         if store.is_shared() {
             late.push("IDEM_FENCING_TOKEN");
         }
+        // Nested steps (`idem run` inside COMMAND) use this call's store and
+        // lease. A --db that is not UTF-8 is left out: the inherited
+        // IDEM_DB, if any, is then what the steps see.
+        let mut env = vec![
+            ("IDEM_KEY", self.key.clone()),
+            (
+                "IDEM_LEASE",
+                humantime::format_duration(self.args.lease).to_string(),
+            ),
+        ];
+        if let Some(db) = self.global.db.as_ref().and_then(|db| db.to_str()) {
+            env.push(("IDEM_DB", db.to_owned()));
+        }
         child::Spec {
             argv: &self.args.command,
-            env: vec![("IDEM_KEY", self.key.clone())],
+            env,
             late,
             stdin,
             sync_dir: store.directory_to_sync(),
