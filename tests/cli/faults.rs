@@ -8,11 +8,10 @@
 //! process group is still alive (`overlap PID OTHER`): the one thing these
 //! tests check above all is that no two executions of a key overlap.
 //!
-//! The tests need root, `ip`, `nft`, Python 3 and Debian's PostgreSQL and
-//! Redis server binaries, so they are ignored on a bare machine; CI runs
-//! them with `--include-ignored`. Each exists once per server, in the
-//! modules `postgres` and `redis` (so CI's `--skip redis::` and `--skip
-//! postgres` pick the right half).
+//! The tests need root, `ip`, `nft`, Python 3 and Debian's PostgreSQL or
+//! Redis server binaries (servers of their own, not the suite's), so they
+//! are ignored on a bare machine, each naming what it needs; CI runs them
+//! by name. Most exist once per server (`_on_postgres`, `_on_redis`).
 
 use crate::support::netns::{poll, wait_exit, Link, Server, World};
 use crate::support::sh;
@@ -327,80 +326,89 @@ fn first_group(world: &World) -> i32 {
         .expect("an execution in the log")
 }
 
-macro_rules! on_each_server {
-    ($($test:ident),* $(,)?) => {
-        mod postgres {
-            use std::time::Duration;
-
-            fn secs(n: u64) -> Duration {
-                Duration::from_secs(n)
-            }
-            $(
-                #[test]
-                #[ignore = "needs root, ip, nft, python3, PostgreSQL and Redis binaries"]
-                fn $test() {
-                    crate::support::require_root();
-                    super::$test(super::Server::Postgres);
-                }
-            )*
-
-            /// The journal append blocks on an operator's lock for more
-            /// than two leases while COMMAND prints: renewals go on, and a
-            /// host that comes once the lease would have run out finds the
-            /// owner alive (75). One run.
-            #[test]
-            #[ignore = "needs root, ip, nft, python3, PostgreSQL and Redis binaries"]
-            fn locked_journal_table() {
-                crate::support::require_root();
-                let (world, [(a_code, a_err), (b_code, b_err)]) =
-                    super::postgres_locked("faults_journal", secs(7), secs(4), &[]);
-                super::assert_no_overlap(&world);
-                assert_eq!(super::executions(&world), 1, "{:#?}", super::log(&world));
-                assert_eq!(a_code, Some(0), "{a_err}");
-                assert_eq!(b_code, Some(75), "{b_err}");
-            }
-
-            /// The records table locked for twice the lease: no renewal is
-            /// accepted, so the owner stops COMMAND (125); a host that
-            /// comes once the lease would have run out takes over (or,
-            /// if a renewal queued behind the lock lands first, finds the
-            /// key leased: 75), never beside the owner's run.
-            #[test]
-            #[ignore = "needs root, ip, nft, python3, PostgreSQL and Redis binaries"]
-            fn locked_records_table() {
-                crate::support::require_root();
-                let (world, [(a_code, a_err), (b_code, b_err)]) =
-                    super::postgres_locked("faults", secs(6), secs(4), &[]);
-                super::assert_no_overlap(&world);
-                assert_eq!(a_code, Some(125), "no renewal was accepted: {a_err}");
-                assert!(a_err.contains("lost the lease"), "{a_err}");
-                assert!(matches!(b_code, Some(0 | 75)), "{b_err}");
-            }
-        }
-
-        mod redis {
-            $(
-                #[test]
-                #[ignore = "needs root, ip, nft, python3, PostgreSQL and Redis binaries"]
-                fn $test() {
-                    crate::support::require_root();
-                    super::$test(super::Server::Redis);
-                }
-            )*
-
-            #[test]
-            #[ignore = "needs root, ip, nft, python3, PostgreSQL and Redis binaries"]
-            fn paused_longer_than_the_lease() {
-                crate::support::require_root();
-                super::redis_paused_longer_than_the_lease();
-            }
-        }
-    };
+#[test]
+#[ignore = "needs root, ip, nft, python3 and PostgreSQL's server binaries"]
+fn black_hole_longer_than_the_lease_on_postgres() {
+    black_hole_longer_than_the_lease(Server::Postgres);
 }
 
-on_each_server!(
-    black_hole_longer_than_the_lease,
-    black_hole_shorter_than_the_stop_deadline,
-    claim_answered_after_the_stop_deadline,
-    killed_idem_takes_its_command_with_it,
-);
+#[test]
+#[ignore = "needs root, ip, nft, python3 and redis-server"]
+fn black_hole_longer_than_the_lease_on_redis() {
+    black_hole_longer_than_the_lease(Server::Redis);
+}
+
+#[test]
+#[ignore = "needs root, ip, nft, python3 and PostgreSQL's server binaries"]
+fn black_hole_shorter_than_the_stop_deadline_on_postgres() {
+    black_hole_shorter_than_the_stop_deadline(Server::Postgres);
+}
+
+#[test]
+#[ignore = "needs root, ip, nft, python3 and redis-server"]
+fn black_hole_shorter_than_the_stop_deadline_on_redis() {
+    black_hole_shorter_than_the_stop_deadline(Server::Redis);
+}
+
+#[test]
+#[ignore = "needs root, ip, nft, python3 and PostgreSQL's server binaries"]
+fn claim_answered_after_the_stop_deadline_on_postgres() {
+    claim_answered_after_the_stop_deadline(Server::Postgres);
+}
+
+#[test]
+#[ignore = "needs root, ip, nft, python3 and redis-server"]
+fn claim_answered_after_the_stop_deadline_on_redis() {
+    claim_answered_after_the_stop_deadline(Server::Redis);
+}
+
+#[test]
+#[ignore = "needs root, ip, nft, python3 and PostgreSQL's server binaries"]
+fn killed_idem_takes_its_command_with_it_on_postgres() {
+    killed_idem_takes_its_command_with_it(Server::Postgres);
+}
+
+#[test]
+#[ignore = "needs root, ip, nft, python3 and redis-server"]
+fn killed_idem_takes_its_command_with_it_on_redis() {
+    killed_idem_takes_its_command_with_it(Server::Redis);
+}
+
+/// The journal append blocks on an operator's lock for more than two
+/// leases while COMMAND prints: renewals go on, and a host that comes once
+/// the lease would have run out finds the owner alive (75). One run.
+#[test]
+#[ignore = "needs root, ip, nft, python3 and PostgreSQL's server binaries"]
+fn locked_journal_table_on_postgres() {
+    let (world, [(a_code, a_err), (b_code, b_err)]) =
+        postgres_locked("faults_journal", secs(7), secs(4), &[]);
+    assert_no_overlap(&world);
+    assert_eq!(executions(&world), 1, "{:#?}", log(&world));
+    assert_eq!(a_code, Some(0), "{a_err}");
+    assert_eq!(b_code, Some(75), "{b_err}");
+}
+
+/// The records table locked for twice the lease: no renewal is accepted,
+/// so the owner stops COMMAND (125); a host that comes once the lease would
+/// have run out takes over (or, if a renewal queued behind the lock lands
+/// first, finds the key leased: 75), never beside the owner's run.
+#[test]
+#[ignore = "needs root, ip, nft, python3 and PostgreSQL's server binaries"]
+fn locked_records_table_on_postgres() {
+    let (world, [(a_code, a_err), (b_code, b_err)]) =
+        postgres_locked("faults", secs(6), secs(4), &[]);
+    assert_no_overlap(&world);
+    assert_eq!(a_code, Some(125), "no renewal was accepted: {a_err}");
+    assert!(a_err.contains("lost the lease"), "{a_err}");
+    assert!(matches!(b_code, Some(0 | 75)), "{b_err}");
+}
+
+#[test]
+#[ignore = "needs root, ip, nft, python3 and redis-server"]
+fn paused_longer_than_the_lease_on_redis() {
+    redis_paused_longer_than_the_lease();
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}

@@ -76,6 +76,7 @@ impl World {
     /// Makes the namespace, brings up its loopback, adds the (empty)
     /// nftables chain and starts `server` on 127.0.0.1-3.
     pub fn new(server: Server) -> World {
+        crate::support::require_root();
         let name = format!(
             "idem-{}-{}",
             std::process::id(),
