@@ -194,9 +194,10 @@ fn black_hole_shorter_than_the_stop_deadline(server: Server) {
 }
 
 /// A slow claim answer: the claim commits, its answer arrives after the
-/// stop deadline (2 s lease: 1.47 s; each answer 2 s late). COMMAND never starts, idem exits 125
-/// and releases the claim, so the next caller runs at once (under
-/// `--on-crash block`, an abandoned claim would stop it with 77).
+/// stop deadline (each answer 2 s late; a 2 s lease stops at 1.47 s).
+/// COMMAND never starts, idem exits 125 saying nothing ran and releases
+/// the claim, so the next caller runs at once (under `--on-crash block`,
+/// an abandoned claim would stop it with 77).
 fn claim_answered_after_the_stop_deadline(server: Server) {
     let mut world = World::new(server);
     // A store in use: made, its scripts loaded, so that the answers the
@@ -213,7 +214,10 @@ fn claim_answered_after_the_stop_deadline(server: Server) {
     let (a_code, _, a_err) = finish(&world, "a", a);
     assert_eq!(executions(&world), 0, "COMMAND started: {:#?}", log(&world));
     assert_eq!(a_code, Some(125), "{a_err}");
-    assert!(a_err.starts_with("idem: "), "{a_err}");
+    assert!(
+        a_err.starts_with("idem: ") && a_err.contains("nothing ran"),
+        "{a_err}"
+    );
     let b = start(
         &world,
         "b",
@@ -267,13 +271,13 @@ fn redis_paused_longer_than_the_lease() {
 }
 
 /// An operator's `LOCK TABLE` on `table` for `held` while the owner's
-/// COMMAND prints; another host starts `b_after` into it, with `b_flags`.
-/// Returns the world and the owner's and the other's exit codes and stderr.
+/// COMMAND prints; another host calls `b_after` into it (once the lease
+/// would have run out). Returns the world and the owner's and the other's
+/// exit codes and stderr.
 fn postgres_locked(
     table: &str,
     held: Duration,
     b_after: Duration,
-    b_flags: &[&str],
 ) -> (World, [(Option<i32>, String); 2]) {
     let world = World::new(Server::Postgres);
     let args = ["run", "-k", "k", "--lease", "3s"];
@@ -285,7 +289,7 @@ fn postgres_locked(
     ));
     // The fault's length, not waits for a condition.
     std::thread::sleep(b_after);
-    let mut b = start(&world, "b", Link::B, &[&args[..], b_flags].concat());
+    let mut b = start(&world, "b", Link::B, &args);
     std::thread::sleep(held.saturating_sub(b_after));
     lock.end();
     settle(&world, &mut b, Duration::from_secs(6));
@@ -295,12 +299,9 @@ fn postgres_locked(
     (world, [(a_code, a_err), (b_code, b_err)])
 }
 
-/// Flags for a caller that waits for the owner (at most 30 s).
-const WAIT: [&str; 4] = ["--on-duplicate", "wait", "--wait-timeout", "30s"];
-
-/// `ARGS` for a caller that waits for the owner.
+/// `ARGS` for a caller that waits for the owner (at most 30 s).
 fn waiting<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    [args, &WAIT].concat()
+    [args, &["--on-duplicate", "wait", "--wait-timeout", "30s"]].concat()
 }
 
 /// Gives a fault at most `limit` to show: until the waiter `b` exits, a
@@ -381,7 +382,7 @@ fn killed_idem_takes_its_command_with_it_on_redis() {
 #[ignore = "needs root, ip, nft, python3 and PostgreSQL's server binaries"]
 fn locked_journal_table_on_postgres() {
     let (world, [(a_code, a_err), (b_code, b_err)]) =
-        postgres_locked("faults_journal", secs(7), secs(4), &[]);
+        postgres_locked("faults_journal", secs(7), secs(4));
     assert_no_overlap(&world);
     assert_eq!(executions(&world), 1, "{:#?}", log(&world));
     assert_eq!(a_code, Some(0), "{a_err}");
@@ -395,8 +396,7 @@ fn locked_journal_table_on_postgres() {
 #[test]
 #[ignore = "needs root, ip, nft, python3 and PostgreSQL's server binaries"]
 fn locked_records_table_on_postgres() {
-    let (world, [(a_code, a_err), (b_code, b_err)]) =
-        postgres_locked("faults", secs(6), secs(4), &[]);
+    let (world, [(a_code, a_err), (b_code, b_err)]) = postgres_locked("faults", secs(6), secs(4));
     assert_no_overlap(&world);
     assert_eq!(a_code, Some(125), "no renewal was accepted: {a_err}");
     assert!(a_err.contains("lost the lease"), "{a_err}");
