@@ -17,7 +17,10 @@ before idem writes (`2>&1 | head -1`), random catchable signals at random
 moments (forwarded to the child, or held until the record is safe), and
 with --pidns each caller in its own PID namespace (containers sharing one
 store file; needs root). Then it also checks that no record is left
-`in_progress` by an iteration in which nobody was SIGKILLed.
+`in_progress` by an iteration in which nobody was SIGKILLed, and an
+operator's `idem purge --status crashed|in_progress` loops all along,
+racing the runs: a purge may take a crashed run's record, never one that
+completed (the key would run again without any crash).
 
 With --partition postgres|redis (root; ip, nft, and the server's Debian
 binaries), it runs a private server in a network namespace of its own and
@@ -38,6 +41,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 # SIGPIPE ignored: when its idem is SIGKILLed, the child's output pipe has no
@@ -80,6 +84,8 @@ def main():
     kills = executions = signals_sent = 0
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="idem-torture-") as root:
+        store = dict(os.environ, IDEM_DB=args.db or os.path.join(root, "store.db"))
+        purging = purges_racing(idem, store) if args.hostile else None
         for i in range(args.iterations):
             work = os.path.join(root, str(i))
             os.mkdir(work)
@@ -151,9 +157,10 @@ def main():
                 violations.append(f"{key}: record replays {final.stdout!r}, runs were {runs}")
             if killed == 0 and not signalled and len(runs) != 1:
                 violations.append(f"{key}: {len(runs)} executions without any crash")
+        purges = purging.stop(violations) if purging else 0
     elapsed = time.time() - started
     print(f"{args.iterations} iterations, {args.callers} callers each, {kills} SIGKILLs, "
-          f"{signals_sent} other signals, {executions} executions, "
+          f"{signals_sent} other signals, {purges} purges, {executions} executions, "
           f"{len(violations)} violations ({elapsed:.0f}s)")
     for v in violations[:20]:
         print("  " + v)
@@ -165,6 +172,36 @@ def main():
 CATCHABLE = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGALRM, signal.SIGQUIT, signal.SIGWINCH,
              signal.SIGPROF, signal.SIGXCPU]
+
+
+class purges_racing:
+    """An operator's purges by status, looping on the store while the
+    callers run: `--status crashed` and `--status in_progress` (which
+    skips live owners), each a failure only if purge itself fails."""
+
+    def __init__(self, idem, env):
+        self.done = threading.Event()
+        self.count = 0
+        self.failures = []
+        self.thread = threading.Thread(target=self.loop, args=(idem, env), daemon=True)
+        self.thread.start()
+
+    def loop(self, idem, env):
+        while not self.done.is_set():
+            status = random.choice(["crashed", "in_progress"])
+            purge = subprocess.run([idem, "-q", "purge", "--status", status], env=env,
+                                   capture_output=True)
+            self.count += 1
+            if purge.returncode != 0:
+                self.failures.append(f"purge --status {status}: exit {purge.returncode}: "
+                                     f"{purge.stderr.decode(errors='replace').strip()}")
+            time.sleep(random.random() * 0.01)
+
+    def stop(self, violations):
+        self.done.set()
+        self.thread.join()
+        violations.extend(self.failures)
+        return self.count
 
 
 def read_lines(path):

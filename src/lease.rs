@@ -14,8 +14,6 @@
 //! `model/` checks this rule, with these same numbers (a test compares
 //! them).
 
-#![allow(dead_code)] // until the lease keeper uses all of it (issue 23)
-
 use std::time::Duration;
 
 /// Renewals per lease: one every L/3, so two can fail before the stop
@@ -150,5 +148,62 @@ mod tests {
             a.after(Duration::from_secs(1)).since(a),
             Duration::from_secs(1)
         );
+    }
+}
+
+/// The model in `model/lease.pml` (checked by `model/check.sh`) must check
+/// this rule, not another: its numbers and formulas are these.
+#[cfg(test)]
+mod model {
+    use super::*;
+
+    const MODEL: &str = include_str!("../model/lease.pml");
+
+    /// What `#define NAME` stands for in the model.
+    fn define(name: &str) -> &'static str {
+        MODEL
+            .lines()
+            .find_map(|line| {
+                line.trim()
+                    .strip_prefix("#define ")?
+                    .strip_prefix(name)?
+                    .strip_prefix(' ')
+            })
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("model/lease.pml has no #define {name}"))
+    }
+
+    fn number(name: &str) -> u32 {
+        define(name)
+            .parse()
+            .unwrap_or_else(|e| panic!("model/lease.pml: {name} is not a number: {e}"))
+    }
+
+    #[test]
+    fn the_model_has_the_lease_numbers_and_formulas_of_this_file() {
+        assert_eq!(number("RENEWALS_PER_LEASE"), RENEWALS_PER_LEASE);
+        assert_eq!(number("DEAD_BY_TENTHS"), DEAD_BY_TENTHS);
+        assert_eq!(number("GRACE_PER_LEASE"), GRACE_PER_LEASE);
+        assert_eq!(u128::from(number("MAX_GRACE_MS")), MAX_GRACE.as_millis());
+        // Each timing as `Lease` computes it, in the model's words.
+        assert_eq!(define("RENEW_EVERY"), "(L / RENEWALS_PER_LEASE)");
+        assert_eq!(define("ATTEMPT_LIMIT"), "(L / RENEWALS_PER_LEASE)");
+        assert_eq!(
+            define("GRACE"),
+            "(MAX_GRACE_MS / TICK_MS < L / GRACE_PER_LEASE -> MAX_GRACE_MS / TICK_MS : L / GRACE_PER_LEASE)"
+        );
+        assert_eq!(define("DEAD_BY"), "(L * DEAD_BY_TENTHS / 10)");
+        assert_eq!(define("STOP_AFTER"), "(DEAD_BY - GRACE)");
+        // At the model's own lease, those formulas give this file's timings.
+        let (tick, l) = (number("TICK_MS"), number("L"));
+        let ticks = |n: u32| Duration::from_millis(u64::from(n * tick));
+        let lease = Lease::new(ticks(l));
+        let grace = (number("MAX_GRACE_MS") / tick).min(l / GRACE_PER_LEASE);
+        let dead_by = l * DEAD_BY_TENTHS / 10;
+        assert_eq!(lease.renew_every(), ticks(l / RENEWALS_PER_LEASE));
+        assert_eq!(lease.attempt_limit(), ticks(l / RENEWALS_PER_LEASE));
+        assert_eq!(lease.grace(), ticks(grace));
+        assert_eq!(lease.kill_after(), ticks(dead_by));
+        assert_eq!(lease.stop_after(), ticks(dead_by - grace));
     }
 }

@@ -5,6 +5,33 @@
 //! terminal; only `inspect --stdout/--stderr` and replay write raw bytes.
 
 use std::fmt::Write;
+use std::time::Duration;
+
+/// A duration as a person reads it in a message: `250ms`, `9.7s`, `42s`,
+/// `2m 5s`, `1h 30m` — never `9s 690ms 192us 59ns`. Rounded to the
+/// nearest unit shown.
+pub fn duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1_000 {
+        return format!("{ms}ms");
+    }
+    let tenths = (ms + 50) / 100;
+    if tenths < 100 {
+        return match tenths % 10 {
+            0 => format!("{}s", tenths / 10),
+            frac => format!("{}.{frac}s", tenths / 10),
+        };
+    }
+    let secs = (ms + 500) / 1_000;
+    // Past an hour, seconds are noise: whole minutes.
+    let secs = if secs >= 3_600 {
+        (secs + 30) / 60 * 60
+    } else {
+        secs
+    };
+    humantime::format_duration(Duration::from_secs(u64::try_from(secs).unwrap_or(u64::MAX)))
+        .to_string()
+}
 
 /// Valid UTF-8 printable text as is; control characters as `\n`, `\t`,
 /// `\e`, `\xNN` or `\u{NNNN}`; invalid UTF-8 bytes as `\xNN`; a backslash as `\\`.
@@ -102,6 +129,19 @@ pub fn shell_word(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_a_person_would_say_them() {
+        let ms = Duration::from_millis;
+        assert_eq!(duration(Duration::from_nanos(9_690_192_059)), "9.7s");
+        assert_eq!(duration(ms(250)), "250ms");
+        assert_eq!(duration(ms(1_000)), "1s");
+        assert_eq!(duration(ms(9_960)), "10s");
+        assert_eq!(duration(ms(30_000)), "30s");
+        assert_eq!(duration(ms(125_400)), "2m 5s");
+        assert_eq!(duration(ms(5_410_000)), "1h 30m");
+        assert!(!duration(Duration::MAX).is_empty());
+    }
 
     #[test]
     fn control_bytes_never_pass_raw() {

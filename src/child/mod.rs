@@ -3,26 +3,35 @@
 //! these does hold up another.
 //!
 //! The child gets its own process group, so idem can signal everything it
-//! started and tell later whether any of it still runs. Three kinds of
-//! thread share the work (see `supervise`): the supervisor polls the
-//! child's pipes, a signalfd and the timeout; the writers (`output`) copy
-//! the output to idem's stdout and stderr, however slowly those are read;
-//! the keeper holds the store, renews the lease on its own clock and
-//! appends the output journal. Signals stay blocked from before the claim
-//! until the outcome is recorded (`Signals`), so no signal can end idem in
-//! between. Linux is the supported platform (signalfd, /proc).
+//! started and tell later whether any of it still runs. Its lifecycle is a
+//! state machine (`state`: running, suspended, stopping, killed) fed by
+//! messages. Four kinds of thread share the work, each blocking only on
+//! its own thing: the supervisor (`supervise`) polls the child's pipes, a
+//! signalfd and the deadlines and feeds the machine; the writers (`output`)
+//! copy the output to idem's stdout and stderr, however slowly those are
+//! read; the journal appender (`journal`) holds the store's connection and
+//! appends the captured output; on a shared store the lease keeper
+//! (`keeper`) renews the lease on a connection of its own. Signals stay
+//! blocked from before the claim until the outcome is recorded
+//! (`Signals`), so no signal can end idem in between. Linux is the
+//! supported platform (signalfd, /proc).
 
 mod exec;
 mod gated;
+mod journal;
+mod keeper;
 mod output;
 pub mod process;
 mod raw;
+mod state;
 mod supervise;
 mod terminal;
 
 pub use self::exec::SpawnError;
 pub use self::gated::Gated;
+pub use self::keeper::{Hold, Keeper};
 pub use self::output::Output;
+pub use self::state::LeaseLoss;
 use crate::store::Chunk;
 use anyhow::{Context, Result};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
@@ -53,6 +62,8 @@ pub struct Finished {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub timed_out: bool,
+    /// COMMAND was stopped because its claim's lease was lost.
+    pub lease_lost: Option<LeaseLoss>,
     pub stdout: Tally,
     pub stderr: Tally,
 }
@@ -71,12 +82,9 @@ impl Finished {
     }
 }
 
-/// What the caller does while the child lives, on the keeper thread,
-/// which owns the supervisor meanwhile.
-pub trait Supervisor: Send {
-    /// Called every `renew_every` while the child runs.
-    fn renew(&mut self);
-    fn renew_every(&self) -> Option<Duration>;
+/// Where the captured output goes while the child lives: called on the
+/// journal thread (`journal`), which owns the writer meanwhile.
+pub trait JournalWriter: Send {
     /// Appends captured output, in the order it was read. An error is
     /// reported once; the run goes on.
     fn journal(&mut self, chunks: &[Chunk<'_>]) -> Result<()>;
@@ -156,14 +164,15 @@ impl Drop for Signals {
 /// with the values of `spec.late`, and runs it to the end. `signals` must
 /// have been blocked before the child started, so that every thread started
 /// meanwhile keeps them blocked (the output writers block them all
-/// themselves).
+/// themselves). `hold`: the lease as its keeper sees it, on a shared store.
 pub fn run(
     child: Gated,
     late: &[String],
     spec: &Spec<'_>,
     signals: &Signals,
     output: &Output,
-    supervisor: &mut dyn Supervisor,
+    writer: &mut dyn JournalWriter,
+    hold: Option<&Hold>,
 ) -> Result<std::result::Result<Finished, SpawnError>> {
-    supervise::supervise(child, late, spec, &signals.fd, output, supervisor)
+    supervise::supervise(child, late, spec, &signals.fd, output, writer, hold)
 }

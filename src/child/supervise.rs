@@ -1,21 +1,24 @@
-//! The supervisor loop and the keeper thread.
+//! The supervisor loop: COMMAND's pipes, signals and deadlines.
 //!
-//! The supervisor thread polls the child's two pipes, the signalfd and its
-//! deadlines, and never blocks on anything else: it offers each chunk it
-//! reads to a writer (`output`) and, up to `--max-output`, to the keeper;
-//! while either cannot take more, it stops reading that pipe (back-pressure
-//! on the child, like a pipe) but keeps forwarding signals and watching the
-//! clock. The keeper thread owns the store meanwhile: it renews the lease
-//! on its own clock and appends the journal in batches (at most about 1 s
-//! or 1 MiB behind), so a slow store slows neither the other.
+//! The supervisor thread polls the child's two pipes, the signalfd, the
+//! lease keeper's wake-up and its deadlines, and never blocks on anything
+//! else: it offers each chunk it reads to a writer (`output`) and, up to
+//! `--max-output`, to the journal appender (`journal`); while either cannot
+//! take more, it stops reading that pipe (back-pressure on the child, like
+//! a pipe) but keeps forwarding signals and watching the clock. What the
+//! deadlines, job control and the lease do to COMMAND is decided by the
+//! state machine (`state`); this loop feeds it and carries out its actions.
 
 use super::exec::SpawnError;
 use super::gated::{open_gate, Gated};
+use super::keeper::Hold;
 use super::output::{Offer, Output};
+use super::state::{Action, Machine, Message};
 use super::terminal::Terminal;
-use super::{Finished, Spec, Supervisor, Tally, FORWARDED};
+use super::{journal, Finished, JournalWriter, Spec, Tally, FORWARDED};
+use crate::lease::Clock;
 use crate::owner::group_alive;
-use crate::store::{Chunk, Stream};
+use crate::store::Stream;
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -27,11 +30,9 @@ use nix::unistd::Pid;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
-/// Grace between SIGTERM and SIGKILL at `--timeout`.
-const KILL_AFTER: Duration = Duration::from_secs(5);
 /// After the child exits, how long quiet pipes held by no process of its
 /// group may stay open before idem stops reading them.
 const LINGER: Duration = Duration::from_millis(100);
@@ -42,12 +43,9 @@ const RECHECK: Duration = Duration::from_millis(10);
 const REAP_CHECK: Duration = Duration::from_secs(1);
 /// The most read from a pipe at once.
 const CHUNK: usize = 64 * 1024;
-/// The journal is appended when this much is waiting, or `BATCH_AGE` after
-/// the oldest waiting chunk was read.
-const BATCH_BYTES: usize = 1024 * 1024;
-const BATCH_AGE: Duration = Duration::from_secs(1);
-/// Captured chunks in flight to the keeper before the supervisor waits.
-const KEEPER_QUEUE: usize = 16;
+/// Captured chunks in flight to the journal appender before the
+/// supervisor waits.
+const JOURNAL_QUEUE: usize = 16;
 
 pub(super) fn supervise(
     mut child: Gated,
@@ -55,16 +53,17 @@ pub(super) fn supervise(
     spec: &Spec<'_>,
     signals: &SignalFd,
     output: &Output,
-    supervisor: &mut dyn Supervisor,
+    writer: &mut dyn JournalWriter,
+    hold: Option<&Hold>,
 ) -> Result<std::result::Result<Finished, SpawnError>> {
     let pid = child.pid();
     let mut terminal = Terminal::hand_to(pid, spec.stdin.is_none());
     std::thread::scope(|scope| {
-        let (to_keeper, chunks) = sync_channel(KEEPER_QUEUE);
-        let keeper = std::thread::Builder::new()
-            .name("idem-keeper".into())
-            .spawn_scoped(scope, move || keep(supervisor, &chunks))
-            .context("start the keeper thread")?;
+        let (to_journal, chunks) = sync_channel(JOURNAL_QUEUE);
+        let appender = std::thread::Builder::new()
+            .name("idem-journal".into())
+            .spawn_scoped(scope, move || journal::append(writer, &chunks))
+            .context("start the journal thread")?;
         // Open the gate: COMMAND may start now. From here on the child is
         // waited for, not killed, however this ends.
         let Some(pipes) = child.pipes.take() else {
@@ -78,8 +77,8 @@ pub(super) fn supervise(
         if let Some(errno) = exec_failed {
             let _ = waitpid(pid, None);
             child.settled = true;
-            drop(to_keeper);
-            let _ = keeper.join();
+            drop(to_journal);
+            let _ = appender.join();
             let name = spec.argv[0].to_string_lossy().into_owned();
             return Ok(Err(match Errno::from_raw(errno) {
                 Errno::ENOENT => SpawnError::NotFound(name),
@@ -94,13 +93,17 @@ pub(super) fn supervise(
                 Pipe::new(err_r, Stream::Stderr, spec.max_output),
             ],
             held: None,
-            to_keeper,
+            to_journal,
             output,
             scratch: vec![0; CHUNK],
         };
-        let finished = watch.run(spec.timeout, signals, &mut terminal);
+        let machine = Machine::new(Clock::now(), spec.timeout);
+        let finished = watch.run(machine, signals, hold, &mut terminal);
+        // COMMAND has ended: the final writes' budget starts now, so the
+        // journal's last append counts against it too.
+        crate::store::final_writes_deadline();
         drop(watch);
-        let _ = keeper.join();
+        let _ = appender.join();
         finished.map(Ok)
     })
 }
@@ -146,10 +149,10 @@ impl Pipe {
 struct Watch<'a> {
     pid: Pid,
     streams: [Pipe; 2],
-    /// A captured chunk the keeper could not take yet: no pipe is read
-    /// until it has, so the journal keeps the order of reading.
+    /// A captured chunk the journal appender could not take yet: no pipe
+    /// is read until it has, so the journal keeps the order of reading.
     held: Option<(Stream, Vec<u8>)>,
-    to_keeper: SyncSender<(Stream, Vec<u8>)>,
+    to_journal: SyncSender<(Stream, Vec<u8>)>,
     output: &'a Output,
     /// What each read fills, allocated once: a chunk gets a buffer of its
     /// own size only when data comes (a fresh 64 KiB per read cost a tenth
@@ -160,56 +163,57 @@ struct Watch<'a> {
 impl Watch<'_> {
     fn run(
         &mut self,
-        timeout: Option<Duration>,
+        mut machine: Machine,
         signals: &SignalFd,
+        hold: Option<&Hold>,
         terminal: &mut Terminal,
     ) -> Result<Finished> {
         let group = Pid::from_raw(-self.pid.as_raw());
-        // A deadline too far to represent is no deadline.
-        let timeout_at = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut kill_at = None;
-        let mut timed_out = false;
         let mut status = None;
         let mut reaped_at: Option<Instant> = None;
         let mut last_data = Instant::now();
+        let mut message = Message::Tick;
         loop {
             self.offer_pending();
+            let lease = hold.map(Hold::view);
+            // Once the leader is reaped, only a kill under way goes on.
+            let fed = status.is_none() || machine.kill_pending();
+            if fed {
+                let actions = machine.on(message, Clock::now(), lease);
+                self.carry_out(&actions, terminal);
+            }
+            message = Message::Tick;
             let now = Instant::now();
             if let Some(reaped) = reaped_at {
                 let drained = self.streams.iter().all(|s| s.pipe.is_none());
                 let stalled = self.streams.iter().any(|s| s.unwritten.is_some());
                 let quiet = now.duration_since(last_data.max(reaped)) >= LINGER;
-                // A timed-out group is SIGKILLed at `kill_at` whatever its
+                // A group stopped for a deadline is killed whatever its
                 // leader did; a finished one is left once its pipes are
                 // closed, or once no process of it is left (a daemon that
                 // left the group may hold the pipes for ever).
                 let alive = || group_alive(i64::from(self.pid.as_raw()));
-                let killing = kill_at.is_some() && alive();
+                let killing = machine.kill_pending() && alive();
                 if !killing && (drained || ((quiet || stalled) && !alive())) {
                     break;
                 }
             }
-            if !timed_out && timeout_at.is_some_and(|at| now >= at) {
-                timed_out = true;
-                let _ = kill(group, Signal::SIGTERM);
-                kill_at = now.checked_add(KILL_AFTER);
-            }
-            if kill_at.is_some_and(|at| now >= at) {
-                let _ = kill(group, Signal::SIGKILL);
-                kill_at = None;
-            }
 
+            let clock = Clock::now();
+            let fed = status.is_none() || machine.kill_pending();
+            // Deadlines matter only while the machine is fed.
             let mut wait = [
-                timeout_at.filter(|_| !timed_out),
-                kill_at,
-                reaped_at.map(|_| now + LINGER),
+                machine
+                    .wake_at(lease)
+                    .filter(|_| fed)
+                    .map(|at| at.since(clock)),
+                reaped_at.map(|_| LINGER),
             ]
-            .iter()
+            .into_iter()
             .flatten()
-            .map(|at| at.saturating_duration_since(now))
             .min();
             let stalled = self.held.is_some() || self.streams.iter().any(|s| s.unwritten.is_some());
-            if stalled || (reaped_at.is_some() && kill_at.is_some()) {
+            if stalled || (reaped_at.is_some() && machine.kill_pending()) {
                 wait = Some(wait.map_or(RECHECK, |w| w.min(RECHECK)));
             }
             // SIGCHLD wakes this loop; should it ever not come (a thread of
@@ -224,6 +228,10 @@ impl Watch<'_> {
             };
 
             let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            // A refusal wakes the loop, until the machine has seen it.
+            if let Some(hold) = hold.filter(|_| fed && lease.is_some_and(|view| !view.refused)) {
+                fds.push(PollFd::new(hold.wake_fd(), PollFlags::POLLIN));
+            }
             let mut readable = [None, None];
             for (i, pipe) in self.streams.iter().enumerate() {
                 if let (Some(fd), None, None) = (&pipe.pipe, &pipe.unwritten, &self.held) {
@@ -248,7 +256,7 @@ impl Watch<'_> {
             if signal_ready {
                 while let Ok(Some(info)) = signals.read_signal() {
                     match Signal::try_from(info.ssi_signo as i32) {
-                        Ok(Signal::SIGCONT) => terminal.continued(self.pid),
+                        Ok(Signal::SIGCONT) => message = Message::Continued,
                         Ok(sig) if FORWARDED.contains(&sig) => {
                             let _ = kill(group, sig);
                         }
@@ -262,7 +270,9 @@ impl Watch<'_> {
                     Ok(WaitStatus::Exited(_, code)) => status = Some((Some(code), None)),
                     Ok(WaitStatus::Signaled(_, sig, _)) => status = Some((None, Some(sig as i32))),
                     Ok(WaitStatus::Stopped(..)) => {
-                        terminal.child_stopped();
+                        let lease = hold.map(Hold::view);
+                        let actions = machine.on(Message::GroupStopped, Clock::now(), lease);
+                        self.carry_out(&actions, terminal);
                         continue;
                     }
                     Ok(_) => {}
@@ -279,10 +289,33 @@ impl Watch<'_> {
         Ok(Finished {
             exit_code,
             signal,
-            timed_out,
+            timed_out: machine.timed_out(),
+            lease_lost: machine.lease_lost(),
             stdout: self.streams[0].tally,
             stderr: self.streams[1].tally,
         })
+    }
+
+    /// Does what the state machine said.
+    fn carry_out(&self, actions: &[Action], terminal: &mut Terminal) {
+        for action in actions {
+            match action {
+                Action::Signal(sig) => {
+                    let _ = kill(Pid::from_raw(-self.pid.as_raw()), *sig);
+                }
+                Action::SuspendIdem => terminal.child_stopped(),
+                Action::Resume => terminal.continued(self.pid),
+                Action::SayKilledNotResumed => {
+                    terminal.continued_without_child();
+                    crate::say::as_event("lease_lost", || {
+                        crate::say::notice(format_args!(
+                            "COMMAND was stopped (job control) past its lease's stop deadline: \
+                             it was killed, not resumed"
+                        ));
+                    });
+                }
+            }
+        }
     }
 
     /// Reads one chunk from pipe `i` and hands it on; true when data came.
@@ -320,7 +353,7 @@ impl Watch<'_> {
         true
     }
 
-    /// Offers what is pending to the writers and the keeper, never waiting.
+    /// Offers what is pending to the writers and the journal, never waiting.
     fn offer_pending(&mut self) {
         for pipe in &mut self.streams {
             if let Some(chunk) = pipe.unwritten.take() {
@@ -330,7 +363,7 @@ impl Watch<'_> {
             }
         }
         if let Some(held) = self.held.take() {
-            match self.to_keeper.try_send(held) {
+            match self.to_journal.try_send(held) {
                 Ok(()) | Err(TrySendError::Disconnected(_)) => {}
                 Err(TrySendError::Full(held)) => self.held = Some(held),
             }
@@ -338,7 +371,7 @@ impl Watch<'_> {
     }
 
     /// The child is gone: reads what is left in the pipes (no process of
-    /// its group can add more) and hands it all on: the keeper gets every
+    /// its group can add more) and hands it all on: the journal gets every
     /// captured byte before the outcome is recorded, the writers get theirs
     /// after it (`Output::defer`), however stalled their readers.
     fn drain(&mut self) {
@@ -360,7 +393,7 @@ impl Watch<'_> {
                 }
             }
             if let Some(held) = self.held.take() {
-                let _ = self.to_keeper.send(held);
+                let _ = self.to_journal.send(held);
             }
             let mut more = false;
             for i in 0..self.streams.len() {
@@ -376,68 +409,7 @@ impl Watch<'_> {
             }
         }
         if let Some(held) = self.held.take() {
-            let _ = self.to_keeper.send(held);
-        }
-    }
-}
-
-/// The keeper thread: appends the journal in batches and renews the lease
-/// on its own clock until the supervisor hangs up.
-fn keep(supervisor: &mut dyn Supervisor, chunks: &Receiver<(Stream, Vec<u8>)>) {
-    let mut batch: Vec<(Stream, Vec<u8>)> = Vec::new();
-    let mut batch_bytes = 0;
-    let mut batch_since = Instant::now();
-    let mut next_renewal = supervisor.renew_every().map(|every| Instant::now() + every);
-    let mut reported = false;
-    let mut append = |supervisor: &mut dyn Supervisor, batch: &mut Vec<(Stream, Vec<u8>)>| {
-        let chunks = Chunk::all_of(batch);
-        if let Err(e) = supervisor.journal(&chunks) {
-            if !std::mem::replace(&mut reported, true) {
-                crate::say::error(format_args!(
-                    "cannot append the output to the store ({e:#}); the command goes on"
-                ));
-            }
-        }
-        batch.clear();
-    };
-    loop {
-        let now = Instant::now();
-        let deadline = [
-            next_renewal,
-            (!batch.is_empty()).then(|| batch_since + BATCH_AGE),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let received = match deadline {
-            Some(at) => chunks.recv_timeout(at.saturating_duration_since(now)),
-            None => chunks.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        let hung_up = match received {
-            Ok((stream, bytes)) => {
-                if batch.is_empty() {
-                    batch_since = Instant::now();
-                }
-                batch_bytes += bytes.len();
-                batch.push((stream, bytes));
-                false
-            }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => true,
-        };
-        if next_renewal.is_some_and(|at| Instant::now() >= at) {
-            supervisor.renew();
-            next_renewal = supervisor.renew_every().map(|every| Instant::now() + every);
-        }
-        let old = !batch.is_empty() && batch_since.elapsed() >= BATCH_AGE;
-        if hung_up || old || batch_bytes >= BATCH_BYTES {
-            if !batch.is_empty() {
-                append(supervisor, &mut batch);
-            }
-            batch_bytes = 0;
-        }
-        if hung_up {
-            return;
+            let _ = self.to_journal.send(held);
         }
     }
 }

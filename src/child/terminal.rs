@@ -8,7 +8,9 @@
 //! group, so the shell sees its job stop and prints its prompt. On SIGCONT
 //! (`fg` or `bg`) idem resumes the child's group, giving it the terminal
 //! again when idem is in the foreground. A background idem whose child
-//! reads the terminal stops the same way and resumes after `fg`.
+//! reads the terminal stops the same way and resumes after `fg`. On a
+//! shared store a job continued past its lease's stop deadline is not
+//! resumed: the state machine (`state`) has its group killed instead.
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{getpgrp, isatty, tcgetpgrp, tcsetpgrp, Pid};
@@ -69,6 +71,12 @@ impl Terminal {
         }
         self.give(child);
         let _ = kill(Pid::from_raw(-child.as_raw()), Signal::SIGCONT);
+    }
+
+    /// idem got SIGCONT, but COMMAND's group is being killed rather than
+    /// resumed: idem goes on alone, the terminal stays with it.
+    pub fn continued_without_child(&mut self) {
+        self.stopped = false;
     }
 
     fn take_back(&mut self) {

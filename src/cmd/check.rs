@@ -98,7 +98,11 @@ fn probe(store: &mut dyn Store) -> Finding {
         })
     };
     let written = store.claim(&key, &mut claim).and_then(|token| match token {
-        Some(token) => store.delete(&[(key.clone(), token)]),
+        // Deleted as it stands, like a purge deletes what it judged.
+        Some(token) => match store.get(&key)?.1.filter(|r| r.token == token) {
+            Some(probe) => store.delete(&[store::Judged::from(probe)]),
+            None => Ok(0),
+        },
         None => Ok(0),
     });
     match written {

@@ -213,7 +213,7 @@ pub fn positive_duration(s: &str) -> Result<Duration, String> {
 /// round trip to the store would be most of the lease.
 pub fn lease_duration(text: &str) -> Result<Duration, String> {
     let lease = positive_duration(text)?;
-    if lease < Duration::from_secs(1) {
+    if lease < crate::lease::MIN_LEASE {
         return Err("must be at least 1s".into());
     }
     Ok(lease)

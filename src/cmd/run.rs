@@ -12,6 +12,7 @@ use super::Global;
 use crate::child;
 use crate::exit::{fail, Code};
 use crate::key::{self, Fingerprint};
+use crate::lease::Clock;
 use crate::owner::{ChildId, Here};
 use crate::policy::{decide, owner_alive, Policy, Verdict};
 use crate::store::{self, Claim, Millis, Mode, Record, Status, Store};
@@ -31,6 +32,7 @@ mod refuse;
 mod report;
 
 pub use args::{label, Args, DEFAULT_LEASE, DEFAULT_MAX_OUTPUT, DEFAULT_TTL};
+use execute::Claimed;
 use join::Joined;
 use refuse::{ago, record_status};
 use report::{Outcome as Reported, Report};
@@ -83,14 +85,7 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
         None
     };
     for path in &args.fingerprint_file {
-        let digest = File::open(path)
-            .and_then(|file| key::hash_and_spool(file, io::sink()))
-            .or_else(|e| {
-                fail(
-                    Code::Usage,
-                    format!("--fingerprint-file {}: cannot read it: {e}", path.display()),
-                )
-            })?;
+        let digest = fingerprint_file(path)?;
         fingerprint.file_digest(&digest);
     }
     let fingerprint = fingerprint.finish();
@@ -98,6 +93,8 @@ pub fn run(args: &Args, global: &Global) -> Result<u8> {
         .key
         .clone()
         .unwrap_or_else(|| key::derived_key(&fingerprint));
+    // An explicit key was named to `say` already; a derived one is known now.
+    crate::say::about_key(&key);
 
     let location = match store::Location::resolve(global.db.as_deref()) {
         Ok(location) => location,
@@ -185,6 +182,33 @@ fn spool_stdin(fingerprint: &mut Fingerprint) -> Result<File> {
     Ok(spool)
 }
 
+/// The SHA-256 of a `--fingerprint-file`, which must be a regular file: a
+/// FIFO or a device would hang the call or never end (`/dev/zero`). Opened
+/// without blocking, and judged by what was opened, not by a second look.
+fn fingerprint_file(path: &std::path::Path) -> Result<[u8; 32]> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = escape(path.as_os_str().as_bytes());
+    let usage = |why: String| fail(Code::Usage, format!("--fingerprint-file {shown}: {why}"));
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) => return usage(format!("cannot read it: {e}")),
+    };
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            return usage(
+                "it is not a regular file (a FIFO, a device or a directory); give a file".into(),
+            )
+        }
+        Err(e) => return usage(format!("cannot read it: {e}")),
+    }
+    key::hash_and_spool(file, io::sink()).or_else(|e| usage(format!("cannot read it: {e}")))
+}
+
 fn write_report(args: &Args, report: &Report, result: &Result<u8>) {
     if let Some(path) = &args.report {
         report::write(path, report, report::exit_code(result));
@@ -220,9 +244,15 @@ impl Call<'_> {
                     let started = child::Gated::start(&spec)?;
                     owning::pause_point("child-started");
                     let id = started.as_ref().ok().map(child::Gated::id);
+                    let sent = Clock::now();
                     match self.claim(store, id)? {
                         Ok((token, attempt)) => {
-                            return self.execute(store, token, attempt, started, &spec, &signals)
+                            let claimed = Claimed {
+                                token,
+                                attempt,
+                                sent,
+                            };
+                            return self.execute(store, claimed, started, &spec, &signals);
                         }
                         Err(next) => next,
                     }
@@ -251,7 +281,7 @@ impl Call<'_> {
                                 Code::InProgress,
                                 format!(
                                     "the wait timed out after --wait-timeout {}: {}; retry later, or allow a longer --wait-timeout",
-                                    humantime::format_duration(self.args.wait_timeout.unwrap_or_default()),
+                                    crate::text::duration(self.args.wait_timeout.unwrap_or_default()),
                                     self.busy(record.as_ref(), now)
                                 ),
                             );

@@ -3,7 +3,7 @@
 //! for its own claim only; an old fencing token writes nothing. Each
 //! backend's test module opens a fresh store and calls these on it.
 
-use super::{Captured, Chunk, Claim, Outcome, Status, Store, Stream};
+use super::{Captured, Chunk, Claim, Judged, Outcome, Status, Store, Stream};
 use crate::owner::{ChildId, Owner};
 
 /// A claim of `true` by host `h`, 30 s lease.
@@ -164,4 +164,34 @@ pub fn fencing_refuses_every_write_of_an_old_token(store: &mut dyn Store) -> i64
     let record = store.get("k").unwrap().1.unwrap();
     assert_eq!(record.expires_at, record.finished_at.map(|f| f + 1000));
     new
+}
+
+/// A delete names the record as purge judged it: a run that finished, or
+/// renewed its lease, or was claimed again since the look stays; one that
+/// is still as judged goes.
+pub fn a_delete_takes_only_what_was_judged(store: &mut dyn Store) {
+    let judged =
+        |store: &mut dyn Store, key: &str| Judged::from(store.get(key).unwrap().1.unwrap());
+    let finished = claim_key(store, "finished");
+    let as_running = judged(store, "finished");
+    assert!(store
+        .finish("finished", finished, &completed(3_600_000))
+        .unwrap());
+    claim_key(store, "renewed");
+    let mut before_renewal = judged(store, "renewed");
+    before_renewal.lease_until = before_renewal.lease_until.map(|at| at - 1);
+    claim_key(store, "again");
+    let first_claim = judged(store, "again");
+    claim_key(store, "again");
+    let token = claim_key(store, "still");
+    let still = judged(store, "still");
+    let gone = store
+        .delete(&[as_running, before_renewal, first_claim, still])
+        .unwrap();
+    assert_eq!(gone, 1);
+    for key in ["finished", "renewed", "again"] {
+        assert!(store.get(key).unwrap().1.is_some(), "{key} was deleted");
+    }
+    assert!(store.get("still").unwrap().1.is_none());
+    assert!(!store.finish("still", token, &completed(1)).unwrap());
 }

@@ -4,7 +4,7 @@
 
 use super::{postgres, redis};
 use anyhow::Result;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where `--db` points.
 pub enum Location {
@@ -31,7 +31,10 @@ impl Location {
                      or unset IDEM_DB for the default store",
             ),
         }
-        let state = match std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        // A relative XDG_STATE_HOME (`~/state` included) is invalid and
+        // ignored, as the XDG base directory specification says.
+        let state = match std::env::var_os("XDG_STATE_HOME").filter(|d| Path::new(d).is_absolute())
+        {
             Some(dir) => PathBuf::from(dir),
             None => match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
                 Some(home) => PathBuf::from(home).join(".local/state"),
@@ -52,6 +55,21 @@ impl Location {
     /// file name. Only the scheme is ever shown: a URL can hold a password.
     fn parse(db: &std::ffi::OsStr) -> Result<Location> {
         let text = db.to_string_lossy();
+        let usage = |what: String| crate::exit::fail(crate::exit::Code::Usage, what);
+        if text.starts_with('~') {
+            // cron and systemd pass `IDEM_DB=~/x.db` as it is: a directory
+            // named `~` would be a store nobody finds again.
+            return usage(format!(
+                "--db {}: `~` is not expanded (idem is not a shell); write $HOME instead, \
+                 as in --db \"$HOME/{}\"",
+                crate::text::escape(db.as_encoded_bytes()),
+                crate::text::escape(
+                    text.trim_start_matches('~')
+                        .trim_start_matches('/')
+                        .as_bytes()
+                )
+            ));
+        }
         let scheme = text.split_once(':').filter(|(s, _)| {
             s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
                 && s.chars()
@@ -67,7 +85,14 @@ impl Location {
             "redis" | "rediss" => Some(Location::Redis(url())),
             _ => None,
         };
-        let usage = |what: String| crate::exit::fail(crate::exit::Code::Usage, what);
+        if lower == "file" {
+            // SQLite's URI syntax is not idem's: `file:x.db` would be a file
+            // of that name, and `?mode=…` options would be ignored.
+            return usage(format!(
+                "--db: {}: URIs are not taken; give the file's path (write a file named {0}:… as ./{0}:…)",
+                crate::text::escape(scheme.as_bytes())
+            ));
+        }
         match (ours, rest.starts_with("//")) {
             (Some(location), true) => Ok(location),
             (Some(_), false) => usage(format!(

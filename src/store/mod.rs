@@ -167,6 +167,29 @@ pub const LOCAL_POLL: Duration = Duration::from_millis(50);
 /// most ~0.13 s; 2,000 was ~30% slower and no kinder to them).
 pub const PURGE_BATCH: usize = 5_000;
 
+/// A record as `purge` judged it: what must still hold for it to go. An
+/// owner that finished between the look and the delete changed the
+/// status; one that renewed its lease changed `lease_until`; a new claim
+/// changed the token (and with it the owner).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judged {
+    pub key: String,
+    pub token: i64,
+    pub status: Status,
+    pub lease_until: Option<Millis>,
+}
+
+impl From<Record> for Judged {
+    fn from(record: Record) -> Judged {
+        Judged {
+            key: record.key,
+            token: record.token,
+            status: record.status,
+            lease_until: record.lease_until,
+        }
+    }
+}
+
 /// Which records `list` yields. Fields combine with AND.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -181,8 +204,28 @@ pub struct Filter {
     pub limit: Option<u64>,
 }
 
-/// The atomic primitives a backend provides. A store moves to the keeper
-/// thread while the child runs (`child::Supervisor`), hence `Send`.
+/// Renews one claim's lease on a store connection of its own, so that no
+/// journal append, slow query or stalled reader on the main one can delay
+/// a renewal (`child::keeper` drives it from a thread of its own).
+pub trait LeaseKeeper: Send {
+    /// Extends the lease of `key`'s claim with `token` to `lease_ms` from
+    /// the store's now, giving up (an error) after a third of the lease.
+    /// False: the record carries another token, is finished, or is gone.
+    fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool>;
+}
+
+/// A second connection to a shared store, kept for renewals only: what
+/// `Store::lease_keeper` gives on PostgreSQL and Redis.
+pub struct RenewalsOnly<S>(pub S);
+
+impl<S: Store> LeaseKeeper for RenewalsOnly<S> {
+    fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool> {
+        self.0.renew(key, token, lease_ms)
+    }
+}
+
+/// The atomic primitives a backend provides. A store moves to the journal
+/// thread while the child runs (`child::JournalWriter`), hence `Send`.
 pub trait Store: Send {
     /// The store's clock (the server's, for shared stores).
     fn now(&mut self) -> Result<Millis>;
@@ -213,6 +256,17 @@ pub trait Store: Send {
 
     /// Extends the lease of a running claim. False if it is no longer ours.
     fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool>;
+
+    /// A connection of its own that renews the lease of a claim of `lease`
+    /// (each attempt bounded by `lease.attempt_limit()`, by the server too
+    /// where it can be told), for a store judged by leases. None: the store keeps no lease (SQLite, where the
+    /// kernel tells whether an owner lives).
+    fn lease_keeper(
+        &mut self,
+        _lease: crate::lease::Lease,
+    ) -> Result<Option<Box<dyn LeaseKeeper>>> {
+        Ok(None)
+    }
 
     /// Stores the outcome durably, and with it the journal written so far.
     /// False if the claim is no longer ours.
@@ -271,9 +325,11 @@ pub trait Store: Send {
     /// Calls `each` for every record the filter selects, newest first.
     fn list(&mut self, filter: &Filter, each: &mut dyn FnMut(Record) -> Result<()>) -> Result<()>;
 
-    /// Deletes each `(key, token)` whose record still carries that token;
-    /// returns how many went.
-    fn delete(&mut self, records: &[(String, i64)]) -> Result<u64>;
+    /// Deletes each record that is still as it was judged (same token,
+    /// status and lease), in one transaction or script per record at
+    /// least; returns how many went. A record that finished, was renewed
+    /// or was claimed again since the look stays.
+    fn delete(&mut self, records: &[Judged]) -> Result<u64>;
 
     /// Deletes the records `filter` selects, in batches of short
     /// transactions (running jobs are never locked out for long), and frees
@@ -292,7 +348,7 @@ pub trait Store: Send {
         let mut chosen = Vec::new();
         self.list(filter, &mut |record| {
             if record.status != Status::InProgress || take_running(&record)? {
-                chosen.push((record.key, record.token));
+                chosen.push(Judged::from(record));
             }
             Ok(())
         })?;
@@ -343,9 +399,19 @@ impl Finding {
     }
 }
 
-/// How long a shared store keeps trying to record an outcome once COMMAND
-/// has run: a dropped connection or a restarting server must not lose it.
+/// How long idem keeps trying to write what is left once COMMAND has run —
+/// the output still waiting, then the outcome — on a shared store: a
+/// dropped connection or a restarting server must not lose the record.
+/// One budget for both, as the README promises (`docker stop -t 30`).
 pub const FINISH_PATIENCE: Duration = Duration::from_secs(30);
+
+/// When the final writes must be done: `FINISH_PATIENCE` after the first
+/// of them asked (the output's flush, else the outcome). Each attempt is
+/// bounded by what is left of it.
+pub fn final_writes_deadline() -> Instant {
+    static DEADLINE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *DEADLINE.get_or_init(|| Instant::now() + FINISH_PATIENCE)
+}
 
 /// Why one attempt to record an outcome failed.
 pub enum FinishFailure {
@@ -358,19 +424,24 @@ pub enum FinishFailure {
 
 /// Records an outcome on a shared store: `write(with_output, time_left)`
 /// is tried, without the output once that is refused, and again with a
-/// growing pause until `FINISH_PATIENCE` has passed. Writing twice is
-/// harmless: each write names the claim's token. `store` names the store
-/// in messages (no password).
+/// growing pause until `final_writes_deadline`; a try is never started
+/// without at least `LAST_TRY` left, and is given no more than what is
+/// left. Writing twice is harmless: each write names the claim's token.
+/// `store` names the store in messages (no password).
 pub fn finish_patiently(
     store: &str,
     mut write: impl FnMut(bool, Duration) -> std::result::Result<bool, FinishFailure>,
 ) -> Result<bool> {
-    let deadline = Instant::now() + FINISH_PATIENCE;
+    /// The least time worth a try: a round trip on a slow link.
+    const LAST_TRY: Duration = Duration::from_millis(500);
+    let deadline = final_writes_deadline();
     let mut pause = Duration::from_millis(100);
     let mut with_output = true;
     let mut warned = false;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(LAST_TRY);
         match write(with_output, left) {
             Ok(ours) => return Ok(ours),
             Err(FinishFailure::Output(why)) if with_output => {
@@ -380,19 +451,19 @@ pub fn finish_patiently(
                 with_output = false;
             }
             Err(FinishFailure::Output(why) | FinishFailure::Retry(why)) => {
-                if Instant::now() + pause >= deadline {
+                if Instant::now() + pause + LAST_TRY > deadline {
                     return crate::exit::fail(
                         crate::exit::Code::Internal,
                         format!(
                             "store {store}: cannot record the outcome: {why} (gave up after {})",
-                            humantime::format_duration(FINISH_PATIENCE)
+                            crate::text::duration(FINISH_PATIENCE)
                         ),
                     );
                 }
                 if !warned {
                     crate::say::notice(format_args!(
                         "store {store}: cannot record the outcome yet ({why}); retrying for up to {}",
-                        humantime::format_duration(FINISH_PATIENCE)
+                        crate::text::duration(deadline.saturating_duration_since(Instant::now()))
                     ));
                     warned = true;
                 }

@@ -14,6 +14,7 @@ mod check;
 mod errors;
 mod file;
 mod journal;
+mod name;
 mod purge;
 mod records;
 mod replays;
@@ -22,9 +23,10 @@ mod upkeep;
 
 use errors::{describe, describe_at, store_error, store_failure};
 use file::{create_file, identify, Creating, Found};
+use name::Identity;
 use records::{filter_sql, record_from_row, DECISION_COLUMNS, RECORD_COLUMNS, RECORD_COLUMN_COUNT};
 
-use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
+use super::{Chunk, Claim, Filter, Judged, Millis, Mode, Outcome, Record, Store, Stream};
 use anyhow::{Context, Result};
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, ToSql};
@@ -45,6 +47,8 @@ const NEVER_INITIALISED: &str = "it was never initialised (run `idem run` once t
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    /// The file the path named when it was opened.
+    identity: Option<Identity>,
     /// Whether this process wrote to the WAL (so may have to empty it).
     wrote: bool,
     /// Whether this process freed pages: the file only shrinks when the
@@ -111,6 +115,7 @@ impl SqliteStore {
             .context("no checkpoint on close")?;
         let mut store = SqliteStore {
             conn,
+            identity: Identity::of(path),
             path: path.to_owned(),
             wrote: false,
             shrunk: false,
@@ -244,6 +249,14 @@ impl Store for SqliteStore {
 
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
         self.wrote = true;
+        // Written where --db points, or not at all.
+        if let Some(what) = self.identity.and_then(|id| id.gone_from(&self.path)) {
+            return self.fail(&format!(
+                "the store file {what} while the command ran; the outcome was not written \
+                 into a file nobody will read, so the next call runs the command again \
+                 (move a store only while no idem runs on it)"
+            ));
+        }
         match self.write_outcome(key, token, outcome, true) {
             Ok(ours) => Ok(ours),
             Err(first) => {
@@ -318,7 +331,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
+    fn delete(&mut self, records: &[Judged]) -> Result<u64> {
         self.wrote = true;
         let result = (|| {
             self.sync(Sync::Full)?;
@@ -327,14 +340,22 @@ impl Store for SqliteStore {
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut gone = 0;
             {
-                let mut stmt =
-                    tx.prepare_cached("DELETE FROM records WHERE key = ?1 AND token = ?2")?;
+                let mut stmt = tx.prepare_cached(
+                    "DELETE FROM records WHERE key = ?1 AND token = ?2 AND status = ?3 \
+                     AND lease_until IS ?4",
+                )?;
                 let mut counts =
                     tx.prepare_cached("DELETE FROM replay_counts WHERE key = ?1 AND token = ?2")?;
                 let mut journals =
                     tx.prepare_cached("DELETE FROM journal WHERE key = ?1 AND token = ?2")?;
-                for (key, token) in records {
-                    let went = stmt.execute(params![key, token])?;
+                for Judged {
+                    key,
+                    token,
+                    status,
+                    lease_until,
+                } in records
+                {
+                    let went = stmt.execute(params![key, token, status.as_str(), lease_until])?;
                     if went > 0 {
                         counts.execute(params![key, token])?;
                         journals.execute(params![key, token])?;

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 
 /// The report's fields, in the order SPEC.md lists them.
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 14] = [
     "key",
     "outcome",
     "reason",
@@ -23,6 +23,8 @@ const FIELDS: [&str; 12] = [
     "duration_ms",
     "replays",
     "store",
+    "lease_until",
+    "retry_after_ms",
 ];
 
 fn store_kind() -> &'static str {
@@ -83,6 +85,8 @@ fn the_report_says_what_each_call_did() {
         assert!(humantime::parse_rfc3339(at).is_ok(), "{field}: {at}");
     }
     assert!(ran["duration_ms"].as_i64().unwrap() >= 0);
+    assert_eq!(ran["lease_until"], Value::Null);
+    assert_eq!(ran["retry_after_ms"], Value::Null);
 
     let (code, replayed) = reported(&env, &["-k", "r", "--", "echo", "hi"]);
     assert_eq!(code, 0);
@@ -128,6 +132,17 @@ fn the_report_of_a_running_key_skip_wait_and_join() {
     let (code, refused) = reported(&env, &busy);
     assert_eq!((code, &refused["reason"]), (75, &"in_progress".into()));
     assert_eq!(refused["record_status"], "in_progress");
+    // When to come back (an HTTP handler's Retry-After): the owner's lease,
+    // by the store's clock; SQLite has no lease to tell.
+    if backend() == Backend::Sqlite {
+        assert_eq!(refused["lease_until"], Value::Null);
+        assert_eq!(refused["retry_after_ms"], Value::Null);
+    } else {
+        let until = refused["lease_until"].as_str().unwrap();
+        assert!(humantime::parse_rfc3339(until).is_ok(), "{until}");
+        let retry = refused["retry_after_ms"].as_i64().unwrap();
+        assert!((0..=30_000).contains(&retry), "{refused}");
+    }
 
     // skip: exit 0, not a byte on stdout or stderr; -v says why.
     let out = env

@@ -372,7 +372,6 @@ fn the_fields_of_inspect_json_are_the_documented_ones() {
 }
 
 #[test]
-#[ignore = "needs the report's lease_until and retry_after_ms (land with the store work)"]
 fn the_fields_of_the_report_are_the_documented_ones() {
     let env = Env::sqlite();
     let out = env

@@ -149,3 +149,44 @@ fn a_replay_from_a_read_only_store_exits_with_the_stored_status() {
         .stderr("warned\n");
     assert_eq!(env.count("n"), 1);
 }
+
+/// Output that fills most of a small disk: the journal took the room the
+/// outcome needed, so idem exited 125 and left the record `in_progress`
+/// (every time with 600-1000 KiB of output on a 1 MiB file system), and
+/// the next call ran COMMAND again. The outcome must fit whatever the
+/// output did: over that whole range, the record is finished and the next
+/// call replays it.
+#[test]
+#[ignore = "needs root, to mount a small tmpfs (.ci/run runs as root)"]
+fn the_outcome_fits_whatever_the_output_took() {
+    let env = Env::sqlite();
+    let _disk = Tmpfs::mount(&env.path("disk"), "1m");
+    for kib in (550..=1050).step_by(50) {
+        let db = env.path(&format!("disk/{kib}.db"));
+        let db = db.to_str().unwrap();
+        let count = format!("n{kib}");
+        let script = format!(
+            "{}; head -c {} /dev/zero | tr '\\0' x",
+            env.count_run(&count),
+            kib * 1024
+        );
+        let args = ["--db", db, "run", "-k", "big", "--", "sh", "-c", &script];
+        let out = env.idem().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{kib} KiB: {stderr}");
+        let record = env
+            .idem()
+            .args(["--db", db, "inspect", "--json", "big"])
+            .output()
+            .unwrap();
+        let record: serde_json::Value = serde_json::from_slice(&record.stdout).unwrap();
+        assert_eq!(record["status"], "completed", "{kib} KiB: {stderr}");
+        let again = env.idem().args(args).output().unwrap();
+        assert_eq!(again.status.code(), Some(0), "{kib} KiB");
+        assert_eq!(env.count(&count), 1, "{kib} KiB: COMMAND ran again");
+        // Room for the next size.
+        for suffix in ["", "-wal", "-shm", "-replays"] {
+            let _ = std::fs::remove_file(format!("{db}{suffix}"));
+        }
+    }
+}

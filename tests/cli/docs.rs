@@ -276,7 +276,6 @@ fn console_sessions_in_the_docs_run_as_shown() {
 }
 
 #[test]
-#[ignore = "needs the report's lease_until and retry_after_ms (land with the store work)"]
 fn console_sessions_showing_the_new_report_run_as_shown() {
     run_consoles(consoles(true));
 }

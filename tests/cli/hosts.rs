@@ -201,17 +201,23 @@ fn a_paused_owner_that_lost_its_lease_exits_125_and_leaves_the_new_record() {
         .args(sh(script))
         .output()
         .unwrap();
-    // Resume and release h1 before any assertion, so a failure leaves no process.
+    // Resumed past its stop deadline, h1 kills its command rather than let
+    // it run beside h2's (SPEC.md "Leases"); `go` is written only after,
+    // so that a command that was not killed would never end.
     signal(pid, Signal::SIGCONT);
+    let h1 = paused.wait_with_output();
     std::fs::write(env.path("go"), "").unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(out.stdout, b"ran on h2\n");
 
-    let out = paused.wait_with_output().unwrap();
+    let out = h1.unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
-    assert!(err.contains("lost"), "{err}");
-    assert_eq!(out.stdout, b"ran on h1\n", "the child itself still ran");
+    assert!(
+        err.contains("idem: lost the lease on k: no renewal accepted for "),
+        "{err}"
+    );
+    assert_eq!(out.stdout, b"", "the child ran on after the deadline");
 
     // The record is h2's: a duplicate replays h2's run.
     on(&env, "h3")

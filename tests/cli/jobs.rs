@@ -4,7 +4,7 @@
 //! resumes after `fg`. A small Python program drives `bash -i` through
 //! `pty.fork`, as a user at a keyboard would.
 
-use crate::support::{bin, path_with_idem, pty::DRIVER, Env};
+use crate::support::{bin, path_with_idem, pty::DRIVER, require_shared_store, Env};
 use std::process::Command;
 
 /// Types each `(text, wait_for)` step into `bash -i` on a pty and waits
@@ -88,5 +88,39 @@ fn a_background_idem_whose_child_reads_the_terminal_resumes_after_fg() {
             ("hello\n", "got hello"),
             ("echo rc=$((6*7))$?\n", "rc=420"),
         ],
+    );
+}
+
+/// On a shared store, a job stopped with Ctrl-Z past its lease's stop
+/// deadline is killed on `fg`, not resumed: another host may have taken
+/// the key over meanwhile (SPEC.md "Leases").
+#[test]
+#[ignore = "needs a shared store: IDEM_TEST_BACKEND=postgres or redis"]
+fn ctrl_z_past_the_lease_stop_deadline_is_killed_on_fg_not_resumed() {
+    require_shared_store();
+    let env = Env::new();
+    let transcript = drive(
+        &env,
+        &[
+            (
+                "idem run --key k --lease 1s -- python3 -c \"$WAIT_FOR_GO\"\n",
+                "started",
+            ),
+            ("\x1a", "Stopped"),
+            // Past the stop deadline (0.73 s), with `go` there: a resumed
+            // child would print `finished`.
+            ("sleep 1.5; touch go; echo s''lept\n", "slept"),
+            ("fg\n", "killed, not resumed"),
+            ("echo rc=$((6*7))$?\n", "rc=42125"),
+            ("INSPECT", "in_progress"),
+        ],
+    );
+    assert!(
+        transcript.contains("lost the lease on k: no renewal accepted for"),
+        "{transcript}"
+    );
+    assert!(
+        !transcript.lines().any(|line| line.trim() == "finished"),
+        "{transcript}"
     );
 }

@@ -197,3 +197,59 @@ fn purge_gives_the_space_back() {
     env.idem().args(["purge", "--all"]).assert().success();
     assert!(size() < 200_000, "{}", size());
 }
+
+/// Purges by status racing runs that finish: a purge that read a record in
+/// progress, then judged its owner after the owner recorded its outcome and
+/// exited, used to delete the completed record (whose key then ran again).
+/// Each purge must delete only a record still as it judged it.
+#[test]
+fn a_purge_racing_finishing_runs_never_deletes_a_completed_record() {
+    const KEYS: usize = 1000;
+    const LANES: usize = 8;
+    let env = Env::new();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let purges = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for status in ["crashed", "in_progress"] {
+            let (env, done, purges) = (&env, &done, &purges);
+            scope.spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let out = env
+                        .idem()
+                        .args(["-q", "purge", "--status", status])
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "{out:?}");
+                    purges.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+        let lanes: Vec<_> = (0..LANES)
+            .map(|lane| {
+                let env = &env;
+                scope.spawn(move || {
+                    for i in (lane..KEYS).step_by(LANES) {
+                        let key = format!("k{i}");
+                        let out = env
+                            .idem()
+                            .args(["run", "-k", &key, "--", "true"])
+                            .output()
+                            .unwrap();
+                        assert!(out.status.success(), "{key}: {out:?}");
+                    }
+                })
+            })
+            .collect();
+        for lane in lanes {
+            lane.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let left = records(&env, &["--status", "completed"]);
+    assert!(purges.into_inner() > 2, "the purges did not race the runs");
+    assert_eq!(
+        KEYS - left.len(),
+        0,
+        "completed records deleted by a purge of running ones"
+    );
+}

@@ -169,7 +169,6 @@ impl Drop for Release {
 }
 
 #[test]
-#[ignore = "needs the report's retry_after_ms (lands with the store work)"]
 fn the_http_receiver_answers_409_with_retry_after_while_the_first_runs() {
     let env = Env::new();
     with_examples(&env);

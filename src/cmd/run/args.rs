@@ -87,7 +87,7 @@ pub struct Args {
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub report: Option<PathBuf>,
 
-    /// How long a claim lives without renewal, on every store (the owner renews it every third of that while COMMAND runs); it decides where process checks cannot: other hosts, other PID namespaces (containers)
+    /// On PostgreSQL and Redis, how long a claim lives without renewal: it decides where process checks cannot (other hosts, other PID namespaces). The owner renews it every third of that, and stops COMMAND when no renewal was accepted for 0.9 of it less a grace (at least 1s; SQLite ignores it)
     #[arg(long, env = "IDEM_LEASE", hide_env_values = true, default_value = DEFAULT_LEASE)]
     #[arg(value_name = "DURATION", value_parser = lease_duration)]
     pub lease: Duration,

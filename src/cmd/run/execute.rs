@@ -1,21 +1,36 @@
-//! After the claim: run COMMAND through the supervisor while holding the
-//! claim (`run/owning.rs`), then record its outcome under the claim's
-//! fencing token and turn it into idem's exit status. A command that could
-//! not start is recorded as a failure, whatever `--on-failure` says; an
-//! outcome that could not be recorded (the lease was lost, the store
-//! failed) is said and exits 125, leaving any newer record alone.
+//! After the claim: on a shared store start the lease's keeper, run
+//! COMMAND through the supervisor while holding the claim
+//! (`run/owning.rs`), then record its outcome under the claim's fencing
+//! token and turn it into idem's exit status; the keeper renews until the
+//! outcome is recorded. A command that could not start is recorded as a
+//! failure, whatever `--on-failure` says. A claim whose answer came after
+//! its stop deadline never starts COMMAND and is released; a run stopped
+//! for its lease leaves its record in progress (SPEC.md "Leases"). Either,
+//! or an outcome that could not be recorded, is said and exits 125,
+//! leaving any newer record alone.
 
 use super::owning::{pause_point, Owning};
 use super::{millis, Call};
-use crate::child::{self, Finished, SpawnError};
+use crate::child::{self, Finished, Hold, Keeper, LeaseLoss, SpawnError};
 use crate::exit::{child_status, fail, Code};
+use crate::lease::{Clock, Lease};
 use crate::policy::OnFailure;
-use crate::store::{Captured, Outcome, Status, Store};
+use crate::store::{Captured, Judged, Outcome, Status, Store};
 use crate::text::escape;
 use anyhow::Result;
 use std::collections::VecDeque;
 use std::fs::File;
-use std::time::Instant;
+use std::time::Duration;
+
+/// A claim this call won.
+pub(super) struct Claimed {
+    /// Its fencing token.
+    pub(super) token: i64,
+    pub(super) attempt: i64,
+    /// When its request was sent: the owner's view of the lease starts
+    /// there, no later than the store's stamp.
+    pub(super) sent: Clock,
+}
 
 impl Call<'_> {
     /// What the child is started from, before the claim.
@@ -52,11 +67,15 @@ impl Call<'_> {
         }
     }
 
+    /// Runs COMMAND under the claim.
     pub(super) fn execute(
         &self,
         store: &mut dyn Store,
-        token: i64,
-        attempt: i64,
+        Claimed {
+            token,
+            attempt,
+            sent,
+        }: Claimed,
         started: std::result::Result<child::Gated, SpawnError>,
         spec: &child::Spec<'_>,
         signals: &child::Signals,
@@ -65,6 +84,25 @@ impl Call<'_> {
         // what the writers still hold waits for no reader before it.
         let output = child::Output::start();
         pause_point("after-claim");
+        let lease = Lease::new(self.args.lease);
+        // Kept until the outcome is recorded: it renews until then.
+        let keeper = match store.lease_keeper(lease)? {
+            Some(renewer) => {
+                let answered = Clock::now();
+                if answered >= sent.after(lease.stop_after()) {
+                    drop(started);
+                    return self.release_late(store, token, answered.since(sent));
+                }
+                Some(Keeper::start(
+                    renewer,
+                    &self.key,
+                    token,
+                    Hold::new(lease, sent)?,
+                )?)
+            }
+            None => None,
+        };
+        let hold = keeper.as_ref().map(|k| &*k.hold);
         self.explain(format_args!(
             "key {}: running (attempt {attempt})",
             self.shown_key()
@@ -78,19 +116,29 @@ impl Call<'_> {
             store: &mut *store,
             key: &self.key,
             token,
-            lease: self.args.lease,
-            renewed: Instant::now(),
             lost: false,
+            hold,
             output_lost: false,
             pending: VecDeque::new(),
             seq: 0,
         };
         let ran = match started {
-            Ok(child) => child::run(child, &late, spec, signals, &output, &mut owner)?,
+            Ok(child) => child::run(child, &late, spec, signals, &output, &mut owner, hold)?,
             Err(e) => Err(e),
         };
+        if let Ok(Finished {
+            lease_lost: Some(loss),
+            ..
+        }) = ran
+        {
+            // The record stays in progress for the next call's crash
+            // policy; what the journal still waits for is not worth a wait.
+            drop(owner);
+            drop(keeper);
+            return self.lost_lease(loss);
+        }
         owner.flush();
-        let lost_lease = owner.lost;
+        let lost_lease = owner.lost || hold.is_some_and(|h| h.view().refused);
         let output_lost = owner.output_lost;
         pause_point("before-finish");
         let (finished, exit) = match ran {
@@ -137,11 +185,61 @@ impl Call<'_> {
             crate::say::notice(format_args!(
                 "{} timed out after {}",
                 self.shown_command(),
-                humantime::format_duration(self.args.timeout.unwrap_or_default())
+                crate::text::duration(self.args.timeout.unwrap_or_default())
             ));
         }
         self.finish(store, token, &finished, captured, status, lost_lease)?;
+        drop(keeper);
         Ok(exit)
+    }
+
+    /// COMMAND was stopped for its lease: exit 125, saying why.
+    fn lost_lease(&self, loss: LeaseLoss) -> Result<u8> {
+        self.report.borrow_mut().lease_lost();
+        let why = match loss {
+            LeaseLoss::RunOut { silent_for } => {
+                format!("no renewal accepted for {}", seconds(silent_for))
+            }
+            LeaseLoss::Refused => {
+                "another caller took the key over (the store refused this claim's token)".to_owned()
+            }
+        };
+        fail(
+            Code::Internal,
+            format!(
+                "lost the lease on {}: {why}; {} was stopped",
+                escape(self.key.as_bytes()),
+                self.shown_command()
+            ),
+        )
+    }
+
+    /// The claim's answer came after its stop deadline (`took` after its
+    /// send): another caller may already see its lease run out, so COMMAND
+    /// never starts (its gated child is gone), and the claim is released.
+    fn release_late(&self, store: &mut dyn Store, token: i64, took: Duration) -> Result<u8> {
+        self.report.borrow_mut().lease_lost();
+        // Deleted as it was read: only this claim's record, unchanged.
+        let release = |store: &mut dyn Store| -> Result<u64> {
+            match store.get(&self.key)?.1.filter(|r| r.token == token) {
+                Some(record) => store.delete(&[Judged::from(record)]),
+                None => Ok(0),
+            }
+        };
+        let released = match release(store) {
+            Ok(_) => "the claim was released".to_owned(),
+            Err(e) => format!("the claim could not be released ({e:#}); it stays in progress"),
+        };
+        fail(
+            Code::Internal,
+            format!(
+                "lost the lease on {}: the claim's answer came {} after it was sent, past its stop deadline; \
+                 nothing ran ({} was not started) and {released}",
+                escape(self.key.as_bytes()),
+                seconds(took),
+                self.shown_command()
+            ),
+        )
     }
 
     fn finish(
@@ -196,5 +294,14 @@ impl Call<'_> {
                 ),
             ),
         }
+    }
+}
+
+/// A span as "22s", or "2.2s" under ten seconds.
+fn seconds(span: Duration) -> String {
+    if span >= Duration::from_secs(10) {
+        format!("{}s", span.as_secs())
+    } else {
+        format!("{:.1}s", span.as_secs_f64())
     }
 }

@@ -1,24 +1,26 @@
-//! Holding a claim while the child runs: renew the lease, append the
-//! output to the record's journal; plus the debug-build pause points the
-//! crash tests use to SIGKILL idem at exact moments.
+//! Holding a claim while the child runs: append the output to the
+//! record's journal on the store's main connection (the lease is renewed
+//! on a connection of its own, `child::Keeper`); plus the debug-build
+//! pause points the crash tests use to SIGKILL idem at exact moments.
 
-use super::millis;
-use crate::child::Supervisor;
-use crate::store::{Chunk, Store, Stream, FINISH_PATIENCE};
+use crate::child::{Hold, JournalWriter};
+use crate::lease::Clock;
+use crate::store::{final_writes_deadline, Chunk, Store, Stream, FINISH_PATIENCE};
 use crate::text::escape;
 use anyhow::Result;
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Holds the claim while the child runs: renews the lease, appends the
-/// journal.
+/// Holds the claim while the child runs: appends the journal.
 pub(super) struct Owning<'a> {
     pub(super) store: &'a mut dyn Store,
     pub(super) key: &'a str,
     pub(super) token: i64,
-    pub(super) lease: Duration,
-    pub(super) renewed: Instant,
+    /// The store said the claim is another's.
     pub(super) lost: bool,
+    /// The lease's keeper, told when an append finds the claim another's,
+    /// so that COMMAND is stopped (shared stores).
+    pub(super) hold: Option<&'a Hold>,
     /// The journal could not be written: what it holds is cut short.
     pub(super) output_lost: bool,
     /// Batches a failing store did not take yet, in order, to try again
@@ -30,42 +32,15 @@ pub(super) struct Owning<'a> {
     pub(super) seq: u64,
 }
 
+/// What the outcome keeps of the final writes' budget, whatever the
+/// output's retries took.
+const OUTCOME_RESERVE: Duration = Duration::from_secs(10);
+
 /// How much output waits for a store that fails, before the journal is
 /// given up as cut.
 const PENDING_LIMIT: usize = 16 << 20;
 
-impl Supervisor for Owning<'_> {
-    /// Renews the lease; a refusal, or failures until the lease has run
-    /// out, mean another owner may have taken over.
-    fn renew(&mut self) {
-        if self.lost {
-            return;
-        }
-        match self.store.renew(self.key, self.token, millis(self.lease)) {
-            Ok(true) => self.renewed = Instant::now(),
-            Ok(false) => self.lost = true,
-            Err(e) if self.renewed.elapsed() >= self.lease => {
-                crate::say::error(format_args!(
-                    "could not renew the lease for {} ({e:#}); it has run out",
-                    self.lease_key()
-                ));
-                self.lost = true;
-            }
-            Err(_) => {}
-        }
-        if self.lost {
-            crate::say::error(format_args!(
-                "lost the lease on key {} while the command runs; its outcome will not be recorded",
-                self.lease_key()
-            ));
-        }
-    }
-
-    /// A third of the lease: two renewals can fail before it runs out.
-    fn renew_every(&self) -> Option<Duration> {
-        (!self.lost).then(|| self.lease / 3)
-    }
-
+impl JournalWriter for Owning<'_> {
     /// Appends a batch (each stream already cut at `--max-output` by the
     /// supervisor) to the journal. A store that fails to take it never
     /// stops the run: the batch waits (up to `PENDING_LIMIT`) and goes with
@@ -73,7 +48,12 @@ impl Supervisor for Owning<'_> {
     /// is cut there, and flagged so at the end. A claim found lost is
     /// reported like a lost lease.
     fn journal(&mut self, chunks: &[Chunk<'_>]) -> Result<()> {
-        if self.lost || self.output_lost {
+        // A claim given up for its lease appends nothing more: COMMAND is
+        // being stopped, and idem waits for no store before it exits.
+        let given_up = self
+            .hold
+            .is_some_and(|hold| hold.view().lost(Clock::now()).is_some());
+        if self.lost || self.output_lost || given_up {
             return Ok(());
         }
         self.pending.push_back(
@@ -105,22 +85,29 @@ impl Owning<'_> {
             self.seq += 1;
             if !ours {
                 self.pending.clear();
-                if !self.lost {
-                    self.lost = true;
+                // On a shared store the lease keeper stops COMMAND and
+                // idem's last line says why.
+                if let Some(hold) = self.hold {
+                    hold.refuse();
+                } else if !self.lost {
                     crate::say::error(format_args!(
                         "lost the claim on key {} while the command runs; its outcome will not be recorded",
                         self.lease_key()
                     ));
                 }
+                self.lost = true;
             }
         }
         Ok(())
     }
 
     /// Before the outcome: writes what still waits, trying on a shared
-    /// store for as long as the outcome itself would.
+    /// store within the final writes' budget (`store::final_writes_deadline`)
+    /// but for `OUTCOME_RESERVE` of it, which the outcome keeps.
     pub(super) fn flush(&mut self) {
-        let deadline = std::time::Instant::now() + FINISH_PATIENCE;
+        let deadline = final_writes_deadline()
+            .checked_sub(OUTCOME_RESERVE)
+            .unwrap_or_else(std::time::Instant::now);
         let mut pause = Duration::from_millis(100);
         let mut warned = false;
         while !self.lost && !self.output_lost {
@@ -134,7 +121,7 @@ impl Owning<'_> {
                 crate::say::notice(format_args!(
                     "cannot store the output of key {} yet ({e:#}); retrying for up to {}",
                     self.lease_key(),
-                    humantime::format_duration(FINISH_PATIENCE)
+                    crate::text::duration(FINISH_PATIENCE.saturating_sub(OUTCOME_RESERVE))
                 ));
                 warned = true;
             }

@@ -23,6 +23,7 @@ impl Call<'_> {
     /// A run in progress under a live owner (exit 75).
     pub(super) fn refuse_busy<T>(&self, record: &Record, now: Millis) -> Result<T> {
         self.note(Reported::Refused, Some("in_progress"), record);
+        self.report.borrow_mut().judged_at(now);
         fail(
             Code::InProgress,
             format!(
@@ -119,21 +120,15 @@ pub(super) fn record_status(record: &Record) -> String {
 }
 
 pub(super) fn ago(at: Millis, now: Millis) -> String {
-    let secs = u64::try_from((now - at) / 1000).unwrap_or(0);
-    format!(
-        "{} ago",
-        humantime::format_duration(Duration::from_secs(secs))
-    )
+    let ms = u64::try_from(now - at).unwrap_or(0);
+    format!("{} ago", crate::text::duration(Duration::from_millis(ms)))
 }
 
 fn until(at: Option<Millis>, now: Millis) -> String {
     match at {
         Some(at) => {
-            let secs = u64::try_from((at - now) / 1000).unwrap_or(0);
-            format!(
-                "in {}",
-                humantime::format_duration(Duration::from_secs(secs))
-            )
+            let ms = u64::try_from(at - now).unwrap_or(0);
+            format!("in {}", crate::text::duration(Duration::from_millis(ms)))
         }
         None => "never".into(),
     }

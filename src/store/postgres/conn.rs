@@ -3,8 +3,8 @@
 //! idem is synchronous; the client library is async. A current-thread tokio
 //! runtime drives one connection, only while a call waits on it. Every call
 //! — connecting included — runs under a time limit, so a dead or stalled
-//! server never hangs idem: the run loop renews leases from the same thread
-//! that forwards signals to the child. After a limit runs out or the
+//! server never hangs idem (the lease keeper's connection has limits of a
+//! third of the lease, `Store::lease_keeper`). After a limit runs out or the
 //! connection drops, the next call connects afresh. Notifications (`LISTEN`)
 //! are passed from the connection's task to `wait_note`.
 
@@ -124,7 +124,7 @@ impl Conn {
                         return Err(Failure::Lost(format!(
                             "cannot connect to {}: timed out after {} (is the host reachable?)",
                             target.endpoint(),
-                            humantime::format_duration(limit)
+                            crate::text::duration(limit)
                         )))
                     }
                 };
@@ -210,7 +210,7 @@ impl Conn {
 fn over_limit(what: &str, limit: Duration) -> String {
     format!(
         "the server did not {what} within {}",
-        humantime::format_duration(limit)
+        crate::text::duration(limit)
     )
 }
 

@@ -26,6 +26,11 @@ use tokio_postgres::types::Type;
 const PAGE_BYTES: i64 = 1024 * 1024;
 /// How much of an old record's output column one round trip carries.
 const LEGACY_CHUNK: i32 = 1024 * 1024;
+/// How long one append may take: a batch that fails waits and goes with
+/// the next (its frame number keeps it from being written twice), so a
+/// stalled server costs little here, and a run stopped for its lease is
+/// not held up for long by an append under way when it ends.
+const APPEND_LIMIT: Duration = Duration::from_secs(5);
 
 impl PgStore {
     pub(super) fn append(
@@ -59,7 +64,7 @@ impl PgStore {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         let rows = self
             .conn
-            .call("cannot store the output", CALL_LIMIT, async |c| {
+            .call("cannot store the output", APPEND_LIMIT, async |c| {
                 let params: [Param; 7] = [
                     (&key, Type::TEXT),
                     (&token, Type::INT8),

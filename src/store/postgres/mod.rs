@@ -19,7 +19,11 @@ mod target;
 mod tests;
 mod tls;
 
-use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
+use super::{
+    Chunk, Claim, Filter, Judged, LeaseKeeper, Millis, Mode, Outcome, Record, RenewalsOnly, Store,
+    Stream,
+};
+use crate::lease::Lease;
 use crate::store::{finish_patiently, FinishFailure};
 use anyhow::Result;
 use conn::{Conn, Failure, CALL_LIMIT};
@@ -49,6 +53,8 @@ pub struct PgStore {
     names: Names,
     /// Whether the tables are known to be there at this build's version.
     settled: bool,
+    /// The `--db` URL, for the lease keeper's own connection.
+    url: String,
 }
 
 pub fn open(url: &str, mode: Mode) -> Result<Option<Box<dyn Store>>> {
@@ -68,6 +74,7 @@ impl PgStore {
             conn: Conn::new(target)?,
             names,
             settled: false,
+            url: url.to_owned(),
         };
         // `run` learns that the store is ready from its first read, in the
         // same round trip; the commands that must not create one look first.
@@ -103,6 +110,11 @@ impl PgStore {
             .call(doing, limit, async |c| c.execute_typed(sql, params).await)?;
         Ok(changed == 1)
     }
+}
+
+/// A third of the lease of `lease_ms`: how long one renewal may take.
+fn attempt_limit(lease_ms: Millis) -> Duration {
+    Lease::new(Duration::from_millis(u64::try_from(lease_ms).unwrap_or(0))).attempt_limit()
 }
 
 /// Polls both futures together, so that their statements are sent in one
@@ -286,6 +298,8 @@ impl Store for PgStore {
             .fail("cannot claim the key: it kept changing under contention; try again")
     }
 
+    /// Within a third of the lease: an attempt that takes longer counts as
+    /// failed, and the lease keeper sends the next one at once.
     fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool> {
         self.ready()?;
         let sql = format!(
@@ -293,10 +307,7 @@ impl Store for PgStore {
              WHERE key = $1 AND token = $2 AND status = 'in_progress'",
             self.names.records
         );
-        // A third of the lease at most (within sane bounds): the run loop
-        // forwards signals from this thread and renews again soon.
-        let limit = Duration::from_millis(u64::try_from(lease_ms / 3).unwrap_or(0))
-            .clamp(Duration::from_secs(1), Duration::from_secs(10));
+        let limit = attempt_limit(lease_ms);
         self.update(
             "cannot renew the lease",
             limit,
@@ -307,6 +318,30 @@ impl Store for PgStore {
                 (&lease_ms, Type::INT8),
             ],
         )
+    }
+
+    /// A connection of its own whose every wait — connecting, a statement,
+    /// a lock, an unanswered socket — the server and the client both cut
+    /// at a third of the lease.
+    fn lease_keeper(&mut self, lease: Lease) -> Result<Option<Box<dyn LeaseKeeper>>> {
+        let mut target = Target::parse(&self.url, false)?;
+        let limit = lease.attempt_limit();
+        let ms = limit.as_millis().max(1);
+        let options = format!(
+            "{} -c statement_timeout={ms} -c lock_timeout={ms}",
+            target.config.get_options().unwrap_or_default()
+        );
+        target
+            .config
+            .options(options.trim_start())
+            .connect_timeout(limit)
+            .tcp_user_timeout(limit);
+        Ok(Some(Box::new(RenewalsOnly(PgStore {
+            names: Names::new(&target.table),
+            conn: Conn::new(target)?,
+            settled: true,
+            url: self.url.clone(),
+        }))))
     }
 
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
@@ -373,18 +408,24 @@ impl Store for PgStore {
         records::list(&mut self.conn, table, filter, now, each)
     }
 
-    fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
+    fn delete(&mut self, records: &[Judged]) -> Result<u64> {
         self.ready()?;
+        // One statement, so one transaction: each row goes only if it is
+        // still as judged.
         let sql = format!(
-            "DELETE FROM {} AS r USING unnest($1::text[], $2::bigint[]) AS d(key, token) \
-             WHERE r.key = d.key AND r.token = d.token",
+            "DELETE FROM {} AS r USING unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) \
+                AS d(key, token, status, lease_until) \
+             WHERE r.key = d.key AND r.token = d.token AND r.status = d.status \
+                AND r.lease_until IS NOT DISTINCT FROM d.lease_until",
             self.names.records
         );
-        let keys: Vec<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
-        let tokens: Vec<i64> = records.iter().map(|(_, t)| *t).collect();
+        let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+        let tokens: Vec<i64> = records.iter().map(|r| r.token).collect();
+        let statuses: Vec<&str> = records.iter().map(|r| r.status.as_str()).collect();
+        let leases: Vec<Option<i64>> = records.iter().map(|r| r.lease_until).collect();
         self.conn
             .call("cannot delete records", CALL_LIMIT, async |c| {
-                c.execute(&sql, &[&keys, &tokens]).await
+                c.execute(&sql, &[&keys, &tokens, &statuses, &leases]).await
             })
     }
 

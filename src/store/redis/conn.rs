@@ -19,6 +19,7 @@ pub(super) enum Failure {
 }
 
 /// A standalone server, or a Redis Cluster followed from any of its nodes.
+#[derive(Clone)]
 pub(super) enum Server {
     One(Client),
     Cluster(ClusterClient),
@@ -179,8 +180,8 @@ impl RedisStore {
         Ok(masters)
     }
 
-    /// Runs `f` with a shorter time limit for each call (lease renewals run
-    /// on the thread that forwards signals and pumps output).
+    /// Runs `f` with another time limit for each call, connecting included
+    /// (a renewal gets a third of the lease).
     pub(super) fn within<T>(&mut self, limit: Duration, f: impl FnOnce(&mut Self) -> T) -> T {
         self.set_limit(limit);
         let result = f(self);

@@ -68,7 +68,7 @@ fn selected(record: &Record, filter: &Filter, now: Millis) -> bool {
 }
 
 /// Every idem key whose record key matches `key_prefix`, once each.
-fn scan_keys(store: &mut RedisStore, key_prefix: &str) -> Result<Vec<String>> {
+pub(super) fn scan_keys(store: &mut RedisStore, key_prefix: &str) -> Result<Vec<String>> {
     let pattern = store.keys.scan_pattern(key_prefix);
     let mut seen = HashSet::new();
     for (node, client) in store.masters()? {

@@ -9,14 +9,17 @@
 //! every script touches one record's hash slot only. A claim reads the record with the server's `TIME`, lets the
 //! shared policy decide, and writes only if the record is still the one it
 //! read (same token and revision; every write bumps the revision), else it
-//! reads again. All times are the server's. Redis deletes records itself:
-//! finished ones at `expires_at`, running ones `GRACE_MS` after their lease,
-//! which their owner renews.
+//! reads again. All times are the server's. Redis deletes finished records
+//! itself, at `expires_at`; a record in progress never expires (a crashed
+//! one waits for a takeover or an operator). The lease is renewed on a
+//! connection of its own (`lease_keeper`).
 
+mod claim;
 mod conn;
 mod journal;
 mod keys;
 mod list;
+mod migrate;
 mod record;
 mod schema;
 mod target;
@@ -31,16 +34,16 @@ use self::schema::Seen;
 use self::schema::SCHEMA_VERSION;
 use self::target::Target;
 pub use self::warning::persistence_warning;
-use super::{Chunk, Claim, Filter, Millis, Mode, Outcome, Record, Store, Stream};
+use super::{
+    Chunk, Claim, Filter, Judged, LeaseKeeper, Millis, Mode, Outcome, Record, RenewalsOnly, Store,
+    Stream,
+};
+use crate::lease::Lease;
 use crate::store::{finish_patiently, FinishFailure};
 use anyhow::Result;
 use redis::{Client, IntoConnectionInfo, Script};
 use std::time::Duration;
 
-/// How long an in-progress record outlives its lease in Redis: a crashed
-/// run stays visible this long (for `--on-crash block` and an operator),
-/// then Redis deletes it, so no record lives without a deadline.
-const GRACE_MS: Millis = 7 * 24 * 3600 * 1000;
 /// Keeps `now + ttl` exact in Lua's double-precision numbers (about 35,000
 /// years).
 const MAX_TTL_MS: Millis = 1 << 50;
@@ -95,6 +98,8 @@ pub struct RedisStore {
     /// How long connecting, or any one command, may take.
     limit: Duration,
     scripts: Scripts,
+    /// The `--db` URL, for the lease keeper's own connection.
+    url: String,
 }
 
 /// Opens the store at a `redis://` or `rediss://` URL; `None` when no idem
@@ -129,7 +134,7 @@ fn open_store(url: &str, mode: Mode) -> Result<Option<RedisStore>> {
     };
     let keys = Keys {
         prefix: target.prefix.clone(),
-        layout: Layout::V2,
+        layout: Layout::V3,
     };
     let mut store = RedisStore {
         target,
@@ -141,6 +146,7 @@ fn open_store(url: &str, mode: Mode) -> Result<Option<RedisStore>> {
         con: None,
         limit: TIME_LIMIT,
         scripts: Scripts::new(),
+        url: url.to_owned(),
     };
     // `run` may create the store: its first read settles it (schema.rs).
     if mode == Mode::Create {
@@ -246,90 +252,17 @@ impl Store for RedisStore {
         key: &str,
         decide: &mut dyn FnMut(Option<&Record>, Millis) -> Option<Claim>,
     ) -> Result<Option<i64>> {
-        let (rkey, jkey) = (self.record_key(key), self.journal_key(key));
-        let counter = self.keys.counter();
-        self.ready()?;
-        let mut conflicted = None;
-        let mut last_read = self.last_read.take().filter(|(read, _)| read == key);
-        loop {
-            let (now, seen) = match last_read.take() {
-                Some((_, seen)) => seen,
-                None => self.read_with_time(key)?,
-            };
-            let Some(claim) = decide(seen.as_ref().map(|(record, _)| record), now) else {
-                return Ok(None);
-            };
-            let (token, rev) = seen.map_or((0, String::new()), |(r, rev)| (r.token, rev));
-            // Not retried: a claim whose reply was lost may have been written.
-            let new = self.exec("cannot claim the key", false, |c, s| {
-                let mut call = s.claim.key(&rkey);
-                call.key(&jkey);
-                if let Some(counter) = &counter {
-                    call.key(counter);
-                }
-                call.arg(token)
-                    .arg(&rev)
-                    .arg(claim.lease_ms)
-                    .arg(GRACE_MS)
-                    .arg("fingerprint")
-                    .arg(&claim.fingerprint)
-                    .arg("command")
-                    .arg(&claim.command)
-                    .arg("cwd")
-                    .arg(&claim.cwd)
-                    .arg("attempt")
-                    .arg(claim.attempt)
-                    .arg("replays")
-                    .arg(0)
-                    .arg("owner_host")
-                    .arg(&claim.owner.host)
-                    .arg("owner_boot")
-                    .arg(&claim.owner.boot_id)
-                    .arg("owner_pid_ns")
-                    .arg(
-                        claim
-                            .owner
-                            .pid_ns
-                            .map_or_else(String::new, |ns| ns.to_string()),
-                    )
-                    .arg("owner_pid")
-                    .arg(claim.owner.pid)
-                    .arg("owner_start")
-                    .arg(claim.owner.start);
-                if let Some(label) = &claim.label {
-                    call.arg("label").arg(label);
-                }
-                if let Some(child) = claim.child {
-                    call.arg("child_pid")
-                        .arg(child.pid)
-                        .arg("child_pgid")
-                        .arg(child.pgid)
-                        .arg("child_start")
-                        .arg(child.start);
-                }
-                call.invoke::<i64>(c.like())
-            })?;
-            if new != 0 {
-                return Ok(Some(new));
-            }
-            // The record changed between the read and the claim: decide
-            // again. Every write changes the token or the revision, so a
-            // record that reads the same again is not one idem wrote.
-            if conflicted.replace((token, rev.clone())) == Some((token, rev)) {
-                return self.target.fail(&format!(
-                    "key {rkey} is not an idem record; it was left untouched"
-                ));
-            }
-        }
+        self.claim_key(key, decide)
     }
 
-    /// Within a third of the lease (at most `TIME_LIMIT`) and without a
-    /// retry: the run loop waits meanwhile and tries again at its next tick.
+    /// Within a third of the lease and without a retry: an attempt that
+    /// takes longer counts as failed, and the lease keeper sends the next
+    /// one at once.
     fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool> {
         self.ready()?;
         let (rkey, jkey) = (self.record_key(key), self.journal_key(key));
-        let limit = Duration::from_millis(u64::try_from(lease_ms / 3).unwrap_or(0))
-            .clamp(Duration::from_millis(100), TIME_LIMIT);
+        let limit =
+            Lease::new(Duration::from_millis(u64::try_from(lease_ms).unwrap_or(0))).attempt_limit();
         self.within(limit, |store| {
             store.exec("cannot renew the lease", false, |c, s| {
                 s.renew
@@ -337,11 +270,27 @@ impl Store for RedisStore {
                     .key(&jkey)
                     .arg(token)
                     .arg(lease_ms)
-                    .arg(GRACE_MS)
                     .invoke::<i64>(c.like())
             })
         })
         .map(|ours| ours == 1)
+    }
+
+    /// A connection of its own (made on its first renewal), each of whose
+    /// connects and answers is cut at a third of the lease.
+    fn lease_keeper(&mut self, lease: Lease) -> Result<Option<Box<dyn LeaseKeeper>>> {
+        Ok(Some(Box::new(RenewalsOnly(RedisStore {
+            target: Target::parse(&self.url)?,
+            server: self.server.clone(),
+            keys: self.keys.clone(),
+            version: self.version,
+            settled: true,
+            last_read: None,
+            con: None,
+            limit: lease.attempt_limit(),
+            scripts: Scripts::new(),
+            url: self.url.clone(),
+        }))))
     }
 
     /// COMMAND has run: a lost connection is retried for `FINISH_PATIENCE`
@@ -350,17 +299,19 @@ impl Store for RedisStore {
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
         self.ready()?;
         let shown = self.target.shown.clone();
-        finish_patiently(&shown, |with_output, _left| {
-            self.write_outcome(key, token, outcome, with_output)
-                .map_err(|failure| {
-                    let why = self
-                        .target
-                        .scrub(&describe(&failure, &self.target.endpoint));
-                    match &failure {
-                        Failure::Call(e) if !is_connection_error(e) => FinishFailure::Output(why),
-                        _ => FinishFailure::Retry(why),
-                    }
-                })
+        finish_patiently(&shown, |with_output, left| {
+            self.within(left, |store| {
+                store.write_outcome(key, token, outcome, with_output)
+            })
+            .map_err(|failure| {
+                let why = self
+                    .target
+                    .scrub(&describe(&failure, &self.target.endpoint));
+                match &failure {
+                    Failure::Call(e) if !is_connection_error(e) => FinishFailure::Output(why),
+                    _ => FinishFailure::Retry(why),
+                }
+            })
         })
     }
 
@@ -426,7 +377,7 @@ impl Store for RedisStore {
         list::list(self, filter, each)
     }
 
-    fn delete(&mut self, records: &[(String, i64)]) -> Result<u64> {
+    fn delete(&mut self, records: &[Judged]) -> Result<u64> {
         self.ready()?;
         let mut gone = 0;
         // One script touches one hash slot on a cluster.
@@ -437,12 +388,21 @@ impl Store for RedisStore {
         for chunk in records.chunks(per_call) {
             let keys: Vec<String> = chunk
                 .iter()
-                .map(|(k, _)| self.record_key(k))
-                .chain(chunk.iter().map(|(k, _)| self.journal_key(k)))
+                .map(|r| self.record_key(&r.key))
+                .chain(chunk.iter().map(|r| self.journal_key(&r.key)))
                 .collect();
-            let tokens: Vec<i64> = chunk.iter().map(|(_, t)| *t).collect();
+            let mut judged = Vec::with_capacity(chunk.len() * 3);
+            for record in chunk {
+                judged.push(record.token.to_string());
+                judged.push(record.status.as_str().to_owned());
+                judged.push(
+                    record
+                        .lease_until
+                        .map_or_else(String::new, |at| at.to_string()),
+                );
+            }
             gone += self.exec("cannot delete records", true, |c, s| {
-                s.delete.key(&keys).arg(&tokens).invoke::<u64>(c.like())
+                s.delete.key(&keys).arg(&judged).invoke::<u64>(c.like())
             })?;
         }
         Ok(gone)

@@ -1,7 +1,8 @@
 //! The schema version under the prefix (`P schema`): which key layout a
 //! store has (keys.rs) and whether its records keep their output in a
-//! journal. `run` and `purge` write it for a new store and stamp an older
-//! one with the journal schema of its layout; a newer version, a Cluster
+//! journal. `run` and `purge` write it for a new store, stamp a schema 1
+//! store with the journal schema of its layout, and move a schema 2 or 3
+//! store to schema 5's names (migrate.rs); a newer version, a Cluster
 //! holding schema 1's layout, or other data under the prefix is refused.
 //!
 //! Before the first command the store does not know whether the server is
@@ -13,6 +14,7 @@
 
 use super::conn::{Failure, Server, TIME_LIMIT};
 use super::keys::Layout;
+use super::migrate::MIGRATING;
 use super::record::FIELDS;
 use super::{seen_from_reply, warning, RedisStore};
 use crate::store::{Millis, Mode, Record};
@@ -22,14 +24,15 @@ use redis::{from_redis_value, Value};
 /// The server's time and the record (with its revision), as read together.
 pub(super) type Seen = (Millis, Option<(Record, String)>);
 
-/// The schema this build gives new stores: the layout of schema 2 (see
-/// keys.rs), with output journals (journal.rs). Schemas 1 and 2 kept a
-/// record's output in `stdout` and `stderr` fields, which later records do
-/// not have; such a store is read as it is, and the first `run` or `purge`
-/// stamps it with the journal schema of its layout (2 becomes 3, 1 becomes
-/// `SCHEMA_V1_JOURNAL`), so that older binaries, which would replay those
-/// records without their output, refuse it instead.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+/// The schema this build gives new stores: schema 5's names (keys.rs,
+/// every brace of a key escaped), with output journals (journal.rs).
+/// Schemas 2 and 3 named records the same but for keys holding `{`
+/// (`Layout::V2`); the first `run` or `purge` moves those (migrate.rs), so
+/// that older binaries, which would look for them under their old names,
+/// refuse the store instead. Schemas 1 and 2 kept a record's output in
+/// `stdout` and `stderr` fields, which later records do not have; such
+/// records are read as they are.
+pub(super) const SCHEMA_VERSION: i64 = 5;
 /// Schema 1's layout (global counter, `P rec:KEY`) with output journals.
 const SCHEMA_V1_JOURNAL: i64 = 4;
 
@@ -37,7 +40,8 @@ const SCHEMA_V1_JOURNAL: i64 = 4;
 fn layout_of(version: i64) -> Layout {
     match version {
         1 | SCHEMA_V1_JOURNAL => Layout::V1,
-        _ => Layout::V2,
+        2 | 3 => Layout::V2,
+        _ => Layout::V3,
     }
 }
 
@@ -156,18 +160,28 @@ impl RedisStore {
                 Some(Ok(version @ (SCHEMA_VERSION | SCHEMA_V1_JOURNAL))) => {
                     return Ok(Some((layout_of(version), version)))
                 }
-                Some(Ok(version @ (1 | 2))) if mode == Mode::ReadOnly => {
+                Some(Ok(version @ 1..=3)) if mode == Mode::ReadOnly => {
                     return Ok(Some((layout_of(version), version)))
                 }
-                Some(Ok(version @ (1 | 2))) => {
-                    let journal = if version == 1 {
-                        SCHEMA_V1_JOURNAL
-                    } else {
-                        SCHEMA_VERSION
-                    };
+                Some(Ok(1)) => {
                     self.exec("cannot upgrade the schema version", true, |c, _| {
-                        redis::cmd("SET").arg(&key).arg(journal).query::<()>(c.like())
+                        redis::cmd("SET")
+                            .arg(&key)
+                            .arg(SCHEMA_V1_JOURNAL)
+                            .query::<()>(c.like())
                     })?;
+                }
+                Some(Ok(version @ (2 | 3))) => {
+                    self.migrate_names(&version.to_string(), SCHEMA_VERSION)?;
+                }
+                _ if version.as_deref() == Some(MIGRATING) && mode == Mode::ReadOnly => {
+                    // Read as schema 5: records not moved yet show up once they are.
+                    return Ok(Some((Layout::V3, SCHEMA_VERSION)));
+                }
+                _ if version.as_deref() == Some(MIGRATING) => {
+                    // Another caller is moving records, or died doing it:
+                    // the moves are idempotent, so finish them here too.
+                    self.migrate_names(MIGRATING, SCHEMA_VERSION)?;
                 }
                 Some(Ok(newer)) if newer > SCHEMA_VERSION => {
                     return self.target.fail(&format!(

@@ -157,10 +157,13 @@ fn list_filters_and_pages_newest_first() {
     );
 
     // Deletion names the token: a stale one deletes nothing.
-    let deleted = s
-        .store
-        .delete(&[("live".into(), live + 100), ("done".into(), done)])
-        .unwrap();
+    let judged = |s: &mut Scratch, key: &str| {
+        crate::store::Judged::from(s.store.get(key).unwrap().1.unwrap())
+    };
+    let mut stale = judged(&mut s, "live");
+    stale.token = live + 100;
+    let done_now = judged(&mut s, "done");
+    let deleted = s.store.delete(&[stale, done_now]).unwrap();
     assert_eq!(deleted, 1);
     assert!(s.store.get("done").unwrap().1.is_none());
     assert!(s.store.get("live").unwrap().1.is_some());
@@ -236,4 +239,40 @@ fn a_claim_decides_again_when_the_record_changed_after_the_read() {
         })
         .unwrap();
     assert_eq!((token, looks), (None, 2));
+}
+
+#[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
+fn a_claim_whose_answer_was_lost_is_recognised_by_its_nonce_only() {
+    let mut s = Scratch::new("nonce");
+    let token = s.claim("k");
+    let rkey = s.store.record_key("k");
+    let nonce: String = s.redis(redis::cmd("HGET").arg(&rkey).arg("claim_nonce"));
+    assert_eq!(s.store.own_claim(&rkey, &nonce).unwrap(), Some(token));
+    assert_eq!(s.store.own_claim(&rkey, "another claim's").unwrap(), None);
+    // Finished, it is no longer a claim to go on with.
+    assert!(s.finish("k", token, 60_000, b""));
+    assert_eq!(s.store.own_claim(&rkey, &nonce).unwrap(), None);
+}
+
+#[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
+fn a_record_in_progress_never_expires_and_a_renewal_clears_an_old_expiry() {
+    let mut s = Scratch::new("persist");
+    let token = s.claim("k");
+    let rkey = s.store.record_key("k");
+    let ttl: i64 = s.redis(redis::cmd("PTTL").arg(&rkey));
+    assert_eq!(ttl, -1);
+    // As an older idem left it: a deadline in Redis.
+    let _: i64 = s.redis(redis::cmd("PEXPIRE").arg(&rkey).arg(3_600_000));
+    assert!(s.store.renew("k", token, 30_000).unwrap());
+    let ttl: i64 = s.redis(redis::cmd("PTTL").arg(&rkey));
+    assert_eq!(ttl, -1);
+}
+
+#[test]
+#[ignore = "needs IDEM_TEST_BACKEND=redis"]
+fn a_delete_takes_only_what_was_judged() {
+    let mut s = Scratch::new("judged");
+    contract::a_delete_takes_only_what_was_judged(&mut s.store);
 }

@@ -7,6 +7,13 @@ use rusqlite::ErrorCode;
 use std::path::Path;
 
 pub(super) fn describe(e: &rusqlite::Error) -> String {
+    if e.sqlite_error()
+        .is_some_and(|e| e.extended_code == rusqlite::ffi::SQLITE_READONLY_DBMOVED)
+    {
+        return "the store file was moved away or deleted while idem had it open (move a store \
+                only while no idem runs on it)"
+            .into();
+    }
     match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
             "the file is corrupt (restore it from a backup, or move it away to start afresh)".into()

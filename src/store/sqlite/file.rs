@@ -51,6 +51,7 @@ pub(super) fn identify(path: &Path) -> Result<Found> {
             return store_error(path, &format!("cannot read it: {}", io_problem(path, &e)))
         }
     };
+    super::name::one_name(path, &file)?;
     let read = |file: &File| {
         read_header(file).or_else(|e| store_error(path, &format!("cannot read it: {e}")))
     };
@@ -297,6 +298,16 @@ pub(super) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 
 /// Creates the store's directory (0700) and file (0600) if missing.
 pub(super) fn create_file(path: &Path) -> Result<()> {
+    if let Some((link, owner)) = foreign_symlink(path) {
+        return store_error(
+            path,
+            &format!(
+                "{} is a symbolic link owned by another user (uid {owner}), and idem does not create a store \
+                 through someone else's link (it could point anywhere); give --db the real path",
+                link.display()
+            ),
+        );
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         DirBuilder::new()
             .recursive(true)
@@ -317,6 +328,20 @@ pub(super) fn create_file(path: &Path) -> Result<()> {
         .open(path)
         .or_else(|e| store_error(path, &format!("cannot create it: {}", io_problem(path, &e))))?;
     Ok(())
+}
+
+/// The first of `path` and its ancestors that is a symbolic link owned by
+/// neither this user nor root, with its owner: in a shared directory
+/// (`/tmp`) anyone may plant `idem.db` pointing at a file of the caller's.
+fn foreign_symlink(path: &Path) -> Option<(PathBuf, u32)> {
+    let me = nix::unistd::geteuid().as_raw();
+    path.ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .find_map(|p| {
+            let meta = std::fs::symlink_metadata(p).ok()?;
+            (meta.file_type().is_symlink() && meta.uid() != me && meta.uid() != 0)
+                .then(|| (p.to_owned(), meta.uid()))
+        })
 }
 
 /// An I/O error, with the file that denies this user access where that is

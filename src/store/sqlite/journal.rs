@@ -19,6 +19,11 @@ use rusqlite::{params, DatabaseName, OptionalExtension, TransactionBehavior};
 
 /// How much of a blob one read takes.
 const READ_SIZE: usize = 256 * 1024;
+/// Room the journal always leaves free on the store's file system: the
+/// outcome's commit (a few pages of the WAL, and the checkpoint that may
+/// follow) must fit whatever the output did. Below it, the output stops
+/// being stored (and is flagged as cut), and the outcome still fits.
+const ROOM_FOR_THE_OUTCOME: u64 = 256 * 1024;
 
 /// Migration 3's journal part: the journal table, and per-stream byte
 /// counts on the record (NULL on records written before: their output is
@@ -49,6 +54,7 @@ impl SqliteStore {
             self.sync(Sync::Normal)?;
             let (out, err) = journal::stream_lens(chunks);
             let len = journal::frame_len(chunks);
+            let room = len == 0 || self.room_for(len);
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -74,6 +80,12 @@ impl SqliteStore {
             if !ours {
                 return Ok(false);
             }
+            if !room {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                    Some("the disk is nearly full; the rest is kept for the outcome".into()),
+                ));
+            }
             if len > 0 {
                 tx.prepare_cached(
                     "INSERT INTO journal (key, token, seq, frame) VALUES (?1, ?2, ?3, zeroblob(?4))",
@@ -93,6 +105,24 @@ impl SqliteStore {
             Ok(true)
         })();
         self.sql(result, "cannot store the output")
+    }
+
+    /// Whether a frame of `len` bytes leaves `ROOM_FOR_THE_OUTCOME` free:
+    /// it takes its size twice at most (in the WAL, then in the file once
+    /// checkpointed). A file system that cannot say is given the benefit.
+    fn room_for(&self, len: usize) -> bool {
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        let Ok(stat) = nix::sys::statvfs::statvfs(dir) else {
+            return true;
+        };
+        #[allow(clippy::useless_conversion)] // u32 or u64, by platform
+        let free =
+            u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
+        let needed = (len as u64).saturating_mul(2) + ROOM_FOR_THE_OUTCOME;
+        free >= needed
     }
 
     pub(super) fn read(
@@ -231,6 +261,12 @@ mod tests {
     fn the_journal_comes_back_in_order_byte_exact_for_its_token_only() {
         let (_dir, mut store) = scratch();
         contract::the_journal_comes_back_in_order_byte_exact_for_its_token_only(&mut store);
+    }
+
+    #[test]
+    fn a_delete_takes_only_what_was_judged() {
+        let (_dir, mut store) = scratch();
+        contract::a_delete_takes_only_what_was_judged(&mut store);
     }
 
     #[test]

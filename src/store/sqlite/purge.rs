@@ -6,7 +6,8 @@
 //! sort). Finished records are deleted inside SQLite, one statement per
 //! window, never decoded; only `in_progress` records are read out, because
 //! the caller must judge their owners, and they are deleted by rowid and
-//! fencing token so a record claimed again in the meantime stays. The space
+//! fencing token, status and lease, so a record claimed again, finished or
+//! renewed in the meantime stays. The space
 //! is freed at the end: by a `VACUUM` when little is left alive (it copies
 //! only what remains, so it is quick), else by incremental vacuum in chunks.
 //! Between purges, each claim deletes a few expired records on its way.
@@ -146,7 +147,7 @@ impl SqliteStore {
                     after = row.get(RECORD_COLUMN_COUNT).map_err(failed)?;
                     seen += 1;
                     if take_running(&record)? {
-                        chosen.push((after, record.token));
+                        chosen.push((after, record.token, record.lease_until));
                     }
                 }
             }
@@ -250,18 +251,25 @@ impl SqliteStore {
     }
 }
 
-/// Deletes each `(rowid, token)` whose row still carries that token, in one
-/// transaction.
-fn delete_running(conn: &mut Connection, rows: &[(i64, i64)]) -> rusqlite::Result<u64> {
+/// Deletes each `(rowid, token, lease)` whose row is still the running
+/// claim that was judged, in one transaction: an owner that finished (or
+/// renewed its lease) between the look and here keeps its record.
+fn delete_running(
+    conn: &mut Connection,
+    rows: &[(i64, i64, Option<i64>)],
+) -> rusqlite::Result<u64> {
     if rows.is_empty() {
         return Ok(0);
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut gone = 0;
     {
-        let mut stmt = tx.prepare_cached("DELETE FROM records WHERE rowid = ?1 AND token = ?2")?;
-        for (rowid, token) in rows {
-            gone += stmt.execute(params![rowid, token])? as u64;
+        let mut stmt = tx.prepare_cached(
+            "DELETE FROM records WHERE rowid = ?1 AND token = ?2 \
+             AND status = 'in_progress' AND lease_until IS ?3",
+        )?;
+        for (rowid, token, lease_until) in rows {
+            gone += stmt.execute(params![rowid, token, lease_until])? as u64;
         }
     }
     tx.commit()?;

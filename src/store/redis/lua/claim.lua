@@ -1,9 +1,12 @@
 -- Writes a new claim on KEYS[1] if the record is still the one the caller
 -- decided on: absent when ARGV[1] is '0', else carrying token ARGV[1] at
 -- revision ARGV[2]. KEYS[2] is the record's journal (a new claim starts a
--- new one). ARGV[3] is the lease and ARGV[4] the grace after it (ms); the
--- rest are the claim's field/value pairs. Returns the new fencing token, or
--- 0 when the record is not as seen.
+-- new one). ARGV[3] is the lease (ms); the rest are the claim's field/value
+-- pairs (among them the caller's `claim_nonce`, by which it recognises its
+-- own claim when the answer was lost). Returns the new fencing token, or 0
+-- when the record is not as seen. A record in progress never expires in
+-- Redis: a crashed one stays until a call takes it over or an operator
+-- purges it.
 --
 -- Tokens only grow per key. Cluster layout (KEYS[1] and KEYS[2] share a
 -- hash slot): the token is the larger of the record's last token + 1 and
@@ -33,6 +36,5 @@ local lease_until = now + tonumber(ARGV[3])
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], 'status', 'in_progress', 'token', string.format('%d', token),
   'rev', '1', 'started_at', string.format('%d', now),
-  'lease_until', string.format('%d', lease_until), unpack(ARGV, 5))
-redis.call('PEXPIREAT', KEYS[1], string.format('%d', lease_until + tonumber(ARGV[4])))
+  'lease_until', string.format('%d', lease_until), unpack(ARGV, 4))
 return token
