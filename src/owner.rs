@@ -1,13 +1,17 @@
 //! Who owns a claim, and what this machine can tell about whether it lives.
 //!
 //! An owner is idem's process plus the process group of the child it runs,
-//! recorded with the host name, boot id and PID namespace it ran in. Its
-//! pids mean something only where all three match ours (`Place::Here`):
-//! there it is alive while idem's pid exists with the same start time (a
-//! reused pid is someone else) or while any process of the child's group
-//! exists (a SIGKILLed idem can leave its child running). Anywhere else —
-//! another container sharing the store file, another machine — process
-//! checks cannot tell, and `crate::policy::owner_alive` asks the lease.
+//! recorded with the host name, boot id and PID namespace it ran in. On a
+//! SQLite store the kernel decides: the owner holds a lock on a byte of a
+//! file beside the store until COMMAND's group is gone, and the store says,
+//! as it reads the record, whether that byte is locked (`Owner::lock`),
+//! in any PID namespace. Elsewhere, and for records made before that lock,
+//! its pids mean something only where host name, boot id and PID namespace
+//! match ours (`Place::Here`): there it is alive while idem's pid exists
+//! with the same start time (a reused pid is someone else) or while any
+//! process of the child's group exists. Anywhere else — another machine,
+//! another container — process checks cannot tell, and
+//! `crate::policy::owner_alive` asks the lease.
 
 use nix::errno::Errno;
 use nix::sys::signal::kill;
@@ -28,6 +32,20 @@ pub struct Owner {
     /// Process start time in clock ticks since boot (field 22 of /proc/PID/stat).
     pub start: i64,
     pub child: Option<ChildId>,
+    /// The owner's lock (SQLite, SPEC "Crashed owners"), whose state alone
+    /// decides. `None`: no lock to ask (a shared store, or a record made
+    /// before idem took that lock).
+    pub lock: Option<Lock>,
+}
+
+/// The byte of the store's lock file that the owner holds until its
+/// command's group is gone, and whether the kernel said it was held when
+/// the store read the record (held until the store asks: an owner is
+/// never called dead unasked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lock {
+    pub byte: i64,
+    pub held: bool,
 }
 
 /// The child process and its process group (the group leader is the child).
@@ -74,6 +92,7 @@ impl Here {
             pid,
             start: start_time(pid).unwrap_or(0),
             child: None,
+            lock: None,
         }
     }
 }
@@ -128,7 +147,7 @@ fn same_process(pid: i64, start: i64) -> bool {
         return false;
     }
     match proc_stat(pid) {
-        Some(stat) => stat.state != 'Z' && (start == 0 || stat.start == start),
+        Some(stat) => stat.state != 'Z' && (start == 0 || stat.start == Some(start)),
         None => !Path::new("/proc/self/stat").exists(),
     }
 }
@@ -163,26 +182,34 @@ fn signalable(pid: i64) -> bool {
 }
 
 /// The fields of /proc/PID/stat that liveness needs.
-struct Stat {
-    state: char,
-    pgrp: i64,
-    /// Start time in clock ticks since boot (field 22).
-    start: i64,
+pub struct Stat {
+    pub state: char,
+    pub pgrp: i64,
+    /// Start time in clock ticks since boot (field 22), when the text
+    /// reaches it.
+    pub start: Option<i64>,
 }
 
 fn proc_stat(pid: i64) -> Option<Stat> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&fs::read(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Reads the text of /proc/PID/stat without allocating (the command's
+/// watcher uses it between fork and exit, see `child::watcher`).
+pub fn parse_stat(stat: &[u8]) -> Option<Stat> {
     // The command name (field 2) is in parentheses and may hold anything.
-    let mut fields = stat[stat.rfind(')')? + 2..].split(' ');
-    let state = fields.next()?.chars().next()?;
-    let pgrp = fields.nth(1)?.parse().ok()?;
-    let start = fields.nth(16)?.parse().ok()?;
+    let after_name = stat.get(stat.iter().rposition(|&b| b == b')')? + 2..)?;
+    let mut fields = after_name.split(|&b| b == b' ');
+    let number = |field: Option<&[u8]>| std::str::from_utf8(field?).ok()?.trim().parse().ok();
+    let state = char::from(*fields.next()?.first()?);
+    let pgrp = number(fields.nth(1))?;
+    let start = number(fields.nth(16));
     Some(Stat { state, pgrp, start })
 }
 
 /// Process start time in clock ticks since boot, if /proc can tell.
 pub fn start_time(pid: i64) -> Option<i64> {
-    proc_stat(pid).map(|stat| stat.start)
+    proc_stat(pid).and_then(|stat| stat.start)
 }
 
 #[cfg(test)]
@@ -221,12 +248,7 @@ mod tests {
         let raw = fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
         let after_name = &raw[raw.rfind(')').unwrap() + 2..];
         assert_eq!(
-            after_name
-                .split(' ')
-                .nth(19)
-                .unwrap()
-                .parse::<i64>()
-                .unwrap(),
+            after_name.split(' ').nth(19).unwrap().parse::<i64>().ok(),
             stat.start
         );
     }

@@ -116,19 +116,24 @@ pub fn decide<'a>(
 }
 
 /// Whether the owner of an `in_progress` record still lives, seen from
-/// `here` at the store's time `now` (SPEC.md "Crashed owners"). Process
-/// checks decide only where the owner's pids are ours: same host name, boot
-/// id and PID namespace. Everywhere else the lease decides, on every store —
-/// except that on a local file (`shared` false) the same host name with
-/// another boot id is dead at once: that machine rebooted, since a store
-/// file belongs to one machine. On a shared store it may be another machine
-/// of the same name.
+/// `here` at the store's time `now` (SPEC.md "Crashed owners"). On SQLite
+/// the kernel decides: the owner is alive while its lock is held
+/// (`Owner::lock`, asked by the store as it read the record), in any PID
+/// namespace, whatever the clock. Elsewhere process checks decide only
+/// where the owner's pids are ours: same host name, boot id and PID
+/// namespace. Everywhere else the lease decides — except that on a local
+/// file (`shared` false) the same host name with another boot id is dead
+/// at once: that machine rebooted, since a store file belongs to one
+/// machine. On a shared store it may be another machine of the same name.
 ///
-/// Records written before idem kept a lease on SQLite or recorded the PID
-/// namespace fall back to the older rules, never calling a live owner of
-/// ours dead: a pid of ours that is alive counts, and without a lease an
-/// owner on another host counts as alive.
+/// SQLite records written before idem took that lock (or before it kept a
+/// lease, or recorded the PID namespace) fall back to the older rules,
+/// never calling a live owner of ours dead: a pid of ours that is alive
+/// counts, and without a lease an owner on another host counts as alive.
 pub fn owner_alive(record: &Record, here: &Here, now: Millis, shared: bool) -> bool {
+    if let Some(lock) = record.owner.lock {
+        return lock.held;
+    }
     let lease = record.lease_until.map(|until| until > now);
     match record.owner.place(here) {
         Place::Here => record.owner.process_alive(),
@@ -300,6 +305,30 @@ mod tests {
             }
             assert_eq!(got, expected[i], "{what}");
         }
+    }
+
+    /// The owner's lock, where the store could ask it, decides alone:
+    /// neither the pids nor the lease can overrule the kernel.
+    #[test]
+    fn the_owners_lock_decides_where_there_is_one() {
+        let here = Here::detect();
+        let mut r = record(Status::InProgress, None);
+        r.owner = here.me();
+        let lock = |held| Some(crate::owner::Lock { byte: 7, held });
+        r.owner.lock = lock(false);
+        r.lease_until = Some(101);
+        assert!(
+            !owner_alive(&r, &here, 100, false),
+            "live pid and lease, lock free"
+        );
+        r.owner.lock = lock(true);
+        r.owner.host = format!("not-{}", here.host);
+        r.owner.start += 1;
+        r.lease_until = Some(50);
+        assert!(
+            owner_alive(&r, &here, 100, false),
+            "dead pid, lease run out, lock held"
+        );
     }
 
     #[test]

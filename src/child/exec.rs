@@ -1,26 +1,35 @@
-//! Starting COMMAND: find it like `execvp(3)`, start the child, which
+//! Starting COMMAND: find it like `execvp(3)`, fork the child, which
 //! fsyncs the store's directory, waits at the gate, and execs.
 //!
-//! The child starts as `posix_spawn(3)` starts one, in idem's memory (no
-//! page tables copied for it, and none torn down at its exec), but idem
-//! goes on meanwhile. Until it execs it makes raw system calls only
-//! (`raw`), on what was built before it started. It starts before the
-//! claim, so that the claim records it, and waits on a gate pipe until the
-//! claim is written: if idem dies first, or loses the race for the key,
-//! the gate reads EOF and the child exits without running COMMAND, so no
-//! child ever runs unrecorded. What only the claim decides
-//! (`IDEM_ATTEMPT`, `IDEM_FENCING_TOKEN`) comes through the gate, into
-//! slots of the environment reserved beforehand. A file that is executable
+//! The child is a plain `fork` of idem, held at a gate pipe until the claim
+//! is written: it starts before the claim, so that the claim records it,
+//! and if idem dies first, or loses the race for the key, the gate reads
+//! EOF and the child exits without running COMMAND, so no child ever runs
+//! unrecorded. What only the claim decides (`IDEM_ATTEMPT`,
+//! `IDEM_FENCING_TOKEN`) comes through the gate. A file that is executable
 //! but not a binary nor a `#!` script (exec fails with ENOEXEC) runs under
 //! `/bin/sh`, as execvp(3) and env(1) do.
+//!
+//! Between its fork and its exec the child follows Rust std's discipline
+//! for `Command::spawn` (`process_unix.rs`): idem may have had other
+//! threads when it forked, whose locks (the allocator's among them) are
+//! copied held, so the child only makes async-signal-safe calls on what
+//! was built before the fork, allocates nothing, and can never unwind back
+//! into idem's code (`ExitOnUnwind`). Like glibc's `posix_spawn`
+//! (`spawni.c`) it hands COMMAND the caller's signal state, not idem's: any
+//! handler back to its default, SIGPIPE too (idem ignores it for itself),
+//! nothing blocked, and what the caller ignored (nohup's SIGHUP) still
+//! ignored.
 
 #![allow(unsafe_code)]
 
-use super::raw;
+use super::watcher::{start_from_child, Post};
 use anyhow::{Context, Result};
 use nix::errno::Errno;
-use nix::unistd::Pid;
-use std::ffi::{CString, OsStr, OsString};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::unistd::{ForkResult, Pid};
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -82,24 +91,29 @@ const SLOT: usize = 21;
 /// The gate's message: one byte, then each late value in its slot.
 const MAX_LATE: usize = 2;
 const MESSAGE: usize = 1 + MAX_LATE * SLOT;
+/// The room for a late variable, `NAME=VALUE` and its NUL, which the child
+/// fills in on its stack once the gate has told it the value.
+const LATE_ENTRY: usize = 64;
 
-/// The exec arguments, built before the child starts (it must not allocate).
+/// The exec arguments, built before the fork (the child must not allocate).
 pub struct Exec {
     path: CString,
-    argv: Vec<CString>,
+    /// What `argv_ptrs` points at.
+    _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     /// `/bin/sh PATH ARGS…`, for a file exec refuses with ENOEXEC.
     shell_argv: Vec<*const libc::c_char>,
-    env: Vec<CString>,
-    /// `NAME=` and `SLOT` NULs for each variable the gate fills in.
-    late: Vec<Box<[u8]>>,
-    /// Where each late value goes (inside `late`, which never moves).
-    late_slots: Vec<*mut u8>,
+    /// What `env_ptrs` points at, but for the late variables.
+    _env: Vec<CString>,
+    /// The variables the gate gives values to, in order.
+    late: Vec<&'static str>,
+    /// `env` then one placeholder per late variable (the child points
+    /// them at its entries), then the terminating null.
     env_ptrs: Vec<*const libc::c_char>,
 }
 
 /// The gate's message for `values` (at most `MAX_LATE`, each at most
-/// `SLOT - 1` bytes): what `Exec` writes into its late variables.
+/// `SLOT - 1` bytes): what the child puts in its late variables.
 pub fn gate_message(values: &[String]) -> Vec<u8> {
     let mut message = vec![0u8; 1 + values.len() * SLOT];
     message[0] = b'x';
@@ -111,21 +125,23 @@ pub fn gate_message(values: &[String]) -> Vec<u8> {
 }
 
 /// The descriptors the child rearranges before exec.
-pub struct ChildFds {
-    pub stdin: Option<i32>,
-    pub stdout: i32,
-    pub stderr: i32,
-    pub gate: i32,
+pub struct ChildFds<'a> {
+    pub stdin: Option<BorrowedFd<'a>>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
+    pub gate: BorrowedFd<'a>,
     /// idem's end of the gate: the child must close its inherited copy, or
     /// it would never see EOF when idem dies.
-    pub gate_writer: i32,
+    pub gate_writer: BorrowedFd<'a>,
     /// Where a failed exec writes its errno (the pipe closes on success).
-    pub status: i32,
+    pub status: BorrowedFd<'a>,
     /// A directory to fsync before exec (the store's).
-    pub sync_dir: Option<i32>,
+    pub sync_dir: Option<BorrowedFd<'a>>,
+    /// What the child starts its watcher with.
+    pub watcher: Post<'a>,
 }
 
-const SHELL: &std::ffi::CStr = c"/bin/sh";
+const SHELL: &CStr = c"/bin/sh";
 
 impl Exec {
     /// `extra` variables are set now; each of `late` gets its value through
@@ -134,9 +150,13 @@ impl Exec {
         path: &Path,
         argv: &[OsString],
         extra: &[(&str, String)],
-        late: &[&str],
+        late: &[&'static str],
     ) -> Result<Exec> {
         anyhow::ensure!(late.len() <= MAX_LATE, "too many variables for the gate");
+        anyhow::ensure!(
+            late.iter().all(|name| name.len() + 1 + SLOT <= LATE_ENTRY),
+            "a variable name too long for the gate"
+        );
         let cstring = |bytes: &[u8]| CString::new(bytes).context("an argument holds a NUL byte");
         let path = cstring(path.as_os_str().as_bytes())?;
         let argv = argv
@@ -160,239 +180,153 @@ impl Exec {
         for (name, value) in extra {
             env.push(cstring(format!("{name}={value}").as_bytes())?);
         }
-        let pointers = |v: &[CString]| {
-            let mut p: Vec<*const libc::c_char> = v.iter().map(|s| s.as_ptr()).collect();
-            p.push(std::ptr::null());
-            p
-        };
-        let mut late: Vec<Box<[u8]>> = late
-            .iter()
-            .map(|name| {
-                let mut entry = format!("{name}=").into_bytes();
-                entry.resize(entry.len() + SLOT, 0);
-                entry.into_boxed_slice()
-            })
-            .collect();
-        let late_slots = late
-            .iter_mut()
-            .map(|entry| {
-                let value = entry.len() - SLOT;
-                entry[value..].as_mut_ptr()
-            })
-            .collect();
-        let argv_ptrs = pointers(&argv);
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
         let mut shell_argv = vec![SHELL.as_ptr(), path.as_ptr()];
         shell_argv.extend_from_slice(&argv_ptrs[1..]);
-        let mut env_ptrs = pointers(&env);
-        env_ptrs.pop();
-        env_ptrs.extend(
-            late.iter()
-                .map(|entry| entry.as_ptr().cast::<libc::c_char>()),
-        );
+        let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|s| s.as_ptr()).collect();
+        env_ptrs.extend(late.iter().map(|_| std::ptr::null()));
         env_ptrs.push(std::ptr::null());
         Ok(Exec {
             argv_ptrs,
             shell_argv,
             env_ptrs,
             path,
-            argv,
-            env,
-            late,
-            late_slots,
+            _argv: argv,
+            _env: env,
+            late: late.to_vec(),
         })
     }
 
-    /// Starts the child, which fsyncs `fds.sync_dir`, waits at the gate,
-    /// then execs. It runs in idem's memory until then (`raw`), reading
-    /// this `Exec` and writing its late slots and its own stack: both stay
-    /// in `Started` until the child has exec'd or is reaped.
-    pub fn start(self, fds: ChildFds) -> Result<Started> {
-        let exec = Box::new(Launch { exec: self, fds });
-        let (pid, stack) = exec.start_child()?;
-        Ok(Started {
-            pid,
-            _launch: exec,
-            _stack: stack,
-        })
-    }
-}
-
-/// What the child reads: where nothing moves while it runs.
-struct Launch {
-    exec: Exec,
-    fds: ChildFds,
-}
-
-/// A started child and what it may still be using.
-pub struct Started {
-    pub pid: Pid,
-    _launch: Box<Launch>,
-    /// None when the child was forked (its memory its own).
-    _stack: Option<Stack>,
-}
-
-/// The child's stack until it execs, with a guard page below it.
-struct Stack {
-    base: *mut libc::c_void,
-}
-
-const STACK: usize = 256 * 1024;
-const GUARD: usize = 4096;
-
-impl Stack {
-    fn new() -> Result<Stack> {
-        // SAFETY: a fresh anonymous mapping, owned by the Stack.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                STACK + GUARD,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(Errno::last()).context("map the child's stack");
-        }
-        let stack = Stack { base };
-        // SAFETY: the lowest page of the mapping just made.
-        if unsafe { libc::mprotect(base, GUARD, libc::PROT_NONE) } != 0 {
-            return Err(Errno::last()).context("guard the child's stack");
-        }
-        Ok(stack)
-    }
-
-    /// The stack's top (it grows down), 16-byte aligned.
-    fn top(&self) -> *mut libc::c_void {
-        // SAFETY: one past the end of the mapping.
-        unsafe { self.base.cast::<u8>().add(STACK + GUARD).cast() }
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        // SAFETY: the mapping `new` made; the child no longer runs on it
-        // (`Started` outlives the child's exec or its reaping).
-        unsafe { libc::munmap(self.base, STACK + GUARD) };
-    }
-}
-
-/// The child's entry point, on its own stack.
-extern "C" fn child_main(launch: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `clone_child` passes the Launch, which `Started` keeps
-    // alive and unmoved until this child has exec'd or is reaped.
-    let launch = unsafe { &*launch.cast::<Launch>() };
-    // SAFETY: this is the newly started child that in_child requires.
-    unsafe { launch.in_child() }
-}
-
-impl Launch {
-    fn start_child(&self) -> Result<(Pid, Option<Stack>)> {
-        // valgrind runs no child in its parent's memory unless the parent
-        // waits for its exec (vfork), which the gate rules out; it marks
-        // the programs it runs with its own LD_PRELOAD.
-        let valgrind = std::env::var_os("LD_PRELOAD")
-            .is_some_and(|p| p.as_encoded_bytes().windows(9).any(|w| w == b"vgpreload"));
-        if cfg!(target_arch = "x86_64") && !valgrind {
-            let stack = Stack::new()?;
-            Ok((self.clone_child(&stack)?, Some(stack)))
-        } else {
-            Ok((self.fork_child()?, None))
+    /// Forks the child, which fsyncs `fds.sync_dir`, waits at the gate,
+    /// then execs. Its memory is a copy of idem's: nothing here has to
+    /// outlive this call.
+    pub fn start(mut self, fds: &ChildFds<'_>) -> Result<Pid> {
+        // SAFETY: the child runs `in_child` alone, which makes only
+        // async-signal-safe calls on memory built before the fork, cannot
+        // unwind, and never returns; the parent goes on normally.
+        match unsafe { nix::unistd::fork() }.context("fork")? {
+            ForkResult::Child => self.in_child(fds),
+            ForkResult::Parent { child } => Ok(child),
         }
     }
 
-    /// Starts the child like `posix_spawn`: in idem's memory (no page
-    /// tables copied, none torn down at its exec), but without stopping
-    /// idem until it execs, since it waits at the gate first.
-    fn clone_child(&self, stack: &Stack) -> Result<Pid> {
-        let me = std::ptr::from_ref(self).cast_mut().cast();
-        // SAFETY: child_main only makes raw system calls (`raw`) and reads
-        // `self`, which lives and stays put until the child has exec'd or
-        // is reaped; the stack is its own.
-        match unsafe { libc::clone(child_main, stack.top(), libc::CLONE_VM | libc::SIGCHLD, me) } {
-            -1 => Err(Errno::last()).context("start the command"),
-            pid => Ok(Pid::from_raw(pid)),
-        }
-    }
-
-    /// Elsewhere than x86_64 (see `raw`), and under valgrind, a plain
-    /// fork: the child's memory is its own.
-    fn fork_child(&self) -> Result<Pid> {
-        // SAFETY: the child only makes raw system calls on memory prepared
-        // before the fork (in_child); the parent goes on normally.
-        match unsafe { libc::fork() } {
-            -1 => Err(Errno::last()).context("fork"),
-            // SAFETY: this is the freshly forked child that in_child requires.
-            0 => unsafe { self.in_child() },
-            pid => Ok(Pid::from_raw(pid)),
-        }
-    }
-
-    /// The child's side. Never returns.
-    ///
-    /// # Safety
-    /// Must run in the newly started child. It shares idem's memory, so it
-    /// only makes raw system calls (which leave idem's errno alone), reads
-    /// what was prepared before, and writes only its late slots and stack.
-    unsafe fn in_child(&self) -> ! {
-        let (exec, fds) = (&self.exec, &self.fds);
-        let _ = (&exec.argv, &exec.env, &exec.late);
-        raw::own_process_group();
-        // Undo what idem changed for itself: the blocked signals, and Rust's
-        // ignored SIGPIPE (ignored dispositions survive exec). Dispositions
-        // idem inherited (nohup's ignored SIGHUP) pass through unchanged.
-        raw::default_signals();
-        if let Some(stdin) = fds.stdin {
-            raw::move_fd(stdin, 0);
-        }
-        raw::move_fd(fds.stdout, 1);
-        raw::move_fd(fds.stderr, 2);
+    /// The child's side, from fork to exec. Never returns.
+    fn in_child(&mut self, fds: &ChildFds<'_>) -> ! {
+        let _guard = ExitOnUnwind;
+        // Its own group (idem sets it too, so neither runs ahead of it).
+        let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
         // The claim's last step to disk, done here while idem writes the
-        // claim. An error is ignored, as SQLite ignores it (a file system
-        // that cannot sync directories).
+        // claim: first, as idem waits for it longest. An error is ignored,
+        // as SQLite ignores it (a file system that cannot sync directories).
         if let Some(dir) = fds.sync_dir {
-            raw::fsync(dir);
+            let _ = nix::unistd::fsync(dir.as_raw_fd());
         }
+        // The watcher, before the gate can let COMMAND start (should idem
+        // die before then, the gate reads EOF). A child without one runs
+        // nothing (reported like a failed exec).
+        if let Err(errno) = start_from_child(&fds.watcher) {
+            let _ = nix::unistd::write(fds.status, &(errno as i32).to_ne_bytes());
+            exit(127);
+        }
+        let _ = nix::unistd::close(fds.watcher.write.as_raw_fd());
+        default_dispositions();
+        if let Some(stdin) = fds.stdin {
+            let _ = nix::unistd::dup2(stdin.as_raw_fd(), 0);
+        }
+        let _ = nix::unistd::dup2(fds.stdout.as_raw_fd(), 1);
+        let _ = nix::unistd::dup2(fds.stderr.as_raw_fd(), 2);
         // Wait until idem's claim has recorded this pid; EOF means idem
         // died first, or will not run COMMAND.
-        raw::close(fds.gate_writer);
+        let _ = nix::unistd::close(fds.gate_writer.as_raw_fd());
         let mut message = [0u8; MESSAGE];
-        let wanted = 1 + exec.late_slots.len() * SLOT;
+        let wanted = 1 + self.late.len() * SLOT;
         let mut got = 0;
         while got < wanted {
-            match raw::read(fds.gate, &mut message[got..wanted]) {
-                n if n > 0 => got += n.unsigned_abs(),
-                n if n == -(libc::EINTR as isize) => {}
-                _ => raw::exit(125),
+            match nix::unistd::read(fds.gate.as_raw_fd(), &mut message[got..wanted]) {
+                Ok(n) if n > 0 => got += n,
+                Err(Errno::EINTR) => {}
+                _ => exit(125),
             }
         }
-        for (i, slot) in exec.late_slots.iter().enumerate() {
+        // Each late variable, `NAME=VALUE`, on this stack, which lasts
+        // until exec.
+        let mut entries = [[0u8; LATE_ENTRY]; MAX_LATE];
+        let first_late = self.env_ptrs.len() - 1 - self.late.len();
+        for (i, (name, entry)) in self.late.iter().zip(&mut entries).enumerate() {
             let value = &message[1 + i * SLOT..][..SLOT - 1];
-            for (j, byte) in value.iter().enumerate() {
-                // SAFETY: each slot holds SLOT bytes; the last stays NUL.
-                unsafe { slot.add(j).write(*byte) };
-            }
+            entry[..name.len()].copy_from_slice(name.as_bytes());
+            entry[name.len()] = b'=';
+            entry[name.len() + 1..][..value.len()].copy_from_slice(value);
+            self.env_ptrs[first_late + i] = entry.as_ptr().cast();
         }
-        // SAFETY: C strings and null-terminated arrays built in `prepare`.
-        let mut errno = unsafe {
-            raw::execve(
-                exec.path.as_ptr(),
-                exec.argv_ptrs.as_ptr(),
-                exec.env_ptrs.as_ptr(),
+        // Last, so that no signal the caller blocked arrives before exec.
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+        // SAFETY: C strings and null-terminated arrays built in `prepare`,
+        // the late entries on this stack; execve returns only on failure.
+        unsafe {
+            libc::execve(
+                self.path.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.env_ptrs.as_ptr(),
             )
         };
+        let mut errno = Errno::last_raw();
         if errno == libc::ENOEXEC {
             // SAFETY: as above.
-            errno = unsafe {
-                raw::execve(
+            unsafe {
+                libc::execve(
                     SHELL.as_ptr(),
-                    exec.shell_argv.as_ptr(),
-                    exec.env_ptrs.as_ptr(),
+                    self.shell_argv.as_ptr(),
+                    self.env_ptrs.as_ptr(),
                 )
             };
+            errno = Errno::last_raw();
         }
-        raw::write(fds.status, &errno.to_ne_bytes());
-        raw::exit(127);
+        let _ = nix::unistd::write(fds.status, &errno.to_ne_bytes());
+        exit(127);
+    }
+}
+
+/// Gives every signal with a handler its default action back, and SIGPIPE
+/// (ignored by idem for itself, see `process`), as `posix_spawn` does: a
+/// disposition to ignore survives exec, a handler would not be there.
+/// Dispositions idem inherited as ignored stay so.
+fn default_dispositions() {
+    for signal in 1..=libc::SIGRTMAX() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+        // SAFETY: a null new action only reads the disposition into `old`,
+        // which is large enough; on failure it is left zeroed (SIG_DFL).
+        let handler = unsafe {
+            libc::sigaction(signal, std::ptr::null(), old.as_mut_ptr());
+            old.assume_init().sa_sigaction
+        };
+        let handled = handler != libc::SIG_DFL && handler != libc::SIG_IGN;
+        if handled || signal == libc::SIGPIPE {
+            let default = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+            // SAFETY: all zero is SIG_DFL with an empty mask and no flags,
+            // which installs no handler.
+            unsafe { libc::sigaction(signal, default.as_ptr(), std::ptr::null_mut()) };
+        }
+    }
+}
+
+/// Ends the child without running anything of idem's on the way out (its
+/// exit handlers and buffers are the parent's).
+pub(super) fn exit(code: libc::c_int) -> ! {
+    // SAFETY: _exit only ends the process, which is this forked child.
+    unsafe { libc::_exit(code) }
+}
+
+/// Should anything in a forked child panic, it exits there: it must never
+/// unwind into idem's code running in a copy of idem.
+pub(super) struct ExitOnUnwind;
+
+impl Drop for ExitOnUnwind {
+    fn drop(&mut self) {
+        exit(127);
     }
 }

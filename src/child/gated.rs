@@ -5,8 +5,11 @@
 //! child to show. Until the gate opens the child runs nothing but fsync the
 //! store's directory (`exec`); a child whose gate never opens (the claim
 //! went to someone else, or failed) is killed and reaped when dropped.
+//! The child starts its watcher first thing (`watcher`), while idem goes
+//! on to the claim: whatever ends idem from then on, the child's group
+//! dies with it.
 
-use super::exec::{resolve, ChildFds, Exec, SpawnError, Started};
+use super::exec::{resolve, ChildFds, Exec, SpawnError};
 use super::Spec;
 use crate::owner::{start_time, ChildId};
 use anyhow::{Context, Result};
@@ -16,7 +19,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{pipe2, Pid};
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 /// The parent's ends of the child's pipes.
 pub(super) struct Pipes {
@@ -39,11 +42,9 @@ pub struct Gated {
     id: ChildId,
     /// Taken when the gate opens; while here, dropping kills the child.
     pub(super) pipes: Option<Pipes>,
-    /// Set once the child has exec'd or was reaped: until then it may run
-    /// in idem's memory, and dropping kills and reaps it first.
+    /// Set once the supervisor waits for the child (its gate opened):
+    /// until then dropping kills and reaps it.
     pub(super) settled: bool,
-    /// What the child may still be using (dropped after it, see `Drop`).
-    _started: Started,
 }
 
 impl Gated {
@@ -67,20 +68,22 @@ impl Gated {
         let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
         let (gate_r, gate_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
         let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).context("pipe")?;
-        let started = exec.start(ChildFds {
-            stdin: spec.stdin.map(AsRawFd::as_raw_fd),
-            stdout: out_w.as_raw_fd(),
-            stderr: err_w.as_raw_fd(),
-            gate: gate_r.as_raw_fd(),
-            gate_writer: gate_w.as_raw_fd(),
-            status: status_w.as_raw_fd(),
-            sync_dir: spec.sync_dir.as_ref().map(AsRawFd::as_raw_fd),
+        let line = spec.guard.line()?;
+        let pid = exec.start(&ChildFds {
+            stdin: spec.stdin.map(AsFd::as_fd),
+            stdout: out_w.as_fd(),
+            stderr: err_w.as_fd(),
+            gate: gate_r.as_fd(),
+            gate_writer: gate_w.as_fd(),
+            status: status_w.as_fd(),
+            sync_dir: spec.sync_dir.as_ref().map(AsFd::as_fd),
+            watcher: spec.guard.post(&line),
         })?;
-        let pid = started.pid;
+        spec.guard.arm(line);
         // Both sides set the group, so neither can run ahead of it.
         let _ = nix::unistd::setpgid(pid, pid);
         let raw = i64::from(pid.as_raw());
-        Ok(Ok(Gated {
+        let gated = Gated {
             id: ChildId {
                 pid: raw,
                 pgid: raw,
@@ -93,8 +96,8 @@ impl Gated {
                 gate: gate_w,
             }),
             settled: false,
-            _started: started,
-        }))
+        };
+        Ok(Ok(gated))
     }
 
     /// Who the claim records.
@@ -109,9 +112,8 @@ impl Gated {
 }
 
 impl Drop for Gated {
-    /// A child whose gate never opened, or that has not exec'd yet, is
-    /// killed and reaped: it runs nothing, and its stack and what it reads
-    /// are freed only after it is gone.
+    /// A child whose gate never opened is killed and reaped: it runs
+    /// nothing.
     fn drop(&mut self) {
         if !self.settled {
             let _ = kill(self.pid(), Signal::SIGKILL);

@@ -22,16 +22,17 @@ mod journal;
 mod keeper;
 mod output;
 pub mod process;
-mod raw;
 mod state;
 mod supervise;
 mod terminal;
+mod watcher;
 
 pub use self::exec::SpawnError;
 pub use self::gated::Gated;
 pub use self::keeper::{Hold, Keeper};
 pub use self::output::Output;
 pub use self::state::LeaseLoss;
+pub use self::watcher::Guard;
 use crate::store::Chunk;
 use anyhow::{Context, Result};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
@@ -54,6 +55,8 @@ pub struct Spec<'a> {
     pub sync_dir: Option<File>,
     pub max_output: u64,
     pub timeout: Option<Duration>,
+    /// What makes COMMAND's group die with idem, whatever ends it (`watcher`).
+    pub guard: Guard,
 }
 
 /// How the child ended.

@@ -254,6 +254,15 @@ pub trait Store: Send {
         None
     }
 
+    /// A descriptor that the command's watcher keeps open until COMMAND's
+    /// group is gone, whatever ends idem (`child::Guard`): on SQLite, the
+    /// owners' lock file, whose byte the claim then locks on the same open
+    /// file description (SPEC "Crashed owners"). None: nothing to keep, or
+    /// it cannot be opened (the claim then says why).
+    fn owner_lock(&mut self) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
+
     /// Extends the lease of a running claim. False if it is no longer ours.
     fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool>;
 

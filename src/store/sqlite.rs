@@ -2,8 +2,9 @@
 //!
 //! Claims run in `BEGIN IMMEDIATE` with `synchronous=FULL`, so they are on
 //! disk before the child starts; outcomes likewise before idem exits. The
-//! running owner's lease is renewed cheaply (no fsync, a short wait for the
-//! lock): it only matters to other PID namespaces sharing the file. Reads
+//! running owner needs no lease here: it holds a lock the kernel releases
+//! only once it and its command are gone (`owner_lock`), which any caller
+//! on the machine can test, so a renewal writes nothing. Reads
 //! (replay, wait, inspect) never take the write lock. The WAL stays between
 //! calls (no checkpoint on close: that cost every call two fsyncs); a writer
 //! empties it on its way out once it has grown. Before SQLite touches a
@@ -15,6 +16,7 @@ mod errors;
 mod file;
 mod journal;
 mod name;
+mod owner_lock;
 mod purge;
 mod records;
 mod replays;
@@ -24,6 +26,7 @@ mod upkeep;
 use errors::{describe, describe_at, store_error, store_failure};
 use file::{create_file, identify, Creating, Found};
 use name::Identity;
+use owner_lock::OwnerLocks;
 use records::{filter_sql, record_from_row, DECISION_COLUMNS, RECORD_COLUMNS, RECORD_COLUMN_COUNT};
 
 use super::{Chunk, Claim, Filter, Judged, Millis, Mode, Outcome, Record, Store, Stream};
@@ -38,9 +41,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const CLEANUP_BATCH: i64 = 16;
 /// How long contention on the write lock may last before idem gives up.
 const LOCK_PATIENCE: Duration = Duration::from_secs(120);
-/// How long a lease renewal waits for the write lock at most: the owner
-/// tries again at its next tick, two more before the lease runs out.
-const RENEW_PATIENCE: Duration = Duration::from_millis(200);
 /// Why `inspect` cannot use an empty store file.
 const NEVER_INITIALISED: &str = "it was never initialised (run `idem run` once to create it)";
 
@@ -69,10 +69,13 @@ pub struct SqliteStore {
     /// in it is on disk (the child of a run, before it execs); otherwise a
     /// writer does on its way out (`upkeep`).
     directory_synced: bool,
+    /// The owners' lock file beside the store: this process's claims lock
+    /// a byte of it, and records in progress are judged by it.
+    owner_locks: OwnerLocks,
 }
 
 /// How a write reaches the disk. Claims and outcomes are fsynced before
-/// their commit returns; lease renewals, journal appends (the outcome's
+/// their commit returns; journal appends (the outcome's
 /// commit makes them durable), purges and replay counts are not worth an
 /// fsync (a power loss makes an owner dead anyway; a count is a
 /// statistic). Checkpoints fsync at either level.
@@ -124,6 +127,7 @@ impl SqliteStore {
             sync: None,
             exact_counts: false,
             directory_synced: false,
+            owner_locks: OwnerLocks::beside(path),
         };
         if !ready {
             store.prepare(mode)?;
@@ -186,7 +190,11 @@ impl Store for SqliteStore {
         } else {
             self.read_record(key, false)
         };
-        Ok((now_millis(), self.sql(record, "cannot read a record")?))
+        let mut record = self.sql(record, "cannot read a record")?;
+        if let Some(record) = &mut record {
+            self.owner_locks.judge(record);
+        }
+        Ok((now_millis(), record))
     }
 
     fn claim(
@@ -195,27 +203,47 @@ impl Store for SqliteStore {
         decide: &mut dyn FnMut(Option<&Record>, Millis) -> Option<Claim>,
     ) -> Result<Option<i64>> {
         self.wrote = true;
+        let mut locked = None;
         let result = (|| {
             self.sync(Sync::Full)?;
             let tx = self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let existing = tx
+            let mut existing = tx
                 .prepare_cached(&format!(
                     "SELECT {DECISION_COLUMNS} FROM records WHERE key = ?1"
                 ))?
                 .query_row([key], record_from_row)
                 .optional()?;
+            if let Some(record) = &mut existing {
+                self.owner_locks.judge(record);
+            }
             let now = now_millis();
             let Some(claim) = decide(existing.as_ref(), now) else {
-                return Ok(None);
+                return Ok(Ok(None));
             };
             let token = records::next_token(&tx)?;
+            // The owner's lock, taken before the claim can be seen: the
+            // token is this claim's alone, and so is its byte.
+            if let Err(e) = self.owner_locks.lock(token) {
+                return Ok(Err(e));
+            }
+            locked = Some(token);
             records::write_claim(&tx, key, &claim, existing.is_some(), token, now)?;
             tx.commit()?;
-            Ok(Some(token))
+            Ok(Ok(Some(token)))
         })();
-        self.sql(result, "cannot claim the key")
+        if let (Some(byte), Err(_) | Ok(Err(_))) = (locked, &result) {
+            self.owner_locks.unlock(byte);
+        }
+        match self.sql(result, "cannot claim the key")? {
+            Ok(token) => Ok(token),
+            Err(e) => self.fail(&format!("cannot take the owner's lock: {e}")),
+        }
+    }
+
+    fn owner_lock(&mut self) -> Option<std::os::fd::OwnedFd> {
+        self.owner_locks.share().ok()
     }
 
     fn directory_to_sync(&mut self) -> Option<std::fs::File> {
@@ -224,27 +252,17 @@ impl Store for SqliteStore {
         Some(dir)
     }
 
-    /// Cheap and short: no fsync (a renewal lost to a power loss only makes
-    /// the owner look dead sooner, and after a reboot it is dead anyway),
-    /// and at most `RENEW_PATIENCE` waiting for the write lock; a failed
-    /// renewal is tried again at the owner's next tick.
-    fn renew(&mut self, key: &str, token: i64, lease_ms: Millis) -> Result<bool> {
-        self.wrote = true;
-        let result = self.sync(Sync::Normal).and_then(|()| {
-            self.conn.busy_timeout(RENEW_PATIENCE)?;
-            let changed = self
-                .conn
-                .prepare_cached(
-                    "UPDATE records SET lease_until = ?3
-                     WHERE key = ?1 AND token = ?2 AND status = 'in_progress'",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![key, token, now_millis().saturating_add(lease_ms)])
-                });
-            self.conn.busy_handler(Some(wait_for_lock))?;
-            changed
-        });
-        Ok(self.sql(result, "cannot renew the lease")? == 1)
+    /// No lease here (the owner's lock says it lives): writes nothing,
+    /// and only says whether the claim is still this one (an operator may
+    /// have purged it). A read never waits for the write lock.
+    fn renew(&mut self, key: &str, token: i64, _lease_ms: Millis) -> Result<bool> {
+        let ours = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM records WHERE key = ?1 AND token = ?2 AND status = 'in_progress'",
+            )
+            .and_then(|mut s| s.exists(params![key, token]));
+        self.sql(ours, "cannot read the claim")
     }
 
     fn finish(&mut self, key: &str, token: i64, outcome: &Outcome) -> Result<bool> {
@@ -325,6 +343,7 @@ impl Store for SqliteStore {
         let mut rows = stmt.query(params.as_slice()).map_err(failed)?;
         while let Some(row) = rows.next().map_err(failed)? {
             let mut record = record_from_row(row).map_err(failed)?;
+            self.owner_locks.judge(&mut record);
             replays::add_pending(&mut record, &pending);
             each(record)?;
         }

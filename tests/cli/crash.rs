@@ -40,9 +40,9 @@ fn paused_at(env: &Env, key: &str, point: &str) -> Child {
     idem
 }
 
+/// SIGKILLs idem; returns once what it started is gone too.
 fn sigkill(mut idem: Child) {
-    idem.kill().unwrap();
-    idem.wait().unwrap();
+    crate::support::kill_idem(&mut idem);
 }
 
 fn attempts(env: &Env) -> String {
@@ -78,25 +78,20 @@ fn crash_just_after_the_claim() {
     no_overlap(&env);
 }
 
+/// A crash of idem alone (SIGKILL, the OOM killer) takes its running
+/// child's group with it: the command does not outlive its guard. The
+/// record is left in progress with a dead owner, for the crash policy.
 #[test]
-fn crash_while_the_child_runs_leaves_an_owner_until_the_child_ends() {
+fn crash_while_the_child_runs_takes_the_child_with_it() {
     let env = Env::new();
     let mut holder = Holder::start(&env, "b", &[]);
-    holder.crash_idem();
-    // idem is gone but its child still runs: nobody may start the command.
-    for policy in ["rerun", "block"] {
-        run_child(&env, "b", &["--on-crash", policy]).assert_code(75);
-    }
-    run_child(
-        &env,
-        "b",
-        &["--on-duplicate", "wait", "--wait-timeout", "300ms"],
-    )
-    .assert_code(75);
     let pid = holder.child_pid();
-    release(&env);
-    wait_until("the orphaned child to end", || !running(pid));
+    holder.crash_idem();
+    assert!(!running(pid), "the child outlived idem");
+    // The killed run could not take its marker down.
+    std::fs::remove_dir(env.path("running")).unwrap();
     run_child(&env, "b", &["--on-crash", "block"]).assert_blocked("b");
+    release(&env);
     run_child(&env, "b", &[]).assert_code(0);
     assert_eq!(env.count("n"), 2);
     assert_eq!(attempts(&env), "1\n2\n");
@@ -179,11 +174,13 @@ fn crash_after_the_child_exited_before_the_record_was_finished() {
     assert_eq!(env.count("n"), 2, "the takeover's result is final");
 }
 
-/// Starts an owner, SIGKILLs idem while its child runs, starts `waiters`
-/// with `extra` flags, then lets the orphaned child finish.
+/// Starts an owner, SIGKILLs idem while its child runs (which dies with
+/// it), starts `waiters` with `extra` flags, then lets a takeover finish.
 fn waiters_after_a_crash(env: &Env, count: usize, extra: &[&str]) -> Vec<Option<i32>> {
     let mut holder = Holder::start(env, "w", &[]);
     holder.crash_idem();
+    // The killed run could not take its marker down.
+    std::fs::remove_dir(env.path("running")).unwrap();
     let mut flags = vec!["--on-duplicate", "wait"];
     flags.extend_from_slice(extra);
     let waiters: Vec<Child> = (0..count)
@@ -225,9 +222,10 @@ fn a_reused_pid_is_not_the_owner() {
     kill_paused_owner(&env, "p", paused_at(&env, "p", "after-claim"));
     let conn = rusqlite::Connection::open(env.db_path()).unwrap();
     let me = std::process::id();
-    // The pid is alive (it is this test) with the start time it had: alive.
+    // The pid is alive (it is this test) with the start time it had: alive,
+    // for a record from before the owner's lock (the lock decides otherwise).
     conn.execute(
-        "UPDATE records SET owner_pid = ?1, owner_start = ?2",
+        "UPDATE records SET owner_pid = ?1, owner_start = ?2, owner_lock = NULL",
         (me, start_time(me)),
     )
     .unwrap();
@@ -245,10 +243,15 @@ fn another_boot_means_the_owner_is_dead() {
     let env = Env::sqlite();
     let holder = Holder::start(&env, "boot", &[]);
     let conn = rusqlite::Connection::open(env.db_path()).unwrap();
-    conn.execute("UPDATE records SET owner_boot = 'an-earlier-boot'", ())
-        .unwrap();
-    // The owner's lease (30 s by default) is live: on a store file another
-    // boot id means this machine rebooted, whatever the lease says.
+    // A record from before the owner's lock (whose lock a reboot would have
+    // released anyway), with a lease of 30 s: on a store file another boot
+    // id means this machine rebooted, whatever the lease says.
+    conn.execute(
+        "UPDATE records SET owner_boot = 'an-earlier-boot', owner_lock = NULL, \
+         lease_until = CAST(unixepoch('subsec') * 1000 AS INTEGER) + 30000",
+        (),
+    )
+    .unwrap();
     let lease_left: i64 = conn
         .query_row(
             "SELECT lease_until - CAST(unixepoch('subsec') * 1000 AS INTEGER) FROM records",
@@ -444,8 +447,13 @@ fn an_owner_on_another_host_is_judged_by_its_lease_on_a_local_store() {
     let env = Env::sqlite();
     kill_paused_owner(&env, "h", paused_at(&env, "h", "after-claim"));
     let conn = rusqlite::Connection::open(env.db_path()).unwrap();
-    conn.execute("UPDATE records SET owner_host = 'elsewhere'", ())
-        .unwrap();
+    // A record from before the owner's lock, its lease live (30 s).
+    conn.execute(
+        "UPDATE records SET owner_host = 'elsewhere', owner_lock = NULL, \
+         lease_until = CAST(unixepoch('subsec') * 1000 AS INTEGER) + 30000",
+        (),
+    )
+    .unwrap();
     release(&env);
     run_child(&env, "h", &[]).assert_code(75);
     conn.execute("UPDATE records SET lease_until = NULL", ())

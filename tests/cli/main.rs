@@ -15,6 +15,7 @@ mod faults;
 mod files;
 mod foreign;
 mod guarantees;
+mod guard;
 mod hints;
 mod hostile;
 mod hosts;

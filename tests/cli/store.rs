@@ -256,7 +256,8 @@ fn a_version_2_store_is_upgraded_and_keeps_its_records() {
     let conn = rusqlite::Connection::open(env.db_path()).unwrap();
     conn.execute_batch(
         "ALTER TABLE records DROP COLUMN label; ALTER TABLE records DROP COLUMN owner_pid_ns;
-         ALTER TABLE records DROP COLUMN lease_until; DROP TABLE journal;
+         ALTER TABLE records DROP COLUMN lease_until; ALTER TABLE records DROP COLUMN owner_lock;
+         DROP TABLE journal;
          ALTER TABLE records DROP COLUMN stdout_bytes; ALTER TABLE records DROP COLUMN stderr_bytes;
          UPDATE records SET stdout = CAST('hi\n' AS BLOB); PRAGMA user_version = 2;",
     )
@@ -281,7 +282,7 @@ fn a_version_2_store_is_upgraded_and_keeps_its_records() {
     let version: i32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let labels: Vec<Option<String>> = conn
         .prepare("SELECT label FROM records ORDER BY key")
         .unwrap()

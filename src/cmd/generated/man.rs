@@ -38,8 +38,6 @@ pub const ENVIRONMENT: &[(&str, &[&str], &str)] = &[
     ("REDISCLI_AUTH", &[], "Redis: the password when a redis:// or rediss:// URL has none."),
     ("NO_COLOR", &["inspect"], "When set and not empty, the table has no colours."),
     ("PATH", &["run"], "Where COMMAND is looked up when its name has no slash."),
-    ("LD_PRELOAD", &["run"], "When it names valgrind's preload (valgrind sets it), COMMAND \
-        is started with a plain fork: valgrind cannot run a child in its parent's memory."),
     ("IDEM_KEY", &["run"], "Set for COMMAND: the key it runs under, \
         to pass on as a downstream API's idempotency key."),
     ("IDEM_ATTEMPT", &["run"], "Set for COMMAND: 1 for the first run of a record, \
@@ -72,6 +70,10 @@ const FILES: &[(&str, &[&str], &str)] = &[
         counts not yet added to the store beside it: a replay appends one line here instead of \
         writing the store. A purge adds them in and empties the file; losing it loses only \
         those counts."),
+    ("$XDG_STATE_HOME/idem/idem.db-locks", &["run", "inspect", "stats", "purge"], "The \
+        owners' locks: a running idem holds a lock on one byte of it, named in its record, \
+        until its command's process group is gone; whoever reads the record asks the kernel \
+        whether that byte is locked. Never remove it while idem runs."),
     ("~/.pgpass", &[], "PostgreSQL: passwords for what a postgres:// URL and PGPASSWORD leave \
         out, as libpq reads them (ignored, with a notice, when others may read it)."),
 ];

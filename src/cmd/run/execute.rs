@@ -64,6 +64,7 @@ impl Call<'_> {
             sync_dir: store.directory_to_sync(),
             max_output: self.args.max_output,
             timeout: self.args.timeout,
+            guard: child::Guard::new(store.owner_lock()),
         }
     }
 
@@ -190,6 +191,8 @@ impl Call<'_> {
         }
         self.finish(store, token, &finished, captured, status, lost_lease)?;
         drop(keeper);
+        // Recorded: what is left of the command's group may outlive idem.
+        spec.guard.stand_down();
         Ok(exit)
     }
 

@@ -132,6 +132,7 @@ pub fn record_from_row(row: &Row, at: usize) -> Result<Option<Record>, tokio_pos
                 }),
                 None => None,
             },
+            lock: None,
         },
         stdout_bytes: row.try_get(get(22))?,
         stderr_bytes: row.try_get(get(23))?,

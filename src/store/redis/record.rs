@@ -77,6 +77,7 @@ pub(super) fn parse_record(key: &str, values: &[Option<Vec<u8>>]) -> Option<(Rec
             pid: int("owner_pid").unwrap_or(0),
             start: int("owner_start").unwrap_or(0),
             child,
+            lock: None,
         },
         stdout_bytes: int("stdout_bytes").unwrap_or(0),
         stderr_bytes: int("stderr_bytes").unwrap_or(0),

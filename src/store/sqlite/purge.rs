@@ -143,7 +143,8 @@ impl SqliteStore {
                 params.push(&after);
                 let mut rows = stmt.query(params.as_slice()).map_err(failed)?;
                 while let Some(row) = rows.next().map_err(failed)? {
-                    let record = record_from_row(row).map_err(failed)?;
+                    let mut record = record_from_row(row).map_err(failed)?;
+                    self.owner_locks.judge(&mut record);
                     after = row.get(RECORD_COLUMN_COUNT).map_err(failed)?;
                     seen += 1;
                     if take_running(&record)? {

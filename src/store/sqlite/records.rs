@@ -6,7 +6,7 @@
 //! `stdout` and `stderr` columns.
 
 use super::{now_millis, purge, SqliteStore, Sync, CLEANUP_BATCH};
-use crate::owner::{ChildId, Owner};
+use crate::owner::{ChildId, Lock, Owner};
 use crate::store::{Claim, Filter, Millis, Outcome, Record, Status};
 use rusqlite::{params, OptionalExtension, Row, ToSql};
 
@@ -20,7 +20,7 @@ macro_rules! columns {
             ", owner_host, owner_boot, \
             owner_pid, owner_start, child_pid, child_pgid, child_start, \
             coalesce(stdout_bytes, length(stdout)), coalesce(stderr_bytes, length(stderr)), \
-            stdout_truncated, stderr_truncated, label, lease_until, owner_pid_ns"
+            stdout_truncated, stderr_truncated, label, lease_until, owner_pid_ns, owner_lock"
         )
     };
 }
@@ -34,7 +34,7 @@ pub(super) const RECORD_COLUMNS: &str = columns!(
 /// instructions, a twentieth of a replay).
 pub(super) const DECISION_COLUMNS: &str = columns!("replays");
 /// How many columns `RECORD_COLUMNS` names; a query may add more after them.
-pub(super) const RECORD_COLUMN_COUNT: usize = 28;
+pub(super) const RECORD_COLUMN_COUNT: usize = 29;
 
 /// The WHERE clause (without `WHERE`) and its arguments for `filter`.
 pub(super) fn filter_sql(filter: &Filter, now: Millis) -> (String, Vec<Box<dyn ToSql>>) {
@@ -99,6 +99,10 @@ pub(super) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
                 }),
                 None => None,
             },
+            // Held until the store asks the kernel (`OwnerLocks::judge`).
+            lock: row
+                .get::<_, Option<i64>>(28)?
+                .map(|byte| Lock { byte, held: true }),
         },
         stdout_bytes: row.get(21)?,
         stderr_bytes: row.get(22)?,
@@ -183,7 +187,9 @@ pub(super) fn next_token(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64
 /// Writes the claim; `replacing` when a record of `key` exists (a
 /// takeover, a re-run, an expired record). Each statement is prepared
 /// by every call, so it is kept simple: a plain `INSERT OR REPLACE`
-/// (every column it does not name starts again from its default).
+/// (every column it does not name starts again from its default). The
+/// owner's lock is the byte numbered by the token (`owner_lock`); there
+/// is no lease (`lease_until` stays NULL).
 pub(super) fn write_claim(
     tx: &rusqlite::Transaction<'_>,
     key: &str,
@@ -200,7 +206,7 @@ pub(super) fn write_claim(
     tx.prepare_cached(
         "INSERT OR REPLACE INTO records (key, status, fingerprint, command, cwd, attempt, token,
             started_at, owner_host, owner_boot, owner_pid, owner_start, label, owner_pid_ns,
-            lease_until, child_pid, child_pgid, child_start, stdout_bytes, stderr_bytes)
+            owner_lock, child_pid, child_pgid, child_start, stdout_bytes, stderr_bytes)
          VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
             ?15, ?16, ?17, 0, 0)",
     )?
@@ -218,7 +224,7 @@ pub(super) fn write_claim(
         claim.owner.start,
         claim.label,
         claim.owner.pid_ns,
-        now.saturating_add(claim.lease_ms),
+        token,
         claim.child.map(|c| c.pid),
         claim.child.map(|c| c.pgid),
         claim.child.map(|c| c.start),

@@ -7,7 +7,7 @@
 
 use super::errors::{describe, is_busy, store_error};
 use super::file::check_identity;
-use super::{journal, replays, SqliteStore, Sync, LOCK_PATIENCE, NEVER_INITIALISED};
+use super::{journal, owner_lock, replays, SqliteStore, Sync, LOCK_PATIENCE, NEVER_INITIALISED};
 use crate::store::Mode;
 use anyhow::Result;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// `PRAGMA application_id`: "idem" in ASCII.
 pub(super) const APPLICATION_ID: i32 = 0x6964_656d;
 /// `PRAGMA user_version`: the schema this build writes.
-pub(super) const SCHEMA_VERSION: i32 = 4;
+pub(super) const SCHEMA_VERSION: i32 = 5;
 
 /// Schema migrations; entry N brings a store from version N to N + 1.
 const MIGRATIONS: &[&str] = &[
@@ -84,6 +84,13 @@ const MIGRATIONS: &[&str] = &[
     // replay counts, a journal belongs to one claim (key, token), and
     // whoever deletes or replaces records deletes their journals.
     journal::SCHEMA,
+    "
+    -- Version 5, the owner's lock (issue 23, see sqlite/owner_lock.rs): the
+    -- byte of <store>-locks that the owner holds until its command's group
+    -- is gone; the kernel says whether it lives. NULL for records written
+    -- before, which are judged as they were (process checks, the lease).
+    ALTER TABLE records ADD COLUMN owner_lock INTEGER;
+",
 ];
 
 const IDENTITY_SQL: &str = "SELECT (SELECT application_id FROM pragma_application_id), \
@@ -136,6 +143,13 @@ impl SqliteStore {
                 Err(e) => return fail("cannot read it", e),
             };
         check_identity(&path, app, version, tables)?;
+        if tables == 0 {
+            // Locks left in the file of a store that was here before are
+            // not this one's (its tokens start again). Only here, under the
+            // write lock with no table yet: a racing creator may already
+            // hold a lock in the file this store's claims use.
+            owner_lock::forget(&path);
+        }
         for (from, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             if let Err(e) = tx.execute_batch(migration) {
                 return fail(&format!("cannot migrate it from version {from}"), e);

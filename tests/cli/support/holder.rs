@@ -95,12 +95,10 @@ impl Holder {
         self.child_pid
     }
 
-    /// SIGKILLs idem alone, as a crash of idem would; its child runs on
-    /// until released (or killed with the holder).
+    /// SIGKILLs idem alone, as a crash of idem would (the OOM killer);
+    /// returns once its watcher has killed its child's group and exited.
     pub fn crash_idem(&mut self) {
-        let idem = self.idem.as_mut().expect("idem still held");
-        let _ = idem.kill();
-        let _ = idem.wait();
+        super::kill_idem(self.idem.as_mut().expect("idem still held"));
     }
 
     /// Lets the child finish; returns idem's output once it exited.

@@ -499,6 +499,23 @@ pub fn race(
         .collect()
 }
 
+/// SIGKILLs `idem` and waits until every process it started is gone: its
+/// child's group goes with it, killed by its watcher, which exits last (on
+/// SQLite the owner's lock is free from then on).
+pub fn kill_idem(idem: &mut std::process::Child) {
+    let pid = idem.id();
+    let children: Vec<i32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|child| child.parse().ok())
+        .collect();
+    let _ = idem.kill();
+    let _ = idem.wait();
+    wait_until("idem's child and watcher to be gone", || {
+        !children.iter().any(|&child| running(child))
+    });
+}
+
 /// Whether a process exists and is not a zombie.
 pub fn running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -93,15 +93,14 @@ pub fn make_crashed(env: &Env, key: &str) {
 }
 
 /// SIGKILLs `idem`, paused after its claim of `key`, and waits until the
-/// child that claim records is gone too (held at its gate, it exits once
-/// idem is): the record's owner is then dead, with no process left.
+/// child that claim records and idem's watcher are gone too: the record's
+/// owner is then dead, with no process left.
 pub fn kill_paused_owner(env: &Env, key: &str, mut idem: std::process::Child) {
     let child = records(env, &[key])
         .first()
         .and_then(|r| r["child_pid"].as_i64())
         .map(|pid| i32::try_from(pid).unwrap());
-    idem.kill().unwrap();
-    idem.wait().unwrap();
+    super::kill_idem(&mut idem);
     if let Some(child) = child {
         wait_until("the gated child to exit", || !super::running(child));
     }
