@@ -20,7 +20,16 @@ fn with_examples(env: &Env) {
 /// `program` in the test's directory, with the test's store and idem on
 /// PATH, as a caller that installed idem runs it.
 fn client(env: &Env, program: &str) -> Command {
-    let mut cmd = Command::new(program);
+    // A Python example runs through python3, as its #! line says, rather
+    // than by exec of the file just copied: a child forked meanwhile by
+    // another test may still hold the copy open for writing (ETXTBSY).
+    let mut cmd = if program.ends_with(".py") {
+        let mut cmd = Command::new("python3");
+        cmd.arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    };
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("IDEM_") {
             cmd.env_remove(name);
