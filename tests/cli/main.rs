@@ -11,6 +11,7 @@ mod disk;
 mod docs;
 mod everyday;
 mod examples;
+mod faults;
 mod files;
 mod foreign;
 mod guarantees;

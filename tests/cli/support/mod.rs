@@ -10,6 +10,7 @@
 //! file itself uses `Env::sqlite()` and runs under any backend.
 
 mod holder;
+pub mod netns;
 pub mod pty;
 mod records;
 pub mod redis_server;
