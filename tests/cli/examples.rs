@@ -6,7 +6,7 @@
 //! CGI handler, a `set -e` deploy script whose steps resume after a crash,
 //! Python's `subprocess` and `http.server`, and `ansible-playbook`.
 
-use crate::support::{bin, free_port, tool, wait_until, Env};
+use crate::support::{bin, copy_examples, free_port, tool, wait_until, Env};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,13 +16,6 @@ fn examples() -> PathBuf {
 }
 
 /// Copies the example files into the test's directory, unchanged.
-fn copy_examples(env: &Env) {
-    for entry in std::fs::read_dir(examples()).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, env.path(path.file_name().unwrap().to_str().unwrap())).unwrap();
-    }
-}
-
 /// PATH as after an install: idem's directory, then the system's.
 fn path_with_idem() -> String {
     format!("{}:/usr/bin:/bin", bin().parent().unwrap().display())

@@ -3,33 +3,14 @@
 //! receiver on Python's `http.server` (`receiver.py`) and an Ansible task
 //! whose `changed_when` comes from the report (`playbook.yml`).
 
-use crate::support::{path_with_idem, tool, wait_for, Backend, Env};
+use crate::support::{copy_examples, path_with_idem, tool, wait_for, Backend, Env};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
-
-/// The test's directory with the example files in it, unchanged.
-fn with_examples(env: &Env) {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/examples");
-    for entry in std::fs::read_dir(examples).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, env.path(path.file_name().unwrap().to_str().unwrap())).unwrap();
-    }
-}
 
 /// `program` in the test's directory, with the test's store and idem on
 /// PATH, as a caller that installed idem runs it.
 fn client(env: &Env, program: &str) -> Command {
-    // A Python example runs through python3, as its #! line says, rather
-    // than by exec of the file just copied: a child forked meanwhile by
-    // another test may still hold the copy open for writing (ETXTBSY).
-    let mut cmd = if program.ends_with(".py") {
-        let mut cmd = Command::new("python3");
-        cmd.arg(program);
-        cmd
-    } else {
-        Command::new(program)
-    };
+    let mut cmd = Command::new(program);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("IDEM_") {
             cmd.env_remove(name);
@@ -44,7 +25,7 @@ fn client(env: &Env, program: &str) -> Command {
 #[test]
 fn python_reads_the_report_through_pass_fds() {
     let env = Env::new();
-    with_examples(&env);
+    copy_examples(&env);
     let deliver = |id: &str, body: &str| {
         let mut child = client(&env, "./deliver.py")
             .arg(id)
@@ -152,7 +133,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 #[test]
 fn the_http_receiver_answers_a_retry_with_the_first_answer() {
     let env = Env::new();
-    with_examples(&env);
+    copy_examples(&env);
     let receiver = Receiver::start(&env);
     let (code, headers, body) = receiver.post(Some("5"), "{\"id\":5}");
     assert_eq!((code, body.as_str()), (200, "processed event event-5\n"));
@@ -180,7 +161,7 @@ impl Drop for Release {
 #[test]
 fn the_http_receiver_answers_409_with_retry_after_while_the_first_runs() {
     let env = Env::new();
-    with_examples(&env);
+    copy_examples(&env);
     // This delivery's work waits until the test lets it finish.
     std::fs::write(
         env.path("process-event"),
@@ -216,7 +197,7 @@ fn the_ansible_task_is_changed_only_when_the_migration_ran() {
     tool("ansible-playbook");
     let python = tool("python3");
     let env = Env::new();
-    with_examples(&env);
+    copy_examples(&env);
     std::fs::write(
         env.path("migrate.sh"),
         "#!/bin/sh\necho migrating >&2\necho migrated >> migrations.log\n",

@@ -439,6 +439,22 @@ pub fn start_time(pid: u32) -> i64 {
         .unwrap()
 }
 
+/// Copies the shipped examples (tests/examples/) into the test's directory,
+/// modes kept. `cp` writes them, not this process: a file this process had
+/// open for writing would be inherited, for a moment, by every child that
+/// another test forks meanwhile, and running the copy could then fail with
+/// ETXTBSY ("text file busy").
+pub fn copy_examples(env: &Env) {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/examples");
+    let mut cp = std::process::Command::new("cp");
+    cp.arg("-p");
+    for entry in std::fs::read_dir(examples).unwrap() {
+        cp.arg(entry.unwrap().path());
+    }
+    let status = cp.arg(env.dir.path()).status().unwrap();
+    assert!(status.success(), "cp of the examples: {status}");
+}
+
 pub fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("idem")
 }
