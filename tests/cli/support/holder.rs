@@ -125,9 +125,10 @@ impl Holder {
 
     fn kill_both(&mut self) {
         if let Some(mut idem) = self.idem.take() {
-            // idem first, or it could see its child die and record a failure.
-            let _ = idem.kill();
-            let _ = idem.wait();
+            // idem first, or it could see its child die and record a failure;
+            // then until its watcher is gone too (on SQLite it holds the
+            // owner's lock until then).
+            super::kill_idem(&mut idem);
             let _ = kill(Pid::from_raw(-self.child_pid), Signal::SIGKILL);
             // Bounded without panicking: this also runs in a failing test.
             let deadline = Instant::now() + FINISH_WITHIN;
