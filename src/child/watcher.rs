@@ -54,6 +54,8 @@ const LOOK_EVERY: Duration = Duration::from_millis(10);
 /// What the kernel sends the watcher when idem dies: blocked like every
 /// signal, read from a signalfd, and believed only if idem is gone.
 const PARENT_DIED: Signal = Signal::SIGUSR1;
+/// How long `stand_down` waits for the watcher to go.
+const STAND_DOWN_PATIENCE: Duration = Duration::from_secs(1);
 /// What `stand_down` writes.
 const STAND_DOWN: u8 = b'x';
 
@@ -104,7 +106,12 @@ impl Guard {
     }
 
     /// The outcome is recorded: the watcher exits and leaves the group
-    /// alone (what is left of it is no longer the run's).
+    /// alone (what is left of it is no longer the run's). Returns once it
+    /// has gone (bounded by `STAND_DOWN_PATIENCE`), so that idem leaves
+    /// nothing of its own running behind it: no process, and no open file
+    /// on the store's file system (a `mount -o remount,ro` right after
+    /// idem exits would fail with EBUSY while the watcher held its lock
+    /// file).
     pub fn stand_down(&self) {
         if let Some(line) = self
             .watcher
@@ -113,6 +120,25 @@ impl Guard {
             .take()
         {
             let _ = nix::unistd::write(&line, &[STAND_DOWN]);
+            // The watcher holds the only read end: when it exits, the
+            // kernel closes it and poll reports POLLERR on ours (it does
+            // whatever events are asked for).
+            let deadline = Instant::now() + STAND_DOWN_PATIENCE;
+            let mut fds = [PollFd::new(line.as_fd(), PollFlags::empty())];
+            let patience = PollTimeout::try_from(STAND_DOWN_PATIENCE).unwrap_or(PollTimeout::MAX);
+            let _ = poll(&mut fds, patience);
+            // Then reaped: it is idem's child (`CLONE_PARENT`), and by now
+            // idem's only one (the gated child was reaped when it ended),
+            // so no zombie is left to a PID 1 that reaps none.
+            use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+            while let Ok(WaitStatus::StillAlive) =
+                waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL))
+            {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
         }
     }
 }

@@ -241,3 +241,44 @@ fn a_container_sees_a_stopped_owner_alive_while_it_stays_stopped() {
     assert_code(&taken, 0);
     assert_eq!(taken.stdout, b"attempt 2\n");
 }
+
+/// idem leaves nothing of its own behind when it exits: its watcher has
+/// gone too, so no process of idem's holds the store's lock file open (a
+/// `mount -o remount,ro` of the store's file system right after idem
+/// failed with EBUSY when the watcher outlived it by a moment). A Python
+/// subreaper runs idem and counts, after each exit, the orphans idem left
+/// that were still running.
+#[test]
+fn nothing_of_idems_outlives_it() {
+    let env = Env::sqlite();
+    let subreaper = r#"
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+running = 0
+for i in range(int(sys.argv[2])):
+    subprocess.run([sys.argv[1], "run", "-k", "k%d" % i, "true"], check=True)
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            running += 1
+            os.waitpid(-1, 0)
+print(running)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", subreaper])
+        .arg(crate::support::bin())
+        .arg("100")
+        .env("IDEM_DB", &env.db)
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0\n",
+        "processes idem left running"
+    );
+}
