@@ -183,8 +183,11 @@ say "8: user-space instructions (callgrind), the same from run to run"
 # Each on a fresh copy of the store as the timed rounds left it, so the WAL
 # the call finds is the one a call in those rounds found.
 instructions() { # instructions COMMAND...: prints the count, e.g. 871939
+    # Summed over every process the call made: idem forks its child (and
+    # that child its watcher) before the exec, bkt its command; valgrind
+    # counts each of them apart.
     valgrind --tool=callgrind --callgrind-out-file=/dev/null "$@" 2>&1 >/dev/null |
-        awk '/Collected/ { print $4 }'
+        awk '/Collected/ { n += $4 } END { print n }'
 }
 if command -v valgrind >/dev/null; then
     cp empty.db cg.db

@@ -107,11 +107,13 @@ impl Guard {
 
     /// The outcome is recorded: the watcher exits and leaves the group
     /// alone (what is left of it is no longer the run's). Returns once it
-    /// has gone (bounded by `STAND_DOWN_PATIENCE`), so that idem leaves
-    /// nothing of its own running behind it: no process, and no open file
-    /// on the store's file system (a `mount -o remount,ro` right after
-    /// idem exits would fail with EBUSY while the watcher held its lock
-    /// file).
+    /// has let go of its files (bounded by `STAND_DOWN_PATIENCE`), so that
+    /// idem leaves nothing of its own open behind it (a `mount -o
+    /// remount,ro` of the store's file system right after idem exited
+    /// failed with EBUSY while the watcher still held the lock file). It
+    /// does not wait for the watcher's exit itself (a process with a copy
+    /// of idem's memory takes a while to tear down): the exited watcher is
+    /// reaped by whoever reaps idem's orphans.
     pub fn stand_down(&self) {
         if let Some(line) = self
             .watcher
@@ -123,22 +125,9 @@ impl Guard {
             // The watcher holds the only read end: when it exits, the
             // kernel closes it and poll reports POLLERR on ours (it does
             // whatever events are asked for).
-            let deadline = Instant::now() + STAND_DOWN_PATIENCE;
             let mut fds = [PollFd::new(line.as_fd(), PollFlags::empty())];
             let patience = PollTimeout::try_from(STAND_DOWN_PATIENCE).unwrap_or(PollTimeout::MAX);
             let _ = poll(&mut fds, patience);
-            // Then reaped: it is idem's child (`CLONE_PARENT`), and by now
-            // idem's only one (the gated child was reaped when it ended),
-            // so no zombie is left to a PID 1 that reaps none.
-            use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-            while let Ok(WaitStatus::StillAlive) =
-                waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL))
-            {
-                if Instant::now() >= deadline {
-                    break;
-                }
-                std::thread::sleep(Duration::from_micros(100));
-            }
         }
     }
 }
@@ -217,7 +206,16 @@ fn watch(parent: Pid, group: Pid, line: BorrowedFd<'_>, keep: Option<BorrowedFd<
         if told {
             let mut byte = [0u8];
             match nix::unistd::read(line.as_raw_fd(), &mut byte) {
-                Ok(1) if byte[0] == STAND_DOWN => exit(0),
+                Ok(1) if byte[0] == STAND_DOWN => {
+                    // The lock file first, the line last: idem returns
+                    // once the line closes, and leaves nothing of its own
+                    // open on the store's file system.
+                    if let Some(keep) = keep {
+                        let _ = nix::unistd::close(keep.as_raw_fd());
+                    }
+                    let _ = nix::unistd::close(line.as_raw_fd());
+                    exit(0)
+                }
                 Err(Errno::EINTR | Errno::EAGAIN) => {}
                 _ => break,
             }
