@@ -67,7 +67,7 @@ Examples:
   idem purge invoice-42
 
   # Nightly from cron: drop expired records and free their space
-  17 3 * * *  /usr/local/bin/idem purge > /dev/null
+  17 3 * * *  $HOME/.cargo/bin/idem purge > /dev/null
 
   # Failed runs older than a week, after a look at what would go
   idem purge --status failed --older-than 7d --dry-run

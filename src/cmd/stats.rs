@@ -40,7 +40,7 @@ Examples:
   idem stats --json | jq '.crashed'
 
   # crontab: metrics for node_exporter's textfile collector every minute
-  * * * * *  /usr/local/bin/idem stats --prometheus > /var/lib/prometheus/node-exporter/idem.prom.$$ && mv /var/lib/prometheus/node-exporter/idem.prom.$$ /var/lib/prometheus/node-exporter/idem.prom";
+  * * * * *  $HOME/.cargo/bin/idem stats --prometheus > /var/lib/prometheus/node-exporter/idem.prom.$$ && mv /var/lib/prometheus/node-exporter/idem.prom.$$ /var/lib/prometheus/node-exporter/idem.prom";
 
 /// The sums, as one pass over the records makes them.
 #[derive(Default)]
