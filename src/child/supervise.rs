@@ -15,7 +15,8 @@ use super::keeper::Hold;
 use super::output::{Offer, Output};
 use super::state::{Action, Machine, Message};
 use super::terminal::Terminal;
-use super::{journal, Finished, JournalWriter, Spec, Tally, FORWARDED};
+use super::journal::{Appender, Captured};
+use super::{Finished, JournalWriter, Spec, Tally, FORWARDED};
 use crate::lease::Clock;
 use crate::owner::group_alive;
 use crate::store::Stream;
@@ -30,7 +31,6 @@ use nix::unistd::Pid;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 /// After the child exits, how long quiet pipes held by no process of its
@@ -43,9 +43,6 @@ const RECHECK: Duration = Duration::from_millis(10);
 const REAP_CHECK: Duration = Duration::from_secs(1);
 /// The most read from a pipe at once.
 const CHUNK: usize = 64 * 1024;
-/// Captured chunks in flight to the journal appender before the
-/// supervisor waits.
-const JOURNAL_QUEUE: usize = 16;
 
 pub(super) fn supervise(
     mut child: Gated,
@@ -59,11 +56,6 @@ pub(super) fn supervise(
     let pid = child.pid();
     let mut terminal = Terminal::hand_to(pid, spec.stdin.is_none());
     std::thread::scope(|scope| {
-        let (to_journal, chunks) = sync_channel(JOURNAL_QUEUE);
-        let appender = std::thread::Builder::new()
-            .name("idem-journal".into())
-            .spawn_scoped(scope, move || journal::append(writer, &chunks))
-            .context("start the journal thread")?;
         // Open the gate: COMMAND may start now. From here on the child is
         // waited for, not killed, however this ends.
         let Some(pipes) = child.pipes.take() else {
@@ -77,8 +69,6 @@ pub(super) fn supervise(
         if let Some(errno) = exec_failed {
             let _ = waitpid(pid, None);
             child.settled = true;
-            drop(to_journal);
-            let _ = appender.join();
             let name = spec.argv[0].to_string_lossy().into_owned();
             return Ok(Err(match Errno::from_raw(errno) {
                 Errno::ENOENT => SpawnError::NotFound(name),
@@ -93,7 +83,7 @@ pub(super) fn supervise(
                 Pipe::new(err_r, Stream::Stderr, spec.max_output),
             ],
             held: None,
-            to_journal,
+            journal: Appender::new(scope, writer),
             output,
             scratch: vec![0; CHUNK],
         };
@@ -102,8 +92,7 @@ pub(super) fn supervise(
         // COMMAND has ended: the final writes' budget starts now, so the
         // journal's last append counts against it too.
         crate::store::final_writes_deadline();
-        drop(watch);
-        let _ = appender.join();
+        watch.journal.finish();
         finished.map(Ok)
     })
 }
@@ -146,13 +135,13 @@ impl Pipe {
 }
 
 /// The supervisor's state while the child runs.
-struct Watch<'a> {
+struct Watch<'a, 'scope, 'env> {
     pid: Pid,
     streams: [Pipe; 2],
     /// A captured chunk the journal appender could not take yet: no pipe
     /// is read until it has, so the journal keeps the order of reading.
-    held: Option<(Stream, Vec<u8>)>,
-    to_journal: SyncSender<(Stream, Vec<u8>)>,
+    held: Option<Captured>,
+    journal: Appender<'scope, 'env>,
     output: &'a Output,
     /// What each read fills, allocated once: a chunk gets a buffer of its
     /// own size only when data comes (a fresh 64 KiB per read cost a tenth
@@ -160,7 +149,7 @@ struct Watch<'a> {
     scratch: Vec<u8>,
 }
 
-impl Watch<'_> {
+impl Watch<'_, '_, '_> {
     fn run(
         &mut self,
         mut machine: Machine,
@@ -286,13 +275,19 @@ impl Watch<'_> {
         }
         self.drain();
         let (exit_code, signal) = status.unwrap_or((None, None));
+        // Output the journal could not take is not kept.
+        let lost = self.journal.failed();
+        let tally = |pipe: &Pipe| Tally {
+            truncated: pipe.tally.truncated || lost,
+            ..pipe.tally
+        };
         Ok(Finished {
             exit_code,
             signal,
             timed_out: machine.timed_out(),
             lease_lost: machine.lease_lost(),
-            stdout: self.streams[0].tally,
-            stderr: self.streams[1].tally,
+            stdout: tally(&self.streams[0]),
+            stderr: tally(&self.streams[1]),
         })
     }
 
@@ -363,10 +358,7 @@ impl Watch<'_> {
             }
         }
         if let Some(held) = self.held.take() {
-            match self.to_journal.try_send(held) {
-                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-                Err(TrySendError::Full(held)) => self.held = Some(held),
-            }
+            self.held = self.journal.offer(held);
         }
     }
 
@@ -393,7 +385,7 @@ impl Watch<'_> {
                 }
             }
             if let Some(held) = self.held.take() {
-                let _ = self.to_journal.send(held);
+                self.journal.send(held);
             }
             let mut more = false;
             for i in 0..self.streams.len() {
@@ -409,7 +401,7 @@ impl Watch<'_> {
             }
         }
         if let Some(held) = self.held.take() {
-            let _ = self.to_journal.send(held);
+            self.journal.send(held);
         }
     }
 }

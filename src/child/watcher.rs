@@ -51,6 +51,9 @@ use std::time::{Duration, Instant};
 const GONE_PATIENCE: Duration = Duration::from_secs(5);
 /// The longest pause between two looks at the group.
 const LOOK_EVERY: Duration = Duration::from_millis(10);
+/// How often a watcher that stood down looks whether idem has exited,
+/// should `PR_SET_PDEATHSIG` not wake it.
+const LOOK_IDLE_MS: u16 = 1000;
 /// What the kernel sends the watcher when idem dies: blocked like every
 /// signal, read from a signalfd, and believed only if idem is gone.
 const PARENT_DIED: Signal = Signal::SIGUSR1;
@@ -110,10 +113,9 @@ impl Guard {
     /// has let go of its files (bounded by `STAND_DOWN_PATIENCE`), so that
     /// idem leaves nothing of its own open behind it (a `mount -o
     /// remount,ro` of the store's file system right after idem exited
-    /// failed with EBUSY while the watcher still held the lock file). It
-    /// does not wait for the watcher's exit itself (a process with a copy
-    /// of idem's memory takes a while to tear down): the exited watcher is
-    /// reaped by whoever reaps idem's orphans.
+    /// failed with EBUSY while the watcher still held the lock file). The
+    /// watcher itself exits only after idem (`outlive`), and is reaped by
+    /// whoever reaps idem's orphans.
     pub fn stand_down(&self) {
         if let Some(line) = self
             .watcher
@@ -214,7 +216,7 @@ fn watch(parent: Pid, group: Pid, line: BorrowedFd<'_>, keep: Option<BorrowedFd<
                         let _ = nix::unistd::close(keep.as_raw_fd());
                     }
                     let _ = nix::unistd::close(line.as_raw_fd());
-                    exit(0)
+                    outlive(parent, death.as_ref())
                 }
                 Err(Errno::EINTR | Errno::EAGAIN) => {}
                 _ => break,
@@ -228,6 +230,25 @@ fn watch(parent: Pid, group: Pid, line: BorrowedFd<'_>, keep: Option<BorrowedFd<
     }
     kill_group(group);
     exit(0);
+}
+
+/// Stood down: exits once idem has. Its exit tears down a copy of idem's
+/// memory, which takes about 0.1 ms; done now, it would run on idem's
+/// processor (a pipe's wake-up brings the watcher there) while idem waits
+/// to be scheduled, on every first run. The watcher holds nothing of the
+/// run by now; `PR_SET_PDEATHSIG` wakes it when idem exits, and it looks
+/// at least every `LOOK_IDLE_MS` whatever happens.
+fn outlive(parent: Pid, death: Option<&SignalFd>) -> ! {
+    while getppid() == parent {
+        match death {
+            Some(death) => {
+                let mut fds = [PollFd::new(death.as_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, PollTimeout::from(LOOK_IDLE_MS));
+            }
+            None => std::thread::sleep(Duration::from_millis(LOOK_IDLE_MS.into())),
+        }
+    }
+    exit(0)
 }
 
 /// The descriptors to poll, in a fixed array (no allocation): the line,
