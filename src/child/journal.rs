@@ -37,7 +37,10 @@ enum State<'scope, 'env> {
 }
 
 impl<'scope, 'env> Appender<'scope, 'env> {
-    pub(super) fn new(scope: &'scope Scope<'scope, 'env>, writer: &'env mut dyn JournalWriter) -> Self {
+    pub(super) fn new(
+        scope: &'scope Scope<'scope, 'env>,
+        writer: &'env mut dyn JournalWriter,
+    ) -> Self {
         Appender {
             scope,
             state: State::NotStarted(writer),
@@ -65,9 +68,31 @@ impl<'scope, 'env> Appender<'scope, 'env> {
         matches!(self.state, State::Failed)
     }
 
+    /// Starts the thread, if it has not been started.
+    fn start(&mut self) {
+        if !matches!(self.state, State::NotStarted(_)) {
+            return;
+        }
+        let State::NotStarted(writer) = std::mem::replace(&mut self.state, State::Failed) else {
+            return;
+        };
+        let (queue, chunks) = sync_channel(QUEUE);
+        match std::thread::Builder::new()
+            .name("idem-journal".into())
+            .spawn_scoped(self.scope, move || append(writer, &chunks))
+        {
+            Ok(thread) => self.state = State::Started { queue, thread },
+            Err(e) => crate::say::error(format_args!(
+                "cannot start the journal thread ({e}); the output is not kept, the command goes on"
+            )),
+        }
+    }
+
     /// Waits until everything handed on is appended.
     pub(super) fn finish(&mut self) {
-        if let State::Started { queue, thread } = std::mem::replace(&mut self.state, State::Finished) {
+        if let State::Started { queue, thread } =
+            std::mem::replace(&mut self.state, State::Finished)
+        {
             drop(queue);
             let _ = thread.join();
         }
@@ -76,21 +101,7 @@ impl<'scope, 'env> Appender<'scope, 'env> {
     /// The queue to the thread, started now if need be; None when it
     /// could not start (said once).
     fn queue(&mut self) -> Option<&SyncSender<Captured>> {
-        if let State::NotStarted(_) = self.state {
-            let State::NotStarted(writer) = std::mem::replace(&mut self.state, State::Failed) else {
-                unreachable!()
-            };
-            let (queue, chunks) = sync_channel(QUEUE);
-            match std::thread::Builder::new()
-                .name("idem-journal".into())
-                .spawn_scoped(self.scope, move || append(writer, &chunks))
-            {
-                Ok(thread) => self.state = State::Started { queue, thread },
-                Err(e) => crate::say::error(format_args!(
-                    "cannot start the journal thread ({e}); the output is not kept, the command goes on"
-                )),
-            }
-        }
+        self.start();
         match &self.state {
             State::Started { queue, .. } => Some(queue),
             _ => None,

@@ -11,11 +11,11 @@
 
 use super::exec::SpawnError;
 use super::gated::{open_gate, Gated};
+use super::journal::{Appender, Captured};
 use super::keeper::Hold;
 use super::output::{Offer, Output};
 use super::state::{Action, Machine, Message};
 use super::terminal::Terminal;
-use super::journal::{Appender, Captured};
 use super::{Finished, JournalWriter, Spec, Tally, FORWARDED};
 use crate::lease::Clock;
 use crate::owner::group_alive;

@@ -32,7 +32,7 @@
 #![allow(unsafe_code)]
 
 use super::exec::{exit, ExitOnUnwind};
-use crate::owner::parse_stat;
+use crate::owner::proc_stat;
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
@@ -41,7 +41,6 @@ use nix::sys::signal::{killpg, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::Mode;
 use nix::unistd::{getppid, pipe2, Pid};
-use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -356,25 +355,9 @@ fn has_live_member(group: Pid) -> bool {
 
 /// Whether process `pid` (its digits) is a live member of `group`.
 fn is_live_member(pid: &[u8], group: Pid) -> bool {
-    let mut path = [0u8; 32];
-    let parts: [&[u8]; 3] = [b"/proc/", pid, b"/stat\0"];
-    let mut at = 0;
-    for part in parts {
-        let Some(room) = path.get_mut(at..at + part.len()) else {
-            return false;
-        };
-        room.copy_from_slice(part);
-        at += part.len();
-    }
-    let Ok(path) = CStr::from_bytes_until_nul(&path) else {
-        return false;
-    };
-    let Ok(fd) = open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()) else {
-        return false;
-    };
-    let mut stat = [0u8; 2048];
-    let read = nix::unistd::read(fd, &mut stat);
-    let _ = nix::unistd::close(fd);
-    let Ok(n) = read else { return false };
-    parse_stat(&stat[..n]).is_some_and(|s| s.pgrp == i64::from(group.as_raw()) && s.state != 'Z')
+    let pid = pid.iter().try_fold(0i64, |n, &d| {
+        n.checked_mul(10)?.checked_add(i64::from(d - b'0'))
+    });
+    pid.and_then(proc_stat)
+        .is_some_and(|s| s.pgrp == i64::from(group.as_raw()) && s.state != 'Z')
 }
