@@ -83,7 +83,12 @@ fn a_background_idem_whose_child_reads_the_terminal_resumes_after_fg() {
                 "idem run --key k -- sh -c 'read line; echo got $line' &\n",
                 "PS> ",
             ),
-            ("sleep 0.5; jobs\n", "Stopped"),
+            // Stopped once the child has read the terminal: looked for up
+            // to 10 s (one look after 0.5 s failed on a loaded machine).
+            (
+                "for i in $(seq 100); do jobs | grep -q Stopped && break; sleep 0.1; done; jobs\n",
+                "Stopped",
+            ),
             ("fg\n", "idem run"),
             ("hello\n", "got hello"),
             ("echo rc=$((6*7))$?\n", "rc=420"),
