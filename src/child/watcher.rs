@@ -14,10 +14,11 @@
 //! catchable signal and has a process group of its own, out of COMMAND's
 //! and out of idem's, so that neither a Ctrl-C to the foreground job nor
 //! a `kill -9 %1` of that job (idem's group) reaches it. It keeps no
-//! descriptor but the pipe and what it is given to keep: SQLite's owner
-//! lock file,
-//! whose lock is on the open file description the watcher shares, so the
-//! kernel releases it only when both idem and the watcher are gone.
+//! descriptor but the pipe and what it is given to keep (SQLite's owner
+//! lock file, whose lock is on the open file description the watcher
+//! shares, so the kernel releases it only when both idem and the watcher
+//! are gone), and unmaps what its copy of idem's memory maps shared
+//! (SQLite's `-shm`).
 //!
 //! Why a forked watcher: the kernel kills no group when a parent dies
 //! (`PR_SET_PDEATHSIG` on COMMAND itself would reach its leader only, and
@@ -186,6 +187,7 @@ fn watch(parent: Pid, group: Pid, line: BorrowedFd<'_>, keep: Option<BorrowedFd<
         line.as_raw_fd(),
         keep.map_or(line.as_raw_fd(), |keep| keep.as_raw_fd()),
     );
+    unmap_shared();
     let _ = nix::sys::prctl::set_name(c"idem-watcher");
     let _ = nix::sys::prctl::set_pdeathsig(PARENT_DIED);
     let death = SignalFd::with_flags(&SigSet::from(PARENT_DIED), SfdFlags::SFD_CLOEXEC).ok();
@@ -282,6 +284,70 @@ fn close_all_but(a: RawFd, b: RawFd) {
             }
         }
     }
+}
+
+/// Unmaps every shared mapping the watcher inherited: SQLite's `-shm`,
+/// mapped for writing, holds the store's file system as an open file would
+/// (a `mount -o remount,ro` fails with EBUSY) for as long as the watcher
+/// lives, which is until after idem exits. Read from /proc/self/maps with
+/// buffers on the stack; at most `MOST` mappings, which idem never nears.
+fn unmap_shared() {
+    const MOST: usize = 16;
+    let Ok(maps) = open(
+        c"/proc/self/maps",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    let mut shared = [(0usize, 0usize); MOST];
+    let mut found = 0;
+    // Whole lines only: what is left of a line waits for the next read.
+    let mut text = [0u8; 4096];
+    let mut kept = 0;
+    while let Ok(n @ 1..) = nix::unistd::read(maps, &mut text[kept..]) {
+        let end = kept + n;
+        let mut at = 0;
+        while let Some(length) = text[at..end].iter().position(|&b| b == b'\n') {
+            if let (Some(range), Some(room)) =
+                (shared_range(&text[at..at + length]), shared.get_mut(found))
+            {
+                *room = range;
+                found += 1;
+            }
+            at += length + 1;
+        }
+        text.copy_within(at..end, 0);
+        kept = end - at;
+        if kept == text.len() {
+            break;
+        }
+    }
+    let _ = nix::unistd::close(maps);
+    for &(start, end) in &shared[..found] {
+        // SAFETY: unmaps a shared mapping of idem's copy, which nothing in
+        // the watcher uses (it runs its own code on its own stack and heap).
+        unsafe { libc::munmap(start as *mut libc::c_void, end - start) };
+    }
+}
+
+/// The address range of a line of /proc/PID/maps that maps something
+/// shared (`start-end rw-s …`).
+fn shared_range(line: &[u8]) -> Option<(usize, usize)> {
+    let mut fields = line.split(|&b| b == b' ');
+    let range = fields.next()?;
+    let perms = fields.next()?;
+    if perms.get(3) != Some(&b's') {
+        return None;
+    }
+    let hex = |digits: &[u8]| {
+        digits.iter().try_fold(0usize, |n, &d| {
+            let digit = char::from(d).to_digit(16)?;
+            n.checked_mul(16)?.checked_add(digit as usize)
+        })
+    };
+    let dash = range.iter().position(|&b| b == b'-')?;
+    Some((hex(&range[..dash])?, hex(&range[dash + 1..])?))
 }
 
 /// SIGKILLs `group` until no live process is left in it, or

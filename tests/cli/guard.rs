@@ -8,6 +8,7 @@
 use crate::support::{require_root, running, sh, tool, wait_for, wait_until, Env};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use std::os::fd::AsRawFd;
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -242,11 +243,65 @@ fn a_container_sees_a_stopped_owner_alive_while_it_stays_stopped() {
     assert_eq!(taken.stdout, b"attempt 2\n");
 }
 
+/// Once the outcome is recorded, the watcher holds nothing of the store
+/// while it waits for idem to exit: neither the lock file open nor SQLite's
+/// `-shm` mapped (mapped for writing, it keeps the file system from being
+/// remounted read-only). idem is kept alive after its record by a stdout
+/// pipe that is full until the test reads it.
+#[test]
+fn a_watcher_that_stood_down_holds_nothing_of_the_store() {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let env = Env::sqlite();
+    let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).unwrap();
+    let mut filler = 0;
+    while let Ok(n) = nix::unistd::write(&write, &[b'.'; 4096]) {
+        filler += n;
+    }
+    fcntl(write.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+    fcntl(read.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+    let mut idem = env
+        .idem_std()
+        .args(["run", "-k", "k", "--", "echo", "done"])
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the outcome to be recorded", || {
+        let out = env
+            .idem()
+            .args(["inspect", "--json", "k"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("\"completed\"")
+    });
+    let watcher = watcher_of(idem.id());
+    let shm = std::fs::canonicalize(format!("{}-shm", env.db)).unwrap();
+    let locks = std::fs::canonicalize(format!("{}-locks", env.db)).unwrap();
+    let holds = |what: &std::path::Path| {
+        let fds = std::fs::read_dir(format!("/proc/{watcher}/fd")).unwrap();
+        let open = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == what));
+        let maps = std::fs::read_to_string(format!("/proc/{watcher}/maps")).unwrap();
+        open || maps
+            .lines()
+            .any(|line| line.ends_with(&*what.to_string_lossy()))
+    };
+    wait_until("the watcher to let go of the lock file", || !holds(&locks));
+    assert!(!holds(&shm), "the watcher still maps {shm:?}");
+    assert!(running(watcher), "the watcher is there while idem is");
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::from(read), &mut out).unwrap();
+    assert!(idem.wait().unwrap().success());
+    assert_eq!(&out[filler..], b"done\n");
+}
+
 /// idem leaves nothing of its own open behind it: once it exits, its
-/// watcher no longer holds the store's lock file (a `mount -o
-/// remount,ro` of the store's file system right after idem failed with
-/// EBUSY when the watcher held it a moment longer). A Python subreaper runs
-/// idem and, after each exit, looks at the orphans idem left.
+/// watcher no longer holds the store's lock file open, nor SQLite's shared
+/// memory (`-shm`) mapped (a `mount -o remount,ro` of the store's file
+/// system right after idem failed with EBUSY while the watcher held
+/// either a moment longer). A Python subreaper runs idem and, after each
+/// exit, looks at the orphans idem left.
 #[test]
 fn nothing_of_idems_stays_open_behind_it() {
     let env = Env::sqlite();
@@ -254,6 +309,7 @@ fn nothing_of_idems_stays_open_behind_it() {
 import ctypes, os, subprocess, sys
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 locks = os.path.realpath(sys.argv[3])
+shm = os.path.realpath(sys.argv[4])
 holding = 0
 for i in range(int(sys.argv[2])):
     subprocess.run([sys.argv[1], "run", "-k", "k%d" % i, "true"], check=True)
@@ -267,7 +323,10 @@ for i in range(int(sys.argv[2])):
         for pid in os.listdir("/proc"):
             try:
                 fds = os.listdir("/proc/%s/fd" % pid)
-                holding += any(os.readlink("/proc/%s/fd/%s" % (pid, fd)) == locks for fd in fds)
+                held = any(os.readlink("/proc/%s/fd/%s" % (pid, fd)) == locks for fd in fds)
+                with open("/proc/%s/maps" % pid) as maps:
+                    held |= any(line.split()[-1] == shm for line in maps if len(line.split()) == 6)
+                holding += held
             except OSError:
                 pass
         os.waitpid(-1, 0)
@@ -278,6 +337,7 @@ print(holding)
         .arg(crate::support::bin())
         .arg("100")
         .arg(format!("{}-locks", env.db))
+        .arg(format!("{}-shm", env.db))
         .env("IDEM_DB", &env.db)
         .stdout(Stdio::piped())
         .output()
@@ -286,6 +346,6 @@ print(holding)
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "0\n",
-        "times the lock file was held open after idem exited"
+        "times the lock file was held open, or the -shm mapped, after idem exited"
     );
 }
