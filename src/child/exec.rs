@@ -149,7 +149,7 @@ impl Exec {
     pub fn prepare(
         path: &Path,
         argv: &[OsString],
-        extra: &[(&str, String)],
+        extra: &[(&str, OsString)],
         late: &[&'static str],
     ) -> Result<Exec> {
         anyhow::ensure!(late.len() <= MAX_LATE, "too many variables for the gate");
@@ -178,7 +178,10 @@ impl Exec {
             env.push(cstring(&pair)?);
         }
         for (name, value) in extra {
-            env.push(cstring(format!("{name}={value}").as_bytes())?);
+            let mut pair = name.as_bytes().to_vec();
+            pair.push(b'=');
+            pair.extend_from_slice(value.as_bytes());
+            env.push(cstring(&pair)?);
         }
         let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());

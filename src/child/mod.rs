@@ -44,7 +44,7 @@ use std::time::Duration;
 /// What to run and how.
 pub struct Spec<'a> {
     pub argv: &'a [OsString],
-    pub env: Vec<(&'a str, String)>,
+    pub env: Vec<(&'a str, OsString)>,
     /// Variables whose values only the claim decides: they reach the
     /// child through its gate (`run`'s `late`).
     pub late: Vec<&'static str>,

@@ -93,6 +93,42 @@ fn command_gets_the_store_and_the_lease_for_its_nested_steps() {
     );
 }
 
+/// A SQLite store whose path is not UTF-8 is the nested steps' store too
+/// (`IDEM_DB` holds its bytes as they are).
+#[test]
+fn nested_steps_use_a_store_whose_path_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::sqlite();
+    let db = env
+        .dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"st\xffore.db"));
+    let nested = "\"$NESTED_IDEM\" run -k inner -- echo nested";
+    let out = env
+        .idem()
+        .env("NESTED_IDEM", crate::support::bin())
+        .arg("--db")
+        .arg(&db)
+        .args(["run", "-k", "outer", "--"])
+        .args(sh(nested))
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+    assert_eq!(out.stdout, b"nested\n");
+    let inner = env
+        .idem()
+        .arg("--db")
+        .arg(&db)
+        .args(["inspect", "--json", "inner"])
+        .output()
+        .unwrap();
+    assert_code(&inner, 0);
+    assert!(
+        String::from_utf8_lossy(&inner.stdout).contains("\"completed\""),
+        "{inner:?}"
+    );
+}
+
 /// A claim whose answer comes after its stop deadline: COMMAND never
 /// starts, the claim is released (the next call runs at once, attempt 1).
 #[test]

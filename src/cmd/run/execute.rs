@@ -44,17 +44,18 @@ impl Call<'_> {
             late.push("IDEM_FENCING_TOKEN");
         }
         // Nested steps (`idem run` inside COMMAND) use this call's store and
-        // lease. A --db that is not UTF-8 is left out: the inherited
-        // IDEM_DB, if any, is then what the steps see.
+        // lease, whatever bytes its --db holds.
         let mut env = vec![
-            ("IDEM_KEY", self.key.clone()),
+            ("IDEM_KEY", self.key.clone().into()),
             (
                 "IDEM_LEASE",
-                humantime::format_duration(self.args.lease).to_string(),
+                humantime::format_duration(self.args.lease)
+                    .to_string()
+                    .into(),
             ),
         ];
-        if let Some(db) = self.global.db.as_ref().and_then(|db| db.to_str()) {
-            env.push(("IDEM_DB", db.to_owned()));
+        if let Some(db) = &self.global.db {
+            env.push(("IDEM_DB", db.clone()));
         }
         child::Spec {
             argv: &self.args.command,
