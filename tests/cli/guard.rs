@@ -5,7 +5,9 @@
 //! `unshare`) sees a SIGKILLed owner dead at once and a stopped one alive
 //! for as long as it stays stopped, whatever `--lease` says.
 
-use crate::support::{require_root, running, sh, tool, wait_for, wait_until, Env};
+use crate::support::{
+    assert_code, require_root, running, sh, stat_field, tool, wait_for, wait_until, Env,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::os::fd::AsRawFd;
@@ -89,13 +91,7 @@ fn watcher_of(idem: u32) -> i32 {
 
 /// Field 5 of /proc/PID/stat: the process group.
 fn group_of(pid: i32) -> i32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat[stat.rfind(')').unwrap() + 2..]
-        .split(' ')
-        .nth(2)
-        .unwrap()
-        .parse()
-        .unwrap()
+    i32::try_from(stat_field(pid.unsigned_abs(), 5)).unwrap()
 }
 
 /// On every store: SIGKILL of idem (what the OOM killer sends) takes its
@@ -173,17 +169,6 @@ fn run_in_container(env: &Env) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-#[track_caller]
-fn assert_code(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout {:?}, stderr {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A container sees a SIGKILLed owner dead at once: the kernel released

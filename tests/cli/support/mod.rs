@@ -430,10 +430,17 @@ pub fn start_reading(env: &Env, args: &[&str]) -> (std::process::Child, std::pro
 
 /// The start time (field 22 of /proc/PID/stat) of a process.
 pub fn start_time(pid: u32) -> i64 {
+    stat_field(pid, 22)
+}
+
+/// Numeric field `n` (counted from 1, as proc(5) does; 3 or more) of
+/// /proc/PID/stat.
+pub fn stat_field(pid: u32, n: usize) -> i64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields 1 and 2 (the pid, and the name in parentheses) come first.
     stat[stat.rfind(')').unwrap() + 2..]
         .split(' ')
-        .nth(19)
+        .nth(n - 3)
         .unwrap()
         .parse()
         .unwrap()
