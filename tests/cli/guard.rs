@@ -286,13 +286,17 @@ fn a_watcher_that_stood_down_holds_nothing_of_the_store() {
 /// memory (`-shm`) mapped (a `mount -o remount,ro` of the store's file
 /// system right after idem failed with EBUSY while the watcher held
 /// either a moment longer). A Python subreaper runs idem and, after each
-/// exit, looks at the orphans idem left.
+/// exit, looks at the orphans idem left, and waits for them: each watcher
+/// exits once its idem has.
 #[test]
 fn nothing_of_idems_stays_open_behind_it() {
     let env = Env::sqlite();
     let subreaper = r#"
-import ctypes, os, subprocess, sys
+import ctypes, os, signal, subprocess, sys
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+# Every watcher must exit once its idem has: the waits below end, or this
+# dies of the alarm.
+signal.alarm(60)
 locks = os.path.realpath(sys.argv[3])
 shm = os.path.realpath(sys.argv[4])
 holding = 0
