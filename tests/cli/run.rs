@@ -360,15 +360,7 @@ fn a_non_blocking_stdout_and_a_slow_reader_cost_no_cpu() {
         .unwrap();
     // 16 KiB every 10 ms: at least 1.3 s for the 2 MiB.
     let started = Instant::now();
-    let mut chunk = vec![0; 16 << 10];
-    let mut read = 0;
-    loop {
-        std::thread::sleep(Duration::from_millis(10));
-        match reader.read(&mut chunk).unwrap() {
-            0 => break,
-            n => read += n,
-        }
-    }
+    let read = read_slowly(&mut reader, 16 << 10, Duration::from_millis(10));
     let reading = started.elapsed();
     let cpu = cpu_time(idem.id());
     assert_eq!(idem.wait().unwrap().code(), Some(0));
@@ -406,15 +398,7 @@ fn a_replay_to_a_non_blocking_stdout_writes_it_all() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut chunk = vec![0; 256 << 10];
-        let mut read = 0;
-        loop {
-            std::thread::sleep(Duration::from_millis(5));
-            match reader.read(&mut chunk).unwrap() {
-                0 => break,
-                n => read += n,
-            }
-        }
+        let read = read_slowly(&mut reader, 256 << 10, Duration::from_millis(5));
         assert_eq!(idem.wait().unwrap().code(), Some(0), "{call:?}");
         assert_eq!(read, size, "{call:?}");
     }
@@ -428,4 +412,18 @@ fn cpu_time(pid: u32) -> Duration {
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     let per_second = sysconf(SysconfVar::CLK_TCK).unwrap().unwrap();
     Duration::from_millis(ticks * 1000 / u64::try_from(per_second).unwrap())
+}
+
+/// Reads `reader` to its end, at most `chunk` bytes after each `pause`, as
+/// a slow reader does; returns how many bytes came.
+fn read_slowly(reader: &mut impl Read, chunk: usize, pause: Duration) -> usize {
+    let mut buffer = vec![0; chunk];
+    let mut read = 0;
+    loop {
+        std::thread::sleep(pause);
+        match reader.read(&mut buffer).unwrap() {
+            0 => return read,
+            n => read += n,
+        }
+    }
 }
