@@ -10,8 +10,8 @@
 //! concurrent executions leave a line in `violations`.
 
 use crate::support::{
-    kill_paused_owner, race, records, run_sh, running, start_time, tool, wait_for, wait_until, Env,
-    Holder,
+    kill_paused_owner, race, records, run_sh, running, start_time, stat_field, tool, wait_for,
+    wait_until, Backend, Env, Holder,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -108,14 +108,22 @@ fn crash_before_the_gate_opens_never_runs_the_command() {
     let record = records(&env, &["g"]).remove(0);
     let child = record["child_pid"].as_i64().expect("no child in the claim");
     let child = i32::try_from(child).unwrap();
-    let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap();
-    let ppid: u32 = stat[stat.rfind(')').unwrap() + 2..]
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(ppid, idem.id(), "the claim's child is not idem's");
+    let ppid = stat_field(child.unsigned_abs(), 4);
+    assert_eq!(
+        ppid,
+        i64::from(idem.id()),
+        "the claim's child is not idem's"
+    );
+    // The claim records the child's start time as /proc gives it.
+    let recorded_start = (env.backend() == Backend::Sqlite).then(|| {
+        let conn = rusqlite::Connection::open(env.db_path()).unwrap();
+        let recorded: i64 = conn
+            .query_row("SELECT child_start FROM records WHERE key = 'g'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        (recorded, start_time(child.unsigned_abs()))
+    });
     assert_eq!(
         std::fs::read_link(format!("/proc/{child}/exe")).unwrap(),
         crate::support::bin().canonicalize().unwrap(),
@@ -123,6 +131,9 @@ fn crash_before_the_gate_opens_never_runs_the_command() {
     );
     sigkill(idem);
     wait_until("the gated child to exit", || !running(child));
+    if let Some((recorded, actual)) = recorded_start {
+        assert_eq!(recorded, actual, "the recorded start time of the child");
+    }
     release(&env);
     // The gated child exits by itself; a waiter then takes over.
     run_child(
